@@ -1,0 +1,197 @@
+"""The sample contract shared by every handssl dataset, and the base class that enforces it.
+
+A *sample* is a dict:
+
+``image``
+    ``float32`` tensor ``3 x H x W`` in ``[0, 1]`` after the default transform; with ``transform=None``
+    real datasets return the original ``uint8`` ``H x W x 3`` numpy image.
+``joints3d``
+    ``float32 (21, 3)`` canonical joints in the camera frame of ``image``, millimetres
+    (NaN where not annotated).
+``joints2d``
+    ``float32 (21, 2)`` pixels of ``image``.
+``K``
+    ``float32 (3, 3)`` intrinsics of ``image``.
+``valid``
+    ``bool (21,)`` joints that carry an annotation.
+``mask`` (optional)
+    ``float32 1 x H x W`` hand mask (``uint8 H x W`` before the transform).
+``meta``
+    dict with ``dataset``, ``subject``, ``sequence``, ``frame``, ``camera``, ``hand`` (``"left"``/``"right"``)
+    and, where a dataset converts, anything worth recording (e.g. ``root_joint``).
+
+Multi-view items stack views (``V x ...``) and add world-to-camera ``R (V, 3, 3)`` and ``t (V, 3)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from handssl.skeleton import NUM_JOINTS
+
+Sample = dict[str, Any]
+"""A sample dict (see the module docstring)."""
+
+Transform = Callable[[Sample], Sample]
+"""A transform maps a sample dict to a sample dict, keeping ``joints2d`` and ``K`` in step with ``image``."""
+
+META_KEYS: tuple[str, ...] = ("dataset", "subject", "sequence", "frame", "camera", "hand")
+
+
+class DatasetError(ValueError):
+    """A dataset folder, file or annotation is missing or malformed; the message says what and where."""
+
+
+def require_path(path: str | Path, what: str, layout: str | None = None) -> Path:
+    """Return ``path`` if it exists, else raise :class:`DatasetError` naming it and the expected layout.
+
+    Args:
+        path: File or folder that must exist.
+        what: Human description, e.g. ``"RHD annotation file"``.
+        layout: Optional sketch of the expected on-disk layout, appended to the message.
+    """
+    path = Path(path)
+    if not path.exists():
+        msg = f"{what} not found: {path}"
+        if layout:
+            msg += f"\nExpected layout:\n{layout}"
+        raise DatasetError(msg)
+    return path
+
+
+def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+    """Read an image file into a numpy array (``uint8``), with a clear error for missing or corrupt files.
+
+    Args:
+        path: Image path.
+        mode: PIL mode to convert to (``"RGB"``, ``"L"``, or ``None`` to keep the file's mode).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if mode is not None:
+                img = img.convert(mode)
+            return np.asarray(img).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DatasetError(f"corrupt or truncated image file: {path} ({err})") from err
+
+
+def mirror_sample(sample: Sample) -> Sample:
+    """Mirror a sample left-right: image, mask, 2D, 3D and ``K`` consistently; flips ``meta['hand']``.
+
+    The camera-frame 3D joints get ``x -> -x`` and ``cx -> W - 1 - cx``, so projecting the mirrored 3D
+    with the mirrored ``K`` gives the mirrored 2D (``u -> W - 1 - u``).
+    """
+    out = dict(sample)
+    image = sample["image"]
+    if isinstance(image, torch.Tensor):  # C x H x W
+        width = image.shape[-1]
+        out["image"] = image.flip(-1)
+    else:  # H x W x C numpy
+        width = image.shape[1]
+        out["image"] = np.ascontiguousarray(image[:, ::-1])
+    if sample.get("mask") is not None:
+        mask = sample["mask"]
+        out["mask"] = (
+            mask.flip(-1) if isinstance(mask, torch.Tensor) else np.ascontiguousarray(mask[..., ::-1])
+        )
+    j2 = _clone(sample["joints2d"])
+    j2[..., 0] = (width - 1) - j2[..., 0]
+    out["joints2d"] = j2
+    j3 = _clone(sample["joints3d"])
+    j3[..., 0] = -j3[..., 0]
+    out["joints3d"] = j3
+    K = _clone(sample["K"])
+    K[..., 0, 2] = (width - 1) - K[..., 0, 2]
+    K[..., 0, 1] = -K[..., 0, 1]
+    out["K"] = K
+    meta = dict(sample.get("meta", {}))
+    if meta.get("hand") in ("left", "right"):
+        meta["hand"] = "right" if meta["hand"] == "left" else "left"
+    meta["mirrored"] = True
+    out["meta"] = meta
+    return out
+
+
+def _clone(x: Any) -> Any:
+    return x.clone() if isinstance(x, torch.Tensor) else np.array(x, copy=True)
+
+
+def check_sample(sample: Sample, where: str = "sample") -> None:
+    """Validate a sample against the contract; raise :class:`DatasetError` naming the first problem.
+
+    Checks keys, shapes, that ``valid`` joints have finite 2D/3D values, and that ``K`` is finite.
+    """
+    for key in ("image", "joints3d", "joints2d", "K", "valid", "meta"):
+        if key not in sample:
+            raise DatasetError(f"{where}: missing key {key!r}")
+    j3, j2, valid = (np.asarray(sample[k]) for k in ("joints3d", "joints2d", "valid"))
+    if j3.shape[-2:] != (NUM_JOINTS, 3) or j2.shape[-2:] != (NUM_JOINTS, 2) or valid.shape[-1] != NUM_JOINTS:
+        raise DatasetError(
+            f"{where}: expected joints3d (21, 3), joints2d (21, 2), valid (21,); "
+            f"got {j3.shape}, {j2.shape}, {valid.shape}"
+        )
+    if not np.isfinite(np.asarray(sample["K"])).all():
+        raise DatasetError(f"{where}: K has non-finite entries")
+    valid = valid.astype(bool)
+    if not np.isfinite(j2[valid]).all():
+        raise DatasetError(f"{where}: NaN or inf in joints2d of joints marked valid")
+
+
+class HandDataset(Dataset):
+    """Base class of every handssl dataset: applies mirroring and the transform around ``load_sample``.
+
+    Subclasses index their files in ``__init__`` (raising :class:`DatasetError` for a wrong root or a
+    missing annotation file), implement ``__len__`` and ``load_sample(index)`` returning the raw sample
+    (numpy image and annotations, see the module docstring).
+
+    Args:
+        transform: Applied to every sample after loading (and mirroring); ``None`` keeps the raw sample.
+        mirror_left: Mirror left hands into right hands (image, 2D, 3D and ``K`` consistently).
+    """
+
+    name: str = "dataset"
+
+    def __init__(self, transform: Transform | None = None, mirror_left: bool = False) -> None:
+        self.transform = transform
+        self.mirror_left = mirror_left
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load_sample(self, index: int) -> Sample:
+        """Load the raw sample ``index`` (no transform)."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
+        sample = self.load_sample(index % len(self))
+        if self.mirror_left and sample.get("meta", {}).get("hand") == "left":
+            sample = mirror_sample(sample)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+
+def warn_skipped(dataset: str, count: int, reason: str) -> None:
+    """Warn once that ``count`` samples of ``dataset`` were skipped, and why."""
+    if count:
+        warnings.warn(f"{dataset}: skipped {count} samples ({reason})", stacklevel=3)
+
+
+def nan_joints(num: int = NUM_JOINTS, dims: int = 3) -> np.ndarray:
+    """A ``(num, dims)`` float32 array of NaN (for joints without annotation)."""
+    return np.full((num, dims), math.nan, dtype=np.float32)
