@@ -1,0 +1,125 @@
+"""Default sample transforms: crop around the hand, resize, convert to tensors.
+
+Every transform maps a sample dict to a sample dict and keeps ``joints2d`` and ``K`` in step with
+``image`` (a crop or resize is an affine map ``A`` of pixels: ``uv' = A uv`` and ``K' = A K``; camera-frame
+3D joints do not change).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from handssl.data.base import DatasetError, Sample
+
+
+def affine_crop_matrix(center: np.ndarray, side: float, out_size: int) -> np.ndarray:
+    """3x3 affine map taking the square of side ``side`` px centred at ``center`` onto ``out_size`` px."""
+    scale = out_size / side
+    # Pixel centres at integer coordinates: the square spans [c - side/2, c + side/2] -> [-0.5, out - 0.5].
+    tx = -0.5 - scale * (center[0] - side / 2)
+    ty = -0.5 - scale * (center[1] - side / 2)
+    return np.array([[scale, 0.0, tx], [0.0, scale, ty], [0.0, 0.0, 1.0]], dtype=np.float64)
+
+
+def hand_box(joints2d: np.ndarray, valid: np.ndarray, image_hw: tuple[int, int], margin: float) -> tuple:
+    """Square box (centre, side) around the valid 2D joints, enlarged by ``margin`` on each side.
+
+    Falls back to the whole image when fewer than two joints are valid and finite.
+    """
+    pts = joints2d[valid.astype(bool) & np.isfinite(joints2d).all(-1)]
+    if len(pts) < 2:
+        h, w = image_hw
+        return np.array([(w - 1) / 2, (h - 1) / 2]), float(max(h, w))
+    lo, hi = pts.min(0), pts.max(0)
+    center = (lo + hi) / 2
+    side = float(max(hi - lo).max()) * (1 + 2 * margin)
+    return center, max(side, 8.0)
+
+
+class CropResize:
+    """Crop a square around the hand (from the valid 2D joints), resize it, and convert to tensors.
+
+    Samples whose ``image`` is already a tensor (e.g. SynthHands, rendered at the right size) only get
+    their numpy fields converted. Cropping from ground-truth 2D joints is the usual "GT crop" protocol of
+    RHD / STB evaluation.
+
+    Args:
+        image_size: Side of the output image in pixels.
+        margin: Fraction of the joints' box added on each side.
+    """
+
+    def __init__(self, image_size: int = 64, margin: float = 0.25) -> None:
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an int >= 16, got {image_size!r}")
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.image_size = image_size
+        self.margin = margin
+
+    def __call__(self, sample: Sample) -> Sample:
+        image = sample["image"]
+        if isinstance(image, torch.Tensor):
+            if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
+                raise DatasetError(
+                    f"sample image is {tuple(image.shape[-2:])} but image_size={self.image_size}; "
+                    "render the dataset at the DataModule's image_size"
+                )
+            return to_tensors(sample)
+        image = np.asarray(image)
+        joints2d = np.asarray(sample["joints2d"], dtype=np.float64)
+        center, side = hand_box(joints2d, np.asarray(sample["valid"]), image.shape[:2], self.margin)
+        A = affine_crop_matrix(center, side, self.image_size)
+        out = dict(sample)
+        size = (self.image_size, self.image_size)
+        out["image"] = cv2.warpAffine(
+            image,
+            A[:2],
+            size,
+            flags=cv2.INTER_AREA if side > self.image_size else cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        if sample.get("mask") is not None:
+            out["mask"] = cv2.warpAffine(np.asarray(sample["mask"]), A[:2], size, flags=cv2.INTER_NEAREST)
+        if sample.get("depth") is not None:
+            out["depth"] = cv2.warpAffine(
+                np.asarray(sample["depth"], np.float32), A[:2], size, flags=cv2.INTER_NEAREST
+            )
+        out["joints2d"] = (joints2d @ A[:2, :2].T + A[:2, 2]).astype(np.float32)
+        out["K"] = (A @ np.asarray(sample["K"], dtype=np.float64)).astype(np.float32)
+        out["crop"] = A.astype(np.float32)
+        return to_tensors(out)
+
+
+class ToTensor:
+    """Convert a sample's numpy fields to tensors (``uint8`` images to ``float32`` in ``[0, 1]``, CHW)."""
+
+    def __call__(self, sample: Sample) -> Sample:
+        return to_tensors(sample)
+
+
+def to_tensors(sample: Sample) -> Sample:
+    """Convert numpy fields of a sample to tensors with the contract's dtypes and layouts."""
+    out: dict[str, Any] = {}
+    for key, value in sample.items():
+        if key == "meta" or not isinstance(value, np.ndarray):
+            out[key] = value
+            continue
+        if key in ("image", "background") and value.ndim == 3:
+            tensor = torch.from_numpy(np.ascontiguousarray(value.transpose(2, 0, 1)))
+            out[key] = tensor.float() / 255.0 if value.dtype == np.uint8 else tensor.float()
+        elif key in ("mask", "depth") and value.ndim == 2:
+            tensor = torch.from_numpy(np.ascontiguousarray(value)).float()
+            if key == "mask" and value.dtype == np.uint8 and value.max(initial=0) > 1:
+                tensor = tensor / 255.0
+            out[key] = tensor.unsqueeze(0)
+        elif value.dtype == np.bool_:
+            out[key] = torch.from_numpy(value.copy())
+        elif np.issubdtype(value.dtype, np.floating):
+            out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        else:
+            out[key] = torch.from_numpy(np.ascontiguousarray(value))
+    return out

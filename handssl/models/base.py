@@ -1,0 +1,201 @@
+"""BaseHandTask: the small base LightningModule every handssl method builds on.
+
+Subclasses declare their hyper-parameters as typed ``__init__`` arguments (they become the CLI), then
+override the hooks:
+
+* :meth:`configure_models` builds the ``nn.Module`` components,
+* :meth:`configure_losses` builds loss modules (optional),
+* :meth:`training_step` computes the losses,
+* :meth:`predict_joints3d` maps a batch to root-relative 3D joints (mm) for evaluation.
+
+Validation and test share one evaluation step: root-relative predictions against the batch's camera-frame
+``joints3d`` under a named evaluation protocol (:mod:`handssl.metrics.protocols`), logged as
+``{stage}/mpjpe``, ``{stage}/n_mpjpe``, ``{stage}/pa_mpjpe``, ``{stage}/auc`` and friends.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from handssl.metrics import MPJPE, NMPJPE, PAMPJPE, ProtocolMetric, get_protocol
+from handssl.skeleton import ROOT
+
+
+class NonFiniteError(FloatingPointError):
+    """A batch or a loss holds NaN or inf; the message names the key, the sample and the step."""
+
+
+def check_batch(batch: dict[str, Any], where: str = "batch") -> None:
+    """Raise :class:`NonFiniteError` when an image or a valid joint in ``batch`` is NaN or inf.
+
+    Joints marked invalid may be NaN (that is how datasets mark missing annotations).
+    """
+    image = batch.get("image")
+    if isinstance(image, Tensor) and not torch.isfinite(image).all():
+        bad = (~torch.isfinite(image.flatten(1))).any(1).nonzero().flatten().tolist()
+        raise NonFiniteError(f"{where}: NaN/inf in 'image' of samples {bad} ({_describe(batch, bad)})")
+    valid = batch.get("valid")
+    for key in ("joints3d", "joints2d"):
+        joints = batch.get(key)
+        if not isinstance(joints, Tensor):
+            continue
+        mask = valid if isinstance(valid, Tensor) else torch.ones(joints.shape[:-1], dtype=torch.bool)
+        finite = torch.isfinite(joints).all(-1) | ~mask.bool()
+        if not finite.all():
+            bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
+            raise NonFiniteError(
+                f"{where}: NaN/inf in '{key}' of joints marked valid, samples {bad} ({_describe(batch, bad)}); "
+                "mark missing annotations with valid=False"
+            )
+
+
+def _describe(batch: dict[str, Any], indices: list[int]) -> str:
+    meta = batch.get("meta")
+    if not isinstance(meta, dict):
+        return "no meta"
+    parts = []
+    for i in indices[:3]:
+        fields = {k: v[i] for k, v in meta.items() if isinstance(v, (list, tuple, Tensor)) and len(v) > i}
+        parts.append(", ".join(f"{k}={v.item() if isinstance(v, Tensor) else v}" for k, v in fields.items()))
+    return "; ".join(parts)
+
+
+class BaseHandTask(pl.LightningModule):
+    """Base class of handssl's LightningModules: hooks, shared evaluation, optimiser.
+
+    Args:
+        lr: Learning rate of AdamW.
+        weight_decay: Weight decay of AdamW.
+        scheduler: ``"cosine"`` (decay to 1% over the run, after a linear warm-up) or ``"none"``.
+        warmup_steps: Linear warm-up steps of the cosine schedule.
+        eval_protocol: Name of the evaluation protocol (see :mod:`handssl.metrics.protocols`).
+    """
+
+    monitor = "val/mpjpe"
+    mode = "min"
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        warmup_steps: int = 50,
+        eval_protocol: str = "synthhands",
+    ) -> None:
+        super().__init__()
+        if scheduler not in ("cosine", "none"):
+            raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.save_hyperparameters()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    # ----------------------------------------------------------------------------------------- hooks
+    def configure_models(self) -> None:
+        """Build the ``nn.Module`` components (override)."""
+
+    def configure_losses(self) -> None:
+        """Build loss modules (override when needed)."""
+
+    def configure_metrics(self) -> None:
+        """Build the validation and test metrics for ``eval_protocol``."""
+        protocol = get_protocol(self.hparams.eval_protocol)
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "mpjpe": MPJPE(),
+                        "n_mpjpe": NMPJPE(),
+                        "pa_mpjpe": PAMPJPE(),
+                        "protocol": ProtocolMetric(protocol),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+
+    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
+        """Root-relative 3D joints ``(B, 21, 3)`` in mm, in the camera frame of ``batch['image']``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def evaluation_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        """Prediction, camera-frame target and validity for evaluation; override for multi-view batches."""
+        return self.predict_joints3d(batch), batch["joints3d"], batch["valid"].bool()
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        check_batch(batch, f"{stage} batch")
+        pred, target, valid = self.evaluation_batch(batch)
+        root_valid = valid[:, ROOT : ROOT + 1]
+        target_rel = target - target[:, ROOT : ROOT + 1]
+        rel_valid = valid & root_valid
+        metrics = self.eval_metrics[stage]
+        target_rel_clean = torch.nan_to_num(target_rel)
+        for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
+            metrics[name].update(pred, target_rel_clean, rel_valid)
+        metrics["protocol"].update(pred, torch.nan_to_num(target), valid)
+        batch_size = pred.shape[0]
+        for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
+            self.log(f"{stage}/{name}", metrics[name], batch_size=batch_size, prog_bar=name == "mpjpe")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_protocol("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_protocol("test")
+
+    def _log_protocol(self, stage: str) -> None:
+        metric = self.eval_metrics[stage]["protocol"]
+        if not metric.update_called:
+            return
+        result = metric.compute()
+        for key, value in result.items():
+            if isinstance(value, Tensor) and value.numel() == 1:
+                self.log(f"{stage}/{key}", value.float(), sync_dist=False)
+        metric.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        return {"joints3d": self.predict_joints3d(batch), "meta": batch.get("meta")}
+
+    # ------------------------------------------------------------------------------------- training
+    def log_losses(self, losses: dict[str, Tensor], batch_size: int) -> Tensor:
+        """Log every loss term as ``train/<name>`` and return ``losses['loss']`` after a finiteness check."""
+        total = losses["loss"]
+        if not torch.isfinite(total):
+            terms = {k: float(v.detach()) for k, v in losses.items()}
+            raise NonFiniteError(
+                f"training loss is not finite at step {self.global_step}: {terms}; "
+                "lower the learning rate or check the data for NaN"
+            )
+        for name, value in losses.items():
+            self.log(f"train/{name}", value.detach(), batch_size=batch_size, prog_bar=name == "loss")
+        return total
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.hparams.warmup_steps, total // 4)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.01 + 0.99 * 0.5 * (1 + torch.cos(torch.tensor(progress * torch.pi)).item())
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,92 @@
+"""Supervised baseline: one image -> root-relative 3D joints (and 2D joints), a small ResNet + MLP head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from handssl.models.base import BaseHandTask
+from handssl.models.components.backbones import GlobalPool, ResNetBackbone
+from handssl.models.components.heads import JointRegressionHead
+from handssl.skeleton import ROOT
+
+
+def masked_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
+    """Mean L1 distance over the joints where ``valid`` is True (0 when none is)."""
+    weight = valid.unsqueeze(-1).to(pred.dtype)
+    diff = (pred - torch.nan_to_num(target)).abs() * weight
+    return diff.sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+class SupervisedModule(BaseHandTask):
+    """Regress root-relative 3D joints and 2D joints from one image (the supervised baseline).
+
+    Args:
+        backbone_widths: Channels of the ResNet stages.
+        backbone_blocks: Basic blocks per stage.
+        head_hidden: Hidden sizes of the regression MLP.
+        dropout: Dropout in the MLP.
+        joint_scale_mm: Unit of the 3D output layer in mm.
+        loss_2d_weight: Weight of the 2D loss (2D measured in image-side units, 3D in units of ``joint_scale_mm``).
+        lr: Learning rate of AdamW.
+        weight_decay: Weight decay of AdamW.
+        scheduler: ``"cosine"`` or ``"none"``.
+        warmup_steps: Linear warm-up steps.
+        eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
+    """
+
+    def __init__(
+        self,
+        backbone_widths: Sequence[int] = (32, 64, 128, 256),
+        backbone_blocks: Sequence[int] = (1, 1, 1, 1),
+        head_hidden: Sequence[int] = (256,),
+        dropout: float = 0.1,
+        joint_scale_mm: float = 100.0,
+        loss_2d_weight: float = 1.0,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        warmup_steps: int = 50,
+        eval_protocol: str = "synthhands",
+    ) -> None:
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+            eval_protocol=eval_protocol,
+        )
+
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.backbone = ResNetBackbone(widths=hp.backbone_widths, blocks=hp.backbone_blocks)
+        self.pool = GlobalPool()
+        self.head = JointRegressionHead(
+            self.backbone.out_channels, hp.head_hidden, hp.dropout, hp.joint_scale_mm
+        )
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, H, W)`` image to ``(joints3d_rel (B, 21, 3) mm, joints2d (B, 21, 2) px)``."""
+        joints3d, joints2d_unit = self.head(self.pool(self.backbone(image)))
+        size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=image.dtype, device=image.device)
+        return joints3d, joints2d_unit * size - 0.5
+
+    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
+        return self(batch["image"])[0]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, valid = batch["image"], batch["valid"].bool()
+        pred3d, pred2d = self(image)
+        target3d = batch["joints3d"] - batch["joints3d"][:, ROOT : ROOT + 1]
+        valid3d = valid & valid[:, ROOT : ROOT + 1]
+        scale = self.hparams.joint_scale_mm
+        side = float(image.shape[-1])
+        losses = {
+            "loss_3d": masked_l1(pred3d / scale, target3d / scale, valid3d),
+            "loss_2d": masked_l1(pred2d / side, batch["joints2d"] / side, valid),
+        }
+        losses["loss"] = losses["loss_3d"] + self.hparams.loss_2d_weight * losses["loss_2d"]
+        return self.log_losses(losses, batch_size=image.shape[0])

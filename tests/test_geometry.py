@@ -1,0 +1,122 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from handssl import geometry as g
+
+DIST = torch.tensor([0.12, -0.07, 0.002, -0.0015, 0.02], dtype=torch.float64)
+K = torch.tensor([[520.0, 0.0, 318.0], [0.0, 515.0, 242.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+
+
+def random_points(n=50, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=gen, dtype=torch.float64) * torch.tensor(
+        [80.0, 60.0, 40.0]
+    ) + torch.tensor([0.0, 0.0, 700.0])
+
+
+def test_projection_matches_opencv_with_distortion():
+    pts = random_points()
+    ours = g.project(pts, K, DIST)
+    ref, _ = cv2.projectPoints(pts.numpy(), np.zeros(3), np.zeros(3), K.numpy(), DIST.numpy())
+    assert np.abs(ours.numpy() - ref[:, 0]).max() < 1e-9
+
+
+def test_project_unproject_round_trip_with_distortion():
+    pts = random_points(seed=1)
+    uv = g.project(pts, K, DIST)
+    back = g.unproject(uv, pts[:, 2], K, DIST)
+    assert torch.allclose(back, pts, atol=1e-6)
+
+
+def test_world_camera_round_trip_and_center():
+    R = g.axis_angle_to_matrix(torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64))
+    t = torch.tensor([10.0, -40.0, 900.0], dtype=torch.float64)
+    pts = random_points(seed=2)
+    cam = g.world_to_camera(pts, R, t)
+    assert torch.allclose(g.camera_to_world(cam, R, t), pts, atol=1e-9)
+    # the camera centre maps to the camera-frame origin
+    centre = g.camera_center(R, t)
+    assert torch.allclose(
+        g.world_to_camera(centre[None], R, t), torch.zeros(1, 3, dtype=torch.float64), atol=1e-9
+    )
+
+
+def test_relative_rotation_maps_camera_i_to_camera_j():
+    Ri = g.axis_angle_to_matrix(torch.tensor([0.1, 0.5, -0.3], dtype=torch.float64))
+    Rj = g.axis_angle_to_matrix(torch.tensor([-0.7, 0.2, 0.4], dtype=torch.float64))
+    d_world = torch.tensor([0.3, -0.4, 0.866], dtype=torch.float64)
+    Rij = g.relative_rotation(Ri, Rj)
+    assert torch.allclose(Rij @ (Ri @ d_world), Rj @ d_world, atol=1e-12)
+    assert torch.allclose(g.relative_rotation(Rj, Ri), Rij.T, atol=1e-12)
+
+
+def test_axis_angle_round_trip_including_near_pi():
+    aa = torch.tensor(
+        [[0.2, -0.1, 0.05], [0.0, 0.0, 1e-9], [np.pi - 1e-4, 0.0, 0.0], [0.0, 2.0, 1.0]], dtype=torch.float64
+    )
+    R = g.axis_angle_to_matrix(aa)
+    assert torch.allclose(
+        R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64).expand(4, 3, 3), atol=1e-12
+    )
+    back = g.matrix_to_axis_angle(R)
+    assert torch.allclose(g.axis_angle_to_matrix(back), R, atol=1e-6)
+
+
+def test_procrustes_recovers_known_similarity():
+    src = random_points(21, seed=3)
+    R = g.axis_angle_to_matrix(torch.tensor([0.4, 1.1, -0.6], dtype=torch.float64))
+    t = torch.tensor([5.0, -30.0, 12.0], dtype=torch.float64)
+    tgt = 1.7 * src @ R.T + t
+    s, R_est, t_est = g.similarity_procrustes(src, tgt)
+    assert s.item() == pytest.approx(1.7, abs=1e-9)
+    assert torch.allclose(R_est, R, atol=1e-9) and torch.allclose(t_est, t, atol=1e-6)
+    assert torch.allclose(g.procrustes_align(src, tgt), tgt, atol=1e-6)
+
+
+def test_procrustes_ignores_invalid_points_and_never_reflects():
+    src = random_points(21, seed=4)
+    tgt = src.clone()
+    tgt[3] += 500.0  # an outlier that is masked out
+    valid = torch.ones(21, dtype=torch.bool)
+    valid[3] = False
+    s, R, _ = g.similarity_procrustes(src, tgt, valid)
+    assert s.item() == pytest.approx(1.0, abs=1e-9) and torch.allclose(
+        R, torch.eye(3, dtype=torch.float64), atol=1e-9
+    )
+    mirrored = src * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    _, R_m, _ = g.similarity_procrustes(src, mirrored)
+    assert torch.linalg.det(R_m).item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_crop_cameras_of_two_views_differ_by_a_pure_rotation():
+    centre = torch.tensor([20.0, -10.0, 30.0], dtype=torch.float64)
+    cams = []
+    for aa, t in (([0.1, 0.2, 0.0], [0.0, 0.0, 800.0]), ([0.2, -1.2, 0.1], [50.0, 20.0, 700.0])):
+        R = g.axis_angle_to_matrix(torch.tensor(aa, dtype=torch.float64))
+        cams.append(g.crop_camera(K, R, torch.tensor(t, dtype=torch.float64), centre, size_px=64))
+    for cam in cams:  # the target lands in the crop centre and the optical axis passes through it
+        uv = g.project_world(centre[None], cam.K, cam.R, cam.t)
+        assert torch.allclose(uv, torch.full((1, 2), 31.5, dtype=torch.float64), atol=1e-9)
+    pts = random_points(10, seed=5) * 0.1
+    Rij = g.relative_rotation(cams[0].R, cams[1].R)
+    ci = g.world_to_camera(pts, cams[0].R, cams[0].t) - g.world_to_camera(centre[None], cams[0].R, cams[0].t)
+    cj = g.world_to_camera(pts, cams[1].R, cams[1].t) - g.world_to_camera(centre[None], cams[1].R, cams[1].t)
+    assert torch.allclose(ci @ Rij.T, cj, atol=1e-9)
+
+
+def test_crop_homography_maps_original_pixels_to_crop_pixels():
+    R = g.axis_angle_to_matrix(torch.tensor([0.05, 0.3, 0.0], dtype=torch.float64))
+    t = torch.tensor([0.0, 0.0, 800.0], dtype=torch.float64)
+    cam = g.crop_camera(K, R, t, torch.tensor([30.0, 0.0, 0.0], dtype=torch.float64), 128)
+    pts = random_points(5, seed=6) * 0.05
+    uv = g.project_world(pts, K, R, t)
+    uv_crop = g.project_world(pts, cam.K, cam.R, cam.t)
+    h = torch.cat([uv, torch.ones(5, 1, dtype=torch.float64)], 1) @ cam.homography.T
+    assert torch.allclose(h[:, :2] / h[:, 2:], uv_crop, atol=1e-6)
+
+
+def test_numpy_in_numpy_out():
+    out = g.project(random_points().numpy(), K.numpy(), DIST.numpy())
+    assert isinstance(out, np.ndarray) and out.shape == (50, 2)

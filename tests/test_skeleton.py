@@ -1,0 +1,31 @@
+from handssl import skeleton as sk
+
+
+def test_canonical_structure():
+    assert len(sk.JOINT_NAMES) == 21 and sk.JOINT_NAMES[0] == "wrist"
+    assert sk.PARENTS[0] == -1 and len(sk.BONES) == 20
+    assert (
+        sk.JOINT_NAMES[4] == "thumb_tip"
+        and sk.JOINT_NAMES[5] == "index_mcp"
+        and sk.JOINT_NAMES[20] == "pinky_tip"
+    )
+    for finger, joints in sk.FINGERS.items():
+        assert sk.PARENTS[joints[0]] == 0, finger
+        assert [sk.PARENTS[j] for j in joints[1:]] == list(joints[:3])
+    assert sk.TIPS == (4, 8, 12, 16, 20)
+
+
+def test_dataset_maps_are_permutations_and_involutions():
+    for m in (sk.RHD_TO_CANONICAL, sk.STB_TO_CANONICAL):
+        assert sorted(m) == list(range(21))
+        assert [m[m[i]] for i in range(21)] == list(range(21))
+
+
+def test_rhd_map_reverses_each_finger():
+    # RHD stores each finger tip -> MCP: native 1 is the thumb tip, canonical 4 is the thumb tip
+    assert sk.RHD_TO_CANONICAL[4] == 1 and sk.RHD_TO_CANONICAL[1] == 4 and sk.RHD_TO_CANONICAL[5] == 8
+
+
+def test_stb_map_puts_thumb_first():
+    # STB: palm, little (1-4), ring, middle, index, thumb (17-20), each MCP -> tip
+    assert sk.STB_TO_CANONICAL[1:5] == (17, 18, 19, 20) and sk.STB_TO_CANONICAL[17:21] == (1, 2, 3, 4)
