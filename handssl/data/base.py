@@ -89,24 +89,17 @@ def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
 
 
 def mirror_sample(sample: Sample) -> Sample:
-    """Mirror a sample left-right: image, mask, 2D, 3D and ``K`` consistently; flips ``meta['hand']``.
+    """Mirror a sample left-right: image, mask, depth, 2D, 3D and ``K`` consistently; flips ``meta['hand']``.
 
     The camera-frame 3D joints get ``x -> -x`` and ``cx -> W - 1 - cx``, so projecting the mirrored 3D
     with the mirrored ``K`` gives the mirrored 2D (``u -> W - 1 - u``).
     """
     out = dict(sample)
     image = sample["image"]
-    if isinstance(image, torch.Tensor):  # C x H x W
-        width = image.shape[-1]
-        out["image"] = image.flip(-1)
-    else:  # H x W x C numpy
-        width = image.shape[1]
-        out["image"] = np.ascontiguousarray(image[:, ::-1])
-    if sample.get("mask") is not None:
-        mask = sample["mask"]
-        out["mask"] = (
-            mask.flip(-1) if isinstance(mask, torch.Tensor) else np.ascontiguousarray(mask[..., ::-1])
-        )
+    width = image.shape[-1] if isinstance(image, torch.Tensor) else image.shape[1]
+    for key in ("image", "mask", "depth", "background"):
+        if sample.get(key) is not None:
+            out[key] = _flip_width(sample[key])
     j2 = _clone(sample["joints2d"])
     j2[..., 0] = (width - 1) - j2[..., 0]
     out["joints2d"] = j2
@@ -123,6 +116,11 @@ def mirror_sample(sample: Sample) -> Sample:
     meta["mirrored"] = True
     out["meta"] = meta
     return out
+
+
+def _flip_width(x: Any) -> Any:
+    """Flip an image-like array along its width: the last axis of a (C x) H x W tensor, axis 1 of numpy H x W (x C)."""
+    return x.flip(-1) if isinstance(x, torch.Tensor) else np.ascontiguousarray(np.asarray(x)[:, ::-1])
 
 
 def _clone(x: Any) -> Any:
