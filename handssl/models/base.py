@@ -9,8 +9,9 @@ override the hooks:
 * :meth:`predict_joints3d` maps a batch to root-relative 3D joints (mm) for evaluation.
 
 Validation and test share one evaluation step: root-relative predictions against the batch's camera-frame
-``joints3d`` under a named evaluation protocol (:mod:`handssl.metrics.protocols`), logged as
-``{stage}/mpjpe``, ``{stage}/n_mpjpe``, ``{stage}/pa_mpjpe``, ``{stage}/auc`` and friends.
+``joints3d``: root-relative ``{stage}/mpjpe``, ``{stage}/n_mpjpe`` and ``{stage}/pa_mpjpe`` (wrist root, mm), and
+the named evaluation protocol's numbers (:mod:`handssl.metrics.protocols`) as ``{stage}/<protocol>/<key>``,
+e.g. ``test/stb/auc``.
 """
 
 from __future__ import annotations
@@ -136,10 +137,9 @@ class BaseHandTask(pl.LightningModule):
         target_rel = target - target[:, ROOT : ROOT + 1]
         rel_valid = valid & root_valid
         metrics = self.eval_metrics[stage]
-        target_rel_clean = torch.nan_to_num(target_rel)
         for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
-            metrics[name].update(pred, target_rel_clean, rel_valid)
-        metrics["protocol"].update(pred, torch.nan_to_num(target), valid)
+            metrics[name].update(pred, target_rel, rel_valid)
+        metrics["protocol"].update(pred, target, valid)
         batch_size = pred.shape[0]
         for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
             self.log(f"{stage}/{name}", metrics[name], batch_size=batch_size, prog_bar=name == "mpjpe")
@@ -155,9 +155,10 @@ class BaseHandTask(pl.LightningModule):
         if not metric.update_called:
             return
         result = metric.compute()
+        name = metric.protocol.name
         for key, value in result.items():
             if isinstance(value, Tensor) and value.numel() == 1:
-                self.log(f"{stage}/{key}", value.float(), sync_dist=False)
+                self.log(f"{stage}/{name}/{key}", value.float(), sync_dist=False)
         metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

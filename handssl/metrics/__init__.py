@@ -1,0 +1,39 @@
+"""Pose metrics: batched functions, DDP-safe torchmetrics classes, and named evaluation protocols.
+
+* :mod:`handssl.metrics.functional`: ``mpjpe``, ``n_mpjpe``, ``pa_mpjpe``, ``pck_curve``, ``pck_auc`` and
+  the alignments protocols compose.
+* :mod:`handssl.metrics.classes`: ``MPJPE``, ``NMPJPE``, ``PAMPJPE``, ``PCK``, ``PCKAUC``, ``PoseMetrics``.
+* :mod:`handssl.metrics.protocols`: ``EvalProtocol``, ``ProtocolMetric``, ``PROTOCOLS``, ``get_protocol``.
+"""
+
+from handssl._lazy import lazy_getattr
+
+_EXPORTS = {
+    "joint_errors": "functional",
+    "mpjpe": "functional",
+    "n_mpjpe": "functional",
+    "pa_mpjpe": "functional",
+    "pck_curve": "functional",
+    "pck_auc": "functional",
+    "align_root": "functional",
+    "align_root_and_scale": "functional",
+    "align_centroid_and_scale": "functional",
+    "align_procrustes": "functional",
+    "align_scale": "functional",
+    "MPJPE": "classes",
+    "NMPJPE": "classes",
+    "PAMPJPE": "classes",
+    "PCK": "classes",
+    "PCKAUC": "classes",
+    "PoseMetrics": "classes",
+    "EvalProtocol": "protocols",
+    "ProtocolMetric": "protocols",
+    "PROTOCOLS": "protocols",
+    "get_protocol": "protocols",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return __all__
