@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
@@ -54,7 +55,17 @@ class TestMetricsWriter(Callback):
 
 
 class HandSSLCLI(LightningCLI):
-    """LightningCLI with handssl's run directories, loggers and extra options."""
+    """LightningCLI with handssl's run directories, loggers and extra options.
+
+    Args:
+        default_run_name: Run name used when ``--run_name`` is not given (``main`` passes the last config
+            file's stem).
+        **kwargs: Passed to :class:`~pytorch_lightning.cli.LightningCLI`.
+    """
+
+    def __init__(self, *args: Any, default_run_name: str | None = None, **kwargs: Any) -> None:
+        self.default_run_name = default_run_name
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -79,10 +90,7 @@ class HandSSLCLI(LightningCLI):
 
     def _run_options(self) -> dict[str, Any]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        name = cfg.get("run_name")
-        if not name:
-            configs = cfg.get("config") or []
-            name = Path(str(configs[-1])).stem if configs else type(self.model).__name__.lower()
+        name = cfg.get("run_name") or self.default_run_name or type(self.model).__name__.lower()
         mode = cfg.get("wandb") or os.environ.get("WANDB_MODE", "offline")
         mode = {"dryrun": "offline"}.get(mode, mode)
         if mode not in WANDB_MODES:
@@ -91,8 +99,10 @@ class HandSSLCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
+        opts = self._run_options()
+        if trainer_cfg.get("default_root_dir") is None:
+            kwargs.setdefault("default_root_dir", str(Path(opts["runs_dir"]) / opts["name"]))
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            opts = self._run_options()
             csv = CSVLogger(save_dir=opts["runs_dir"], name=opts["name"])
             loggers: list[Any] = [csv]
             if opts["wandb"] != "disabled":
@@ -117,6 +127,19 @@ class HandSSLCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
 
+def _config_stem(argv: Any) -> str | None:
+    """Stem of the last ``-c/--config`` file in ``argv`` (the default run name)."""
+    if not isinstance(argv, list):
+        return None
+    stem = None
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            stem = Path(argv[i + 1]).stem
+        elif arg.startswith("--config="):
+            stem = Path(arg.split("=", 1)[1]).stem
+    return stem
+
+
 def main(args: ArgsType = None) -> None:
     """Run the handssl command line (``args`` defaults to ``sys.argv[1:]``)."""
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else args
@@ -124,6 +147,9 @@ def main(args: ArgsType = None) -> None:
         from handssl.data.check import main as data_main
 
         sys.exit(data_main(argv[1:]))
+    # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
+    # subcommand, so absolute paths must be turned into relative ones to resolve.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     try:
         HandSSLCLI(
             model_class=BaseHandTask,
@@ -135,12 +161,26 @@ def main(args: ArgsType = None) -> None:
             trainer_defaults={"callbacks": [TestMetricsWriter()]},
             parser_kwargs={"parser_mode": "omegaconf+", "version": handssl.__version__},
             args=argv,
+            default_run_name=_config_stem(argv),
         )
-    except (DatasetError, NonFiniteError) as err:
-        if os.environ.get("HANDSSL_DEBUG"):
+    except (ValueError, FloatingPointError) as err:
+        # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
+        cause = _find_cause(err, (DatasetError, NonFiniteError))
+        if cause is None or os.environ.get("HANDSSL_DEBUG"):
             raise
-        print(f"handssl: error: {err}", file=sys.stderr)
+        print(f"handssl: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _find_cause(err: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``err``'s chain of causes and contexts."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, types):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return None
 
 
 if __name__ == "__main__":

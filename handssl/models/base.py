@@ -39,12 +39,12 @@ def check_batch(batch: dict[str, Any], where: str = "batch") -> None:
     if isinstance(image, Tensor) and not torch.isfinite(image).all():
         bad = (~torch.isfinite(image.flatten(1))).any(1).nonzero().flatten().tolist()
         raise NonFiniteError(f"{where}: NaN/inf in 'image' of samples {bad} ({_describe(batch, bad)})")
-    valid = batch.get("valid")
     for key in ("joints3d", "joints2d"):
         joints = batch.get(key)
         if not isinstance(joints, Tensor):
             continue
-        mask = valid if isinstance(valid, Tensor) else torch.ones(joints.shape[:-1], dtype=torch.bool)
+        valid = valid_joints(batch, key)
+        mask = valid if valid is not None else torch.ones(joints.shape[:-1], dtype=torch.bool)
         finite = torch.isfinite(joints).all(-1) | ~mask.bool()
         if not finite.all():
             bad = (~finite).flatten(1).any(1).nonzero().flatten().tolist()
@@ -52,6 +52,18 @@ def check_batch(batch: dict[str, Any], where: str = "batch") -> None:
                 f"{where}: NaN/inf in '{key}' of joints marked valid, samples {bad} ({_describe(batch, bad)}); "
                 "mark missing annotations with valid=False"
             )
+
+
+def valid_joints(batch: dict[str, Any], key: str = "joints3d") -> Tensor | None:
+    """Which joints of ``batch[key]`` carry an annotation.
+
+    ``valid`` marks annotated joints; datasets with 2D labels only (e.g. the CMU HandDB sets) add
+    ``valid3d`` (all False) so that their NaN 3D joints count as missing.
+    """
+    valid = batch.get("valid")
+    if key == "joints3d" and isinstance(batch.get("valid3d"), Tensor):
+        valid = batch["valid3d"] if valid is None else valid & batch["valid3d"]
+    return valid.bool() if isinstance(valid, Tensor) else None
 
 
 def _describe(batch: dict[str, Any], indices: list[int]) -> str:
@@ -128,7 +140,7 @@ class BaseHandTask(pl.LightningModule):
     # ------------------------------------------------------------------------------------ evaluation
     def evaluation_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Prediction, camera-frame target and validity for evaluation; override for multi-view batches."""
-        return self.predict_joints3d(batch), batch["joints3d"], batch["valid"].bool()
+        return self.predict_joints3d(batch), batch["joints3d"], valid_joints(batch, "joints3d")
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         check_batch(batch, f"{stage} batch")

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from handssl.models.base import BaseHandTask
+from handssl.models.base import BaseHandTask, check_batch, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
 from handssl.skeleton import ROOT
@@ -78,10 +78,12 @@ class SupervisedModule(BaseHandTask):
         return self(batch["image"])[0]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        check_batch(batch, "training batch")
         image, valid = batch["image"], batch["valid"].bool()
         pred3d, pred2d = self(image)
         target3d = batch["joints3d"] - batch["joints3d"][:, ROOT : ROOT + 1]
-        valid3d = valid & valid[:, ROOT : ROOT + 1]
+        valid3d = valid_joints(batch, "joints3d")
+        valid3d = valid3d & valid3d[:, ROOT : ROOT + 1]
         scale = self.hparams.joint_scale_mm
         side = float(image.shape[-1])
         losses = {

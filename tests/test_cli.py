@@ -1,0 +1,166 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from handssl.cli import main
+from handssl.data.fakes import make_fake_rhd
+from handssl.models import SupervisedModule
+from handssl.models.base import NonFiniteError, check_batch
+
+CONF = Path(__file__).parent / "conf" / "supervised_tiny.yaml"
+REPO = Path(__file__).parents[1]
+
+
+def run(args, tmp_path):
+    main([*args, "--runs_dir", str(tmp_path / "runs"), "--wandb", "disabled"])
+
+
+def test_fast_dev_run_quickstart_config(tmp_path):
+    overrides = [
+        "--trainer.fast_dev_run=true",
+        "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4",
+        "--test_after_fit=false",
+    ]
+    for split in ("train", "val", "test"):
+        overrides += [
+            f"--data.init_args.{split}.init_args.num_subjects=1",
+            f"--data.init_args.{split}.init_args.sequences_per_subject=1",
+            f"--data.init_args.{split}.init_args.frames_per_sequence=4",
+            f"--data.init_args.{split}.init_args.chunk_size=4",
+        ]
+    run(["fit", "-c", str(REPO / "experiments" / "quickstart.yaml"), *overrides], tmp_path)
+
+
+def test_fit_twice_in_one_folder_then_test_writes_metrics(tmp_path):
+    run(["fit", "-c", str(CONF)], tmp_path)
+    run(["fit", "-c", str(CONF)], tmp_path)  # a second run must not trip over the first one's config.yaml
+    runs = sorted((tmp_path / "runs" / "supervised_tiny").iterdir())
+    assert [r.name for r in runs] == ["version_0", "version_1"]
+    for r in runs:
+        config = (r / "config.yaml").read_text()
+        assert "SupervisedModule" in config and "image_size: 32" in config  # resolved interpolation
+    ckpt = next((runs[0] / "checkpoints").glob("*.ckpt"))
+    run(["test", "-c", str(CONF), "--ckpt_path", str(ckpt), "--run_name", "evaluated"], tmp_path)
+    metrics = json.loads((tmp_path / "runs" / "evaluated" / "version_0" / "test_metrics.json").read_text())
+    assert {"test/mpjpe", "test/n_mpjpe", "test/pa_mpjpe", "test/synthhands/auc"} <= set(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert 0 < metrics["test/mpjpe"] < 1000
+
+
+def test_print_config_resolves_interpolation(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(CONF), "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "${" not in out and "image_size: 32" in out and "class_path: handssl.data.SynthHands" in out
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(CONF), "--model.init_args.no_such_option=3"], tmp_path)
+    assert exit_info.value.code != 0
+    assert "no_such_option" in capsys.readouterr().err
+
+
+def test_wrong_dataset_root_gives_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            [
+                "test",
+                "-c",
+                str(CONF),
+                "--data.init_args.test=handssl.data.RHD",
+                f"--data.init_args.test.init_args.root={tmp_path / 'nowhere'}",
+                "--data.init_args.test.init_args.split=evaluation",
+            ],
+            tmp_path,
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err and "Traceback" not in err
+
+
+def test_real_dataset_through_the_cli(tmp_path):
+    root = make_fake_rhd(tmp_path / "RHD")
+    run(
+        [
+            "test",
+            "-c",
+            str(CONF),
+            "--run_name",
+            "rhd",
+            "--data.init_args.test=handssl.data.RHD",
+            f"--data.init_args.test.init_args.root={root}",
+            "--data.init_args.test.init_args.split=evaluation",
+            "--model.init_args.eval_protocol=rhd",
+        ],
+        tmp_path,
+    )
+    metrics = json.loads((tmp_path / "runs" / "rhd" / "version_0" / "test_metrics.json").read_text())
+    assert "test/rhd/auc" in metrics
+
+
+def test_data_check_subcommand(tmp_path):
+    root = make_fake_rhd(tmp_path / "RHD")
+    proc = subprocess.run(
+        [sys.executable, "-m", "handssl", "data", "check", "rhd", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "training" in proc.stdout and "evaluation" in proc.stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "handssl", "data", "check", "rhd", "--root", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "missing" in (proc.stdout + proc.stderr)
+
+
+def test_nan_in_a_batch_is_named():
+    batch = {
+        "image": torch.rand(3, 3, 32, 32),
+        "joints3d": torch.randn(3, 21, 3),
+        "joints2d": torch.rand(3, 21, 2),
+        "valid": torch.ones(3, 21, dtype=torch.bool),
+        "meta": {"dataset": ["a", "b", "c"], "frame": [0, 1, 2]},
+    }
+    check_batch(batch)
+    batch["joints3d"][1, 5] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"joints3d.*samples \[1\].*frame=1"):
+        check_batch(batch)
+    batch["valid"][1, 5] = False  # missing annotations may be NaN
+    check_batch(batch)
+    batch["image"][2, 0, 0, 0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"image.*\[2\]"):
+        check_batch(batch)
+
+
+def test_non_finite_loss_stops_training():
+    model = SupervisedModule(backbone_widths=(8, 8, 8, 8), head_hidden=(8,))
+    model.log = lambda *a, **k: None
+    batch = {
+        "image": torch.rand(2, 3, 32, 32),
+        "joints3d": torch.randn(2, 21, 3),
+        "joints2d": torch.rand(2, 21, 2),
+        "valid": torch.ones(2, 21, dtype=torch.bool),
+    }
+    healthy_forward = model.forward
+    model.forward = lambda image: (
+        torch.full((2, 21, 3), float("nan")),
+        torch.zeros(2, 21, 2),
+    )  # diverged weights
+    with pytest.raises(NonFiniteError, match="not finite at step"):
+        model.training_step(batch, 0)
+    model.forward = healthy_forward
+    assert torch.isfinite(model.training_step(batch, 0))
+    batch["joints3d"][0, 3, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match="joints3d"):
+        model.training_step(batch, 0)
