@@ -588,25 +588,31 @@ def plot_confidence_histogram(
     ax: Axes | None = None,
     bins: int = 50,
     title: str | None = None,
+    keep: str = "above",
 ) -> Figure:
     """Histogram of pseudo-label confidences, with the selection threshold and the share kept.
 
     Args:
         confidence: Confidences of any shape (flattened; non-finite values dropped).
-        threshold: Optional selection threshold; values ``>= threshold`` count as kept.
+        threshold: Optional selection threshold.
         ax: Axes to draw into; a new figure when omitted.
         bins: Number of histogram bins.
         title: Axes title.
+        keep: ``"above"``: values ``>= threshold`` are kept (a confidence); ``"below"``: values
+            ``<= threshold`` are kept (a cost such as SemiHand's prediction spread).
 
     Returns:
         The figure.
     """
+    if keep not in ("above", "below"):
+        raise ValueError(f"keep must be 'above' or 'below', got {keep!r}")
     values = _numpy(confidence).reshape(-1)
     values = values[np.isfinite(values)]
     ax = _axes(ax, size_in=(5.0, 3.5))
     ax.hist(values, bins=bins, color="#4363d8", alpha=0.85)
     if threshold is not None:
-        kept = float((values >= threshold).mean()) if len(values) else float("nan")
+        selected = values >= threshold if keep == "above" else values <= threshold
+        kept = float(selected.mean()) if len(values) else float("nan")
         ax.axvline(
             threshold, color="#e6194b", linestyle="--", label=f"threshold {threshold:g} (kept {kept:.0%})"
         )

@@ -148,6 +148,11 @@ def test_confidence_plots():
     assert len(ax.patches) == 50
     kept = (confidence >= 0.75).mean()
     assert f"kept {kept:.0%}" in ax.get_legend().get_texts()[0].get_text()
+    cost = viz.plot_confidence_histogram(torch.tensor(confidence), threshold=0.2, keep="below")
+    kept_cost = (confidence <= 0.2).mean()
+    assert f"kept {kept_cost:.0%}" in cost.axes[0].get_legend().get_texts()[0].get_text()
+    with pytest.raises(ValueError, match="keep"):
+        viz.plot_confidence_histogram(confidence, keep="sideways")
     fig = viz.plot_confidence_vs_error(confidence, 10 * (1 - confidence), bins=5)
     (ax,) = fig.axes
     means = ax.lines[0].get_ydata()

@@ -328,20 +328,8 @@ def confidence_figure(
     """
     if keep not in _CONFIDENCE_KEEP:
         raise ValueError(f"keep must be one of {_CONFIDENCE_KEEP}, got {keep!r}")
-    if keep == "above":
-        return viz.plot_confidence_histogram(confidence, threshold=threshold, ax=ax, title="confidence")
-    # handssl.viz counts values >= threshold as kept; for a cost draw the threshold here.
-    figure = viz.plot_confidence_histogram(confidence, ax=ax, title="confidence (a cost: lower is better)")
-    if threshold is not None:
-        values = torch.as_tensor(confidence).detach().cpu().double().reshape(-1).numpy()
-        values = values[np.isfinite(values)]
-        kept = float((values <= threshold).mean()) if len(values) else float("nan")
-        axes = ax if ax is not None else figure.axes[0]
-        axes.axvline(
-            threshold, color="#e6194b", linestyle="--", label=f"threshold {threshold:g} (kept {kept:.0%})"
-        )
-        axes.legend(fontsize=8)
-    return figure
+    title = "confidence" if keep == "above" else "confidence (a cost: lower is better)"
+    return viz.plot_confidence_histogram(confidence, threshold=threshold, ax=ax, title=title, keep=keep)
 
 
 def pck_from_module(pl_module: Any, stage: str = "val") -> dict[str, Any] | None:
