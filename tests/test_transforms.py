@@ -94,3 +94,28 @@ def test_check_sample_rejects_nan_in_valid_joints():
         check_sample(sample)
     sample["valid"][4] = False
     check_sample(sample)
+
+
+def test_transformed_dataset_keeps_batched_loading():
+    from handssl.data.datamodules import TransformedDataset
+
+    class Batched(torch.utils.data.Dataset):
+        def __init__(self):
+            self.batched_calls = 0
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return raw_sample(np.random.default_rng(i))
+
+        def __getitems__(self, indices):
+            self.batched_calls += 1
+            return [self[i] for i in indices]
+
+    inner = Batched()
+    loader = torch.utils.data.DataLoader(
+        TransformedDataset(inner, CropResize(32)), batch_size=2, collate_fn=collate_samples
+    )
+    batches = list(loader)
+    assert inner.batched_calls == 2 and batches[0]["image"].shape == (2, 3, 32, 32)

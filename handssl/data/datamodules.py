@@ -58,6 +58,12 @@ class TransformedDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         return self.transform(self.dataset[index])
 
+    def __getitems__(self, indices: list[int]) -> list[Sample]:
+        # Keep batched loading (SynthHands renders a whole batch in one go) working through the wrapper.
+        getitems = getattr(self.dataset, "__getitems__", None)
+        samples = getitems(indices) if getitems is not None else [self.dataset[i] for i in indices]
+        return [self.transform(s) for s in samples]
+
 
 class HandDataModule(pl.LightningDataModule):
     """Base DataModule: batch size, workers and a deterministic, DDP-shardable loader factory.
