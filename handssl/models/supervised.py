@@ -40,7 +40,7 @@ class SupervisedModule(BaseHandTask):
 
     def __init__(
         self,
-        backbone_widths: Sequence[int] = (32, 64, 128, 256),
+        backbone_widths: Sequence[int] = (16, 32, 64, 128),
         backbone_blocks: Sequence[int] = (1, 1, 1, 1),
         head_hidden: Sequence[int] = (256,),
         dropout: float = 0.1,
