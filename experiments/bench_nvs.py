@@ -1,0 +1,130 @@
+"""Novel-view synthesis on held-out test subjects: L1 of synthesized views against simple baselines.
+
+For every test pair (view i -> view j of one frame) it compares the target view ``I_t^j`` with
+* ``synthesized``: the model's rendering of view j from view i (``R_ij``, the target camera's background),
+* ``copy_input``: the input view ``I_t^i`` itself,
+* ``mean_image``: the pixel-wise mean of ``--mean-items`` training target views,
+* ``background_only``: the target camera's background (what the decoder gives with an empty mask),
+as mean absolute error over all pixels and over the target's foreground (hand + sleeve mask) pixels, and saves
+a grid of test pairs (input | target | synthesized | turntable) as PNG.
+
+    python experiments/bench_nvs.py --checkpoint experiments/results/label_sweep/stage1.ckpt \
+        --out experiments/results/bench_nvs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from handssl.callbacks.nvs_viz import nvs_panels
+from handssl.data.datamodules import collate_samples
+from handssl.data.multiview import MultiViewPairs
+from handssl.data.synthhands.dataset import SynthHandsMultiView
+from handssl.models.nvs import NVSModule, load_state_dict_file
+
+METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
+
+
+def load_module(path: Path) -> NVSModule:
+    """An :class:`NVSModule` from a Lightning checkpoint or a ``{"state_dict", "hyper_parameters"}`` file."""
+    raw = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = dict(raw.get("hyper_parameters", {}))
+    if hparams.get("regime") == "pretrained" and hparams.get("stage") == 2:
+        hparams["stage"] = 1  # the weights are all in this file; no need for stage 1's checkpoint
+        hparams["pretrained_checkpoint"] = None
+    module = NVSModule(**hparams)
+    module.load_state_dict(load_state_dict_file(path))
+    return module.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--items", type=int, default=512, help="test pairs to evaluate")
+    parser.add_argument("--mean-items", type=int, default=512, help="training views in the mean image")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--style", default="synthetic")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--grid-pairs", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_nvs"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    module = load_module(args.checkpoint)
+    if module.decoder is None:
+        raise SystemExit(f"{args.checkpoint} has no decoder (supervised regime): nothing to synthesise")
+    size = module.hparams.image_size
+    common = {"image_size": size, "style": args.style}
+    train = MultiViewPairs(SynthHandsMultiView(split="train", **common))
+    test = MultiViewPairs(
+        SynthHandsMultiView(split="test", sequences_per_subject=2, frames_per_sequence=32, **common)
+    )
+
+    step = max(1, len(train) // args.mean_items)
+    mean_loader = DataLoader(
+        torch.utils.data.Subset(train, list(range(0, len(train), step))[: args.mean_items]),
+        batch_size=args.batch_size,
+        collate_fn=collate_samples,
+    )
+    mean_image = torch.stack([b["target"].mean(0) for b in mean_loader]).mean(0)
+
+    sums = {m: {"all": 0.0, "foreground": 0.0} for m in METHODS}
+    pixels = {"all": 0.0, "foreground": 0.0}
+    loader = DataLoader(
+        torch.utils.data.Subset(test, range(min(args.items, len(test)))),
+        batch_size=args.batch_size,
+        collate_fn=collate_samples,
+    )
+    grid_batch = None
+    with torch.no_grad():
+        for batch in loader:
+            grid_batch = grid_batch or batch
+            target = batch["target"]
+            candidates = {
+                "synthesized": module.synthesize(batch["image"], batch["R_ij"], batch["background"]),
+                "copy_input": batch["image"],
+                "mean_image": mean_image.expand_as(target),
+                "background_only": batch["background"],
+            }
+            foreground = (batch["target_mask"] > 0.5).float().expand_as(target)
+            pixels["all"] += target.numel()
+            pixels["foreground"] += float(foreground.sum())
+            for name, image in candidates.items():
+                error = (image - target).abs()
+                sums[name]["all"] += float(error.sum())
+                sums[name]["foreground"] += float((error * foreground).sum())
+    rows = [
+        {
+            "method": m,
+            "l1_all": round(sums[m]["all"] / pixels["all"], 4),
+            "l1_foreground": round(sums[m]["foreground"] / max(pixels["foreground"], 1.0), 4),
+        }
+        for m in METHODS
+    ]
+    with open(args.out / "bench_nvs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = ["| method | L1 all pixels | L1 foreground pixels |", "|---|---|---|"]
+    table += [f"| {r['method']} | {r['l1_all']} | {r['l1_foreground']} |" for r in rows]
+    header = f"checkpoint: {args.checkpoint}, {min(args.items, len(test))} test pairs, images in [0, 1]\n\n"
+    (args.out / "bench_nvs.md").write_text(header + "\n".join(table) + "\n")
+    print(header + "\n".join(table))
+
+    panels = nvs_panels(module, grid_batch, num_samples=args.grid_pairs, turntable_views=8)
+    grid = Image.fromarray(panels["grid"])
+    grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(args.out / "nvs_views.png")
+    print(f"wrote {args.out}/bench_nvs.csv, bench_nvs.md, nvs_views.png")
+
+
+if __name__ == "__main__":
+    main()

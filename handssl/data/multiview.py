@@ -1,0 +1,413 @@
+"""Multi-view training pairs for novel-view synthesis, a deterministic labeled subset, minority oversampling.
+
+A multi-view dataset (:class:`~handssl.data.synthhands.dataset.SynthHandsMultiView` by default, or
+:class:`~handssl.data.panoptic.PanopticMultiView`) gives, per item, ``V >= 2`` synchronized crop views of one
+frame plus the same cameras at another frame ``t'``. :class:`MultiViewPairs` turns an item into one training
+pair of its first two views (``i = 0, j = 1`` for even indices, ``i = 1, j = 0`` for odd ones):
+
+``image``  ``I_t^i`` (3, H, W), the input
+``target``  ``I_t^j`` (3, H, W), the view to synthesise
+``R_ij``  (3, 3) relative crop-camera rotation ``R_j R_i^T`` (points in camera *i* to camera *j*)
+``background``  ``bg_j`` (3, H, W), camera *j*'s background crop
+``background_input``  ``bg_i`` (3, H, W) (auto-encoding pairs composite over it)
+``image_t2``  ``I_t'^i`` (3, H, W), the appearance source from another frame of the same sequence
+``joints3d`` / ``joints2d`` / ``valid`` / ``K``  labels of view *i*; NaN and ``valid=False`` unless labeled
+``labeled``  bool, whether this item's labels are visible
+``target_mask``  (1, H, W) hand mask of view *j*, when the dataset has masks (diagnostics only)
+``meta``  dataset, subject, sequence, frame, cameras of views *i* and *j*
+
+:class:`MultiViewDataModule` picks the labeled subset deterministically (``label_fraction`` or
+``num_labeled``), and its training batches carry a fixed share of labeled items through
+:class:`LabeledShareBatchSampler` (random minority oversampling: the few labeled items are re-drawn, in
+reshuffled cycles, to fill their slots of every batch). The share says what the regime needs: ``1``
+(supervised, stage 2 of pre-training: only labeled items), ``0`` (stage 1: labels hidden), or in between
+(semi-supervised).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+
+from handssl.data.base import Sample
+from handssl.data.datamodules import HandDataModule, collate_samples
+from handssl.geometry import relative_rotation
+from handssl.skeleton import ROOT
+
+PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
+"""Keys a multi-view item must hold (each with a leading view axis)."""
+
+SlotKey = tuple[int, bool]
+"""A training index with its slot: ``(index, labels_visible)``."""
+
+
+def labeled_subset(
+    num_items: int, label_fraction: float | None = None, num_labeled: int | None = None, seed: int = 0
+) -> Tensor:
+    """Deterministic labeled subset: the first ``k`` items of a seeded permutation, sorted.
+
+    Args:
+        num_items: Items in the training set.
+        label_fraction: Share of items that are labeled, in ``[0, 1]`` (at least one item when positive).
+        num_labeled: Number of labeled items (instead of ``label_fraction``).
+        seed: Seed of the permutation (the same seed always picks the same items).
+
+    Returns:
+        Sorted ``int64`` indices of the labeled items.
+    """
+    if (label_fraction is None) == (num_labeled is None):
+        raise ValueError("give exactly one of label_fraction and num_labeled")
+    if num_labeled is not None:
+        if not 0 <= num_labeled <= num_items:
+            raise ValueError(
+                f"num_labeled must be in [0, {num_items}] (the training items), got {num_labeled}"
+            )
+        count = num_labeled
+    else:
+        if not 0.0 <= label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be in [0, 1], got {label_fraction}")
+        count = 0 if label_fraction == 0 else max(1, round(label_fraction * num_items))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(num_items, generator=generator)[:count].sort().values
+
+
+class MultiViewPairs(Dataset):
+    """Training pairs ``(I_t^i, I_t^j, R_ij, bg_j, I_t'^i, labels where labeled)`` from a multi-view dataset.
+
+    Keys of an item are listed in the module docstring. An index may be a plain ``int`` (labels visible when
+    the item is in ``labeled``) or a ``(index, labels_visible)`` pair from :class:`LabeledShareBatchSampler`
+    (labels visible only in labeled slots, so the labeled share of a batch is exactly the configured one).
+
+    Args:
+        dataset: Multi-view dataset whose items hold the keys in :data:`PAIR_KEYS` with ``V >= 2`` views.
+        labeled: Indices whose labels are visible; ``None`` makes every item labeled (validation, test).
+    """
+
+    def __init__(self, dataset: Dataset, labeled: Sequence[int] | Tensor | None = None) -> None:
+        self.dataset = dataset
+        self.labeled = None if labeled is None else {int(i) for i in labeled}
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def is_labeled(self, index: int) -> bool:
+        """Whether item ``index`` belongs to the labeled subset."""
+        return self.labeled is None or index in self.labeled
+
+    def _parse(self, key: int | SlotKey) -> tuple[int, bool]:
+        if isinstance(key, tuple):
+            index, visible = int(key[0]), bool(key[1])
+            if visible and not self.is_labeled(index):
+                raise IndexError(
+                    f"item {index} is not in the labeled subset but was drawn into a labeled slot"
+                )
+            return index, visible
+        index = int(key)
+        return index, self.is_labeled(index)
+
+    def __getitem__(self, key: int | SlotKey) -> Sample:
+        index, visible = self._parse(key)
+        return self._pair(index, visible, self.dataset[index])
+
+    def __getitems__(self, keys: Sequence[int | SlotKey]) -> list[Sample]:
+        """Batched fetch: forwards to the dataset's ``__getitems__`` (SynthHands renders a batch at once)."""
+        parsed = [self._parse(key) for key in keys]
+        indices = [index for index, _ in parsed]
+        fetch = getattr(self.dataset, "__getitems__", None)
+        items = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
+        return [self._pair(index, visible, item) for (index, visible), item in zip(parsed, items)]
+
+    def _pair(self, index: int, visible: bool, item: Sample) -> Sample:
+        missing = [k for k in PAIR_KEYS if k not in item]
+        if missing:
+            raise KeyError(f"multi-view item {index} lacks keys {missing}; expected {list(PAIR_KEYS)}")
+        if item["image"].shape[0] < 2:
+            raise ValueError(f"multi-view item {index} has {item['image'].shape[0]} view(s); pairs need 2")
+        # The input view alternates with the index parity, so a dataset that lists its cameras in sorted
+        # order (Panoptic) does not always synthesise in the same direction.
+        i, j = (0, 1) if index % 2 == 0 else (1, 0)
+        R = torch.as_tensor(item["R"], dtype=torch.float32)
+        joints3d = torch.as_tensor(item["joints3d"][i], dtype=torch.float32).clone()
+        joints2d = torch.as_tensor(item["joints2d"][i], dtype=torch.float32).clone()
+        valid = torch.as_tensor(item["valid"][i]).bool().clone()
+        if not visible:
+            joints3d.fill_(math.nan)
+            joints2d.fill_(math.nan)
+            valid.fill_(False)
+        meta = item.get("meta", {})
+        cameras = meta.get("cameras", [None, None])
+        pair: Sample = {
+            "image": item["image"][i],
+            "target": item["image"][j],
+            "R_ij": relative_rotation(R[i], R[j]),
+            "background": item["background"][j],
+            "background_input": item["background"][i],
+            "image_t2": item["image_t2"][i],
+            "joints3d": joints3d,
+            "joints2d": joints2d,
+            "valid": valid,
+            "K": torch.as_tensor(item["K"][i], dtype=torch.float32),
+            "labeled": torch.tensor(visible),
+            "meta": {
+                "dataset": meta.get("dataset", "unknown"),
+                "subject": meta.get("subject", -1),
+                "sequence": meta.get("sequence", -1),
+                "frame": meta.get("frame", -1),
+                "camera": cameras[i],
+                "camera_target": cameras[j],
+                "index": index,
+            },
+        }
+        if "mask" in item:  # for diagnostics only (e.g. hand-region L1); training never reads it
+            pair["target_mask"] = torch.as_tensor(item["mask"][j], dtype=torch.float32)
+        return pair
+
+
+class LabeledShareBatchSampler(BatchSampler):
+    """Batches with a fixed number of labeled items: random minority oversampling of the labeled subset.
+
+    Each batch takes ``batch_size - labeled_per_batch`` keys ``(index, False)`` from ``sampler`` (a stream of
+    dataset indices whose labels stay hidden) and ``labeled_per_batch`` keys ``(index, True)`` from the
+    labeled subset, cycling through reshuffled copies of it (the minority is oversampled: each labeled item
+    comes back once per cycle). With ``labeled_per_batch == batch_size`` every item is labeled and the stream
+    only sets the epoch length (``len(sampler) // batch_size`` batches).
+
+    Under DDP Lightning re-creates this sampler with ``sampler`` replaced by a ``DistributedSampler`` shard
+    (it subclasses ``BatchSampler`` and takes ``sampler``, ``batch_size`` and ``drop_last``); every rank then
+    draws its labeled items from its own seeded stream (seed, rank, epoch), so no two ranks repeat the same
+    labeled order.
+
+    Args:
+        sampler: Stream of dataset indices (e.g. a ``RandomSampler``).
+        batch_size: Items per batch.
+        drop_last: Drop the last incomplete batch.
+        labeled_indices: The labeled subset.
+        labeled_per_batch: Labeled items per batch, ``0..batch_size``.
+        seed: Seed of the labeled draws.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sequence[int],
+        batch_size: int,
+        drop_last: bool,
+        labeled_indices: Sequence[int] | Tensor = (),
+        labeled_per_batch: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.labeled_indices = torch.as_tensor(list(labeled_indices), dtype=torch.long)
+        if not 0 <= labeled_per_batch <= batch_size:
+            raise ValueError(f"labeled_per_batch must be in [0, {batch_size}], got {labeled_per_batch}")
+        if labeled_per_batch > 0 and len(self.labeled_indices) == 0:
+            raise ValueError("labeled_per_batch > 0 needs a non-empty labeled subset (raise label_fraction)")
+        self.labeled_per_batch = labeled_per_batch
+        self.seed = seed
+        self._iterations = 0
+
+    @property
+    def unlabeled_per_batch(self) -> int:
+        """Slots per batch filled from the stream (labels hidden)."""
+        return self.batch_size - self.labeled_per_batch
+
+    def _epoch(self) -> int:
+        epoch = getattr(self.sampler, "epoch", None)
+        return int(epoch) if epoch is not None else self._iterations
+
+    def _labeled_stream(self) -> Iterator[int]:
+        rank = int(getattr(self.sampler, "rank", 0))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + rank * 10_007 + self._epoch())
+        while True:
+            for i in torch.randperm(len(self.labeled_indices), generator=generator):
+                yield int(self.labeled_indices[i])
+
+    def __iter__(self) -> Iterator[list[SlotKey]]:
+        labeled = self._labeled_stream() if self.labeled_per_batch else iter(())
+        self._iterations += 1
+        if self.unlabeled_per_batch == 0:
+            for _ in range(len(self)):
+                yield [(next(labeled), True) for _ in range(self.batch_size)]
+            return
+        chunk: list[SlotKey] = []
+        for index in self.sampler:
+            chunk.append((int(index), False))
+            if len(chunk) == self.unlabeled_per_batch:
+                yield chunk + [(next(labeled), True) for _ in range(self.labeled_per_batch)]
+                chunk = []
+        if chunk and not self.drop_last:
+            yield chunk + [(next(labeled), True) for _ in range(self.labeled_per_batch)]
+
+    def __len__(self) -> int:
+        stream = len(self.sampler)  # type: ignore[arg-type]
+        per_batch = self.unlabeled_per_batch or self.batch_size
+        return (
+            stream // per_batch
+            if self.drop_last or not self.unlabeled_per_batch
+            else math.ceil(stream / per_batch)
+        )
+
+
+def _default_multiview(split: str, image_size: int, style: str, seed: int) -> Dataset:
+    from handssl.data.synthhands.dataset import SynthHandsMultiView
+
+    return SynthHandsMultiView(split=split, style=style, image_size=image_size, num_views=2, seed=seed)
+
+
+class MultiViewDataModule(HandDataModule):
+    """Multi-view pairs for novel-view synthesis, with a deterministic labeled subset and oversampling.
+
+    Datasets are configured by ``class_path`` (e.g. ``handssl.data.PanopticMultiView`` in multi-view mode);
+    with none given, SynthHandsMultiView ``train`` / ``val`` / ``test`` (two views, ``style``,
+    ``image_size``) are used. Validation and test items are fully labeled; the evaluation uses view *i*.
+
+    Args:
+        train: Multi-view training dataset.
+        val: Multi-view validation dataset (skipped when absent).
+        test: Multi-view test dataset.
+        image_size: Image side of the default SynthHands datasets.
+        style: Appearance style of the default SynthHands datasets (``"synthetic"`` or ``"real"``).
+        label_fraction: Share of training items whose labels are used (ignored when ``num_labeled`` is set).
+        num_labeled: Number of labeled training items (overrides ``label_fraction``).
+        labeled_share: Share of every training batch drawn from the labeled subset: ``1.0`` for the
+            supervised regime and stage 2 of the pre-trained regime, ``0.0`` for stage 1 (synthesis only,
+            all labels hidden), in between for the semi-supervised regime.
+        statistics_items: Labeled items (evenly spaced) used to compute the pose mean and std.
+        batch_size: Items per batch (per process under DDP).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory.
+        seed: Seed of the labeled subset, the shuffling and the labeled draws.
+    """
+
+    def __init__(
+        self,
+        train: Dataset | None = None,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+        image_size: int = 64,
+        style: str = "synthetic",
+        label_fraction: float = 0.05,
+        num_labeled: int | None = None,
+        labeled_share: float = 0.5,
+        statistics_items: int = 128,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        if not 0.0 <= labeled_share <= 1.0:
+            raise ValueError(f"labeled_share must be in [0, 1], got {labeled_share}")
+        self.labeled_per_batch = round(labeled_share * batch_size)
+        if labeled_share > 0 and self.labeled_per_batch == 0:
+            raise ValueError(
+                f"labeled_share {labeled_share} of a batch of {batch_size} rounds to no labeled item; "
+                "raise labeled_share or batch_size"
+            )
+        if labeled_share < 1 and self.labeled_per_batch == batch_size:
+            raise ValueError(
+                f"labeled_share {labeled_share} of a batch of {batch_size} rounds to a fully labeled batch; "
+                "use 1.0 or lower it"
+            )
+        if statistics_items < 1:
+            raise ValueError(f"statistics_items must be >= 1, got {statistics_items}")
+        self.labeled_share = labeled_share
+        self.label_fraction = None if num_labeled is not None else label_fraction
+        self.num_labeled = num_labeled
+        self.statistics_items = statistics_items
+        if train is None and val is None and test is None:
+            train, val, test = (
+                _default_multiview(s, image_size, style, seed) for s in ("train", "val", "test")
+            )
+        self.datasets = {"train": train, "val": val, "test": test}
+        self._labeled: Tensor | None = None
+        self._statistics: tuple[Tensor, Tensor] | None = None
+
+    def _require(self, name: str) -> Dataset:
+        dataset = self.datasets[name]
+        if dataset is None:
+            raise ValueError(
+                f"no {name} dataset configured: set data.init_args.{name} in the config "
+                f"(e.g. class_path: handssl.data.SynthHandsMultiView, init_args: {{split: {name}}})"
+            )
+        return dataset
+
+    @property
+    def labeled_indices(self) -> Tensor:
+        """Sorted indices of the labeled training items (deterministic given ``seed``)."""
+        if self._labeled is None:
+            train = self._require("train")
+            self._labeled = labeled_subset(len(train), self.label_fraction, self.num_labeled, self.seed)  # type: ignore[arg-type]
+            if self.labeled_share > 0 and len(self._labeled) == 0:
+                raise ValueError(
+                    f"labeled_share {self.labeled_share} needs labeled items, but the labeled subset is empty "
+                    f"(label_fraction={self.label_fraction}, num_labeled={self.num_labeled})"
+                )
+        return self._labeled
+
+    def pose_statistics(self) -> tuple[Tensor, Tensor]:
+        """Mean and std ``(21, 3)`` (mm) of root-relative joints of the labeled subset (both views).
+
+        Computed once from at most ``statistics_items`` evenly spaced labeled items; identical on every rank.
+        """
+        if self._statistics is None:
+            from handssl.models.components.nvs import pose_statistics
+
+            labeled = self.labeled_indices
+            if len(labeled) == 0:
+                raise ValueError("no labeled training items: pose statistics need label_fraction > 0")
+            pick = (
+                torch.linspace(0, len(labeled) - 1, min(len(labeled), self.statistics_items)).round().long()
+            )
+            train = self._require("train")
+            indices = labeled[pick.unique()].tolist()
+            fetch = getattr(train, "__getitems__", None)
+            joints, valid = [], []
+            for start in range(0, len(indices), 64):
+                chunk = indices[start : start + 64]
+                items = fetch(chunk) if fetch is not None else [train[i] for i in chunk]
+                for item in items:
+                    joints.append(torch.as_tensor(item["joints3d"], dtype=torch.float32).reshape(-1, 21, 3))
+                    valid.append(torch.as_tensor(item["valid"]).bool().reshape(-1, 21))
+            joints_all, valid_all = torch.cat(joints), torch.cat(valid)
+            valid_all &= torch.isfinite(joints_all).all(-1)
+            self._statistics = pose_statistics(joints_all, valid_all & valid_all[:, ROOT : ROOT + 1])
+        return self._statistics
+
+    def train_pairs(self) -> MultiViewPairs:
+        """The training pairs (labels visible only for the labeled subset)."""
+        return MultiViewPairs(self._require("train"), self.labeled_indices)
+
+    def train_dataloader(self) -> DataLoader:
+        pairs = self.train_pairs()
+        stream = RandomSampler(pairs, generator=torch.Generator().manual_seed(self.seed))
+        batch_sampler = LabeledShareBatchSampler(
+            stream,
+            batch_size=self.batch_size,
+            drop_last=True,
+            labeled_indices=self.labeled_indices,
+            labeled_per_batch=self.labeled_per_batch,
+            seed=self.seed,
+        )
+        return DataLoader(
+            pairs,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.datasets["val"] is None:
+            return []
+        return self._dataloader(MultiViewPairs(self.datasets["val"]), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._dataloader(MultiViewPairs(self._require("test")), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,304 @@
+"""Geometry-aware novel-view synthesis components (Rhodin et al. ECCV'18; Müller et al. for hands).
+
+An :class:`NVSEncoder` maps an image to a 3D latent ``L3D`` (``N`` points x 3, in the camera frame of the
+image) and an appearance vector. :func:`rotate_points` turns ``L3D`` into another camera's frame with the
+relative crop-camera rotation ``R_ij``. The :class:`NVSDecoder` renders the target view from the rotated
+points and an appearance vector: it predicts a foreground and a mask that :func:`composite` blends over
+the target camera's background, so the latent need not encode the background (the NSD-style mask of
+Rhodin et al. CVPR'19; the ECCV'18 code fed the background as a skip connection instead). The
+:class:`PoseHead` maps the un-rotated ``L3D`` to 21 root-relative joints, normalised by the training
+mean and standard deviation.
+
+All modules are plain ``nn.Module``s: tensors in, tensors out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from handssl.geometry import rotation_about_axis
+from handssl.models.components.backbones import ResNetBackbone, norm_layer
+from handssl.models.components.heads import MLP
+from handssl.skeleton import NUM_JOINTS, ROOT
+
+MASK_FLOOR = 1e-4
+"""Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
+
+
+def rotate_points(points: Tensor, R: Tensor) -> Tensor:
+    """Rotate point sets: ``p' = R @ p`` for every point.
+
+    Args:
+        points: ``(B, N, 3)`` points (``L3D``), one point per row.
+        R: ``(B, 3, 3)`` or ``(3, 3)`` rotations (e.g. ``R_ij = R_j @ R_i.T`` from camera *i* to *j*).
+
+    Returns:
+        ``(B, N, 3)`` rotated points.
+    """
+    if points.shape[-1] != 3:
+        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+    if R.shape[-2:] != (3, 3):
+        raise ValueError(f"R must be (B, 3, 3) or (3, 3), got {tuple(R.shape)}")
+    if R.dim() == 3 and R.shape[0] != points.shape[0]:
+        raise ValueError(f"R holds {R.shape[0]} rotations for a batch of {points.shape[0]} point sets")
+    return points @ R.to(points.dtype).transpose(-1, -2)
+
+
+def composite(foreground: Tensor, mask: Tensor, background: Tensor) -> Tensor:
+    """Alpha-blend ``mask * foreground + (1 - mask) * background``; all ``(B, C, H, W)`` (mask ``C = 1``)."""
+    return mask * foreground + (1 - mask) * background
+
+
+def turntable_rotations(num_views: int, axis: str = "y", degrees: float = 360.0) -> Tensor:
+    """Rotations about a camera axis for a turntable of novel views.
+
+    Args:
+        num_views: Number of views.
+        axis: Camera axis to turn about (``"y"`` points down the image, so ``"y"`` spins the hand left-right).
+        degrees: Total angle; views are evenly spaced in ``[0, degrees)``.
+
+    Returns:
+        ``(num_views, 3, 3)`` rotation matrices, the first one the identity.
+    """
+    if num_views < 1:
+        raise ValueError(f"num_views must be >= 1, got {num_views}")
+    angles = torch.arange(num_views, dtype=torch.float32) * (degrees / num_views) * torch.pi / 180.0
+    return torch.stack([rotation_about_axis(axis, a) for a in angles])
+
+
+class NVSEncoder(nn.Module):
+    """Image to a 3D latent of ``num_points`` points and an appearance vector.
+
+    A :class:`~handssl.models.components.backbones.ResNetBackbone` gives a ``C x h x w`` map; a 1x1
+    convolution reduces it, and a linear layer on the flattened map (which keeps the spatial layout, unlike
+    global pooling) outputs ``[appearance | L3D]``; consecutive triplets of the ``L3D`` part are points,
+    as in Rhodin et al.'s ``latent_3d.view(B, -1, 3)``.
+
+    Args:
+        image_size: Side of the square input image in pixels.
+        num_points: Points ``N`` of the 3D latent.
+        appearance_dim: Size of the appearance vector.
+        widths: Channels of the backbone stages.
+        blocks: Basic blocks per backbone stage.
+        reduce_channels: Channels after the 1x1 reduction, before flattening.
+        norm: Normalisation kind of the backbone.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        num_points: int = 200,
+        appearance_dim: int = 64,
+        widths: Sequence[int] = (32, 64, 128, 256),
+        blocks: Sequence[int] = (1, 1, 1, 1),
+        reduce_channels: int = 64,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        if num_points < 1 or appearance_dim < 1:
+            raise ValueError(
+                f"num_points and appearance_dim must be >= 1, got {num_points}, {appearance_dim}"
+            )
+        self.backbone = ResNetBackbone(widths=widths, blocks=blocks, norm=norm)
+        if image_size % self.backbone.stride:
+            raise ValueError(
+                f"image_size {image_size} must be a multiple of the backbone stride {self.backbone.stride}"
+            )
+        side = image_size // self.backbone.stride
+        self.image_size = image_size
+        self.num_points = num_points
+        self.appearance_dim = appearance_dim
+        self.reduce = nn.Sequential(
+            nn.Conv2d(self.backbone.out_channels, reduce_channels, 1, bias=False),
+            norm_layer(reduce_channels, norm),
+            nn.ReLU(inplace=True),
+        )
+        self.fc = nn.Linear(reduce_channels * side * side, appearance_dim + 3 * num_points)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 3, H, W)`` image to ``(L3D (B, N, 3), appearance (B, appearance_dim))``."""
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"encoder built for {self.image_size}x{self.image_size} images, got {tuple(image.shape[-2:])}"
+            )
+        latent = self.fc(torch.flatten(self.reduce(self.backbone(image)), 1))
+        appearance = latent[:, : self.appearance_dim]
+        points = latent[:, self.appearance_dim :].reshape(-1, self.num_points, 3)
+        return points, appearance
+
+
+class UpBlock(nn.Module):
+    """Bilinear x2 upsampling, Conv3x3 + norm + ReLU, Conv3x3 + ReLU (Rhodin's ``unetUpNoSKip``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch") -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            norm_layer(out_channels, norm),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class NVSDecoder(nn.Module):
+    """Render an image from (rotated) ``L3D`` and an appearance vector, composited over a background.
+
+    ``L3D`` goes through ``Linear -> Dropout -> ReLU`` to a ``latent_channels x s x s`` map
+    (``s = image_size / 2**len(widths)``), the appearance vector is tiled over it and concatenated, and
+    bilinear up-blocks bring it to full resolution, where a 1x1 convolution predicts an RGB foreground
+    (sigmoid, in ``[0, 1]``) and a mask ``1e-4 + (1 - 1e-4) * sigmoid``.
+
+    Args:
+        image_size: Side of the output image in pixels.
+        num_points: Points ``N`` of the 3D latent.
+        appearance_dim: Size of the appearance vector.
+        latent_channels: Channels of the map the points are lifted to.
+        widths: Output channels of each up-block (each doubles the resolution).
+        dropout: Dropout on the lifted latent (Rhodin et al.: 0.3).
+        norm: Normalisation kind in the up-blocks.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        num_points: int = 200,
+        appearance_dim: int = 64,
+        latent_channels: int = 64,
+        widths: Sequence[int] = (128, 64, 32),
+        dropout: float = 0.3,
+        norm: str = "batch",
+    ) -> None:
+        super().__init__()
+        if not widths:
+            raise ValueError("widths must name at least one up-block")
+        factor = 2 ** len(widths)
+        if image_size % factor:
+            raise ValueError(f"image_size {image_size} must be a multiple of 2**len(widths) = {factor}")
+        self.image_size = image_size
+        self.num_points = num_points
+        self.appearance_dim = appearance_dim
+        self.side = image_size // factor
+        self.latent_channels = latent_channels
+        self.from_latent = nn.Sequential(
+            nn.Linear(3 * num_points, latent_channels * self.side * self.side),
+            nn.Dropout(dropout),
+            nn.ReLU(inplace=True),
+        )
+        blocks = []
+        channels = latent_channels + appearance_dim
+        for width in widths:
+            blocks.append(UpBlock(channels, width, norm))
+            channels = width
+        self.up = nn.Sequential(*blocks)
+        self.to_output = nn.Conv2d(channels, 4, 1)
+
+    def layers(self, points: Tensor, appearance: Tensor) -> tuple[Tensor, Tensor]:
+        """Foreground ``(B, 3, H, W)`` in ``[0, 1]`` and mask ``(B, 1, H, W)`` in ``(0, 1]``."""
+        if points.shape[1:] != (self.num_points, 3):
+            raise ValueError(f"points must be (B, {self.num_points}, 3), got {tuple(points.shape)}")
+        if appearance.shape[1:] != (self.appearance_dim,):
+            raise ValueError(f"appearance must be (B, {self.appearance_dim}), got {tuple(appearance.shape)}")
+        lifted = self.from_latent(points.flatten(1)).view(-1, self.latent_channels, self.side, self.side)
+        tiled = appearance[:, :, None, None].expand(-1, -1, self.side, self.side)
+        out = self.to_output(self.up(torch.cat([lifted, tiled], dim=1)))
+        foreground = torch.sigmoid(out[:, :3])
+        mask = MASK_FLOOR + (1 - MASK_FLOOR) * torch.sigmoid(out[:, 3:])
+        return foreground, mask
+
+    def forward(self, points: Tensor, appearance: Tensor, background: Tensor) -> Tensor:
+        """Composited ``(B, 3, H, W)`` image of ``points`` with ``appearance`` over ``background``."""
+        foreground, mask = self.layers(points, appearance)
+        return composite(foreground, mask, background)
+
+
+class PoseHead(nn.Module):
+    """MLP from the (un-rotated) ``L3D`` to 21 root-relative joints, with the training pose statistics.
+
+    The MLP predicts ``(joints - mean) / std`` (Rhodin et al.'s ``LossLabelMeanStdNormalized``); ``mean`` and
+    ``std`` ``(21, 3)`` are buffers, set once from the labeled training set with :meth:`set_statistics`, and
+    travel with the checkpoint.
+
+    Args:
+        num_points: Points ``N`` of the 3D latent (input size ``3 N``).
+        hidden: Hidden layer sizes (Rhodin et al.: two of 2048).
+        dropout: Dropout after each hidden layer (Rhodin et al.: 0.5).
+        batch_norm: BatchNorm after each hidden linear layer.
+        min_std_mm: Floor of ``std`` (the root joint has zero spread once root-relative).
+    """
+
+    def __init__(
+        self,
+        num_points: int = 200,
+        hidden: Sequence[int] = (2048, 2048),
+        dropout: float = 0.5,
+        batch_norm: bool = True,
+        min_std_mm: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.mlp = MLP(3 * num_points, hidden, NUM_JOINTS * 3, dropout=dropout, batch_norm=batch_norm)
+        self.min_std_mm = min_std_mm
+        self.register_buffer("mean", torch.zeros(NUM_JOINTS, 3))
+        self.register_buffer("std", torch.ones(NUM_JOINTS, 3))
+        self.register_buffer("has_statistics", torch.tensor(False))
+
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Store the per-coordinate mean and standard deviation ``(21, 3)`` of root-relative joints (mm)."""
+        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+        if mean.shape != (NUM_JOINTS, 3) or std.shape != (NUM_JOINTS, 3):
+            raise ValueError(f"mean and std must be (21, 3), got {tuple(mean.shape)} and {tuple(std.shape)}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise ValueError("pose statistics hold NaN or inf; are there valid labeled joints?")
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(self.min_std_mm))
+        self.has_statistics.fill_(True)
+
+    def normalize(self, joints: Tensor) -> Tensor:
+        """Root-relative joints (mm) to the normalised space the MLP predicts in."""
+        return (joints - self.mean) / self.std
+
+    def denormalize(self, normalized: Tensor) -> Tensor:
+        """Inverse of :meth:`normalize`."""
+        return normalized * self.std + self.mean
+
+    def forward(self, points: Tensor) -> Tensor:
+        """``(B, N, 3)`` latent points to normalised joints ``(B, 21, 3)`` (see :meth:`to_joints`)."""
+        return self.mlp(points.flatten(1)).view(-1, NUM_JOINTS, 3)
+
+    def to_joints(self, normalized: Tensor) -> Tensor:
+        """Normalised output to root-relative joints in mm (the root is set exactly to zero)."""
+        joints = self.denormalize(normalized)
+        return joints - joints[:, ROOT : ROOT + 1]
+
+
+def pose_statistics(joints: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-coordinate mean and standard deviation of root-relative joints over valid samples.
+
+    Args:
+        joints: ``(M, 21, 3)`` joints in mm (camera frame); NaN allowed where not valid.
+        valid: Optional ``(M, 21)`` bool mask; a joint counts where it and the root are valid.
+
+    Returns:
+        ``(mean (21, 3), std (21, 3))`` in mm.
+    """
+    if joints.dim() != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"joints must be (M, 21, 3), got {tuple(joints.shape)}")
+    if valid is None:
+        valid = torch.isfinite(joints).all(-1)
+    valid = valid.bool() & valid[:, ROOT : ROOT + 1].bool()
+    if not valid.any(0).all():
+        missing = (~valid.any(0)).nonzero().flatten().tolist()
+        raise ValueError(f"no valid labeled sample for joints {missing}; cannot normalise the pose head")
+    rel = torch.nan_to_num(joints - joints[:, ROOT : ROOT + 1]).double()
+    weight = valid.unsqueeze(-1).double()
+    count = weight.sum(0)
+    mean = (rel * weight).sum(0) / count
+    var = (((rel - mean) ** 2) * weight).sum(0) / count
+    return mean.float(), var.sqrt().float()

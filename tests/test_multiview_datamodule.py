@@ -1,0 +1,238 @@
+from collections import Counter
+
+import pytest
+import torch
+from lightning_fabric.utilities.data import _replace_dunder_methods
+from pytorch_lightning.utilities.data import _update_dataloader
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from handssl.data.multiview import (
+    LabeledShareBatchSampler,
+    MultiViewDataModule,
+    MultiViewPairs,
+    labeled_subset,
+)
+from handssl.geometry import rotation_about_axis
+
+
+class FakeMultiView(Dataset):
+    """Tiny stand-in with SynthHandsMultiView's keys: two cameras turned about y, noise images.
+
+    View v of item i sits at ``angle = 0.3 * i + 0.7 * v`` rad; joints are seeded per item.
+    """
+
+    def __init__(self, length: int = 24, image_size: int = 32, num_views: int = 2) -> None:
+        self.length = length
+        self.image_size = image_size
+        self.num_views = num_views
+
+    def __len__(self) -> int:
+        return self.length
+
+    @staticmethod
+    def angle(index: int, view: int) -> float:
+        return 0.3 * index + 0.7 * view
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        g = torch.Generator().manual_seed(index)
+        views, size = self.num_views, self.image_size
+        world = torch.randn(21, 3, generator=g) * 40
+        R = torch.stack([rotation_about_axis("y", self.angle(index, v)) for v in range(views)])
+        t = torch.tensor([0.0, 0.0, 500.0]).expand(views, 3).clone()
+        joints3d = world @ R.transpose(-1, -2) + t[:, None]
+        K = torch.tensor([[100.0, 0, size / 2], [0, 100.0, size / 2], [0, 0, 1]]).expand(views, 3, 3).clone()
+        joints2d = joints3d[..., :2] / joints3d[..., 2:] * 100.0 + size / 2
+        return {
+            "image": torch.rand(views, 3, size, size, generator=g),
+            "background": torch.full((views, 3, size, size), 0.0) + torch.arange(views).view(views, 1, 1, 1),
+            "image_t2": torch.rand(views, 3, size, size, generator=g),
+            "mask": torch.zeros(views, 1, size, size),
+            "joints3d": joints3d,
+            "joints2d": joints2d,
+            "K": K,
+            "R": R,
+            "t": t,
+            "valid": torch.ones(views, 21, dtype=torch.bool),
+            "joints3d_world": world,
+            "meta": {"dataset": "fake", "subject": 0, "sequence": 0, "frame": index, "cameras": [0, 1]},
+        }
+
+
+def fake_datamodule(**kwargs) -> MultiViewDataModule:
+    options = {"batch_size": 8, "label_fraction": 0.25, "labeled_share": 0.25}
+    options.update(kwargs)
+    return MultiViewDataModule(
+        train=FakeMultiView(24), val=FakeMultiView(8), test=FakeMultiView(8), **options
+    )
+
+
+def test_labeled_subset_is_deterministic_and_sized():
+    a = labeled_subset(1000, label_fraction=0.05, seed=3)
+    assert len(a) == 50 and torch.equal(a, labeled_subset(1000, label_fraction=0.05, seed=3))
+    assert torch.equal(a, a.sort().values) and len(a.unique()) == 50
+    assert not torch.equal(a, labeled_subset(1000, label_fraction=0.05, seed=4))
+    assert len(labeled_subset(1000, label_fraction=0.0001)) == 1  # a positive fraction keeps one item
+    assert len(labeled_subset(1000, label_fraction=0.0)) == 0
+    assert len(labeled_subset(1000, num_labeled=7)) == 7
+    assert torch.equal(labeled_subset(10, label_fraction=1.0), torch.arange(10))
+    with pytest.raises(ValueError, match="exactly one"):
+        labeled_subset(10, label_fraction=0.5, num_labeled=3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        labeled_subset(10, label_fraction=1.5)
+    with pytest.raises(ValueError, match=r"\[0, 10\]"):
+        labeled_subset(10, num_labeled=11)
+
+
+def test_pairs_hold_the_right_views_and_rotation():
+    data = FakeMultiView(6)
+    pairs = MultiViewPairs(data, labeled=[2])
+    item = pairs[2]
+    raw = data[2]
+    assert torch.equal(item["image"], raw["image"][0]) and torch.equal(item["target"], raw["image"][1])
+    assert torch.equal(item["background"], raw["background"][1])  # target camera's background
+    assert torch.equal(item["background_input"], raw["background"][0])
+    assert torch.equal(item["image_t2"], raw["image_t2"][0])
+    # both cameras turn about y, so R_ij is the turn by the angle difference (0.7 rad)
+    assert torch.allclose(item["R_ij"], rotation_about_axis("y", 0.7), atol=1e-6)
+    # R_ij maps view i's camera-frame joints to view j's (both share the translation here)
+    t = torch.tensor([0.0, 0.0, 500.0])
+    moved = (raw["joints3d"][0] - t) @ item["R_ij"].T + t
+    assert torch.allclose(moved, raw["joints3d"][1], atol=1e-3)
+    assert bool(item["labeled"]) and torch.equal(item["joints3d"], raw["joints3d"][0])
+    assert item["valid"].all()
+
+
+def test_odd_items_synthesise_the_other_direction():
+    data = FakeMultiView(6)
+    item, raw = MultiViewPairs(data)[3], data[3]
+    assert torch.equal(item["image"], raw["image"][1]) and torch.equal(item["target"], raw["image"][0])
+    assert torch.equal(item["background"], raw["background"][0])
+    assert torch.equal(item["joints3d"], raw["joints3d"][1])
+    assert torch.allclose(item["R_ij"], rotation_about_axis("y", -0.7), atol=1e-6)
+
+
+def test_pairs_hide_labels_outside_the_labeled_subset():
+    pairs = MultiViewPairs(FakeMultiView(6), labeled=[2])
+    hidden = pairs[3]
+    assert not bool(hidden["labeled"]) and not hidden["valid"].any()
+    assert torch.isnan(hidden["joints3d"]).all() and torch.isnan(hidden["joints2d"]).all()
+    # a labeled item drawn into an unlabeled slot shows no labels either
+    assert not bool(pairs[(2, False)]["labeled"]) and torch.isnan(pairs[(2, False)]["joints3d"]).all()
+    assert bool(pairs[(2, True)]["labeled"])
+    with pytest.raises(IndexError, match="not in the labeled subset"):
+        pairs[(3, True)]
+    assert bool(MultiViewPairs(FakeMultiView(6))[4]["labeled"])  # no subset: everything labeled
+
+
+def test_pairs_reject_single_view_and_missing_keys():
+    with pytest.raises(ValueError, match="pairs need 2"):
+        MultiViewPairs(FakeMultiView(2, num_views=1))[0]
+
+    class NoBackground(FakeMultiView):
+        def __getitem__(self, index):
+            item = super().__getitem__(index)
+            del item["background"]
+            return item
+
+    with pytest.raises(KeyError, match="background"):
+        MultiViewPairs(NoBackground(2))[0]
+
+
+def test_batch_sampler_gives_the_configured_labeled_share_and_oversamples():
+    labeled = [3, 11, 17]
+    sampler = LabeledShareBatchSampler(
+        list(range(40)), batch_size=8, drop_last=True, labeled_indices=labeled, labeled_per_batch=2, seed=1
+    )
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 40 // 6
+    for batch in batches:
+        assert len(batch) == 8
+        slots = [visible for _, visible in batch]
+        assert slots.count(True) == 2
+        assert all(index in labeled for index, visible in batch if visible)
+    stream = [index for batch in batches for index, visible in batch if not visible]
+    assert stream == list(range(36))  # unlabeled slots walk the stream in order, each item once
+    counts = Counter(index for batch in batches for index, visible in batch if visible)
+    assert set(counts) == set(labeled)
+    assert max(counts.values()) - min(counts.values()) <= 1  # reshuffled cycles: balanced oversampling
+
+
+def test_batch_sampler_all_labeled_and_no_labeled():
+    full = LabeledShareBatchSampler(list(range(20)), 4, True, labeled_indices=[1, 2], labeled_per_batch=4)
+    batches = list(full)
+    assert len(batches) == len(full) == 5
+    assert all(visible and index in (1, 2) for b in batches for index, visible in b)
+    none = LabeledShareBatchSampler(list(range(10)), 4, False, labeled_indices=[], labeled_per_batch=0)
+    batches = list(none)
+    assert len(batches) == len(none) == 3 and len(batches[-1]) == 2
+    assert not any(visible for b in batches for _, visible in b)
+    with pytest.raises(ValueError, match="non-empty labeled subset"):
+        LabeledShareBatchSampler(list(range(10)), 4, True, labeled_indices=[], labeled_per_batch=1)
+    with pytest.raises(ValueError, match=r"\[0, 4\]"):
+        LabeledShareBatchSampler(list(range(10)), 4, True, labeled_indices=[1], labeled_per_batch=5)
+
+
+def test_batch_sampler_shards_like_ddp():
+    labeled = list(range(0, 48, 8))
+    epochs = {}
+    for rank in (0, 1):
+        shard = DistributedSampler(range(48), num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler = LabeledShareBatchSampler(
+            shard, 8, True, labeled_indices=labeled, labeled_per_batch=4, seed=0
+        )
+        epochs[rank] = list(sampler)
+        assert all(sum(v for _, v in b) == 4 for b in epochs[rank])
+    unlabeled = [{i for b in epochs[r] for i, v in b if not v} for r in (0, 1)]
+    assert not unlabeled[0] & unlabeled[1] and len(unlabeled[0] | unlabeled[1]) == 48
+    draws = [[i for b in epochs[r] for i, v in b if v] for r in (0, 1)]
+    assert draws[0] != draws[1]  # each rank draws its own labeled order
+
+
+def test_lightning_can_inject_a_distributed_sampler():
+    dm = fake_datamodule()
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = dm.train_dataloader()
+    shard = DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=True)
+    new = _update_dataloader(loader, shard)
+    assert isinstance(new.batch_sampler, LabeledShareBatchSampler)
+    assert new.batch_sampler.sampler is shard and new.batch_sampler.labeled_per_batch == 2
+    batch = next(iter(new))
+    assert int(batch["labeled"].sum()) == 2
+
+
+def test_datamodule_batches_and_statistics():
+    dm = fake_datamodule()
+    assert torch.equal(dm.labeled_indices, labeled_subset(24, label_fraction=0.25, seed=0))
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 24 // 6
+    for batch in batches:
+        assert batch["image"].shape == (8, 3, 32, 32) and batch["R_ij"].shape == (8, 3, 3)
+        assert int(batch["labeled"].sum()) == 2
+        assert torch.isnan(batch["joints3d"][~batch["labeled"]]).all()
+    val = next(iter(dm.val_dataloader()))
+    assert val["labeled"].all() and val["valid"].all()
+
+    mean, std = dm.pose_statistics()
+    joints = torch.cat([FakeMultiView(24)[i]["joints3d"] for i in dm.labeled_indices.tolist()])
+    rel = joints - joints[:, :1]
+    assert torch.allclose(mean, rel.mean(0), atol=1e-3)
+    assert torch.allclose(std, rel.std(0, unbiased=False), atol=1e-3)
+
+
+def test_datamodule_argument_errors():
+    with pytest.raises(ValueError, match="rounds to no labeled item"):
+        fake_datamodule(labeled_share=0.01)
+    with pytest.raises(ValueError, match="fully labeled"):
+        fake_datamodule(labeled_share=0.99)
+    with pytest.raises(ValueError, match=r"labeled_share must be in \[0, 1\]"):
+        fake_datamodule(labeled_share=2.0)
+    dm = fake_datamodule(label_fraction=0.0)
+    with pytest.raises(ValueError, match="labeled subset is empty"):
+        dm.train_dataloader()
+    dm = MultiViewDataModule(train=FakeMultiView(4), labeled_share=0.0)
+    assert dm.val_dataloader() == []
+    with pytest.raises(ValueError, match="no test dataset"):
+        dm.test_dataloader()

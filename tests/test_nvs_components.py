@@ -1,0 +1,236 @@
+import math
+
+import pytest
+import torch
+
+from handssl.geometry import axis_angle_to_matrix, rotation_about_axis
+from handssl.models.components.losses import (
+    PerceptualLoss,
+    ReconstructionLoss,
+    ResNet18Features,
+    gradient_loss,
+    load_resnet18_features,
+    per_image_l1,
+    ssim,
+)
+from handssl.models.components.nvs import (
+    MASK_FLOOR,
+    NVSDecoder,
+    NVSEncoder,
+    PoseHead,
+    composite,
+    pose_statistics,
+    rotate_points,
+    turntable_rotations,
+)
+
+SIZE = 32
+POINTS = 20
+APP = 8
+
+
+def small_decoder() -> NVSDecoder:
+    return NVSDecoder(SIZE, POINTS, APP, latent_channels=8, widths=(16, 8), dropout=0.3).eval()
+
+
+def test_rotate_points_hand_computed():
+    R = rotation_about_axis("z", math.pi / 2)  # x -> y
+    points = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 3.0]]])
+    out = rotate_points(points, R)
+    assert torch.allclose(out, torch.tensor([[[0.0, 1.0, 0.0], [-2.0, 0.0, 3.0]]]), atol=1e-6)
+    # batched rotations apply per item
+    Rs = torch.stack([torch.eye(3), R])
+    out2 = rotate_points(points.expand(2, -1, -1), Rs)
+    assert torch.allclose(out2[0], points[0]) and torch.allclose(out2[1], out[0], atol=1e-6)
+
+
+def test_rotate_points_errors():
+    with pytest.raises(ValueError, match="points"):
+        rotate_points(torch.zeros(2, 5, 2), torch.eye(3))
+    with pytest.raises(ValueError, match="3 rotations for a batch of 2"):
+        rotate_points(torch.zeros(2, 5, 3), torch.eye(3).expand(3, 3, 3))
+
+
+def test_decoding_rotated_then_rotated_back_equals_unrotated():
+    decoder = small_decoder()
+    points = torch.randn(3, POINTS, 3)
+    appearance = torch.randn(3, APP)
+    background = torch.rand(3, 3, SIZE, SIZE)
+    R = axis_angle_to_matrix(torch.randn(3, 3))
+    with torch.no_grad():
+        plain = decoder(points, appearance, background)
+        back = decoder(rotate_points(rotate_points(points, R), R.transpose(-1, -2)), appearance, background)
+        rotated = decoder(rotate_points(points, R), appearance, background)
+    assert torch.allclose(back, plain, atol=1e-5)
+    # the rotation does reach the image: decoding the rotated latent differs
+    assert (rotated - plain).abs().max() > 1e-4
+
+
+def test_composite_and_mask_range():
+    fg = torch.full((1, 3, 2, 2), 0.8)
+    bg = torch.full((1, 3, 2, 2), 0.2)
+    mask = torch.tensor([[[[1.0, 0.0], [0.5, 0.25]]]])
+    out = composite(fg, mask, bg)
+    expected = torch.tensor([[0.8, 0.2], [0.5, 0.35]])
+    assert torch.allclose(out[0, 0], expected) and torch.allclose(out[0, 2], expected)
+
+    decoder = small_decoder()
+    fg, mask = decoder.layers(torch.randn(2, POINTS, 3), torch.randn(2, APP))
+    assert fg.shape == (2, 3, SIZE, SIZE) and mask.shape == (2, 1, SIZE, SIZE)
+    assert fg.min() >= 0 and fg.max() <= 1
+    assert mask.min() >= MASK_FLOOR and mask.max() <= 1
+
+
+def test_decoder_background_shows_where_mask_is_low():
+    decoder = small_decoder()
+    with torch.no_grad():
+        decoder.to_output.weight.zero_()
+        decoder.to_output.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -30.0]))  # mask -> floor
+    background = torch.rand(1, 3, SIZE, SIZE)
+    out = decoder(torch.randn(1, POINTS, 3), torch.randn(1, APP), background)
+    assert torch.allclose(out, background, atol=1e-3)
+
+
+def test_encoder_layout_consecutive_triplets_are_points():
+    encoder = NVSEncoder(SIZE, POINTS, APP, widths=(8, 16), blocks=(1, 1), reduce_channels=4).eval()
+    with torch.no_grad():
+        encoder.fc.weight.zero_()
+        encoder.fc.bias.copy_(torch.arange(APP + 3 * POINTS, dtype=torch.float32))
+    points, appearance = encoder(torch.rand(2, 3, SIZE, SIZE))
+    assert points.shape == (2, POINTS, 3) and appearance.shape == (2, APP)
+    assert torch.equal(appearance[0], torch.arange(APP, dtype=torch.float32))
+    assert torch.equal(points[1, 0], torch.tensor([APP, APP + 1, APP + 2], dtype=torch.float32))
+    assert torch.equal(points[0, 2], torch.tensor([APP + 6, APP + 7, APP + 8], dtype=torch.float32))
+
+
+def test_encoder_and_decoder_argument_errors():
+    with pytest.raises(ValueError, match="multiple of the backbone stride"):
+        NVSEncoder(30, POINTS, APP, widths=(8, 16), blocks=(1, 1))
+    encoder = NVSEncoder(SIZE, POINTS, APP, widths=(8, 16), blocks=(1, 1))
+    with pytest.raises(ValueError, match="32x32"):
+        encoder(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        NVSDecoder(36, POINTS, APP, widths=(8, 8, 8))
+    with pytest.raises(ValueError, match=r"points must be \(B, 20, 3\)"):
+        small_decoder().layers(torch.randn(1, 10, 3), torch.randn(1, APP))
+
+
+def test_turntable_rotations_are_even_steps_about_y():
+    Rs = turntable_rotations(4)
+    assert Rs.shape == (4, 3, 3)
+    assert torch.allclose(Rs[0], torch.eye(3))
+    assert torch.allclose(Rs @ Rs.transpose(-1, -2), torch.eye(3).expand(4, 3, 3), atol=1e-6)
+    # a quarter turn about y: camera x goes to -z (y-rotation by +90 deg: x -> (cos, 0, -sin))
+    assert torch.allclose(Rs[1] @ torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, -1.0]), atol=1e-6)
+    assert torch.allclose(Rs[1] @ Rs[1], Rs[2], atol=1e-6)
+    with pytest.raises(ValueError):
+        turntable_rotations(0)
+
+
+def test_pose_head_normalisation_round_trip_and_root():
+    head = PoseHead(POINTS, hidden=(16,), dropout=0.0)
+    assert not bool(head.has_statistics)
+    mean = torch.randn(21, 3)
+    std = torch.rand(21, 3) + 0.5
+    std[0] = 0.0  # root: no spread, floored to min_std_mm
+    head.set_statistics(mean, std)
+    assert bool(head.has_statistics) and torch.allclose(head.std[0], torch.ones(3))
+    joints = torch.randn(4, 21, 3) * 30
+    assert torch.allclose(head.denormalize(head.normalize(joints)), joints, atol=1e-4)
+    out = head.to_joints(head(torch.randn(4, POINTS, 3)))
+    assert out.shape == (4, 21, 3) and torch.equal(out[:, 0], torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"\(21, 3\)"):
+        head.set_statistics(torch.zeros(20, 3), torch.ones(20, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        head.set_statistics(torch.full((21, 3), math.nan), torch.ones(21, 3))
+
+
+def test_pose_statistics_hand_computed():
+    joints = torch.zeros(3, 21, 3)
+    joints[:, 0] = torch.tensor([100.0, 0.0, 500.0])  # roots differ from zero: must be removed
+    joints[0, 5] = joints[0, 0] + torch.tensor([10.0, 0.0, 0.0])
+    joints[1, 5] = joints[1, 0] + torch.tensor([30.0, 0.0, 0.0])
+    joints[2, 5] = torch.tensor([math.nan, math.nan, math.nan])
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[2, 5] = False
+    mean, std = pose_statistics(joints, valid)
+    assert torch.allclose(mean[5], torch.tensor([20.0, 0.0, 0.0]))
+    assert torch.allclose(std[5], torch.tensor([10.0, 0.0, 0.0]))
+    assert torch.equal(mean[0], torch.zeros(3))
+    valid[:, 7] = False
+    with pytest.raises(ValueError, match=r"joints \[7\]"):
+        pose_statistics(joints, valid)
+
+
+def test_ssim_identity_and_constant_images():
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(ssim(x, x), torch.ones(2), atol=1e-5)
+    a, b = 0.3, 0.7
+    c1 = 0.01**2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)  # variances are 0: the contrast term is 1
+    got = ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
+    assert got.item() == pytest.approx(expected, rel=1e-4)
+    y = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(ssim(x, y), ssim(y, x), atol=1e-6)
+    assert (ssim(x, y) < 0.5).all()
+    with pytest.raises(ValueError, match="odd"):
+        ssim(x, y, window_size=4)
+
+
+def test_gradient_loss_ramp_against_constant():
+    ramp = (torch.arange(8, dtype=torch.float32) * 0.1).expand(1, 1, 8, 8)
+    flat = torch.full((1, 1, 8, 8), 0.4)
+    # x-gradients differ by 0.1 everywhere, y-gradients agree: 0.5 * (0.1 + 0)
+    assert gradient_loss(ramp, flat).item() == pytest.approx(0.05, rel=1e-5)
+    assert gradient_loss(ramp, ramp + 0.3).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reconstruction_loss_terms_add_up():
+    pred, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    loss = ReconstructionLoss(l1_weight=2.0, structural="ssim", structural_weight=0.5)
+    terms = loss(pred, target)
+    l1 = (pred - target).abs().mean()
+    assert terms["l1"].item() == pytest.approx(l1.item(), rel=1e-6)
+    assert terms["ssim"].item() == pytest.approx(1 - ssim(pred, target).mean().item(), rel=1e-6)
+    assert terms["loss"].item() == pytest.approx(2 * l1.item() + 0.5 * terms["ssim"].item(), rel=1e-6)
+    assert set(ReconstructionLoss(structural="gradient")(pred, target)) == {"l1", "gradient", "loss"}
+    assert set(ReconstructionLoss(structural="none")(pred, target)) == {"l1", "loss"}
+    assert torch.allclose(per_image_l1(pred, target).mean(), l1)
+    with pytest.raises(ValueError, match="structural"):
+        ReconstructionLoss(structural="lpips")
+
+
+def test_perceptual_loss_from_user_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        ReconstructionLoss(perceptual_checkpoint=str(tmp_path / "missing.pth"))
+    reference = ResNet18Features()
+    state = dict(reference.state_dict())
+    state["layer3.0.conv1.weight"] = torch.zeros(1)  # later layers are ignored
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    loaded = load_resnet18_features(path)
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+
+    loss = ReconstructionLoss(
+        structural="none", perceptual_checkpoint=str(path), perceptual_weight=2.0
+    ).train()
+    assert not any(p.requires_grad for p in loss.parameters())
+    assert not loss.perceptual.features.training  # frozen BatchNorm statistics
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = torch.rand(2, 3, 32, 32)
+    assert loss(y, y)["perceptual"].item() == pytest.approx(0.0, abs=1e-7)
+    terms = loss(x, y)
+    assert terms["perceptual"] > 0
+    assert terms["loss"].item() == pytest.approx(
+        terms["l1"].item() + 2 * terms["perceptual"].item(), rel=1e-5
+    )
+    terms["loss"].backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+    del state["layer1.0.conv1.weight"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="missing 1 keys"):
+        PerceptualLoss(path)
+    torch.save([1, 2, 3], path)
+    with pytest.raises(ValueError, match="state dict"):
+        PerceptualLoss(path)

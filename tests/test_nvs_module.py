@@ -1,0 +1,383 @@
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from test_multiview_datamodule import FakeMultiView
+
+from handssl.data.multiview import MultiViewDataModule
+from handssl.models.nvs import NVSModule
+
+TINY = {
+    "image_size": 32,
+    "num_points": 20,
+    "appearance_dim": 8,
+    "encoder_widths": (8, 16),
+    "encoder_blocks": (1, 1),
+    "decoder_widths": (16, 8),
+    "decoder_latent_channels": 8,
+    "pose_hidden": (32, 32),
+    "scheduler": "none",
+    "lr": 1e-2,
+}
+
+SHARE = {"supervised": 1.0, "pretrained1": 0.0, "pretrained2": 1.0, "semi": 0.5}
+
+
+def tiny_module(regime: str, **kwargs) -> NVSModule:
+    return NVSModule(regime=regime, **{**TINY, **kwargs})
+
+
+def datamodule(share: float, batch_size: int = 4) -> MultiViewDataModule:
+    return MultiViewDataModule(
+        train=FakeMultiView(16),
+        val=FakeMultiView(4),
+        test=FakeMultiView(4),
+        label_fraction=0.25,
+        labeled_share=share,
+        batch_size=batch_size,
+    )
+
+
+def fit(module: NVSModule, share: float, steps: int = 2) -> pl.Trainer:
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=datamodule(share))
+    return trainer
+
+
+def snapshot(module: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    return {} if module is None else {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict, module: torch.nn.Module) -> dict[str, bool]:
+    after = module.state_dict()
+    return {k: not torch.equal(before[k], after[k]) for k in before}
+
+
+def params_changed(before: dict, module: torch.nn.Module) -> bool:
+    names = {n for n, _ in module.named_parameters()}
+    flags = changed(before, module)
+    return all(flags[n] for n in names)
+
+
+def stage1_checkpoint(tmp_path) -> str:
+    stage1 = tiny_module("pretrained", stage=1)
+    fit(stage1, SHARE["pretrained1"])
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": stage1.state_dict()}, path)
+    return str(path)
+
+
+def test_supervised_trains_encoder_and_head_and_has_no_decoder():
+    module = tiny_module("supervised")
+    assert module.decoder is None and module.reconstruction is None
+    enc, head = snapshot(module.encoder), snapshot(module.pose_head)
+    trainer = fit(module, SHARE["supervised"])
+    assert params_changed(enc, module.encoder) and params_changed(head, module.pose_head)
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in module.parameters()}  # encoder + head, nothing else exists
+    with pytest.raises(RuntimeError, match="no decoder"):
+        module.synthesize(torch.rand(1, 3, 32, 32), torch.eye(3))
+
+
+def test_pretrained_stage1_trains_synthesis_only(tmp_path):
+    module = tiny_module("pretrained", stage=1)
+    enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
+    fit(module, SHARE["pretrained1"])
+    assert params_changed(enc, module.encoder) and params_changed(dec, module.decoder)
+    assert not any(changed(head, module.pose_head).values())  # weights and BatchNorm statistics
+    assert not bool(module.pose_head.has_statistics)
+    assert module.monitor == "val/synthesis_l1"
+
+
+def test_pretrained_stage2_freezes_encoder_and_decoder(tmp_path):
+    path = stage1_checkpoint(tmp_path)
+    stage1_state = torch.load(path)["state_dict"]
+    module = tiny_module("pretrained", stage=2, pretrained_checkpoint=path)
+    for name, value in module.state_dict().items():
+        if name.startswith(("encoder.", "decoder.")):
+            assert torch.equal(value, stage1_state[name]), name
+    enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
+    trainer = fit(module, SHARE["pretrained2"], steps=3)
+    assert not any(changed(enc, module.encoder).values())  # frozen weights and BatchNorm statistics
+    assert not any(changed(dec, module.decoder).values())
+    assert params_changed(head, module.pose_head)
+    optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in module.pose_head.parameters()}
+    module.train()
+    assert not module.encoder.training and module.pose_head.training
+
+
+def test_semi_trains_everything():
+    module = tiny_module("semi")
+    enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
+    dm_share = SHARE["semi"]
+    trainer = fit(module, dm_share)
+    assert params_changed(enc, module.encoder) and params_changed(dec, module.decoder)
+    assert params_changed(head, module.pose_head)
+    assert trainer.callback_metrics["train/labeled_share"] == pytest.approx(0.5)
+    for key in ("train/l1", "train/ssim", "train/synthesis", "train/pose", "train/loss"):
+        assert key in trainer.callback_metrics
+
+
+def test_pose_statistics_come_from_the_datamodule():
+    module = tiny_module("supervised")
+    dm = datamodule(1.0)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    mean, std = dm.pose_statistics()
+    assert torch.allclose(module.pose_head.mean, mean)
+    assert torch.allclose(module.pose_head.std, std.clamp_min(1.0))
+
+
+def test_regime_and_labeled_share_must_agree():
+    with pytest.raises(ValueError, match=r"labeled_share: 1\.0"):
+        fit(tiny_module("supervised"), 0.5, steps=1)
+    with pytest.raises(ValueError, match=r"labeled_share: 0\.0"):
+        fit(tiny_module("pretrained", stage=1), 0.5, steps=1)
+
+
+def test_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="regime must be one of"):
+        tiny_module("unsupervised")
+    with pytest.raises(ValueError, match="set pretrained_checkpoint"):
+        tiny_module("pretrained", stage=2)
+    with pytest.raises(FileNotFoundError, match="pretrained_checkpoint not found"):
+        tiny_module("pretrained", stage=2, pretrained_checkpoint=str(tmp_path / "nope.ckpt"))
+    path = tmp_path / "other.ckpt"
+    torch.save({"state_dict": tiny_module("pretrained", num_points=10).state_dict()}, path)
+    with pytest.raises(ValueError, match="does not match this model's architecture"):
+        tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path))
+    with pytest.raises(RuntimeError, match="no training statistics"):
+        tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
+
+
+class Recorder(torch.nn.Module):
+    """Wraps the decoder and records what it is asked to render."""
+
+    def __init__(self, decoder):
+        super().__init__()
+        self.decoder = decoder
+        self.calls = []
+
+    def forward(self, points, appearance, background):
+        self.calls.append((points.detach(), appearance.detach(), background.detach()))
+        return self.decoder(points, appearance, background)
+
+
+@pytest.mark.parametrize("swap", [0.0, 1.0])
+def test_training_pairs_swap_views_and_appearance(swap):
+    module = tiny_module("semi", swap_probability=swap, latent_dropout=0.0).eval()
+    batch = next(iter(datamodule(0.5).train_dataloader()))
+    recorder = Recorder(module.decoder)
+    module.decoder = recorder
+    targets = []
+    module.reconstruction.forward = lambda pred, target: targets.append(target) or {"loss": pred.mean()}
+    with torch.no_grad():
+        module._synthesis_losses(batch)
+        points, _ = module.encoder(batch["image"])
+        _, appearance_t2 = module.encoder(batch["image_t2"])
+    rendered_points, appearance, background = recorder.calls[0]
+    assert torch.allclose(appearance, appearance_t2, atol=1e-5)  # appearance from the other frame
+    if swap:
+        assert torch.equal(targets[0], batch["target"]) and torch.equal(background, batch["background"])
+        assert torch.allclose(rendered_points, points @ batch["R_ij"].transpose(-1, -2), atol=1e-4)
+    else:
+        assert torch.equal(targets[0], batch["image"]) and torch.equal(background, batch["background_input"])
+        assert torch.allclose(rendered_points, points, atol=1e-5)
+
+
+def test_api_shapes_and_turntable():
+    module = tiny_module("semi").eval()
+    image = torch.rand(2, 3, 32, 32)
+    points, appearance = module.encode(image)
+    assert points.shape == (2, 20, 3) and appearance.shape == (2, 8)
+    layers = module.synthesize(image, torch.eye(3), return_layers=True)
+    assert layers["image"].shape == (2, 3, 32, 32) and layers["mask"].shape == (2, 1, 32, 32)
+    table = module.turntable(image, num_views=4)
+    assert table.shape == (2, 4, 3, 32, 32)
+    assert torch.allclose(table[:, 0], module.synthesize(image, torch.eye(3)), atol=1e-5)
+    module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+    pose = module.predict_pose(image)
+    assert pose.shape == (2, 21, 3) and torch.equal(pose[:, 0], torch.zeros(2, 3))
+
+
+def test_validation_logs_synthesis_and_pose_metrics(tmp_path):
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    semi = tiny_module("semi")
+    semi.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+    metrics = trainer.validate(semi, datamodule=datamodule(0.5), verbose=False)[0]
+    for key in ("val/synthesis_l1", "val/copy_input_l1", "val/mpjpe", "val/n_mpjpe", "val/pa_mpjpe"):
+        assert key in metrics
+    stage1 = trainer.validate(tiny_module("pretrained", stage=1), datamodule=datamodule(0.0), verbose=False)[
+        0
+    ]
+    assert "val/synthesis_l1" in stage1 and "val/mpjpe" not in stage1
+
+
+def test_visualization_panels_and_wandb_only_logging():
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    from handssl.callbacks.nvs_viz import NVSVisualization, nvs_panels
+
+    module = tiny_module("semi").train()
+    batch = next(iter(datamodule(0.5).train_dataloader()))
+    panels = nvs_panels(module, batch, num_samples=2, turntable_views=3)
+    assert module.training  # mode restored
+    images = panels["images"]
+    assert images.shape == (2, 6, 3, 32, 32)
+    assert torch.allclose(images[:, 0], batch["image"][:2]) and torch.allclose(
+        images[:, 1], batch["target"][:2]
+    )
+    assert panels["grid"].dtype.name == "uint8" and panels["grid"].shape[2] == 3
+    assert panels["points"].shape == (20, 3)
+    assert nvs_panels(tiny_module("supervised"), batch, 2)["images"].shape == (2, 1, 3, 32, 32)
+
+    wandb_logger = MagicMock(spec=WandbLogger)
+    callback = NVSVisualization(every_n_steps=5, num_samples=2, turntable_views=2)
+    trainer = SimpleNamespace(global_step=3, is_global_zero=True, loggers=[wandb_logger])
+    callback.on_train_batch_end(trainer, module, None, batch, 0)
+    assert not wandb_logger.experiment.log.called  # not a multiple of 5
+    trainer.global_step = 5
+    callback.on_train_batch_end(trainer, module, None, batch, 0)
+    payload = wandb_logger.experiment.log.call_args[0][0]
+    assert {"nvs/grid", "nvs/latent_points", "trainer/global_step"} <= set(payload)
+    callback.on_train_batch_end(trainer, module, None, batch, 1)  # same step again: no duplicate
+    assert wandb_logger.experiment.log.call_count == 1
+    trainer = SimpleNamespace(global_step=10, is_global_zero=True, loggers=[MagicMock(spec=CSVLogger)])
+    callback.on_train_batch_end(trainer, module, None, batch, 0)  # no wandb logger: silently nothing
+    trainer = SimpleNamespace(global_step=10, is_global_zero=False, loggers=[wandb_logger])
+    callback.on_train_batch_end(trainer, module, None, batch, 0)
+    assert wandb_logger.experiment.log.call_count == 1
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+CONFIGS = sorted(p.name for p in EXPERIMENTS.glob("nvs_*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def fake_panoptic_root(tmp_path_factory):
+    from handssl.data.fakes import make_fake_panoptic
+
+    root = tmp_path_factory.mktemp("nvs_cli")
+    sequences = ("171204_pose1", "171204_pose2", "171204_pose3")
+    make_fake_panoptic(root / "data" / "panoptic", sequences=sequences, num_frames=6)
+    return root
+
+
+def test_every_nvs_config_is_covered():
+    assert len(CONFIGS) == 8, CONFIGS
+    for stem in ("nvs_supervised", "nvs_pretrained", "nvs_pretrained_stage2", "nvs_semi"):
+        assert f"{stem}.yaml" in CONFIGS and f"{stem}_panoptic.yaml" in CONFIGS
+
+
+# One config runs by default (about 5 s: the CLI parse dominates); the rest with `pytest -m slow`.
+@pytest.mark.parametrize(
+    "config", [c if c == "nvs_semi.yaml" else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS]
+)
+def test_config_fast_dev_run(config, fake_panoptic_root, monkeypatch):
+    from handssl.cli import main
+
+    monkeypatch.chdir(fake_panoptic_root)  # the Panoptic configs' data/panoptic is the fake copy
+    args = [
+        "fit",
+        "-c",
+        str(EXPERIMENTS / config),
+        "--trainer.fast_dev_run=true",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--data.init_args.batch_size=2",
+        "--data.init_args.statistics_items=2",
+        f"--runs_dir={fake_panoptic_root / 'runs'}",
+        "--wandb=disabled",
+    ]
+    if "stage2" in config:
+        stage1 = NVSModule(regime="pretrained", stage=1)  # the configs' architecture defaults
+        path = fake_panoptic_root / f"{config}.stage1.ckpt"
+        torch.save({"state_dict": stage1.state_dict()}, path)
+        args.append(f"--model.init_args.pretrained_checkpoint={path}")
+    main(args)
+
+
+DDP_SCRIPT = """
+import json, sys
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {tests!r})
+from test_multiview_datamodule import FakeMultiView
+from handssl.data.multiview import MultiViewDataModule
+from handssl.models.nvs import NVSModule
+
+class Check(pl.Callback):
+    shares = []
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.shares.append(int(batch["labeled"].sum()))
+        self.indices = batch["meta"]["index"]
+
+    def on_train_end(self, trainer, module):
+        flat = torch.cat([p.detach().flatten() for p in module.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(2)]
+        dist.all_gather(gathered, flat)
+        indices = torch.tensor(self.indices)
+        seen = [torch.zeros_like(indices) for _ in range(2)]
+        dist.all_gather(seen, indices)
+        if trainer.is_global_zero:
+            json.dump({{"shares": self.shares, "same_params": bool(torch.equal(*gathered)),
+                        "world": trainer.world_size, "batches": [s.tolist() for s in seen],
+                        "val": float(trainer.callback_metrics["val/mpjpe"])}}, open({out!r}, "w"))
+
+module = NVSModule(regime="semi", image_size=32, num_points=20, appearance_dim=8, encoder_widths=(8, 16),
+                   encoder_blocks=(1, 1), decoder_widths=(16, 8), decoder_latent_channels=8, pose_hidden=(32,),
+                   scheduler="none")
+dm = MultiViewDataModule(train=FakeMultiView(16), val=FakeMultiView(4), test=FakeMultiView(4),
+                         label_fraction=0.25, labeled_share=0.5, batch_size=4)
+trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=2, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, val_check_interval=2, limit_val_batches=1, callbacks=[Check()])
+trainer.fit(module, datamodule=dm)
+"""
+
+
+@pytest.mark.ddp
+def test_two_process_cpu_ddp(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp.json"
+    script = tmp_path / "ddp_nvs.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["world"] == 2
+    assert report["shares"] == [2, 2]  # every batch on rank 0 carries the configured 2 labeled items
+    assert report["same_params"]  # gradients were averaged: both ranks hold the same weights
+    a, b = report["batches"]
+    unlabeled_a, unlabeled_b = set(a[:2]), set(b[:2])
+    assert not unlabeled_a & unlabeled_b  # the ranks see different shards of the stream
+    assert report["val"] > 0
