@@ -4,6 +4,7 @@ from handssl._lazy import lazy_getattr
 
 _EXPORTS = {
     "PoseVisualizationCallback": "wandb_viz",
+    "NVSVisualization": "nvs_viz",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
