@@ -26,7 +26,9 @@ def fake_batch(batch: int, size: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
@@ -56,7 +58,7 @@ def main() -> None:
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     rate = args.steps * args.batch / elapsed
-    print(f"| model | size | batch | threads | device | train images/s |\n|---|---|---|---|---|---|")
+    print("| model | size | batch | threads | device | train images/s |\n|---|---|---|---|---|---|")
     print(f"| supervised | {args.size} | {args.batch} | {args.threads} | {args.device} | {rate:.0f} |")
 
 

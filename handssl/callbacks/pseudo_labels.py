@@ -1,0 +1,260 @@
+"""Pseudo-label export and wandb panels for :class:`~handssl.models.SemiHandModule`.
+
+:class:`PseudoLabelExport` writes, for every unlabelled image, the pseudo-label the model would give it now
+(joints, spread and confidence, whether it passes the threshold, whether biomechanical correction changed
+it and by how much, and, where the unlabelled set carries annotations, the pseudo-label's error before and
+after correction) to ``<dir>/pseudo_labels.pt`` and ``<dir>/pseudo_labels.csv``, at the end of fit and
+optionally every few epochs. With a :class:`~pytorch_lightning.loggers.WandbLogger` it also logs, every
+``log_every_n_steps`` training steps, pseudo-labels before and after correction drawn over their images, a
+confidence histogram and the PCK curves of the pseudo-labels before and after correction (all through
+:mod:`handssl.viz`); without one it logs no media.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
+
+from handssl.models.components.pseudo_labels import PseudoLabels, pseudo_label_errors
+from handssl.skeleton import ROOT
+
+__all__ = ["PseudoLabelExport"]
+
+_CSV_FIELDS = (
+    "index",
+    "spread",
+    "confidence",
+    "accepted",
+    "changed",
+    "correction_shift_mm",
+    "error_raw_mm",
+    "error_final_mm",
+)
+
+
+def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            return logger
+    return None
+
+
+class PseudoLabelExport(Callback):
+    """Export SemiHand pseudo-labels per unlabelled image, and log pseudo-label panels to wandb.
+
+    Args:
+        dirpath: Folder of the export (default: the run's log directory, else ``default_root_dir``).
+        filename: File stem of the ``.pt`` and ``.csv`` files.
+        every_n_epochs: Also export after every this many training epochs (0: only at the end of fit).
+        log_every_n_steps: Log the wandb panels every this many training steps (0 disables them).
+        max_images: Images in the before/after-correction panel.
+        pck_low_mm: Lowest threshold of the pseudo-label PCK curves.
+        pck_high_mm: Highest threshold of the pseudo-label PCK curves.
+        pck_steps: Number of thresholds.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        filename: str = "pseudo_labels",
+        every_n_epochs: int = 0,
+        log_every_n_steps: int = 200,
+        max_images: int = 4,
+        pck_low_mm: float = 0.0,
+        pck_high_mm: float = 50.0,
+        pck_steps: int = 21,
+    ) -> None:
+        if every_n_epochs < 0 or log_every_n_steps < 0:
+            raise ValueError("every_n_epochs and log_every_n_steps must be >= 0")
+        self.dirpath = dirpath
+        self.filename = filename
+        self.every_n_epochs = every_n_epochs
+        self.log_every_n_steps = log_every_n_steps
+        self.max_images = max_images
+        self.pck = (pck_low_mm, pck_high_mm, pck_steps)
+        self.last_summary: dict[str, float] | None = None
+
+    # ----------------------------------------------------------------------------------- export
+    def _directory(self, trainer: pl.Trainer) -> Path:
+        return Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+
+    @torch.no_grad()
+    def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
+        """Pseudo-labels of every unlabelled item as a dict of ``(N, ...)`` tensors (all ranks take part)."""
+        datamodule = getattr(trainer, "datamodule", None)
+        if (
+            datamodule is None
+            or not hasattr(datamodule, "pseudo_label_dataloader")
+            or not datamodule.num_unlabeled
+        ):
+            return None
+        loader = datamodule.pseudo_label_dataloader(rank=trainer.global_rank, world_size=trainer.world_size)
+        rows: dict[str, list[Tensor]] = {}
+        for batch in loader:
+            batch = {k: v.to(pl_module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+            labels, _ = pl_module.compute_pseudo_labels(batch)
+            fields = labels.to_dict()
+            fields["index"] = batch["index"]
+            if "eval_joints3d" in batch:
+                errors = pseudo_label_errors(labels, batch["eval_joints3d"], batch["eval_valid"])
+                fields["error_raw_mm"] = errors["error_raw"]
+                fields["error_final_mm"] = errors["error_final"]
+            for key, value in fields.items():
+                rows.setdefault(key, []).append(value.detach())
+        if not rows:
+            return None
+        table = {k: torch.cat(v) for k, v in rows.items()}
+        if trainer.world_size > 1:
+            table = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in table.items()}
+        table = {k: v.cpu() for k, v in table.items()}
+        first = _first_positions(table["index"])  # DistributedSampler pads shards with repeated items
+        return {k: v[first] for k, v in table.items()}
+
+    def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
+        """Compute, write (rank 0) and summarise the pseudo-labels of every unlabelled item.
+
+        Under ``fast_dev_run`` (which suppresses logging and checkpoints) nothing is written unless
+        ``dirpath`` was given.
+        """
+        table = self.collect(trainer, pl_module)
+        if table is None:
+            return None
+        summary = _summary(table)
+        self.last_summary = summary
+        write = not trainer.fast_dev_run or self.dirpath is not None
+        if trainer.is_global_zero and write:
+            folder = self._directory(trainer)
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(table, folder / f"{self.filename}.pt")
+            with open(folder / f"{self.filename}.csv", "w", newline="") as handle:
+                writer = csv.writer(handle)
+                fields = [f for f in _CSV_FIELDS if f in table]
+                writer.writerow(fields)
+                for i in range(table["index"].shape[0]):
+                    writer.writerow([_cell(table[f][i]) for f in fields])
+            rank_zero_info(
+                f"PseudoLabelExport: wrote {table['index'].shape[0]} pseudo-labels to {folder}/{self.filename}.pt/.csv"
+            )
+        return summary
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._export_and_log(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._export_and_log(trainer, pl_module)
+
+    def _export_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        summary = self.export(trainer, pl_module)
+        if summary and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({f"pseudo/{k}": v for k, v in summary.items()}, step=trainer.global_step)
+
+    # ------------------------------------------------------------------------------------ media
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self.log_every_n_steps or trainer.global_step % self.log_every_n_steps != 0:
+            return
+        logger = _wandb_logger(trainer)
+        stash = getattr(pl_module, "last_pseudo_labels", None)
+        if logger is None or stash is None or not trainer.is_global_zero:
+            return
+        from handssl import viz
+
+        images = self.panels(stash)
+        step = trainer.global_step
+        for key, figure in images.items():
+            logger.log_image(key=f"pseudo/{key}", images=[viz.figure_to_array(figure)], step=step)
+            figure.clf()
+
+    def panels(self, stash: dict[str, Any]) -> dict[str, Any]:
+        """The matplotlib figures logged to wandb, from the module's ``last_pseudo_labels``."""
+        import matplotlib.pyplot as plt
+
+        from handssl import viz
+
+        labels: PseudoLabels = stash["labels"]
+        images = stash["image"]
+        gt2d = stash.get("eval_joints2d")
+        count = min(self.max_images, images.shape[0])
+        fig, axes = plt.subplots(1, count, figsize=(3 * count, 3), squeeze=False)
+        for i in range(count):
+            viz.plot_pseudo_label_correction(
+                images[i],
+                labels.uv_raw[i],
+                labels.uv[i],
+                gt_2d=gt2d[i] if gt2d is not None and gt2d.numel() else None,
+                ax=axes[0, i],
+                title=f"C={float(labels.spread[i]):.2f}{'' if labels.accepted[i] else ' (rejected)'}",
+            )
+        out = {"correction": fig}
+        threshold = stash.get("threshold")
+        out["confidence"] = viz.plot_confidence_histogram(
+            labels.confidence,
+            threshold=None if threshold is None else float(torch.exp(-torch.tensor(threshold))),
+        )
+        gt3d, valid = stash.get("eval_joints3d"), stash.get("eval_valid")
+        if gt3d is not None and gt3d.numel():
+            from handssl.metrics import pck_curve
+            from handssl.metrics.functional import pck_thresholds
+
+            thresholds = pck_thresholds(*self.pck)
+            target = gt3d - gt3d[:, ROOT : ROOT + 1]
+            curves = {}
+            for name, joints in (
+                ("before correction", labels.joints3d_raw),
+                ("after correction", labels.joints3d),
+            ):
+                rel = joints - joints[:, ROOT : ROOT + 1]
+                curves[name] = (
+                    thresholds,
+                    pck_curve(rel, torch.nan_to_num(target), thresholds, valid.bool()),
+                )
+            out["pck"] = viz.plot_pck_curves(curves, title="pseudo-label PCK")
+        return out
+
+
+def _first_positions(index: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct value of ``index``, sorted by that value."""
+    seen: dict[int, int] = {}
+    for pos, value in enumerate(index.tolist()):
+        seen.setdefault(int(value), pos)
+    return torch.tensor([seen[k] for k in sorted(seen)], dtype=torch.long)
+
+
+def _cell(value: Tensor) -> Any:
+    if value.dtype == torch.bool:
+        return int(value)
+    if value.is_floating_point():
+        return f"{float(value):.4f}"
+    return int(value)
+
+
+def _summary(table: dict[str, Tensor]) -> dict[str, float]:
+    accepted = table["accepted"].bool()
+    out = {
+        "count": float(accepted.numel()),
+        "accept_rate": float(accepted.float().mean()),
+        "changed_rate": float(table["changed"].float().mean()),
+        "correction_shift_mm": float(table["correction_shift_mm"].mean()),
+        "spread": float(table["spread"].mean()),
+    }
+    for key in ("error_raw_mm", "error_final_mm"):
+        if key in table:
+            err = table[key]
+            finite = torch.isfinite(err)
+            if finite.any():
+                out[key] = float(err[finite].mean())
+            keep = finite & accepted
+            if keep.any():
+                out[f"{key}_accepted"] = float(err[keep].mean())
+    return out

@@ -1,0 +1,369 @@
+"""SemiSupervisedDataModule: every training batch mixes labelled (synthetic) and unlabelled (real) images.
+
+Training batches come from Lightning's :class:`~pytorch_lightning.utilities.combined_loader.CombinedLoader`
+in ``"max_size_cycle"`` mode: a dict ``{"labeled": ..., "unlabeled": ...}`` whose two parts have fixed sizes
+set by ``batch_size`` and ``unlabeled_fraction``; an epoch lasts as long as the longer loader and the
+shorter one cycles. Under DDP Lightning gives each inner loader its own distributed sampler.
+
+Labelled items (:class:`LabeledView`) get the "diversity" augmentation with their labels moved along
+(:func:`handssl.data.augment.augment_sample`). Unlabelled items (:class:`UnlabeledView`) carry
+
+* ``image`` (the original crop) and its ``K``,
+* ``image_perturbed`` ``(P, 3, H, W)`` with ``perturb_matrix`` ``(P, 3, 3)``: ``P`` "perturbation" copies
+  (for the pseudo-label views and the consistency loss),
+* ``image_strong`` with ``strong_matrix`` ``(3, 3)`` and ``K_strong``: a "diversity" copy, on which the
+  student learns from the (transformed) pseudo-label,
+* ``index``: the item's position in the concatenated unlabelled set (pseudo-label storage and export),
+* ``eval_joints3d`` / ``eval_joints2d`` / ``eval_valid``: the dataset's annotation where it has one, only
+  for monitoring pseudo-label error (and for the paper's "known root and scale" lifting); training never
+  uses them as labels.
+
+Validation and test run on the unlabelled domain's own validation / test sets, through the default crop.
+
+Datasets that return full images (RHD, STB, Dexter+Object) are cropped by
+:class:`~handssl.data.transforms.CropResize` around their annotated 2D joints (the usual "GT crop"), the
+unlabelled ones included: like the paper's protocol (known root and scale), the crop uses the annotation.
+Rendered SynthHands crops need no crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pytorch_lightning.utilities.combined_loader import CombinedLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+
+from handssl.data.augment import augment_sample, make_pipeline
+from handssl.data.base import Sample
+from handssl.data.datamodules import HandDataModule, TransformedDataset
+from handssl.data.transforms import CropResize
+
+__all__ = ["LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
+
+_EVAL_KEYS = ("joints3d", "joints2d", "valid")
+
+
+def _seed_from(base: int, index: int, deterministic: bool) -> int:
+    if deterministic:
+        return int(np.random.SeedSequence([base, index]).generate_state(1)[0] & 0x7FFFFFFF)
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+def _with_mask(sample: Sample, prefer_hand_mask: bool = True) -> Sample:
+    """Every labelled item gets ``mask`` (zeros where absent) and ``has_mask``, so batches always collate.
+
+    With ``prefer_hand_mask`` a dataset's ``hand_mask`` (skin only, as SynthHands provides besides the
+    hand-plus-sleeve ``mask``) becomes the ``mask`` target: the capsule hand of the cross-modal loss has no
+    forearm.
+    """
+    out = dict(sample)
+    if prefer_hand_mask and out.get("hand_mask") is not None:
+        out["mask"] = out["hand_mask"]
+    out.pop("hand_mask", None)
+    image = out["image"]
+    if out.get("mask") is None:
+        out["mask"] = torch.zeros(1, *image.shape[-2:], dtype=torch.float32)
+        out["has_mask"] = torch.tensor(False)
+    else:
+        mask = torch.as_tensor(out["mask"], dtype=torch.float32)
+        out["mask"] = mask if mask.ndim == 3 else mask.unsqueeze(0)
+        out["has_mask"] = torch.tensor(True)
+    return out
+
+
+class _CroppedView(Dataset):
+    """Crop every sample with :class:`CropResize`; loads batches through the dataset's ``__getitems__``."""
+
+    def __init__(self, dataset: Dataset, image_size: int, crop_margin: float) -> None:
+        self.base = dataset
+        self.crop = CropResize(image_size, crop_margin)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def _load(self, indices: Sequence[int]) -> list[Sample]:
+        getitems = getattr(self.base, "__getitems__", None)
+        raw = getitems(list(indices)) if getitems is not None else [self.base[i] for i in indices]
+        return [self.crop(sample) for sample in raw]
+
+    def _finish(self, sample: Sample, index: int) -> Sample:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._finish(self._load([index])[0], index)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
+        return [self._finish(sample, i) for sample, i in zip(self._load(indices), indices)]
+
+
+class LabeledView(_CroppedView):
+    """Labelled training items: crop, optional "diversity" augmentation, a ``mask`` key always present.
+
+    Args:
+        dataset: Map-style dataset of sample dicts.
+        image_size: Network input side (crop size).
+        augment: Apply the "diversity" augmentation.
+        diversity: Keyword arguments of :func:`handssl.data.augment.diversity_pipeline`.
+        crop_margin: Margin of the default crop around the hand.
+        seed: Base seed (augmentation draws come from torch's per-worker generator).
+        prefer_hand_mask: Use a dataset's ``hand_mask`` (no forearm) as the mask target where it has one.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        image_size: int = 64,
+        augment: bool = True,
+        diversity: dict[str, Any] | None = None,
+        crop_margin: float = 0.25,
+        seed: int = 0,
+        prefer_hand_mask: bool = True,
+    ) -> None:
+        super().__init__(dataset, image_size, crop_margin)
+        self.pipeline = make_pipeline("diversity", **(diversity or {})) if augment else None
+        self.seed = seed
+        self.prefer_hand_mask = prefer_hand_mask
+
+    def _finish(self, sample: Sample, index: int) -> Sample:
+        sample = _with_mask(sample, self.prefer_hand_mask)
+        if self.pipeline is not None:
+            sample = augment_sample(sample, self.pipeline, seed=_seed_from(self.seed, index, False))
+        else:
+            sample.pop("depth", None)
+            sample.pop("background", None)
+            sample["in_bounds"] = torch.ones_like(torch.as_tensor(sample["valid"]), dtype=torch.bool)
+            sample["transform_matrix"] = torch.eye(3)
+        return sample
+
+
+class UnlabeledView(_CroppedView):
+    """Unlabelled items: the original crop, ``P`` perturbed copies and one "diversity" copy, with matrices.
+
+    Args:
+        dataset: Map-style dataset of sample dicts (annotations, if any, are only kept as ``eval_*``).
+        image_size: Network input side (crop size).
+        num_perturbations: Number ``P`` of perturbed copies.
+        perturbation: Keyword arguments of :func:`handssl.data.augment.perturbation_pipeline`.
+        diversity: Keyword arguments of :func:`handssl.data.augment.diversity_pipeline`.
+        strong: Produce the "diversity" copy (``image_strong``).
+        deterministic: Draw the perturbations from ``(seed, index)`` (the same copies every epoch, for stored
+            pseudo-labels); otherwise from torch's per-worker generator.
+        crop_margin: Margin of the default crop around the hand.
+        seed: Base seed.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        image_size: int = 64,
+        num_perturbations: int = 2,
+        perturbation: dict[str, Any] | None = None,
+        diversity: dict[str, Any] | None = None,
+        strong: bool = True,
+        deterministic: bool = False,
+        crop_margin: float = 0.25,
+        seed: int = 0,
+    ) -> None:
+        if num_perturbations < 1:
+            raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
+        super().__init__(dataset, image_size, crop_margin)
+        self.num_perturbations = num_perturbations
+        self.perturbation = make_pipeline("perturbation", **(perturbation or {}))
+        self.diversity = make_pipeline("diversity", **(diversity or {})) if strong else None
+        self.deterministic = deterministic
+        self.seed = seed
+
+    def _finish(self, sample: Sample, index: int) -> Sample:
+        base = {"image": sample["image"], "K": sample["K"], "joints2d": sample["joints2d"]}
+        out: dict[str, Any] = {"image": sample["image"], "K": sample["K"], "index": torch.tensor(index)}
+        for key in _EVAL_KEYS:
+            if key in sample:
+                out[f"eval_{key}"] = torch.as_tensor(sample[key])
+        if "meta" in sample:
+            out["meta"] = sample["meta"]
+        seed = _seed_from(self.seed, index, self.deterministic)
+        images, matrices = [], []
+        for p in range(self.num_perturbations):
+            aug = augment_sample(base, self.perturbation, seed=seed + 1 + p)
+            images.append(aug["image"])
+            matrices.append(aug["transform_matrix"])
+        out["image_perturbed"] = torch.stack(images)
+        out["perturb_matrix"] = torch.stack(matrices)
+        if self.diversity is not None:
+            aug = augment_sample(base, self.diversity, seed=seed)
+            out["image_strong"] = aug["image"]
+            out["strong_matrix"] = aug["transform_matrix"]
+            out["K_strong"] = aug["K"]
+        return out
+
+
+def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
+    if datasets is None:
+        return None
+    if isinstance(datasets, Dataset):
+        return datasets
+    datasets = list(datasets)
+    if not datasets:
+        return None
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+
+
+def _synthhands(split: str, style: str, image_size: int) -> Dataset:
+    from handssl.data.synthhands.dataset import SynthHands
+
+    return SynthHands(split=split, style=style, image_size=image_size)
+
+
+class SemiSupervisedDataModule(HandDataModule):
+    """Labelled + unlabelled training batches (CombinedLoader, ``max_size_cycle``); evaluation on the target.
+
+    With no datasets given: SynthHands ``style="synthetic"`` train (labelled), SynthHands ``style="real"``
+    train (unlabelled), and the real-style val / test subjects for evaluation. RHD + STB or DexterObject
+    plug in by ``class_path``.
+
+    Args:
+        labeled: Labelled training datasets (concatenated).
+        unlabeled: Unlabelled training datasets (concatenated); their annotations are never used as labels.
+        val: Validation datasets (normally the unlabelled domain's).
+        test: Test datasets (normally the unlabelled domain's).
+        image_size: Network input side in pixels.
+        batch_size: Items per training batch, labelled plus unlabelled (per process under DDP).
+        unlabeled_fraction: Share of unlabelled items in a training batch (0 trains on labelled data only).
+        eval_batch_size: Batch size of validation / test / pseudo-label loaders (default: ``batch_size``).
+        num_perturbations: Perturbed copies per unlabelled item.
+        augment_labeled: Apply the "diversity" augmentation to labelled items.
+        perturbation: Options of the "perturbation" pipeline (``shift_px``, ``rotate_deg``, ``right_angles``).
+        diversity: Options of the "diversity" pipeline (``rotate_deg``, ``scale``, ``translate_fraction``, ...).
+        crop_margin: Margin of the default crop around the hand (real datasets).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory.
+        seed: Seed of shuffling and of the deterministic perturbations.
+    """
+
+    def __init__(
+        self,
+        labeled: list[Dataset] | None = None,
+        unlabeled: list[Dataset] | None = None,
+        val: list[Dataset] | None = None,
+        test: list[Dataset] | None = None,
+        image_size: int = 64,
+        batch_size: int = 32,
+        unlabeled_fraction: float = 0.5,
+        eval_batch_size: int | None = None,
+        num_perturbations: int = 2,
+        augment_labeled: bool = True,
+        perturbation: dict[str, Any] | None = None,
+        diversity: dict[str, Any] | None = None,
+        crop_margin: float = 0.25,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        if not 0.0 <= unlabeled_fraction <= 1.0:
+            raise ValueError(f"unlabeled_fraction must be in [0, 1], got {unlabeled_fraction}")
+        if num_perturbations < 1:
+            raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
+        if all(x is None for x in (labeled, unlabeled, val, test)):
+            labeled = [_synthhands("train", "synthetic", image_size)]
+            unlabeled = [_synthhands("train", "real", image_size)]
+            val = [_synthhands("val", "real", image_size)]
+            test = [_synthhands("test", "real", image_size)]
+        self.labeled = _concat(labeled)
+        self.unlabeled = _concat(unlabeled)
+        self.val = _concat(val)
+        self.test = _concat(test)
+        self.image_size = image_size
+        self.unlabeled_fraction = unlabeled_fraction
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_perturbations = num_perturbations
+        self.augment_labeled = augment_labeled
+        self.perturbation = dict(perturbation or {})
+        self.diversity = dict(diversity or {})
+        self.crop_margin = crop_margin
+        self.labeled_batch_size, self.unlabeled_batch_size = self.split_batch_size()
+        if self.labeled_batch_size and self.labeled is None:
+            raise ValueError("no labeled dataset configured but unlabeled_fraction < 1")
+        if self.unlabeled_batch_size and self.unlabeled is None:
+            raise ValueError("no unlabeled dataset configured but unlabeled_fraction > 0")
+
+    def split_batch_size(self) -> tuple[int, int]:
+        """``(labelled, unlabelled)`` items per training batch (at least one of each when both are wanted)."""
+        unlabeled = round(self.batch_size * self.unlabeled_fraction)
+        if 0 < self.unlabeled_fraction < 1:
+            unlabeled = min(max(unlabeled, 1), self.batch_size - 1)
+        return self.batch_size - unlabeled, unlabeled
+
+    def unlabeled_view(self, deterministic: bool = False, strong: bool = True) -> UnlabeledView:
+        """The unlabelled items as :class:`UnlabeledView` (``deterministic`` for stored / exported labels)."""
+        if self.unlabeled is None:
+            raise ValueError("no unlabeled dataset configured")
+        return UnlabeledView(
+            self.unlabeled,
+            self.image_size,
+            self.num_perturbations,
+            self.perturbation,
+            self.diversity,
+            strong=strong,
+            deterministic=deterministic,
+            crop_margin=self.crop_margin,
+            seed=self.seed,
+        )
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Number of unlabelled items (0 when none is configured)."""
+        return 0 if self.unlabeled is None else len(self.unlabeled)
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders: dict[str, DataLoader] = {}
+        if self.labeled_batch_size:
+            view = LabeledView(
+                self.labeled,
+                self.image_size,
+                self.augment_labeled,
+                self.diversity,
+                self.crop_margin,
+                self.seed,
+            )
+            loaders["labeled"] = self._dataloader(
+                view, True, batch_size=self.labeled_batch_size, drop_last=True
+            )
+        if self.unlabeled_batch_size:
+            loaders["unlabeled"] = self._dataloader(
+                self.unlabeled_view(), True, batch_size=self.unlabeled_batch_size, drop_last=True
+            )
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def pseudo_label_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Deterministic, unshuffled loader over the unlabelled items (for stored / exported pseudo-labels).
+
+        Args:
+            rank: This process's rank; with ``world_size > 1`` it reads its own shard.
+            world_size: Number of processes.
+        """
+        view = self.unlabeled_view(deterministic=True, strong=False)
+        sampler = None
+        if world_size > 1:
+            sampler = DistributedSampler(view, num_replicas=world_size, rank=rank, shuffle=False)
+        return self._dataloader(view, False, sampler=sampler, batch_size=self.eval_batch_size)
+
+    def _eval_loader(self, dataset: Dataset | None) -> DataLoader | list:
+        if dataset is None:
+            return []
+        view = TransformedDataset(dataset, CropResize(self.image_size, self.crop_margin))
+        return self._dataloader(view, False, batch_size=self.eval_batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.val)
+
+    def test_dataloader(self) -> DataLoader | list:
+        if self.test is None:
+            raise ValueError("no test dataset configured: set data.init_args.test in the config")
+        return self._eval_loader(self.test)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_loader(self.test)

@@ -1,0 +1,606 @@
+"""SemiHandModule: SemiHand (Yang, Chen, Yao, ICCV'21) as a mean-teacher learner, or in the paper's offline rounds.
+
+A 2.5D pose network with a hand-mask head (:class:`~handssl.models.components.pose25d.Pose25DNet`) learns from
+labelled (synthetic) and unlabelled (real) images with
+
+* ``L_sup`` on labelled images (after "diversity" augmentation): ``|uv - uv_gt|^2 + lambda_d |d - d_gt|^2``
+  plus ``lambda_w |w - w_gt|_1`` on the mask;
+* the confidence-gated pseudo-label loss ``1(C <= tau) l(p, p_hat)`` on the "diversity" copy of each
+  unlabelled image, the pseudo-label moved by the same transform
+  (:mod:`~handssl.models.components.pseudo_labels`: average of original, perturbed and biomechanically
+  corrected predictions; ``C`` their spread);
+* ``lambda_c (L_vc + L_cc)``: pose and mask equivariance under "perturbation" and the cross-modal pose <-> mask
+  term with stop-gradient on the mask (:mod:`~handssl.models.components.consistency`).
+
+``mode="mean_teacher"``: an EMA copy of the network (the teacher, no gradients, always in eval mode, in the
+checkpoint) makes the pseudo-labels and the consistency targets on the fly every step, and is used for
+evaluation. ``mode="rounds"`` follows the paper's Alg. 1: every ``epochs_per_round`` epochs the network itself
+(in eval mode) recomputes and stores a pseudo-label for every unlabelled image (kept in checkpoints); the
+consistency targets are the network's own stop-gradient predictions.
+
+Switches for ablations: ``use_consistency``, ``use_pseudo_labels``, ``use_correction``, ``use_mask``.
+With all of them off and ``unlabeled_fraction: 0`` in the data it is the source-only baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from torch import Tensor
+
+from handssl.models.base import BaseHandTask
+from handssl.models.components.consistency import (
+    capsule_radii,
+    cross_modal_loss,
+    mask_equivariance_loss,
+    pose_equivariance_loss,
+)
+from handssl.models.components.ema import EMATeacher, sync_buffers
+from handssl.models.components.pose25d import Pose25DNet, encode_25d, lift_25d, recover_root_depth
+from handssl.models.components.pseudo_labels import (
+    PseudoLabeler,
+    PseudoLabels,
+    map_back,
+    pseudo_label_errors,
+    pseudo_label_loss,
+)
+from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT
+
+MODES = ("mean_teacher", "rounds")
+LIFTINGS = ("known", "predicted")
+_ROOT_BONE = (ROOT, MIDDLE_MCP)
+
+
+def _template_lengths() -> tuple[float, float]:
+    """Template reference-bone length (mm) and wrist -> middle-MCP length in reference-bone units."""
+    from handssl.kinematics import template_bone_lengths
+    from handssl.skeleton import BONES
+
+    lengths = template_bone_lengths(torch.float64)
+    ref = float(lengths[BONES.index(REFERENCE_BONE)])
+    return ref, float(lengths[BONES.index(_ROOT_BONE)]) / ref
+
+
+def _masked_mean(values: Tensor, weight: Tensor) -> Tensor:
+    weight = weight.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _default_corrector() -> Any:
+    try:
+        from handssl.biomech import correct
+    except ImportError as err:  # pragma: no cover - depends on the biomech module being present
+        raise ImportError("use_correction=True needs handssl.biomech.correct") from err
+    return functools.partial(correct, template=None)
+
+
+class SemiHandModule(BaseHandTask):
+    """SemiHand: labelled synthetic + unlabelled real images, pseudo-labels with biomechanical correction.
+
+    Args:
+        mode: ``"mean_teacher"`` (EMA teacher makes pseudo-labels every step) or ``"rounds"`` (the paper's
+            offline rounds: stored pseudo-labels recomputed every ``epochs_per_round`` epochs).
+        backbone_widths: Channels of the ResNet stages.
+        backbone_blocks: Basic blocks per stage.
+        decoder_channels: Channels of the heatmap decoder.
+        output_stride: Input pixels per heatmap cell.
+        image_size: Input side in pixels (sets the capsule radii and the ``uv`` unit of the losses).
+        root_joint: Root of the relative depth (the paper's: 9, the middle MCP).
+        use_consistency: View consistency (pose + mask equivariance) and cross-modal consistency.
+        use_pseudo_labels: Confidence-gated pseudo-label loss.
+        use_correction: Biomechanical correction inside the pseudo-labels.
+        use_mask: Train the mask head and use the mask terms of the consistency losses.
+        depth_weight: ``lambda_d`` of the pose distance (50 in the paper).
+        mask_weight: ``lambda_w`` of the supervised mask L1 (100 in the paper).
+        consistency_weight: ``lambda_c`` (0.1 in the paper).
+        cross_modal_weight: Weight of ``L_cc`` inside ``L_cons`` (0 disables it).
+        pseudo_label_weight: Weight of the pseudo-label loss.
+        threshold: Confidence threshold ``tau`` (1.5 in the paper); ``inf`` accepts every pseudo-label.
+        lifting: 2.5D -> 3D at evaluation: ``"known"`` root depth and scale from the annotation (the paper's
+            protocol) or ``"predicted"`` (Iqbal's root recovery with the template scale).
+        pseudo_label_lifting: The same for lifting pseudo-labels before correction; ``"known"`` uses the
+            unlabelled images' annotated root depth and scale (the paper's assumption, privileged
+            information), ``"predicted"`` uses none.
+        template_scale_mm: Reference-bone length of the template hand for ``"predicted"`` lifting (default:
+            the :mod:`handssl.kinematics` template's).
+        ema_decay: Teacher momentum ``m`` in ``teacher = m teacher + (1 - m) student``.
+        ema_warmup: Use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates (fast early tracking).
+        ema_buffer_mode: ``"ema"`` or ``"copy"`` for BatchNorm statistics (see :mod:`..components.ema`).
+        eval_network: ``"teacher"`` or ``"student"`` for validation / test (``rounds`` always uses the student).
+        unsupervised_start_step: Labelled-only steps before the unsupervised losses start (source pre-training).
+        unsupervised_ramp_steps: Linear ramp of the unsupervised weights after the start.
+        epochs_per_round: Epochs per pseudo-labelling round (``mode="rounds"``).
+        init_checkpoint: A SemiHandModule checkpoint to start the network from (e.g. a source-only run).
+        capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
+        capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
+        cross_modal_size: Resolution of the cross-modal comparison (the mask is downsampled; ``None``: full).
+        lr: Learning rate of AdamW.
+        weight_decay: Weight decay of AdamW.
+        scheduler: ``"cosine"`` or ``"none"``.
+        warmup_steps: Linear warm-up steps.
+        eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
+    """
+
+    def __init__(
+        self,
+        mode: str = "mean_teacher",
+        backbone_widths: Sequence[int] = (32, 64, 128, 256),
+        backbone_blocks: Sequence[int] = (1, 1, 1, 1),
+        decoder_channels: int = 64,
+        output_stride: int = 4,
+        image_size: int = 64,
+        root_joint: int = MIDDLE_MCP,
+        use_consistency: bool = True,
+        use_pseudo_labels: bool = True,
+        use_correction: bool = True,
+        use_mask: bool = True,
+        depth_weight: float = 50.0,
+        mask_weight: float = 100.0,
+        consistency_weight: float = 0.1,
+        cross_modal_weight: float = 1.0,
+        pseudo_label_weight: float = 1.0,
+        threshold: float = 1.5,
+        lifting: str = "known",
+        pseudo_label_lifting: str = "predicted",
+        template_scale_mm: float | None = None,
+        ema_decay: float = 0.999,
+        ema_warmup: bool = True,
+        ema_buffer_mode: str = "ema",
+        eval_network: str = "teacher",
+        unsupervised_start_step: int = 0,
+        unsupervised_ramp_steps: int = 0,
+        epochs_per_round: int = 1,
+        init_checkpoint: str | None = None,
+        capsule_finger_fraction: float = 0.035,
+        capsule_palm_fraction: float = 0.05,
+        cross_modal_size: int | None = 32,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "cosine",
+        warmup_steps: int = 50,
+        eval_protocol: str = "synthhands",
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for name, value in (("lifting", lifting), ("pseudo_label_lifting", pseudo_label_lifting)):
+            if value not in LIFTINGS:
+                raise ValueError(f"{name} must be one of {LIFTINGS}, got {value!r}")
+        if eval_network not in ("teacher", "student"):
+            raise ValueError(f"eval_network must be 'teacher' or 'student', got {eval_network!r}")
+        if not 0.0 <= ema_decay <= 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
+        if epochs_per_round < 1:
+            raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+            eval_protocol=eval_protocol,
+        )
+        self.round_table: dict[str, Tensor] | None = None
+        self.rounds_done = 0
+        self.ema_updates = 0
+        self.last_momentum: float | None = None
+        self.last_pseudo_labels: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------------------------------- build
+    def configure_models(self) -> None:
+        hp = self.hparams
+        self.student = Pose25DNet(
+            widths=hp.backbone_widths,
+            blocks=hp.backbone_blocks,
+            decoder_channels=hp.decoder_channels,
+            output_stride=hp.output_stride,
+        )
+        self._init_loaded = False
+        self.teacher = EMATeacher(self.student, hp.ema_buffer_mode) if hp.mode == "mean_teacher" else None
+        ref_mm, root_bone = _template_lengths()
+        self.template_scale_mm = float(hp.template_scale_mm or ref_mm)
+        self.root_bone_ratio = root_bone
+        self.uv_unit_px = hp.image_size / 64.0
+        radii = capsule_radii(hp.image_size, hp.capsule_finger_fraction, hp.capsule_palm_fraction)
+        self.register_buffer("capsule_radii", radii, persistent=False)
+        self.pseudo_labeler = PseudoLabeler(
+            corrector=_default_corrector() if hp.use_correction else None,
+            threshold=hp.threshold,
+            use_correction=hp.use_correction,
+            depth_weight=hp.depth_weight,
+            uv_unit_px=self.uv_unit_px,
+            root=hp.root_joint,
+        )
+
+    def setup(self, stage: str) -> None:
+        """Load ``init_checkpoint`` into the network (and the teacher) once, when fitting starts.
+
+        Done here rather than in ``__init__`` so that ``load_from_checkpoint`` of a fine-tuned model never needs
+        the initial checkpoint; resuming with ``ckpt_path`` restores its own weights after this.
+        """
+        if stage == "fit" and self.hparams.init_checkpoint and not self._init_loaded:
+            self._load_init_checkpoint(self.hparams.init_checkpoint)
+            if self.teacher is not None:
+                self.teacher.copy_from(self.student)
+            self._init_loaded = True
+
+    def _load_init_checkpoint(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        student = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+        if not student:
+            raise ValueError(
+                f"init_checkpoint {path} holds no 'student.*' weights (not a SemiHandModule checkpoint)"
+            )
+        self.student.load_state_dict(student)
+        rank_zero_info(f"SemiHandModule: network initialised from {path}")
+
+    # ---------------------------------------------------------------------------------- prediction
+    def forward(self, image: Tensor) -> dict[str, Tensor]:
+        """Student prediction: ``uv`` (B, 21, 2) px, ``depth`` (B, 21), ``mask_logits``, ``heatmaps``."""
+        return self.student(image)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The network used for evaluation and prediction."""
+        if self.teacher is not None and self.hparams.eval_network == "teacher":
+            return self.teacher
+        return self.student
+
+    def lifting_params(
+        self,
+        uv: Tensor,
+        depth: Tensor,
+        K: Tensor,
+        lifting: str,
+        joints3d: Tensor | None = None,
+        valid: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Root depth and scale (both ``(B,)`` mm) to lift a 2.5D pose: known from annotation, or predicted.
+
+        ``"known"`` falls back to ``"predicted"`` for samples whose root or reference bone is not annotated.
+        """
+        root = self.hparams.root_joint
+        scale = torch.full_like(depth[:, 0], self.template_scale_mm)
+        root_depth = recover_root_depth(uv, depth, K, _ROOT_BONE, self.root_bone_ratio, root) * scale
+        if lifting == "known" and joints3d is not None:
+            needed = [root, *REFERENCE_BONE]
+            _, known_root, known_scale = encode_25d(torch.nan_to_num(joints3d), root, REFERENCE_BONE)
+            ok = torch.isfinite(joints3d[:, needed]).all(-1).all(-1) & (known_scale > 0)
+            if valid is not None:
+                ok &= valid[:, needed].bool().all(-1)
+            root_depth = torch.where(ok, known_root, root_depth)
+            scale = torch.where(ok, known_scale, scale)
+        return root_depth, scale
+
+    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
+        out = self.eval_model(batch["image"])
+        root_depth, scale = self.lifting_params(
+            out["uv"],
+            out["depth"],
+            batch["K"],
+            self.hparams.lifting,
+            batch.get("joints3d"),
+            batch.get("valid"),
+        )
+        joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        return joints - joints[:, ROOT : ROOT + 1]
+
+    @contextmanager
+    def _eval_mode(self, module: torch.nn.Module) -> Any:
+        was_training = module.training
+        module.eval()
+        try:
+            yield module
+        finally:
+            module.train(was_training)
+
+    @torch.no_grad()
+    def compute_pseudo_labels(
+        self, batch: dict[str, Any], network: torch.nn.Module | None = None
+    ) -> tuple[PseudoLabels, dict[str, Tensor]]:
+        """Pseudo-labels of a batch of unlabelled items (``image``, ``image_perturbed``, ``perturb_matrix``, ``K``).
+
+        Args:
+            batch: Unlabelled batch from :class:`~handssl.data.semi.UnlabeledView`.
+            network: The labelling network (default: the teacher, or the network in eval mode for rounds).
+
+        Returns:
+            The :class:`PseudoLabels` and the network's outputs on the original images (``uv``, ``depth``,
+            ``mask_prob``).
+        """
+        if network is None:
+            network = self.teacher if self.teacher is not None else self.student
+        image, perturbed = batch["image"], batch["image_perturbed"]
+        b, p = perturbed.shape[:2]
+        if network is self.student:
+            with self._eval_mode(self.student):
+                out = network(torch.cat([image, perturbed.flatten(0, 1)]))
+        else:
+            out = network(torch.cat([image, perturbed.flatten(0, 1)]))
+        uv, depth = out["uv"], out["depth"]
+        uv_views = torch.cat(
+            [uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), batch["perturb_matrix"])], 1
+        )
+        depth_views = torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
+        root_depth, scale = self.lifting_params(
+            uv_views.mean(1),
+            depth_views.mean(1),
+            batch["K"],
+            self.hparams.pseudo_label_lifting,
+            batch.get("eval_joints3d"),
+            batch.get("eval_valid"),
+        )
+        labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale)
+        first = {"uv": uv[:b], "depth": depth[:b], "mask_prob": torch.sigmoid(out["mask_logits"][:b])}
+        return labels, first
+
+    # ------------------------------------------------------------------------------------ training
+    def _unsupervised_factor(self) -> float:
+        hp = self.hparams
+        if self.global_step < hp.unsupervised_start_step:
+            return 0.0
+        if hp.unsupervised_ramp_steps <= 0:
+            return 1.0
+        return min(1.0, (self.global_step - hp.unsupervised_start_step + 1) / hp.unsupervised_ramp_steps)
+
+    def _uv_loss(self, uv: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        return _masked_mean(((uv - torch.nan_to_num(target)) / self.uv_unit_px).pow(2).sum(-1), weight)
+
+    def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """``L_sup``: 2D (px^2 in 64-px units), depth (``lambda_d`` x squared bone units) and mask (``lambda_w`` x L1)."""
+        hp = self.hparams
+        valid = batch["valid"].bool()
+        joints2d, joints3d = batch["joints2d"], batch["joints3d"]
+        valid2d = valid & torch.isfinite(joints2d).all(-1) & batch.get("in_bounds", valid).bool()
+        depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), hp.root_joint, REFERENCE_BONE)
+        needed = [hp.root_joint, *REFERENCE_BONE]
+        valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
+        depth = out["depth"] - out["depth"][:, hp.root_joint : hp.root_joint + 1]
+        losses = {
+            "sup_2d": self._uv_loss(out["uv"], joints2d, valid2d),
+            "sup_depth": hp.depth_weight * _masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
+        }
+        if hp.use_mask:
+            has_mask = batch.get(
+                "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
+            ).bool()
+            per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
+            losses["sup_mask"] = hp.mask_weight * (per_sample * has_mask).sum() / has_mask.sum().clamp_min(1)
+        return losses
+
+    def _round_labels(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.round_table is None:
+            raise RuntimeError(
+                "mode='rounds' has no stored pseudo-labels yet (regenerate_pseudo_labels not run)"
+            )
+        table = {k: v.to(self.device) for k, v in self.round_table.items()}
+        index = index.to(self.device).long()
+        accepted = table["accepted"][index] & table["filled"][index]
+        return table["uv"][index], table["depth"][index], accepted
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
+        factor = self._unsupervised_factor() if unlabeled is not None else 0.0
+        want_pl = hp.use_pseudo_labels and factor > 0
+        want_cons = hp.use_consistency and factor > 0
+        parts: dict[str, Tensor] = {}
+        if labeled is not None:
+            parts["labeled"] = labeled["image"]
+        if want_pl:
+            parts["strong"] = unlabeled["image_strong"]
+        if want_cons:
+            parts["perturbed"] = unlabeled["image_perturbed"][:, 0]
+        if not parts:
+            raise ValueError("training batch has neither a labeled part nor active unsupervised losses")
+        sizes = [x.shape[0] for x in parts.values()]
+        merged = self.student(torch.cat(list(parts.values())))
+        chunks = {key: value.split(sizes) for key, value in merged.items()}
+        outs = {name: {key: chunks[key][i] for key in merged} for i, name in enumerate(parts)}
+        losses: dict[str, Tensor] = {}
+        total = merged["uv"].new_zeros(())
+        if labeled is not None:
+            sup = self.supervised_losses(outs["labeled"], labeled)
+            losses.update(sup)
+            total = total + sum(sup.values())
+        if want_pl or want_cons:
+            total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want_pl, want_cons)
+        losses["loss"] = total
+        return self.log_losses(losses, batch_size=sum(sizes))
+
+    def _unsupervised_losses(
+        self,
+        outs: dict[str, dict[str, Tensor]],
+        unlabeled: dict[str, Any],
+        losses: dict[str, Tensor],
+        want_pl: bool,
+        want_cons: bool,
+    ) -> Tensor:
+        hp = self.hparams
+        total = outs[next(iter(outs))]["uv"].new_zeros(())
+        target: dict[str, Tensor] | None = None
+        if hp.mode == "mean_teacher":
+            labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
+            self._stash(unlabeled, labels)
+            pl_uv, pl_depth, accepted = labels.uv, labels.depth, labels.accepted
+            self._log_pseudo_label_stats(labels, unlabeled)
+        else:
+            if want_pl:
+                if self.round_table is None:  # the unsupervised losses started within an epoch
+                    self.regenerate_pseudo_labels()
+                pl_uv, pl_depth, accepted = self._round_labels(unlabeled["index"])
+            if want_cons:
+                with torch.no_grad(), self._eval_mode(self.student):
+                    raw = self.student(unlabeled["image"])
+                target = {
+                    "uv": raw["uv"],
+                    "depth": raw["depth"],
+                    "mask_prob": torch.sigmoid(raw["mask_logits"]),
+                }
+        if want_pl:
+            losses["pseudo_label"] = pseudo_label_loss(
+                outs["strong"]["uv"],
+                outs["strong"]["depth"],
+                pl_uv,
+                pl_depth,
+                unlabeled["strong_matrix"],
+                accepted,
+                hp.image_size,
+                hp.depth_weight,
+                self.uv_unit_px,
+                hp.root_joint,
+            )
+            losses["accept_rate"] = accepted.float().mean().detach()
+            total = total + hp.pseudo_label_weight * losses["pseudo_label"]
+        if want_cons:
+            pert = outs["perturbed"]
+            matrix = unlabeled["perturb_matrix"][:, 0]
+            vc = pose_equivariance_loss(
+                pert["uv"],
+                pert["depth"] - pert["depth"][:, hp.root_joint : hp.root_joint + 1],
+                target["uv"],
+                target["depth"] - target["depth"][:, hp.root_joint : hp.root_joint + 1],
+                matrix,
+                hp.depth_weight,
+                self.uv_unit_px,
+                hp.image_size,
+            )
+            losses["consistency_pose"] = vc
+            cons = vc
+            if hp.use_mask:
+                losses["consistency_mask"] = mask_equivariance_loss(
+                    torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
+                )
+                cons = cons + losses["consistency_mask"]
+                if hp.cross_modal_weight > 0:
+                    cc = [
+                        cross_modal_loss(
+                            o["uv"],
+                            torch.sigmoid(o["mask_logits"]),
+                            self.capsule_radii,
+                            uv_unit_px=self.uv_unit_px,
+                        )["total"]
+                        for o in outs.values()
+                    ]
+                    losses["cross_modal"] = torch.stack(cc).mean()
+                    cons = cons + hp.cross_modal_weight * losses["cross_modal"]
+            total = total + hp.consistency_weight * cons
+        return total
+
+    def _log_pseudo_label_stats(self, labels: PseudoLabels, unlabeled: dict[str, Any]) -> None:
+        b = labels.spread.shape[0]
+        self.log("train/pl_spread", labels.spread.mean(), batch_size=b)
+        self.log("train/pl_changed", labels.changed.float().mean(), batch_size=b)
+        if "eval_joints3d" in unlabeled:
+            errors = pseudo_label_errors(labels, unlabeled["eval_joints3d"], unlabeled["eval_valid"])
+            for name, value in errors.items():
+                finite = value[torch.isfinite(value)]
+                if finite.numel():
+                    self.log(f"train/pl_{name}_mm", finite.mean(), batch_size=finite.numel())
+
+    def _stash(self, unlabeled: dict[str, Any], labels: PseudoLabels, keep: int = 8) -> None:
+        """Keep a few pseudo-labels of the latest batch (on CPU) for the visualisation callback."""
+        sub = PseudoLabels(**{k: v[:keep].detach().cpu() for k, v in labels.to_dict().items()})
+        self.last_pseudo_labels = {
+            "image": unlabeled["image"][:keep].detach().cpu(),
+            "labels": sub,
+            "eval_joints2d": unlabeled.get("eval_joints2d", torch.empty(0))[:keep].detach().cpu(),
+            "eval_joints3d": unlabeled.get("eval_joints3d", torch.empty(0))[:keep].detach().cpu(),
+            "eval_valid": unlabeled.get("eval_valid", torch.empty(0))[:keep].detach().cpu(),
+            "threshold": self.hparams.threshold,
+        }
+
+    # ---------------------------------------------------------------------------------------- EMA
+    def current_momentum(self) -> float:
+        """Momentum of the next teacher update (``ema_decay``, warmed up over the first updates)."""
+        m = self.hparams.ema_decay
+        if self.hparams.ema_warmup:
+            m = min(m, (1 + self.ema_updates) / (10 + self.ema_updates))
+        return float(m)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.teacher is None:
+            return
+        sync_buffers(self.student)
+        m = self.current_momentum()
+        self.teacher.update(self.student, m)
+        self.last_momentum = m
+        self.ema_updates += 1
+
+    # ------------------------------------------------------------------------------------- rounds
+    def on_train_epoch_start(self) -> None:
+        hp = self.hparams
+        if hp.mode != "rounds" or not hp.use_pseudo_labels:
+            return
+        if self.global_step < hp.unsupervised_start_step and self.round_table is None:
+            return
+        if self.round_table is None or self.current_epoch % hp.epochs_per_round == 0:
+            self.regenerate_pseudo_labels()
+
+    @torch.no_grad()
+    def regenerate_pseudo_labels(self) -> None:
+        """Recompute and store a pseudo-label for every unlabelled item (one round of the paper's Alg. 1)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader"):
+            raise ValueError("mode='rounds' needs a SemiSupervisedDataModule (with pseudo_label_dataloader)")
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world)
+        rows: dict[str, list[Tensor]] = {"index": [], "uv": [], "depth": [], "accepted": [], "spread": []}
+        for batch in loader:
+            batch = self._to_device(batch)
+            labels, _ = self.compute_pseudo_labels(batch, self.student)
+            for key, value in (
+                ("index", batch["index"]),
+                ("uv", labels.uv),
+                ("depth", labels.depth),
+                ("accepted", labels.accepted),
+                ("spread", labels.spread),
+            ):
+                rows[key].append(value)
+        gathered = {k: torch.cat(v) for k, v in rows.items()}
+        if world > 1:
+            gathered = {k: self.all_gather(v).flatten(0, 1) for k, v in gathered.items()}
+        n = datamodule.num_unlabeled
+        index = gathered["index"].long().cpu()
+        table = {
+            "uv": torch.zeros(n, *gathered["uv"].shape[1:]),
+            "depth": torch.zeros(n, *gathered["depth"].shape[1:]),
+            "accepted": torch.zeros(n, dtype=torch.bool),
+            "spread": torch.full((n,), float("inf")),
+            "filled": torch.zeros(n, dtype=torch.bool),
+        }
+        table["uv"][index] = gathered["uv"].float().cpu()
+        table["depth"][index] = gathered["depth"].float().cpu()
+        table["accepted"][index] = gathered["accepted"].bool().cpu()
+        table["spread"][index] = gathered["spread"].float().cpu()
+        table["filled"][index] = True
+        self.round_table = table
+        self.rounds_done += 1
+        rate = float(table["accepted"].float().mean()) if n else 0.0
+        rank_zero_info(f"SemiHandModule: round {self.rounds_done}: {n} pseudo-labels, {rate:.0%} accepted")
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["semihand"] = {
+            "round_table": self.round_table,
+            "rounds_done": self.rounds_done,
+            "ema_updates": self.ema_updates,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("semihand", {})
+        self.round_table = state.get("round_table")
+        self.rounds_done = state.get("rounds_done", 0)
+        self.ema_updates = state.get("ema_updates", 0)
+
+
+__all__ = ["SemiHandModule"]
