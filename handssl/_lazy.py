@@ -6,6 +6,17 @@ import importlib
 from typing import Any
 
 
+def lazy_exports(package: str, exports: dict[str, str]) -> tuple[list[str], Any, Any]:
+    """Return ``__all__``, ``__getattr__`` and ``__dir__`` for a package exporting ``exports`` lazily.
+
+    Args:
+        package: The package's ``__name__``.
+        exports: Public name -> submodule (relative to ``package``) that defines it.
+    """
+    names = sorted(exports)
+    return names, lazy_getattr(package, exports), lambda: names
+
+
 def lazy_getattr(package: str, exports: dict[str, str]) -> Any:
     """Build a module-level ``__getattr__`` that imports ``exports[name]`` (a submodule) on first access."""
 

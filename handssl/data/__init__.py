@@ -3,7 +3,7 @@
 Every dataset returns the sample dict described in :mod:`handssl.data.base`.
 """
 
-from handssl._lazy import lazy_getattr
+from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "DatasetError": "base",
@@ -25,9 +25,4 @@ _EXPORTS = {
     "MultiViewDataModule": "multiview",
     "SemiSupervisedDataModule": "semi",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

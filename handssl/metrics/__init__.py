@@ -6,7 +6,7 @@
 * :mod:`handssl.metrics.protocols`: ``EvalProtocol``, ``ProtocolMetric``, ``PROTOCOLS``, ``get_protocol``.
 """
 
-from handssl._lazy import lazy_getattr
+from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "joint_errors": "functional",
@@ -31,9 +31,4 @@ _EXPORTS = {
     "PROTOCOLS": "protocols",
     "get_protocol": "protocols",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """LightningModules (thin wrappers) over the plain components in :mod:`handssl.models.components`."""
 
-from handssl._lazy import lazy_getattr
+from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "BaseHandTask": "base",
@@ -8,9 +8,4 @@ _EXPORTS = {
     "NVSModule": "nvs",
     "SemiHandModule": "semihand",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ The tests build them, and notebooks fall back to them when no real data is on di
 geometrically consistent copy (2D = projection of 3D) under a root folder and returns that root.
 """
 
-from handssl._lazy import lazy_getattr
+from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "make_fake_rhd": "rhd",
@@ -14,9 +14,4 @@ _EXPORTS = {
     "make_fake_handdb": "handdb",
     "make_fake_freihand": "freihand",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,6 +1,6 @@
 """SynthHands: a procedural, calibrated, multi-view hand world rendered on the fly (handssl's default data)."""
 
-from handssl._lazy import lazy_getattr
+from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "Subject": "motion",
@@ -13,9 +13,4 @@ _EXPORTS = {
     "SynthHandsMultiView": "dataset",
     "SynthHandsWorld": "dataset",
 }
-__all__ = sorted(_EXPORTS)
-__getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
