@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--merge", nargs="*", default=None, help="only merge these result CSVs into one table"
     )
+    parser.add_argument(
+        "--score-pseudo-labels",
+        default=None,
+        metavar="CKPT",
+        help="only score a checkpoint's pseudo-labels (raw vs corrected) on synthetic-style and real-style crops",
+    )
     parser.add_argument("--widths", default="16,32,64,128", help="backbone stage widths")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-subjects", type=int, default=8)
@@ -238,6 +244,35 @@ def pseudo_label_scores(model: SemiHandModule, dm: SemiSupervisedDataModule, ite
     }
 
 
+def score_domains(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Pseudo-label error with and without correction of one checkpoint on both domains' crops."""
+    torch.set_num_threads(args.threads)
+    model = module(args, use_consistency=False, use_pseudo_labels=False, use_correction=False)
+    model.load_state_dict(torch.load(args.score_pseudo_labels, map_location="cpu")["state_dict"])
+    model.eval()
+    common = dict(
+        image_size=args.image_size, sequences_per_subject=args.sequences, frames_per_sequence=args.frames
+    )
+    out = []
+    for style, split, subjects in (
+        ("synthetic", "train", args.train_subjects),
+        ("synthetic", "test", args.test_subjects),
+        ("real", "train", args.train_subjects),
+        ("real", "test", args.test_subjects),
+    ):
+        data = SynthHands(
+            split, style, num_subjects=subjects, cache_dir=args.cache_dir, seed=args.seed, **common
+        )
+        items = torch.utils.data.Subset(data, _spread_indices(len(data), args.pl_items))
+        dm = SemiSupervisedDataModule(
+            unlabeled=[items], image_size=args.image_size, unlabeled_fraction=1.0, eval_batch_size=64
+        )
+        scores = {"style": style, "split": split, **pseudo_label_scores(model, dm, args.pl_items)}
+        out.append(scores)
+        print(json.dumps(scores), flush=True)
+    return out
+
+
 def evaluate(
     model: SemiHandModule, dm: SemiSupervisedDataModule, args: argparse.Namespace, name: str
 ) -> dict[str, float]:
@@ -253,6 +288,8 @@ def evaluate(
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.score_pseudo_labels:
+        return score_domains(args)
     if args.merge is not None:
         merged: list[dict[str, Any]] = []
         for path in args.merge:

@@ -5,5 +5,6 @@ from handssl._lazy import lazy_exports
 _EXPORTS = {
     "PoseVisualizationCallback": "wandb_viz",
     "NVSVisualization": "nvs_viz",
+    "PseudoLabelExport": "pseudo_labels",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
