@@ -74,29 +74,24 @@ def _with_mask(sample: Sample, prefer_hand_mask: bool = True) -> Sample:
     return out
 
 
-class _CroppedView(Dataset):
-    """Crop every sample with :class:`CropResize`; loads batches through the dataset's ``__getitems__``."""
+class _CroppedView(TransformedDataset):
+    """Crop every sample (batched through :class:`TransformedDataset`), then apply a per-index finishing step.
+
+    The finishing step is the augmentation of the labelled or unlabelled view.
+    """
 
     def __init__(self, dataset: Dataset, image_size: int, crop_margin: float) -> None:
-        self.base = dataset
-        self.crop = CropResize(image_size, crop_margin)
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def _load(self, indices: Sequence[int]) -> list[Sample]:
-        getitems = getattr(self.base, "__getitems__", None)
-        raw = getitems(list(indices)) if getitems is not None else [self.base[i] for i in indices]
-        return [self.crop(sample) for sample in raw]
+        super().__init__(dataset, CropResize(image_size, crop_margin))
 
     def _finish(self, sample: Sample, index: int) -> Sample:
         raise NotImplementedError
 
     def __getitem__(self, index: int) -> Sample:
-        return self._finish(self._load([index])[0], index)
+        return self._finish(self.transform(self.dataset[index]), index)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        return [self._finish(sample, i) for sample, i in zip(self._load(indices), indices)]
+        cropped = super().__getitems__(list(indices))
+        return [self._finish(sample, i) for sample, i in zip(cropped, indices)]
 
 
 class LabeledView(_CroppedView):
