@@ -44,8 +44,6 @@ Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 """A transform maps a sample dict to a sample dict, keeping ``joints2d`` and ``K`` in step with ``image``."""
 
-META_KEYS: tuple[str, ...] = ("dataset", "subject", "sequence", "frame", "camera", "hand")
-
 
 class DatasetError(ValueError):
     """A dataset folder, file or annotation is missing or malformed; the message says what and where."""
