@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from handssl.callbacks.nvs_viz import nvs_panels
 from handssl.data.datamodules import collate_samples
 from handssl.data.multiview import MultiViewPairs
-from handssl.data.synthhands.dataset import SynthHandsMultiView
+from handssl.data.synthhands.multi_view import SynthHandsMultiView
 from handssl.models.nvs import NVSModule, load_state_dict_file
 
 METHODS = ("synthesized", "copy_input", "mean_image", "background_only")

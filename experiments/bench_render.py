@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from handssl.data.synthhands.dataset import SynthHands, SynthHandsWorld
+from handssl.data.synthhands.single_view import SynthHands, SynthHandsWorld
 
 
 def bench_renderer(style: str, size: int, batch: int, device: str, seconds: float) -> tuple[float, float]:

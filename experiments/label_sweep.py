@@ -30,7 +30,7 @@ import pytorch_lightning as pl
 import torch
 
 from handssl.data.multiview import MultiViewDataModule
-from handssl.data.synthhands.dataset import SynthHandsMultiView
+from handssl.data.synthhands.multi_view import SynthHandsMultiView
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe
 from handssl.models.nvs import NVSModule
 from handssl.viz import new_figure

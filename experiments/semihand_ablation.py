@@ -36,7 +36,7 @@ import pytorch_lightning as pl
 import torch
 
 from handssl.data.semi import SemiSupervisedDataModule
-from handssl.data.synthhands.dataset import SynthHands
+from handssl.data.synthhands.single_view import SynthHands
 from handssl.models.components.pose25d import encode_25d, lift_25d
 from handssl.models.components.pseudo_labels import PseudoLabeler
 from handssl.models.semihand import SemiHandModule, _default_corrector

@@ -1,6 +1,7 @@
 """SynthHands: rig, analytic ray casting, appearance domains and the two datasets."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from handssl.data.base import check_sample
-from handssl.data.synthhands.dataset import SynthHands, SynthHandsMultiView, SynthHandsWorld
+from handssl.data.synthhands import SynthHands, SynthHandsMultiView, SynthHandsWorld
 from handssl.data.synthhands.render import (
     BACKGROUND,
     NUM_CAPSULES,
@@ -31,6 +32,17 @@ def small(**kwargs):
 
 def small_mv(**kwargs):
     return SynthHandsMultiView(**{**SMALL, **kwargs})
+
+
+def _views(ds, index):
+    """The keys of item ``index``'s first view, as the appearance sees them."""
+    subject, sequence, frame, camera = ds.view_keys(index)[0]
+    return SimpleNamespace(
+        subjects=torch.tensor([subject]),
+        sequences=torch.tensor([sequence]),
+        frames=torch.tensor([frame]),
+        cameras=torch.tensor([camera]),
+    )
 
 
 # --------------------------------------------------------------------------------------------- rig
@@ -285,16 +297,18 @@ def test_splits_have_disjoint_subjects():
 
 def test_styles_share_geometry_but_differ_in_appearance():
     synthetic, real = small(style="synthetic"), small(style="real")
-    diffs = []
-    for i in (1, 9, 22):
+    diffs, grads = [], []
+    grad = lambda img: (img[:, :, 1:] - img[:, :, :-1]).abs().mean().item()  # noqa: E731
+    for i in range(0, 32, 3):
         a, b = synthetic[i], real[i]
         for key in ("mask", "depth", "joints3d", "joints2d", "K", "R", "t"):
             assert torch.equal(a[key], b[key]), key
         diffs.append((a["image"] - b["image"]).abs().mean().item())
-        # The synthetic background is smooth, the real one cluttered: compare local gradients.
-        grad = lambda img: (img[:, :, 1:] - img[:, :, :-1]).abs().mean().item()  # noqa: E731
-        assert grad(b["background"]) > 2 * grad(a["background"])
+        grads.append((grad(a["background"]), grad(b["background"])))
     assert min(diffs) > 0.03
+    # The source's backgrounds are cluttered photos, the target's a blurred room with low-frequency structure.
+    synthetic_grad, real_grad = np.mean(grads, axis=0)
+    assert synthetic_grad > 1.5 * real_grad
 
 
 def test_background_crop_equals_the_image_off_the_hand():
@@ -322,8 +336,13 @@ def test_background_is_static_per_camera():
     assert key_a[2] != key_b[2]
     rig = world.rig
     crop = rig.crop_cameras(torch.tensor([2, 2]), torch.zeros(2, 3, dtype=torch.float64), 64, 240.0)
-    bg = world.appearance.backgrounds(torch.tensor([2, 2]), crop.R_rot, crop.K)
+    bg, _ = world.appearance.backgrounds(torch.tensor([2, 2]), torch.ones(2, 2), crop.R_rot, crop.K)
     assert torch.equal(bg[0], bg[1])
+    # The texture a view shows depends on (subject, sequence, camera), not on the frame.
+    assert ds.view_keys(0)[0][:2] == ds.view_keys(7)[0][:2]
+    layouts = [world.appearance.background_layout(_views(ds, i)) for i in (0, 7)]
+    for x, y in zip(*layouts):
+        assert torch.equal(x, y)
 
 
 def test_camera_modes_and_lengths():
@@ -341,7 +360,7 @@ def test_camera_modes_and_lengths():
 
 
 def test_multiview_sample_shapes_rotations_and_second_frame():
-    ds = small_mv(num_views=3, frame_gap=2)
+    ds = small_mv(num_views=3, appearance_source="same_sequence", frame_gap=2)
     sample = ds[5]
     v, s = 3, 64
     shapes = {
@@ -357,6 +376,7 @@ def test_multiview_sample_shapes_rotations_and_second_frame():
         "valid": (v, 21),
         "joints3d_world": (21, 3),
         "image_t2": (v, 3, s, s),
+        "joints3d_t2": (v, 21, 3),
     }
     for key, shape in shapes.items():
         assert tuple(sample[key].shape) == shape, key
@@ -380,9 +400,9 @@ def test_multiview_sample_shapes_rotations_and_second_frame():
     frame_index = ds.view_keys(5)[0][1] * 8 + meta["frame"]  # subject 0
     assert torch.equal(single[frame_index]["image"], sample["image"][1])
     # Random t': another frame of the same sequence, drawn from the index.
-    random_t2 = small_mv()
-    t2 = [random_t2.second_frame(i) for i in range(8)]
-    assert all(f != i for i, f in enumerate(t2)) and len(set(t2)) > 1
+    random_t2 = small_mv(appearance_source="same_sequence")
+    t2 = [random_t2.appearance_frame(i) for i in range(8)]
+    assert all(q == 0 and f != i for i, (q, f) in enumerate(t2)) and len(set(t2)) > 1
     batch = random_t2.__getitems__([0, 1])
     assert batch[0]["image"].shape == (2, 3, s, s)
 
@@ -405,7 +425,9 @@ def test_larger_images_render(size):
         ({"image_size": 8}, "image_size"),
         ({"image_size": 64.0}, "image_size"),
         ({"image_size": True}, "image_size"),
-        ({"style": "cartoon"}, "style"),
+        ({"style": "cartoon"}, r"style must be one of \('synthetic', 'real', 'real_object'\)"),
+        ({"crop": "tight"}, r"crop must be one of \('joints', 'fixed'\)"),
+        ({"crop_margin": 0.5}, "crop_margin"),
         ({"split": "training"}, "split"),
         ({"camera": 8}, "out of range"),
         ({"camera": "front"}, "camera"),
@@ -428,8 +450,10 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
         ({"num_views": 0}, "num_views"),
         ({"frame_gap": 0}, "frame_gap"),
         ({"frame_gap": 8}, "frame_gap"),
-        ({"frames_per_sequence": 1}, "frames_per_sequence"),
-        ({"style": "photo"}, "style"),
+        ({"frames_per_sequence": 1, "appearance_source": "same_sequence"}, "frames_per_sequence"),
+        ({"sequences_per_subject": 1}, "sequences_per_subject >= 2"),
+        ({"appearance_source": "elsewhere"}, "other_sequence"),
+        ({"style": "photo"}, "real_object"),
     ],
 )
 def test_multiview_bad_arguments(kwargs, match):
@@ -487,3 +511,107 @@ def test_extra_keys_select_the_optional_outputs():
     assert torch.equal(lean["image"], full["image"]) and torch.equal(lean["joints3d"], full["joints3d"])
     depth_only = small_mv(extra_keys=("depth",))[0]
     assert "depth" in depth_only and "mask" not in depth_only and depth_only["depth"].shape == (2, 1, 64, 64)
+
+
+# --------------------------------------------------------------------------------------------- v2 world
+
+
+@pytest.mark.parametrize("style", ["synthetic", "real", "real_object"])
+def test_every_style_is_deterministic_and_batch_independent(style):
+    a = small(style=style, cache_mb=0)
+    b = small(style=style, cache_mb=0)
+    alone = [a[i]["image"] for i in (3, 17, 30)]
+    batch = b.__getitems__([30, 5, 17, 3, 11])
+    assert torch.equal(alone[0], batch[3]["image"])
+    assert torch.equal(alone[1], batch[2]["image"])
+    assert torch.equal(alone[2], batch[0]["image"])
+
+
+def test_joints_crops_frame_the_hand_and_fixed_crops_stay_available():
+    framed, fixed = small(camera="all"), small(camera="all", crop="fixed", crop_extent_mm=240.0)
+    index = list(range(0, len(framed), 5))
+    a, b = framed.__getitems__(index), fixed.__getitems__(index)
+    share = lambda samples: torch.stack([x["hand_mask"] for x in samples]).mean().item()  # noqa: E731
+    assert share(a) >= 0.2 and share(a) > 1.5 * share(b)
+    for sample in a:
+        uv = sample["joints2d"]
+        box = (uv.amax(0) - uv.amin(0)).amax()
+        # Every joint inside the crop; the joints' box spans about 1 / margin of it on its longer side.
+        assert (uv > -0.5).all() and (uv < 63.5).all()
+        assert box <= 64 / 1.25 + 1.0
+        assert box >= 64 / 1.25 * 0.6
+    # Joints crops zoom per view (their focal lengths vary far more than the fixed crops', set by depth only).
+    assert torch.stack([x["K"][0, 0] for x in a]).std() > 2 * torch.stack([x["K"][0, 0] for x in b]).std()
+
+
+def test_multiview_crops_stay_related_by_pure_rotations_with_their_own_focal_lengths():
+    sample = small_mv(num_views=3)[4]
+    K, R = sample["K"].double(), sample["R"].double()
+    assert len({round(float(f), 3) for f in K[:, 0, 0]}) == 3  # each view frames the hand itself
+    rel = sample["joints3d"].double() - sample["joints3d"].double()[:, :1]
+    for i, j in ((0, 1), (1, 2)):
+        assert torch.allclose(rel[i] @ relative_rotation(R[i], R[j]).T, rel[j], atol=1e-2)
+    # All crops of a frame share the rig cameras' centres (look-at crops): t = -R c.
+    centers = camera_center(R, sample["t"].double())
+    rig = small_mv().world.rig
+    assert torch.allclose(centers, rig.centers[sample["meta"]["cameras"]], atol=1e-2)
+
+
+def test_camera_pairs_are_drawn_afresh_every_epoch_from_all_ordered_pairs():
+    ds = small_mv()
+    pairs = {(e, i): tuple(ds.cameras_of(i, e)) for e in range(12) for i in range(len(ds))}
+    assert pairs == {(e, i): tuple(small_mv().cameras_of(i, e)) for e in range(12) for i in range(len(ds))}
+    per_item = [{pairs[e, i] for e in range(12)} for i in range(len(ds))]
+    assert min(len(p) for p in per_item) >= 6  # 12 epochs: a new pair nearly every time
+    assert len(set(pairs.values())) == 8 * 7  # every ordered pair of the rig, both directions
+    # The epoch travels in the key: (index, epoch) renders that epoch's cameras.
+    item = ds[(3, 5)]
+    assert item["meta"]["cameras"] == list(pairs[5, 3]) and item["meta"]["epoch"] == 5
+    assert ds[3]["meta"]["cameras"] == list(pairs[0, 3])
+    with pytest.raises(IndexError, match="epoch"):
+        ds[(3, -1)]
+
+
+def test_appearance_image_comes_from_another_sequence_of_the_same_subject():
+    ds = small_mv()
+    for index in range(0, len(ds), 3):
+        sample = ds[index]
+        meta = sample["meta"]
+        assert meta["sequence_t2"] != meta["sequence"]
+        keys = ds.view_keys(index)
+        assert {k[0] for k in keys} == {meta["subject"]}
+        # joints3d_t2 are the appearance frame's joints in its crops' frames: project with those crops' K.
+        t2_keys = keys[ds.num_views :]
+        rendered = ds.world.render(*zip(*t2_keys))
+        assert torch.allclose(sample["joints3d_t2"], rendered["joints3d"], atol=1e-4)
+        assert torch.equal(sample["image_t2"], rendered["image"].float() / 255.0)
+
+
+def test_held_object_occludes_the_hand_by_depth():
+    plain, held = small(style="real", camera="all"), small(style="real_object", camera="all")
+    index = list(range(0, len(plain), 3))
+    a, b = plain.__getitems__(index), held.__getitems__(index)
+    hidden = visible_object = 0
+    for x, y in zip(a, b):
+        on_hand = x["hand_mask"][0] > 0
+        object_pixels = (y["depth"][0] > 0) & (y["mask"][0] == 0)  # neither hand nor sleeve: the object
+        # Where the object covers hand pixels it is nearer than the hand surface was.
+        covered = on_hand & object_pixels
+        assert (y["depth"][0][covered] <= x["depth"][0][covered] + 1e-3).all()
+        # Where the hand stays visible, the depth is unchanged (the object is behind or elsewhere).
+        kept = on_hand & (y["hand_mask"][0] > 0)
+        assert torch.equal(y["depth"][0][kept], x["depth"][0][kept])
+        hidden += int(covered.sum())
+        visible_object += int(object_pixels.any())
+    assert hidden > 0 and visible_object > 0.5 * len(index)
+    # The joints are labelled as before, occluded or not.
+    assert torch.equal(torch.stack([x["joints3d"] for x in a]), torch.stack([y["joints3d"] for y in b]))
+
+
+def test_real_styles_light_every_hand():
+    ds = small(style="real", camera="all", extra_keys=["hand_mask"])
+    samples = ds.__getitems__(list(range(0, len(ds), 2)))
+    image, hand = torch.stack([s["image"] for s in samples]), torch.stack([s["hand_mask"] for s in samples])
+    luma = (0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]) * hand[:, 0]
+    mean = luma.sum((1, 2)) / hand[:, 0].sum((1, 2)).clamp_min(1)
+    assert (mean > 0.15).float().mean() >= 0.97

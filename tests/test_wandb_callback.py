@@ -21,7 +21,7 @@ from handssl.callbacks.wandb_viz import (
     skeleton_scene,
 )
 from handssl.data.datamodules import SupervisedDataModule
-from handssl.data.synthhands.dataset import SynthHands
+from handssl.data.synthhands.single_view import SynthHands
 from handssl.geometry import project
 from handssl.models.supervised import SupervisedModule
 from handssl.skeleton import BONES

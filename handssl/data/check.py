@@ -66,7 +66,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "handdb": DatasetSpec("handdb:PanopticHandDB", "subset", ("panopticdb", "manual_train", "manual_test")),
     "freihand": DatasetSpec("freihand:FreiHAND", "split", ("training", "evaluation")),
     "synthhands": DatasetSpec(
-        "synthhands.dataset:SynthHands", "split", ("train", "val", "test"), needs_root=False
+        "synthhands.single_view:SynthHands", "split", ("train", "val", "test"), needs_root=False
     ),
 }
 """The datasets ``check`` knows, by CLI name."""

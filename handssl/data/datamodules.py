@@ -112,7 +112,7 @@ class HandDataModule(pl.LightningDataModule):
 
 
 def _default_synthhands(split: str, image_size: int) -> Dataset:
-    from handssl.data.synthhands.dataset import SynthHands
+    from handssl.data.synthhands.single_view import SynthHands
 
     return SynthHands(split=split, image_size=image_size)
 

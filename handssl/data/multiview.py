@@ -1,6 +1,6 @@
 """Multi-view training pairs for novel-view synthesis, a deterministic labeled subset, minority oversampling.
 
-A multi-view dataset (:class:`~handssl.data.synthhands.dataset.SynthHandsMultiView` by default, or
+A multi-view dataset (:class:`~handssl.data.synthhands.multi_view.SynthHandsMultiView` by default, or
 :class:`~handssl.data.panoptic.PanopticMultiView`) gives, per item, ``V >= 2`` synchronized crop views of one
 frame plus the same cameras at another frame ``t'``. :class:`MultiViewPairs` turns an item into one training
 pair of its first two views (``i = 0, j = 1`` for even indices, ``i = 1, j = 0`` for odd ones):
@@ -16,8 +16,8 @@ pair of its first two views (``i = 0, j = 1`` for even indices, ``i = 1, j = 0``
 ``target_mask``  (1, H, W) hand mask of view *j*, when the dataset has masks (diagnostics only)
 ``meta``  dataset, subject, sequence, frame, cameras of views *i* and *j*
 
-:class:`MultiViewDataModule` picks the labeled subset deterministically (``label_fraction`` or
-``num_labeled``), and its training batches carry a fixed share of labeled items through
+:class:`MultiViewDataModule` picks the labeled subset deterministically (whole subjects with
+``labeled_subjects``, or frames with ``label_fraction`` or ``num_labeled``), and its training batches carry a fixed share of labeled items through
 :class:`LabeledShareBatchSampler` (random minority oversampling: the few labeled items are re-drawn, in
 reshuffled cycles, to fill their slots of every batch). The share says what the regime needs: ``1``
 (supervised, stage 2 of pre-training: only labeled items), ``0`` (stage 1: labels hidden), or in between
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,8 +42,34 @@ from handssl.skeleton import ROOT
 PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
 """Keys a multi-view item must hold (each with a leading view axis)."""
 
-SlotKey = tuple[int, bool]
-"""A training index with its slot: ``(index, labels_visible)``."""
+SlotKey = tuple[int, bool, int]
+"""A training index with its slot and epoch: ``(index, labels_visible, epoch)``."""
+
+
+def labeled_subjects_subset(
+    item_subjects: Sequence[int] | Tensor, num_subjects: int, seed: int = 0
+) -> Tensor:
+    """Deterministic labeled subset by subject: every item of ``num_subjects`` subjects drawn by ``seed``.
+
+    As Rhodin et al. label whole subjects (and learn the others without labels), not random frames.
+
+    Args:
+        item_subjects: Subject of every training item.
+        num_subjects: How many subjects are labeled, ``0 <= num_subjects <= distinct subjects``.
+        seed: Seed of the subject permutation (the same seed always picks the same subjects).
+
+    Returns:
+        Sorted ``int64`` indices of the labeled items.
+    """
+    subjects = torch.as_tensor(list(item_subjects), dtype=torch.long)
+    distinct = subjects.unique()
+    if not 0 <= num_subjects <= len(distinct):
+        raise ValueError(
+            f"labeled_subjects must be in [0, {len(distinct)}] (the training subjects), got {num_subjects}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = distinct[torch.randperm(len(distinct), generator=generator)[:num_subjects]]
+    return torch.nonzero(torch.isin(subjects, chosen)).squeeze(1)
 
 
 def labeled_subset(
@@ -79,8 +106,10 @@ class MultiViewPairs(Dataset):
     """Training pairs ``(I_t^i, I_t^j, R_ij, bg_j, I_t'^i, labels where labeled)`` from a multi-view dataset.
 
     Keys of an item are listed in the module docstring. An index may be a plain ``int`` (labels visible when
-    the item is in ``labeled``) or a ``(index, labels_visible)`` pair from :class:`LabeledShareBatchSampler`
-    (labels visible only in labeled slots, so the labeled share of a batch is exactly the configured one).
+    the item is in ``labeled``) or an ``(index, labels_visible[, epoch])`` key from
+    :class:`LabeledShareBatchSampler` (labels visible only in labeled slots, so the labeled share of a batch
+    is exactly the configured one). Datasets whose items change with the epoch (``epoch_items = True``,
+    e.g. SynthHandsMultiView draws fresh camera pairs) receive ``(index, epoch)``.
 
     Args:
         dataset: Multi-view dataset whose items hold the keys in :data:`PAIR_KEYS` with ``V >= 2`` views.
@@ -98,28 +127,32 @@ class MultiViewPairs(Dataset):
         """Whether item ``index`` belongs to the labeled subset."""
         return self.labeled is None or index in self.labeled
 
-    def _parse(self, key: int | SlotKey) -> tuple[int, bool]:
+    def _parse(self, key: int | tuple) -> tuple[int, bool, int]:
         if isinstance(key, tuple):
             index, visible = int(key[0]), bool(key[1])
+            epoch = int(key[2]) if len(key) > 2 else 0
             if visible and not self.is_labeled(index):
                 raise IndexError(
                     f"item {index} is not in the labeled subset but was drawn into a labeled slot"
                 )
-            return index, visible
+            return index, visible, epoch
         index = int(key)
-        return index, self.is_labeled(index)
+        return index, self.is_labeled(index), 0
 
-    def __getitem__(self, key: int | SlotKey) -> Sample:
-        index, visible = self._parse(key)
-        return self._pair(index, visible, self.dataset[index])
+    def _dataset_key(self, index: int, epoch: int) -> int | tuple[int, int]:
+        return (index, epoch) if getattr(self.dataset, "epoch_items", False) else index
 
-    def __getitems__(self, keys: Sequence[int | SlotKey]) -> list[Sample]:
+    def __getitem__(self, key: int | tuple) -> Sample:
+        index, visible, epoch = self._parse(key)
+        return self._pair(index, visible, self.dataset[self._dataset_key(index, epoch)])
+
+    def __getitems__(self, keys: Sequence[int | tuple]) -> list[Sample]:
         """Batched fetch: forwards to the dataset's ``__getitems__`` (SynthHands renders a batch at once)."""
         parsed = [self._parse(key) for key in keys]
-        indices = [index for index, _ in parsed]
+        dataset_keys = [self._dataset_key(index, epoch) for index, _, epoch in parsed]
         fetch = getattr(self.dataset, "__getitems__", None)
-        items = fetch(indices) if fetch is not None else [self.dataset[i] for i in indices]
-        return [self._pair(index, visible, item) for (index, visible), item in zip(parsed, items)]
+        items = fetch(dataset_keys) if fetch is not None else [self.dataset[k] for k in dataset_keys]
+        return [self._pair(index, visible, item) for (index, visible, _), item in zip(parsed, items)]
 
     def _pair(self, index: int, visible: bool, item: Sample) -> Sample:
         missing = [k for k in PAIR_KEYS if k not in item]
@@ -170,8 +203,8 @@ class MultiViewPairs(Dataset):
 class LabeledShareBatchSampler(BatchSampler):
     """Batches with a fixed number of labeled items: random minority oversampling of the labeled subset.
 
-    Each batch takes ``batch_size - labeled_per_batch`` keys ``(index, False)`` from ``sampler`` (a stream of
-    dataset indices whose labels stay hidden) and ``labeled_per_batch`` keys ``(index, True)`` from the
+    Each batch takes ``batch_size - labeled_per_batch`` keys ``(index, False, epoch)`` from ``sampler`` (a stream
+    of dataset indices whose labels stay hidden) and ``labeled_per_batch`` keys ``(index, True, epoch)`` from the
     labeled subset, cycling through reshuffled copies of it (the minority is oversampled: each labeled item
     comes back once per cycle). With ``labeled_per_batch == batch_size`` every item is labeled and the stream
     only sets the epoch length (``len(sampler) // batch_size`` batches).
@@ -208,13 +241,22 @@ class LabeledShareBatchSampler(BatchSampler):
         self.labeled_per_batch = labeled_per_batch
         self.seed = seed
         self._iterations = 0
+        self._epoch_set: int | None = None
 
     @property
     def unlabeled_per_batch(self) -> int:
         """Slots per batch filled from the stream (labels hidden)."""
         return self.batch_size - self.labeled_per_batch
 
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (Lightning calls this before every training epoch, also after a resume)."""
+        self._epoch_set = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
     def _epoch(self) -> int:
+        if self._epoch_set is not None:
+            return self._epoch_set
         epoch = getattr(self.sampler, "epoch", None)
         return int(epoch) if epoch is not None else self._iterations
 
@@ -227,19 +269,20 @@ class LabeledShareBatchSampler(BatchSampler):
 
     def __iter__(self) -> Iterator[list[SlotKey]]:
         labeled = self._labeled_stream() if self.labeled_per_batch else iter(())
+        epoch = self._epoch()
         self._iterations += 1
         if self.unlabeled_per_batch == 0:
             for _ in range(len(self)):
-                yield [(next(labeled), True) for _ in range(self.batch_size)]
+                yield [(next(labeled), True, epoch) for _ in range(self.batch_size)]
             return
         chunk: list[SlotKey] = []
         for index in self.sampler:
-            chunk.append((int(index), False))
+            chunk.append((int(index), False, epoch))
             if len(chunk) == self.unlabeled_per_batch:
-                yield chunk + [(next(labeled), True) for _ in range(self.labeled_per_batch)]
+                yield chunk + [(next(labeled), True, epoch) for _ in range(self.labeled_per_batch)]
                 chunk = []
         if chunk and not self.drop_last:
-            yield chunk + [(next(labeled), True) for _ in range(self.labeled_per_batch)]
+            yield chunk + [(next(labeled), True, epoch) for _ in range(self.labeled_per_batch)]
 
     def __len__(self) -> int:
         stream = len(self.sampler)  # type: ignore[arg-type]
@@ -252,7 +295,7 @@ class LabeledShareBatchSampler(BatchSampler):
 
 
 def _default_multiview(split: str, image_size: int, style: str, seed: int) -> Dataset:
-    from handssl.data.synthhands.dataset import SynthHandsMultiView
+    from handssl.data.synthhands.multi_view import SynthHandsMultiView
 
     return SynthHandsMultiView(split=split, style=style, image_size=image_size, num_views=2, seed=seed)
 
@@ -269,9 +312,14 @@ class MultiViewDataModule(HandDataModule):
         val: Multi-view validation dataset (skipped when absent).
         test: Multi-view test dataset.
         image_size: Image side of the default SynthHands datasets.
-        style: Appearance style of the default SynthHands datasets (``"synthetic"`` or ``"real"``).
-        label_fraction: Share of training items whose labels are used (ignored when ``num_labeled`` is set).
+        style: Appearance style of the default SynthHands datasets (``"synthetic"``, ``"real"`` or
+            ``"real_object"``).
+        label_fraction: Share of training items whose labels are used (ignored when ``num_labeled`` or
+            ``labeled_subjects`` is set).
         num_labeled: Number of labeled training items (overrides ``label_fraction``).
+        labeled_subjects: Label every item of this many training subjects (seeded) and none of the others,
+            as Rhodin et al. do; overrides ``label_fraction`` and ``num_labeled``. Needs a dataset with
+            ``item_subjects()`` (SynthHandsMultiView).
         labeled_share: Share of every training batch drawn from the labeled subset: ``1.0`` for the
             supervised regime and stage 2 of the pre-trained regime, ``0.0`` for stage 1 (synthesis only,
             all labels hidden), in between for the semi-supervised regime.
@@ -288,9 +336,10 @@ class MultiViewDataModule(HandDataModule):
         val: Dataset | None = None,
         test: Dataset | None = None,
         image_size: int = 64,
-        style: str = "synthetic",
+        style: Literal["synthetic", "real", "real_object"] = "synthetic",
         label_fraction: float = 0.05,
         num_labeled: int | None = None,
+        labeled_subjects: int | None = None,
         labeled_share: float = 0.5,
         statistics_items: int = 128,
         batch_size: int = 32,
@@ -317,6 +366,7 @@ class MultiViewDataModule(HandDataModule):
         self.labeled_share = labeled_share
         self.label_fraction = None if num_labeled is not None else label_fraction
         self.num_labeled = num_labeled
+        self.labeled_subjects = labeled_subjects
         self.statistics_items = statistics_items
         if train is None and val is None and test is None:
             train, val, test = (
@@ -340,11 +390,21 @@ class MultiViewDataModule(HandDataModule):
         """Sorted indices of the labeled training items (deterministic given ``seed``)."""
         if self._labeled is None:
             train = self._require("train")
-            self._labeled = labeled_subset(len(train), self.label_fraction, self.num_labeled, self.seed)  # type: ignore[arg-type]
+            if self.labeled_subjects is not None:
+                item_subjects = getattr(train, "item_subjects", None)
+                if item_subjects is None:
+                    raise ValueError(
+                        f"labeled_subjects needs a training dataset with item_subjects(); "
+                        f"{type(train).__name__} has none: use label_fraction or num_labeled"
+                    )
+                self._labeled = labeled_subjects_subset(item_subjects(), self.labeled_subjects, self.seed)
+            else:
+                self._labeled = labeled_subset(len(train), self.label_fraction, self.num_labeled, self.seed)  # type: ignore[arg-type]
             if self.labeled_share > 0 and len(self._labeled) == 0:
                 raise ValueError(
                     f"labeled_share {self.labeled_share} needs labeled items, but the labeled subset is empty "
-                    f"(label_fraction={self.label_fraction}, num_labeled={self.num_labeled})"
+                    f"(label_fraction={self.label_fraction}, num_labeled={self.num_labeled}, "
+                    f"labeled_subjects={self.labeled_subjects})"
                 )
         return self._labeled
 

@@ -207,7 +207,7 @@ def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
 
 
 def _synthhands(split: str, style: str, image_size: int) -> Dataset:
-    from handssl.data.synthhands.dataset import SynthHands
+    from handssl.data.synthhands.single_view import SynthHands
 
     return SynthHands(split=split, style=style, image_size=image_size)
 

@@ -9,8 +9,9 @@ _EXPORTS = {
     "make_subject": "motion",
     "sequence_pose": "motion",
     "sequence_joints": "motion",
-    "SynthHands": "dataset",
-    "SynthHandsMultiView": "dataset",
-    "SynthHandsWorld": "dataset",
+    "STYLES": "appearance",
+    "SynthHands": "single_view",
+    "SynthHandsMultiView": "multi_view",
+    "SynthHandsWorld": "world",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

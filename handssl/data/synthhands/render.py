@@ -33,6 +33,7 @@ __all__ = [
     "PART_FINGER",
     "PART_FINGERTIP",
     "PART_FOREARM",
+    "PART_OBJECT",
     "PART_PALM",
     "PART_SLEEVE",
     "PRIMITIVE_PART",
@@ -45,9 +46,9 @@ __all__ = [
 BACKGROUND = -1
 """Primitive index of a pixel whose ray hits nothing."""
 
-PART_PALM, PART_FINGER, PART_FINGERTIP, PART_FOREARM, PART_SLEEVE = range(5)
+PART_PALM, PART_FINGER, PART_FINGERTIP, PART_FOREARM, PART_SLEEVE, PART_OBJECT = range(6)
 """Material of a primitive: palm, finger (proximal/middle phalanx), fingertip (distal phalanx, carries
-the nail), bare forearm skin, sleeve. Everything but :data:`PART_SLEEVE` is skin (the hand mask)."""
+the nail), bare forearm skin, sleeve, a held object. Palm to forearm is skin (the hand mask)."""
 
 # Radius of each finger's phalanges relative to Subject.finger_radius_mm (proximal, middle, distal).
 _FINGER_SCALE = {"index": 1.0, "middle": 1.02, "ring": 0.95, "pinky": 0.82}
@@ -139,9 +140,15 @@ class HandShape:
     dorsal: Tensor
 
     @property
+    def num_objects(self) -> int:
+        """Held-object capsules appended after the hand's :data:`NUM_CAPSULES` capsules."""
+        return self.radius.shape[1] - NUM_CAPSULES
+
+    @property
     def part(self) -> Tensor:
-        """``(M + T,)`` int64 material of each primitive (:data:`PRIMITIVE_PART`)."""
-        return torch.tensor(PRIMITIVE_PART, dtype=torch.long, device=self.radius.device)
+        """``(M + T,)`` int64 material of each primitive (:data:`PRIMITIVE_PART`, objects after the capsules)."""
+        parts = _CAPSULE_PARTS + [PART_OBJECT] * self.num_objects + [PART_PALM] * NUM_TRIANGLES
+        return torch.tensor(parts, dtype=torch.long, device=self.radius.device)
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> HandShape:
         """Cast the tensors to ``dtype`` and move them to ``device``."""
@@ -152,7 +159,9 @@ def _normalize(v: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-9)
 
 
-def hand_shape(joints: Tensor, finger_radius_mm: Tensor | float) -> HandShape:
+def hand_shape(
+    joints: Tensor, finger_radius_mm: Tensor | float, held_object: Tensor | None = None
+) -> HandShape:
     """Build the primitive hand (a right hand) of each joint set, in the joints' own frame.
 
     Fingertip joints are the centres of the distal caps (the finger surface extends one tip radius beyond
@@ -162,6 +171,9 @@ def hand_shape(joints: Tensor, finger_radius_mm: Tensor | float) -> HandShape:
         joints: ``(N, 21, 3)`` canonical joints in mm (any frame, e.g. a camera's).
         finger_radius_mm: ``(N,)`` or scalar radius of the index finger's proximal phalanx, in mm; every
             other radius scales with it.
+        held_object: Optional ``(N, 7)`` capsule ``(start xyz, end xyz, radius)`` in the joints' frame (mm),
+            appended as primitive :data:`NUM_CAPSULES` with material :data:`PART_OBJECT`; it occludes the
+            hand by depth like any other primitive.
 
     Returns:
         The :class:`HandShape` (same dtype and device as ``joints``).
@@ -202,13 +214,21 @@ def hand_shape(joints: Tensor, finger_radius_mm: Tensor | float) -> HandShape:
         ends.append(b)
         scales.append(scale)
         dorsals.append(dorsal)
+    radii = radius[:, None] * torch.tensor(scales, dtype=joints.dtype, device=joints.device)
+    if held_object is not None:
+        held_object = torch.as_tensor(held_object, dtype=joints.dtype, device=joints.device)
+        if held_object.shape != (n, 7):
+            raise ValueError(f"held_object must be ({n}, 7), got {tuple(held_object.shape)}")
+        starts.append(held_object[:, 0:3])
+        ends.append(held_object[:, 3:6])
+        radii = torch.cat([radii, held_object[:, 6:7]], 1)
+        dorsals.append(dorsal_palm)
     dorsals += [dorsal_palm] * NUM_TRIANGLES
     triangles = torch.stack([torch.stack([point(c) for c in corners], 1) for corners in _TRIANGLES], 1)
-    scale_t = torch.tensor(scales, dtype=joints.dtype, device=joints.device)
     return HandShape(
         start=torch.stack(starts, 1),
         end=torch.stack(ends, 1),
-        radius=radius[:, None] * scale_t,
+        radius=radii,
         triangles=triangles,
         triangle_radius=(radius * _PALM_RADIUS)[:, None].expand(n, NUM_TRIANGLES).clone(),
         dorsal=torch.stack(dorsals, 1),
@@ -299,6 +319,45 @@ def _tile_boxes(centers: list[Tensor], radius: Tensor, K: Tensor, s: int, tile: 
         firsts.append(first_tile.reshape(-1))
         sizes.append(torch.where(empty, 0, size).reshape(-1))
     return torch.stack([firsts[0], firsts[1], sizes[0].clamp_min(1)]), sizes[0] * sizes[1]
+
+
+def _capsule_footprints(shape: HandShape, K: Tensor) -> Tensor:
+    """``(6, N*M)`` float64 conservative 2D footprints of the capsules: projected ends, radius, in-front flag.
+
+    A sphere of radius ``r`` at ``c`` projects within ``r |c| / (c_z (c_z - r))`` (normalised units) of the
+    projection of ``c``, and perspective maps the axis to a segment; so every pixel a capsule covers lies
+    within ``f r max(|a|, |b|) / (z_min (z_min - r))`` pixels of its projected axis. Rows: ``u_a, v_a, u_b,
+    v_b`` (pixels), that radius, and 1 where both ends are in front of the camera (else 0: no culling).
+    """
+    a, b = shape.start.to(torch.float64), shape.end.to(torch.float64)
+    r = shape.radius.to(torch.float64)
+    f = torch.maximum(K[:, 0, 0], K[:, 1, 1])[:, None]
+    z_min = torch.minimum(a[..., 2], b[..., 2])
+    in_front = z_min > r + _NEAR_MM
+    safe = torch.where(in_front, z_min, r + 2.0 * _NEAR_MM)
+    reach = f * r * torch.maximum(a.norm(dim=-1), b.norm(dim=-1)) / (safe * (safe - r))
+    rows = []
+    for end in (a, b):
+        z = end[..., 2].clamp_min(1e-6)
+        rows += [
+            K[:, 0, 0, None] * end[..., 0] / z + K[:, 0, 2, None],
+            K[:, 1, 1, None] * end[..., 1] / z + K[:, 1, 2, None],
+        ]
+    rows += [reach, in_front.to(torch.float64)]
+    return torch.stack(rows).reshape(len(rows), -1)
+
+
+def _near_axis(footprint: Tensor, pairs: Tensor, tile_u: Tensor, tile_v: Tensor, tile: int) -> Tensor:
+    """Which (capsule, tile) candidates may hold a hit: the tile lies near the capsule's 2D footprint."""
+    ua, va, ub, vb, reach, in_front = footprint.index_select(1, pairs)
+    half = (tile - 1) / 2.0
+    pu = tile_u.to(torch.float64) * tile + half - ua
+    pv = tile_v.to(torch.float64) * tile + half - va
+    du, dv = ub - ua, vb - va
+    along = ((pu * du + pv * dv) / (du * du + dv * dv).clamp_min(1e-12)).clamp(0.0, 1.0)
+    gap_u, gap_v = pu - along * du, pv - along * dv
+    limit = reach + half * 1.4143 + 1.0
+    return (in_front == 0) | (gap_u * gap_u + gap_v * gap_v <= limit * limit)
 
 
 def _camera_rows(K: Tensor, p: int) -> list[Tensor]:
@@ -436,7 +495,8 @@ def raycast(shape: HandShape, K: Tensor, image_size: int, max_candidates: int = 
     ):
         centers64 = [c.to(torch.float64) for c in centers]
         boxes, counts = _tile_boxes(centers64, radius.to(torch.float64), K64, s, tile)
-        kinds.append((table, boxes, counts, count, offset, hit))
+        footprint = _capsule_footprints(shape, K64) if hit is _hit_capsules else None
+        kinds.append((table, boxes, counts, count, offset, hit, footprint))
 
     if m + nt > 255:
         raise ValueError(f"at most 255 primitives per hand are supported, got {m + nt}")
@@ -448,7 +508,7 @@ def raycast(shape: HandShape, K: Tensor, image_size: int, max_candidates: int = 
     zbuffer = torch.full((n * sp * sp,), (inf_bits << 8) | 255, dtype=torch.long, device=device)
     lane_offset = lane_v * sp + lane_u
     lane_u, lane_v = lane_u.to(torch.float32), lane_v.to(torch.float32)
-    per_image = sum(counts.view(n, count).sum(1) for _, _, counts, count, _, _ in kinds) * (tile * tile)
+    per_image = sum(counts.view(n, count).sum(1) for _, _, counts, count, _, _, _ in kinds) * (tile * tile)
     cumulative = torch.cumsum(per_image, 0).tolist()
     fg_parts: list[tuple[Tensor, ...]] = []
     start = 0
@@ -458,8 +518,11 @@ def raycast(shape: HandShape, K: Tensor, image_size: int, max_candidates: int = 
         stop = start + 1
         while stop < n and cumulative[stop] <= budget:
             stop += 1
-        for table, boxes, counts, count, offset, hit in kinds:
+        for table, boxes, counts, count, offset, hit, footprint in kinds:
             pairs, tile_u, tile_v = _blocks(boxes, counts, start * count, stop * count)
+            if footprint is not None:  # drop the tiles of a slanted capsule's box that it cannot touch
+                keep = torch.nonzero(_near_axis(footprint, pairs, tile_u, tile_v, tile)).squeeze(1)
+                pairs, tile_u, tile_v = pairs[keep], tile_u[keep], tile_v[keep]
             u = (tile_u * tile).to(torch.float32)[:, None] + lane_u
             v = (tile_v * tile).to(torch.float32)[:, None] + lane_v
             t = hit(table.index_select(1, pairs)[:, :, None], u, v)

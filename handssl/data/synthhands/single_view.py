@@ -1,0 +1,157 @@
+"""Single-view SynthHands: one rendered crop (one camera of one frame) per item."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from torch import Tensor
+
+from handssl.data.base import Sample, Transform
+from handssl.data.synthhands.appearance import hash_ints
+from handssl.data.synthhands.cache import SynthHandsBase, ViewKey
+
+__all__ = ["SynthHands"]
+
+
+class SynthHands(SynthHandsBase):
+    """Single-view SynthHands: one rendered crop (one camera of one frame) per item.
+
+    Items enumerate the split's frames (subject-major, then sequence, then frame); with
+    ``camera="all"`` every camera of every frame is an item (camera fastest). Each sample holds ``image``
+    (float32 ``3 x S x S`` in ``[0, 1]``, ready to use), ``mask`` (float32 ``1 x S x S``: the rendered hand
+    *and* forearm sleeve, i.e. everything that is not background), ``hand_mask`` (the skin only, sleeve
+    excluded), ``depth`` (float32 ``1 x S x S`` z-depth in mm, 0 on the background), ``background`` (that
+    camera's background crop, float32 ``3 x S x S``), ``joints3d`` (crop-camera frame, mm), ``joints2d``,
+    ``K`` (crop camera), ``valid`` (all True), ``R``/``t`` (world -> crop camera), ``joints3d_world`` and
+    ``meta`` (``dataset``, ``subject``, ``sequence``, ``frame``, ``camera``, ``hand="right"``, ``style``,
+    ``split``). Fingertip joints are the centres of the fingertips' end spheres.
+
+    Args:
+        split: ``"train"``, ``"val"`` or ``"test"``; the splits' subjects are disjoint.
+        style: ``"synthetic"`` (RHD-like source: rendered hands over varied natural-looking backgrounds,
+            random lights), ``"real"`` (STB-like target: a camera in a lab room, key and fill light, sensor
+            effects) or ``"real_object"`` (Dexter+Object-like: ``"real"`` with a held, occluding object);
+            same geometry.
+        image_size: Side of the square crops in pixels, an int >= 16 (64 on CPU; 128 and 256 work).
+        num_cameras: Cameras in the rig.
+        camera: ``"random"`` (one camera per frame, drawn from the index), ``"all"`` (every camera of
+            every frame) or a camera index (that camera only).
+        seed: World seed: subjects, motion, rig, appearance and camera draws.
+        num_subjects: Subjects in this split; ``None`` uses 32 / 8 / 8 for train / val / test.
+        sequences_per_subject: Sequences per subject.
+        frames_per_sequence: Frames per sequence.
+        crop: ``"joints"`` (default): each crop looks at the hand centre and frames the joints' square box
+            times ``crop_margin``, as the papers' crops do (each view its own focal length, in ``K``);
+            ``"fixed"``: every crop covers ``crop_extent_mm`` at the hand centre's depth.
+        crop_margin: Crop side over the joints' box side for ``crop="joints"``.
+        crop_extent_mm: Side (mm), at the hand centre's depth, of the square a ``"fixed"`` crop covers.
+        rig_radius_mm: Distance of the cameras from the hand (mm).
+        chunk_size: Items rendered together when a single ``dataset[i]`` misses the cache.
+        cache_mb: Memory budget in MiB of the rendered-view cache: when every view the items use fits
+            (about 46 KB each at 64 px), one shared-memory slot per view, shared with forked DataLoader
+            workers; otherwise a per-process LRU cache of that size. 0 disables caching.
+        cache_dir: Optional folder for a disk cache of rendered views (one ``.npz`` per view, in a
+            sub-folder named by a hash of everything that determines the pixels).
+        device: Device of the ray casting and shading (``"cpu"``; ``"cuda"`` only with ``num_workers=0``).
+        extra_keys: Which optional keys to return, drawn from ``mask``, ``hand_mask``, ``depth`` and
+            ``background``; ``None`` returns all of them (``[]`` keeps samples small when only the pose is
+            needed).
+        transform: Applied to every sample (the image is already a tensor, no transform is needed).
+        mirror_left: Mirror left hands into right hands (SynthHands hands are all right hands).
+    """
+
+    def __init__(
+        self,
+        split: str = "train",
+        style: Literal["synthetic", "real", "real_object"] = "synthetic",
+        image_size: int = 64,
+        num_cameras: int = 8,
+        camera: str | int = "random",
+        seed: int = 0,
+        num_subjects: int | None = None,
+        sequences_per_subject: int = 4,
+        frames_per_sequence: int = 64,
+        crop: Literal["joints", "fixed"] = "joints",
+        crop_margin: float = 1.25,
+        crop_extent_mm: float = 240.0,
+        rig_radius_mm: float = 600.0,
+        chunk_size: int = 64,
+        cache_mb: float = 512.0,
+        cache_dir: str | Path | None = None,
+        device: str = "cpu",
+        extra_keys: Sequence[str] | None = None,
+        transform: Transform | None = None,
+        mirror_left: bool = False,
+    ) -> None:
+        super().__init__(
+            split=split,
+            style=style,
+            image_size=image_size,
+            num_cameras=num_cameras,
+            seed=seed,
+            num_subjects=num_subjects,
+            sequences_per_subject=sequences_per_subject,
+            frames_per_sequence=frames_per_sequence,
+            crop=crop,
+            crop_margin=crop_margin,
+            crop_extent_mm=crop_extent_mm,
+            rig_radius_mm=rig_radius_mm,
+            chunk_size=chunk_size,
+            cache_mb=cache_mb,
+            cache_dir=cache_dir,
+            device=device,
+            extra_keys=extra_keys,
+            transform=transform,
+            mirror_left=mirror_left,
+        )
+        if camera not in ("random", "all"):
+            if isinstance(camera, bool) or not isinstance(camera, (int, np.integer)):
+                raise ValueError(f"camera must be 'random', 'all' or a camera index, got {camera!r}")
+            if not 0 <= camera < self.num_cameras:
+                raise ValueError(
+                    f"camera index {camera} out of range for a rig of {self.num_cameras} cameras"
+                )
+            camera = int(camera)
+        self.camera = camera
+        self._store = self._make_store()
+
+    def __len__(self) -> int:
+        return self.num_frames * (self.num_cameras if self.camera == "all" else 1)
+
+    def view_keys(self, index: int, epoch: int = 0) -> list[ViewKey]:
+        if self.camera == "all":
+            frame_index, camera = divmod(index, self.num_cameras)
+        else:
+            frame_index = index
+            camera = (
+                hash_ints(self.seed, 0xCA, index) % self.num_cameras
+                if self.camera == "random"
+                else self.camera
+            )
+        return [(*self.frame_key(frame_index), int(camera))]
+
+    def _views_used(self) -> int:
+        return len(self)
+
+    def _assemble(self, items: list[tuple[int, int]], records: list[dict[str, Tensor]]) -> list[Sample]:
+        stacked = self._stack_views(records)
+        samples = []
+        for row, (index, _) in enumerate(items):
+            subject, sequence, frame, camera = self.view_keys(index)[0]
+            sample: Sample = {key: value[row] for key, value in stacked.items()}
+            sample["meta"] = {
+                "dataset": self.name,
+                "subject": subject,
+                "sequence": sequence,
+                "frame": frame,
+                "camera": camera,
+                "hand": "right",
+                "style": self.style,
+                "split": self.split,
+                "index": index,
+            }
+            samples.append(sample)
+        return samples
