@@ -25,7 +25,7 @@ from jsonargparse import set_parsing_settings
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info
 
 import handssl
 from handssl.data.base import DatasetError
@@ -40,14 +40,18 @@ class TestMetricsWriter(Callback):
 
     filename = "test_metrics.json"
 
-    @rank_zero_only
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # ``trainer.log_dir`` broadcasts from rank 0, so every rank must ask for it; only rank 0 writes.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        if trainer.is_global_zero:
+            self._write(trainer, run_dir)
+
+    def _write(self, trainer: pl.Trainer, run_dir: Path) -> None:
         metrics = {
             k: float(v)
             for k, v in sorted(trainer.callback_metrics.items())
             if k.startswith("test/") and v.numel() == 1
         }
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / self.filename
         path.write_text(json.dumps(metrics, indent=2) + "\n")
