@@ -238,23 +238,51 @@ def axis_angle_to_matrix(axis_angle: Array) -> Array:
 
 @_numpy_compatible
 def matrix_to_axis_angle(R: Array) -> Array:
-    """Inverse of :func:`axis_angle_to_matrix` (angle in ``[0, pi]``); ``(..., 3)``."""
-    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1.0, 1.0)
-    angle = torch.acos(cos)
-    vec = torch.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
+    """Inverse of :func:`axis_angle_to_matrix`: ``(..., 3, 3)`` rotations to ``(..., 3)`` axis-angle.
+
+    Accurate at every angle, in float32 too: the rotation goes through a unit quaternion built with
+    Shepperd's branch choice (from the largest of ``|w|, |x|, |y|, |z|``, so nothing is divided by a
+    vanishing number near 0 or pi), and the angle comes from ``atan2`` rather than ``acos``.
+
+    Args:
+        R: ``(..., 3, 3)`` rotation matrices.
+
+    Returns:
+        ``(..., 3)`` axis times angle, with the angle in ``[0, pi]``.
+    """
+    m = R
+    m00, m11, m22 = m[..., 0, 0], m[..., 1, 1], m[..., 2, 2]
+    d21, d02, d10 = m[..., 2, 1] - m[..., 1, 2], m[..., 0, 2] - m[..., 2, 0], m[..., 1, 0] - m[..., 0, 1]
+    s01, s02, s12 = m[..., 0, 1] + m[..., 1, 0], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1]
+    # 4 q_i^2 for (w, x, y, z), then row i = 4 q_i * (w, x, y, z).
+    q_sq4 = torch.stack(
+        [1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1
+    ).clamp_min(0.0)
+    rows = torch.stack(
+        [
+            torch.stack([q_sq4[..., 0], d21, d02, d10], -1),
+            torch.stack([d21, q_sq4[..., 1], s01, s02], -1),
+            torch.stack([d02, s01, q_sq4[..., 2], s12], -1),
+            torch.stack([d10, s02, s12, q_sq4[..., 3]], -1),
+        ],
+        -2,
+    )  # (..., 4, 4)
+    # Divide row i by 4 |q_i| (= 2 sqrt(q_sq4_i)); the floor keeps unused rows finite (and gradients too).
+    candidates = rows / (2 * q_sq4.clamp_min(0.01).sqrt()).unsqueeze(-1)
+    best = q_sq4.argmax(-1)
+    q = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    q = torch.where(q[..., :1] < 0, -q, q)  # w >= 0: angle in [0, pi]
+    w, v = q[..., 0], q[..., 1:]
+    n = v.norm(dim=-1)
+    angle = 2 * torch.atan2(n, w)
+    # angle / n, with its series 2/w * (1 - n^2 / (3 w^2)) where n is tiny (then w ~ 1).
+    small = n < 1e-4
+    ratio = torch.where(
+        small,
+        2 / w.clamp_min(1e-12) * (1 - (n / w.clamp_min(1e-12)) ** 2 / 3),
+        angle / torch.where(small, torch.ones_like(n), n),
     )
-    sin = torch.sin(angle)
-    small = sin.abs() < 1e-6
-    axis = vec / (2 * sin.clamp_min(1e-12)).unsqueeze(-1)
-    # Near pi the antisymmetric part vanishes: take the axis from the symmetric part instead.
-    sym = (R + torch.eye(3, dtype=R.dtype, device=R.device)) / 2
-    col = sym.diagonal(dim1=-2, dim2=-1).argmax(-1)
-    axis_pi = torch.gather(sym, -1, col[..., None, None].expand(*col.shape, 3, 1)).squeeze(-1)
-    axis_pi = axis_pi / axis_pi.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    axis = torch.where((small & (cos < 0)).unsqueeze(-1), axis_pi, axis)
-    out = axis * angle.unsqueeze(-1)
-    return torch.where((small & (cos > 0)).unsqueeze(-1), vec / 2, out)
+    return v * ratio.unsqueeze(-1)
 
 
 @_numpy_compatible

@@ -64,6 +64,51 @@ def test_axis_angle_round_trip_including_near_pi():
     assert torch.allclose(g.axis_angle_to_matrix(back), R, atol=1e-6)
 
 
+def _geodesic(Ra, Rb):
+    """Angle (float64) of the rotation between two batches of rotation matrices."""
+    M = Ra.double().transpose(-1, -2) @ Rb.double()
+    cos = (M.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    sin = torch.stack(
+        [M[..., 2, 1] - M[..., 1, 2], M[..., 0, 2] - M[..., 2, 0], M[..., 1, 0] - M[..., 0, 1]], -1
+    )
+    return torch.atan2(sin.norm(dim=-1) / 2, cos)
+
+
+@pytest.mark.parametrize("regime", ["near_pi", "near_zero", "uniform"])
+def test_matrix_to_axis_angle_is_accurate_at_every_angle_in_float32(regime):
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    axis = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    u = torch.rand(n, generator=gen, dtype=torch.float64)
+    angle = {"near_pi": np.pi - 1e-3 * u, "near_zero": 1e-3 * u, "uniform": np.pi * u}[regime]
+    angle[:2] = {"near_pi": np.pi, "near_zero": 0.0, "uniform": np.pi / 2}[regime]  # the exact ends too
+    aa = axis * angle[:, None]
+    R_true = g.axis_angle_to_matrix(aa)
+    R = R_true.float()
+    back = g.matrix_to_axis_angle(R)
+    assert back.dtype == torch.float32 and torch.isfinite(back).all()
+    # The recovered rotation is the true one up to float32 rounding of R (the old acos version was off by
+    # up to 3 rad near pi).
+    assert _geodesic(g.axis_angle_to_matrix(back.double()), R_true).max() < 1e-5
+    assert (back.double().norm(dim=-1) - angle).abs().max() < 1e-5
+    assert (g.axis_angle_to_matrix(back) - R).abs().max() < 1e-5
+    if regime != "near_pi":  # away from pi the axis-angle itself is unique
+        assert torch.allclose(back.double(), aa, atol=1e-5)
+
+
+def test_matrix_to_axis_angle_numpy_batches_and_finite_gradients():
+    aa = np.array([[0.0, 0.0, 0.0], [np.pi, 0.0, 0.0], [0.3, 0.2, 0.1], [1e-6, 0.0, 0.0]], dtype=np.float32)
+    R = g.axis_angle_to_matrix(aa)
+    back = g.matrix_to_axis_angle(R)
+    assert isinstance(back, np.ndarray) and back.dtype == np.float32 and back.shape == (4, 3)
+    assert g.matrix_to_axis_angle(np.broadcast_to(R, (2, 4, 3, 3))).shape == (2, 4, 3)
+    assert np.allclose(np.abs(back), np.abs(aa), atol=1e-6)
+    R_t = torch.from_numpy(R).requires_grad_()
+    g.matrix_to_axis_angle(R_t).sum().backward()
+    assert torch.isfinite(R_t.grad).all()
+
+
 def test_procrustes_recovers_known_similarity():
     src = random_points(21, seed=3)
     R = g.axis_angle_to_matrix(torch.tensor([0.4, 1.1, -0.6], dtype=torch.float64))
