@@ -9,6 +9,11 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
   ``config.yaml``, CSV metrics, checkpoints and the wandb run (offline by default: no account, no
   network; ``--wandb online`` or ``WANDB_MODE=online`` sends it to a dashboard);
 * ``handssl test`` writes ``test_metrics.json`` into the run directory;
+* ``--trainer.fast_dev_run`` smoke runs write only into ``<runs_dir>/<run_name>/fast_dev_run/`` and save no
+  checkpoints or logs;
+* handssl's models, DataModules and datasets may be named by class name alone (``--model=SemiHandModule``);
+* a bad value in a config ends in one line ``handssl: error: ...`` and exit code 2 (``HANDSSL_DEBUG=1``
+  shows the traceback);
 * ``handssl data check DATASET --root PATH`` validates a dataset folder.
 """
 
@@ -21,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from jsonargparse import set_parsing_settings
+from jsonargparse import Namespace, set_parsing_settings
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers.logger import DummyLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 import handssl
@@ -33,6 +39,18 @@ from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
 
 WANDB_MODES = ("offline", "online", "disabled")
+FAST_DEV_RUN_DIR = "fast_dev_run"
+
+DESCRIPTION = "handssl: semi-supervised 3D hand pose estimation (PyTorch Lightning command line)."
+EPILOG = (
+    "other commands: `handssl data check DATASET --root PATH` checks a dataset folder "
+    "(`handssl data check --help`). "
+    "Example: `handssl fit -c experiments/quickstart.yaml`; `handssl SUBCOMMAND --help` lists its options."
+)
+
+
+class ConfigError(ValueError):
+    """A config value was rejected while building the model, data or trainer (shown as one line)."""
 
 
 class TestMetricsWriter(Callback):
@@ -92,6 +110,24 @@ class HandSSLCLI(LightningCLI):
             help="Run the test set with the best checkpoint after fit.",
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        # ``main`` always passes the arguments (``sys.argv[1:]`` from the shell), so LightningCLI's warning
+        # about getting both ``args`` and command line arguments would be printed on every command.
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            if _find_cause(err, (DatasetError, NonFiniteError)) is not None:
+                raise
+            # jsonargparse wraps a constructor's own error ("unknown evaluation protocol 'stbb'; valid
+            # names: ...") in "Does not validate against any of the Union subtypes ...": keep the root.
+            raise ConfigError(str(_root_cause(err))) from err
+
     def _run_options(self) -> dict[str, Any]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         name = cfg.get("run_name") or self.default_run_name or type(self.model).__name__.lower()
@@ -104,23 +140,39 @@ class HandSSLCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         opts = self._run_options()
+        fast_dev_run = bool(trainer_cfg.get("fast_dev_run"))
         if trainer_cfg.get("default_root_dir") is None:
-            kwargs.setdefault("default_root_dir", str(Path(opts["runs_dir"]) / opts["name"]))
+            root = Path(opts["runs_dir"]) / opts["name"]
+            # Lightning logs nothing in a fast_dev_run, so the run would land in the bare ``<name>/``.
+            kwargs.setdefault("default_root_dir", str(root / FAST_DEV_RUN_DIR if fast_dev_run else root))
+        if fast_dev_run and trainer_cfg.get("logger") in (None, True):
+            # What Lightning swaps any logger for in a fast_dev_run (``True`` would first warn about TensorBoard).
+            kwargs.setdefault("logger", DummyLogger())
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
             csv = CSVLogger(save_dir=opts["runs_dir"], name=opts["name"])
+            # Create the (empty) version folder now: wandb and the saved config fill it before the CSV
+            # logger's first write, which then warns that the folder "exists and is not empty".
+            _ = csv.experiment
             loggers: list[Any] = [csv]
             if opts["wandb"] != "disabled":
                 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-                loggers.append(
-                    WandbLogger(
-                        save_dir=csv.log_dir,
-                        name=f"{opts['name']}/version_{csv.version}",
-                        project=os.environ.get("WANDB_PROJECT", "handssl"),
-                        offline=opts["wandb"] == "offline",
-                    )
+                wandb_logger = WandbLogger(
+                    save_dir=csv.log_dir,
+                    name=f"{opts['name']}/version_{csv.version}",
+                    project=os.environ.get("WANDB_PROJECT", "handssl"),
+                    offline=opts["wandb"] == "offline",
                 )
+                # Lightning always passes ``anonymous=None``, which wandb>=0.19 answers with "The anonymous
+                # setting has no effect" on every run; leaving the key out means the same.
+                getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
+                loggers.append(wandb_logger)
             kwargs["logger"] = loggers
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        if fast_dev_run:
+            # Lightning skips checkpoints in a fast_dev_run except ``save_last`` at train end.
+            for callback in trainer.checkpoint_callbacks:
+                callback.save_last = False
+        return trainer
 
     def after_fit(self) -> None:
         cfg = self.config[self.subcommand]
@@ -151,6 +203,7 @@ def main(args: ArgsType = None) -> None:
         from handssl.data.check import main as data_main
 
         sys.exit(data_main(argv[1:]))
+    _import_registered_classes()
     # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
     # subcommand, so absolute paths must be turned into relative ones to resolve.
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -163,17 +216,49 @@ def main(args: ArgsType = None) -> None:
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"callbacks": [TestMetricsWriter()]},
-            parser_kwargs={"parser_mode": "omegaconf+", "version": handssl.__version__},
+            parser_kwargs={
+                "parser_mode": "omegaconf+",
+                "version": handssl.__version__,
+                "prog": "handssl",
+                "description": DESCRIPTION,
+                "epilog": EPILOG,
+            },
             args=argv,
             default_run_name=_config_stem(argv),
         )
     except (ValueError, FloatingPointError) as err:
         # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
-        cause = _find_cause(err, (DatasetError, NonFiniteError))
+        cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError))
         if cause is None or os.environ.get("HANDSSL_DEBUG"):
             raise
         print(f"handssl: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _import_registered_classes() -> None:
+    """Import handssl's models, DataModules and datasets, so jsonargparse resolves them by class name.
+
+    jsonargparse turns ``--model=SemiHandModule`` into a class path by searching the imported subclasses of
+    the expected type; handssl's packages export lazily, so nothing would be found without this.
+    """
+    import handssl.data
+    import handssl.models
+
+    for package in (handssl.models, handssl.data):
+        for name in package.__all__:
+            getattr(package, name)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception in ``err``'s chain of causes and contexts."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        nxt = err.__cause__ or err.__context__
+        if nxt is None:
+            break
+        err = nxt
+    return err
 
 
 def _find_cause(err: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:

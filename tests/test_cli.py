@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_fast_dev_run_quickstart_config(tmp_path):
         "--trainer.fast_dev_run=true",
         "--data.init_args.image_size=32",
         "--data.init_args.batch_size=4",
-        "--test_after_fit=false",
+        "--test_after_fit=true",
     ]
     for split in ("train", "val", "test"):
         overrides += [
@@ -34,6 +35,10 @@ def test_fast_dev_run_quickstart_config(tmp_path):
             f"--data.init_args.{split}.init_args.chunk_size=4",
         ]
     run(["fit", "-c", str(REPO / "experiments" / "quickstart.yaml"), *overrides], tmp_path)
+    # A smoke run keeps to its own folder: no checkpoint (quickstart's ModelCheckpoint has save_last), no
+    # version folder mixed up with real runs; only the test after fit's metrics.
+    files = sorted(p.relative_to(tmp_path / "runs") for p in (tmp_path / "runs").rglob("*") if p.is_file())
+    assert files == [Path("quickstart/fast_dev_run/test_metrics.json")]
 
 
 def test_fit_twice_in_one_folder_then_test_writes_metrics(tmp_path):
@@ -58,6 +63,71 @@ def test_print_config_resolves_interpolation(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "${" not in out and "image_size: 32" in out and "class_path: handssl.data.SynthHands" in out
+
+
+def test_help_lists_every_command_without_warnings(capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: handssl")
+    for command in ("fit", "validate", "test", "predict", "handssl data check"):
+        assert command in out
+    # LightningCLI warned on every command that ``args`` and ``sys.argv`` were both given.
+    assert not [w for w in caught if "args parameter" in str(w.message)]
+
+
+def test_short_class_names_for_models_data_modules_and_datasets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONF),
+                "--model=SemiHandModule",
+                "--data=SupervisedDataModule",
+                "--data.init_args.test=RHD",
+                "--data.init_args.test.init_args.root=/nowhere",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: handssl.models.SemiHandModule" in out
+    assert "class_path: handssl.data.SupervisedDataModule" in out
+    assert "class_path: handssl.data.RHD" in out
+
+
+def test_bad_choice_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    args = ["test", "-c", str(CONF), "--model.init_args.eval_protocol=stbb"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(args, tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Does not validate" not in err
+    assert err.strip().splitlines()[-1] == (
+        "handssl: error: unknown evaluation protocol 'stbb'; valid names: dexter_object, freihand, rhd, stb, synthhands"
+    )
+    monkeypatch.setenv("HANDSSL_DEBUG", "1")
+    with pytest.raises(ValueError, match="stbb"):
+        run(args, tmp_path)
+
+
+def test_wandb_run_has_no_false_log_dir_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    import wandb
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            main(["fit", "-c", str(CONF), "--runs_dir", str(tmp_path / "runs"), "--wandb", "offline"])
+        finally:
+            wandb.finish()
+    run_dir = tmp_path / "runs" / "supervised_tiny" / "version_0"
+    assert (run_dir / "metrics.csv").exists() and list((run_dir / "wandb").glob("offline-run-*"))
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):

@@ -59,6 +59,7 @@ def test_ddp_fit_test_after_fit_and_synced_metrics(tmp_path):
     assert (run_dir / "config.yaml").exists()
     ckpts = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) == 1
+    assert [p.name for p in (tmp_path / "runs" / "ddp_fit").iterdir()] == ["version_0"]  # one run folder
     assert [p.relative_to(tmp_path) for p in (tmp_path / "runs").rglob("test_metrics.json")] == [
         Path("runs/ddp_fit/version_0/test_metrics.json")
     ]
