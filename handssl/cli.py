@@ -8,7 +8,8 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
 * every run gets its own directory ``<runs_dir>/<run_name>/version_<n>/`` holding the resolved
   ``config.yaml``, CSV metrics, checkpoints and the wandb run (offline by default: no account, no
   network; ``--wandb online`` or ``WANDB_MODE=online`` sends it to a dashboard);
-* ``handssl test`` writes ``test_metrics.json`` into the run directory;
+* ``handssl test`` writes ``test_metrics.json`` into the run directory, ``handssl predict`` writes
+  ``predictions.pt`` (see :mod:`handssl.callbacks.predictions`);
 * ``--trainer.fast_dev_run`` smoke runs write only into ``<runs_dir>/<run_name>/fast_dev_run/`` and save no
   checkpoints or logs;
 * handssl's models, DataModules and datasets may be named by class name alone (``--model=SemiHandModule``);
@@ -34,6 +35,7 @@ from pytorch_lightning.loggers.logger import DummyLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 import handssl
+from handssl.callbacks.predictions import PredictionWriter
 from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
@@ -215,7 +217,7 @@ def main(args: ArgsType = None) -> None:
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            trainer_defaults={"callbacks": [TestMetricsWriter()]},
+            trainer_defaults={"callbacks": [TestMetricsWriter(), PredictionWriter()]},
             parser_kwargs={
                 "parser_mode": "omegaconf+",
                 "version": handssl.__version__,

@@ -234,3 +234,33 @@ def test_non_finite_loss_stops_training():
     batch["joints3d"][0, 3, 1] = float("nan")
     with pytest.raises(NonFiniteError, match="joints3d"):
         model.training_step(batch, 0)
+
+
+def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
+    from handssl.data import SupervisedDataModule, SynthHands
+
+    run(["fit", "-c", str(CONF)], tmp_path)
+    ckpt = next((tmp_path / "runs" / "supervised_tiny" / "version_0" / "checkpoints").glob("*.ckpt"))
+    run(["predict", "-c", str(CONF), "--ckpt_path", str(ckpt), "--run_name", "pred"], tmp_path)
+    preds = torch.load(tmp_path / "runs" / "pred" / "version_0" / "predictions.pt")
+    # The tiny config's test split (predict defaults to it): 4 items, in dataset order.
+    assert preds["index"].tolist() == [0, 1, 2, 3]
+    assert preds["joints3d"].shape == (4, 21, 3) and preds["joints3d"].dtype == torch.float32
+    assert preds["meta"]["dataset"] == ["synthhands"] * 4 and preds["meta"]["frame"] == [0, 1, 2, 3]
+    # The same numbers as the checkpoint's model run by hand on the same items.
+    model = SupervisedModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    test = SynthHands(
+        split="test",
+        image_size=32,
+        num_subjects=1,
+        sequences_per_subject=1,
+        frames_per_sequence=4,
+        chunk_size=4,
+    )
+    data = SupervisedDataModule(image_size=32, batch_size=4, test=test)
+    data.setup("predict")
+    (batch,) = list(data.predict_dataloader())
+    with torch.no_grad():
+        expected = model.predict_joints3d(batch)
+    assert torch.allclose(preds["joints3d"], expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.zeros_like(expected))

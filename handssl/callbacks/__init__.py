@@ -1,4 +1,4 @@
-"""Lightning callbacks: wandb visualisation panels and pseudo-label export."""
+"""Lightning callbacks: wandb visualisation panels, pseudo-label export and the prediction writer."""
 
 from handssl._lazy import lazy_exports
 
@@ -6,5 +6,6 @@ _EXPORTS = {
     "PoseVisualizationCallback": "wandb_viz",
     "NVSVisualization": "nvs_viz",
     "PseudoLabelExport": "pseudo_labels",
+    "PredictionWriter": "predictions",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
