@@ -6,12 +6,15 @@ labeled + unlabeled mix of SemiHand in :mod:`handssl.data.semi`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from handssl.data.base import Sample, Transform
@@ -65,8 +68,171 @@ class TransformedDataset(Dataset):
         return [self.transform(s) for s in samples]
 
 
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffling whose order is a pure function of ``(seed, epoch, pass)``, and which can start mid-way.
+
+    Under DDP each rank takes its own strided share of the same permutation (padded as
+    :class:`~torch.utils.data.DistributedSampler` pads), so Lightning keeps this sampler instead of replacing it.
+    ``pass`` counts the passes over the data within one epoch (a shorter loader in a ``max_size_cycle``
+    :class:`~pytorch_lightning.utilities.combined_loader.CombinedLoader` makes several). Nothing depends on how
+    many epochs came before, so a resumed run draws the same order as the uninterrupted one.
+    :class:`ResumableDataLoader` sets ``pass_index`` and ``start``.
+
+    Args:
+        dataset: The dataset (only its length is used).
+        shuffle: Shuffle (else dataset order).
+        seed: Seed of the permutations.
+        num_replicas: Number of processes (default: the initialised process group's size, else 1).
+        rank: This process's rank (default: from the process group, else 0).
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+        self.pass_index = 0
+        self.start = 0
+
+    def indices(self) -> list[int]:
+        """This rank's indices of the current ``(epoch, pass_index)``, from the first one."""
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            state = np.random.SeedSequence([self.seed, self.epoch, self.pass_index]).generate_state(1)[0]
+            generator = torch.Generator().manual_seed(int(state))
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        if self.total_size > n:  # pad by repeating, as DistributedSampler does
+            order += (order * (self.total_size // max(n, 1) + 1))[: self.total_size - n]
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return iter(self.indices()[start:])
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global generators' states (torch, CUDA when initialised, numpy, random), in checkpoint-safe types."""
+    # The legacy global generator is the state to save (code that calls np.random.* draws from it).
+    keys, pos, has_gauss, cached = np.random.get_state(legacy=True)[1:]  # noqa: NPY002
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "random": [int(version), torch.tensor(internal, dtype=torch.int64), gauss],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    version, internal, gauss = state["random"]
+    random.setstate((version, tuple(internal.tolist()), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class _CountingIterator:
+    """Starts the loader's pass at the first ``next`` (after Lightning's ``set_epoch``) and counts batches."""
+
+    def __init__(self, loader: ResumableDataLoader) -> None:
+        self.loader = loader
+        self.iterator: Iterator | None = None
+
+    def __iter__(self) -> _CountingIterator:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.loader._start_pass()
+        batch = next(self.iterator)
+        self.loader._batches += 1
+        return batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableSampler` whose position is saved in Lightning checkpoints.
+
+    Lightning stores ``state_dict()`` of every training loader that has one in the checkpoint (the fit loop's
+    ``combined_loader`` entry) and calls ``load_state_dict`` when it resumes, just before training goes on.
+    The state is the epoch, the pass within the epoch and the batches already consumed in it, so the
+    resumed loader skips those indices (without loading them) and continues with the same batches; a
+    state taken after a pass's last batch continues with the next pass, or with the next epoch when
+    Lightning has started one. It also holds the global random generators' states at the checkpoint
+    (torch, CUDA, numpy, random: dropout and anything else drawn in the training step), restored on load,
+    since Lightning does not save them. Under DDP the checkpoint holds rank 0's generators, which equal the
+    other ranks' when every rank was seeded alike (``seed_everything``).
+
+    Exact with ``num_workers=0``; with workers it is exact as long as an item depends only on its index (as
+    SynthHands' items do), since random draws inside worker processes are not saved.
+    """
+
+    def __iter__(self) -> _CountingIterator:  # type: ignore[override]
+        return _CountingIterator(self)
+
+    def _start_pass(self) -> Iterator:
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            raise TypeError(f"ResumableDataLoader needs a ResumableSampler, got {type(sampler).__name__}")
+        pending = self.__dict__.pop("_pending", None)
+        skip = 0
+        if pending is not None and pending["epoch"] == sampler.epoch:
+            if pending["batches"] >= len(self):
+                pass_index = pending["pass"] + 1
+            else:
+                pass_index, skip = pending["pass"], pending["batches"]
+        elif pending is None and self.__dict__.get("_epoch") == sampler.epoch:
+            pass_index = self._pass + 1
+        else:
+            pass_index = 0
+        sampler.pass_index, sampler.start = pass_index, skip * (self.batch_size or 1)
+        self._epoch, self._pass, self._batches = sampler.epoch, pass_index, skip
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position (``epoch``, ``pass``, ``batches`` consumed in the pass) and the global RNG states."""
+        if "_pending" in self.__dict__:
+            position = {k: self._pending[k] for k in ("epoch", "pass", "batches")}
+        elif "_epoch" in self.__dict__:
+            position = {"epoch": self._epoch, "pass": self._pass, "batches": self._batches}
+        else:
+            position = {"epoch": getattr(self.sampler, "epoch", 0), "pass": 0, "batches": 0}
+        return {**position, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict`` at the next pass; restores the global RNG states now."""
+        self._pending = {k: int(state_dict[k]) for k in ("epoch", "pass", "batches")}
+        if isinstance(self.sampler, ResumableSampler):
+            self.sampler.epoch = self._pending["epoch"]
+        if "rng" in state_dict:
+            _set_rng_state(state_dict["rng"])
+
+
 class HandDataModule(pl.LightningDataModule):
-    """Base DataModule: batch size, workers and a deterministic, DDP-shardable loader factory.
+    """Base DataModule: batch size, workers and a deterministic, DDP-shardable, resumable loader factory.
+
+    Shuffled (training) loaders are :class:`ResumableDataLoader` over a :class:`ResumableSampler`: the order of
+    epoch ``e`` depends only on ``(seed, e)``, the same permutation is split between DDP ranks, and a run
+    resumed from a mid-epoch checkpoint continues with exactly the batches the uninterrupted run used. Every
+    loader has its own generator, so iterating one never draws from torch's global generator (which would
+    shift the dropout of the training steps that follow).
 
     Args:
         batch_size: Samples per batch (per process under DDP).
@@ -96,8 +262,12 @@ class HandDataModule(pl.LightningDataModule):
         batch_size: int | None = None,
         drop_last: bool = False,
     ) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle and sampler is None else None
-        return DataLoader(
+        generator = torch.Generator().manual_seed(self.seed)
+        loader_class = DataLoader
+        if shuffle and sampler is None:
+            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed)  # type: ignore[arg-type]
+            loader_class = ResumableDataLoader
+        return loader_class(
             dataset,
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle and sampler is None,
