@@ -5,9 +5,15 @@ The file is a ``torch.save``'d dict, one row per dataset item in dataset order::
     {
         "joints3d": float32 (N, 21, 3),  # mm, root-relative, camera frame of the input image
         "joints2d": float32 (N, 21, 2),  # pixels of the input image; only where the model predicts them
+        "crop": float32 (N, 3, 3),       # original image pixels -> input pixels; where the data was cropped
+        "joints2d_image": float32 (N, 21, 2),  # joints2d in the original image's pixels (needs both above)
         "index": int64 (N,),             # the item's index in the predict dataset
         "meta": {"dataset": [...], "frame": [...], ...},  # each sample's meta, one list entry per row
     }
+
+Rows of mirrored samples (``meta['mirrored']``, e.g. left hands under ``mirror_left``) are mirrored back:
+``joints3d`` gets ``x -> -x`` and ``joints2d_image`` ``u -> W - 1 - u`` (``W = meta['image_width']``), so
+they describe the original image; ``joints2d`` stays in the (mirrored) network input.
 
 Read it back with ``torch.load(path)``. Under DDP every rank predicts its share, rank 0 gathers them,
 drops the duplicates the distributed sampler pads with and writes one file.
@@ -27,7 +33,7 @@ from torch import Tensor
 
 __all__ = ["PredictionWriter"]
 
-ARRAY_KEYS = ("joints3d", "joints2d", "confidence")
+ARRAY_KEYS = ("joints3d", "joints2d", "confidence", "crop", "joints2d_image")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -73,9 +79,20 @@ class PredictionWriter(BasePredictionWriter):
             raise RuntimeError(
                 "PredictionWriter needs the predict loop's batch indices (a map-style dataset)"
             )
+        crop = batch.get("crop") if isinstance(batch, dict) else None
+        if isinstance(crop, Tensor) and crop.shape == (n, 3, 3):
+            arrays["crop"] = crop.detach().float().cpu()
+            if "joints2d" in arrays:
+                inverse = torch.linalg.inv(arrays["crop"].double())
+                uv = arrays["joints2d"].double()
+                arrays["joints2d_image"] = (
+                    uv @ inverse[:, :2, :2].transpose(1, 2) + inverse[:, None, :2, 2]
+                ).float()
         meta = _split_meta(prediction.get("meta"), n)
         for i in range(n):
             row = {k: v[i] for k, v in arrays.items()}
+            if meta[i].get("mirrored"):
+                row = _unmirror(row, meta[i])
             row["index"] = int(batch_indices[i])
             row["meta"] = meta[i]
             self._rows.append(row)
@@ -97,6 +114,19 @@ class PredictionWriter(BasePredictionWriter):
         self.path = out_dir / self.filename
         torch.save(_stack(ordered), self.path)
         rank_zero_info(f"handssl: wrote {len(ordered)} predictions to {self.path}")
+
+
+def _unmirror(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A mirrored sample's predictions in the original (unmirrored) image."""
+    out = dict(row)
+    j3 = row["joints3d"].clone()
+    j3[..., 0] = -j3[..., 0]
+    out["joints3d"] = j3
+    if "joints2d_image" in row and meta.get("image_width") is not None:
+        j2 = row["joints2d_image"].clone()
+        j2[..., 0] = (meta["image_width"] - 1) - j2[..., 0]
+        out["joints2d_image"] = j2
+    return out
 
 
 def _split_meta(meta: Any, n: int) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "PanopticMultiView": "panoptic",
     "PanopticHandDB": "handdb",
     "FreiHAND": "freihand",
+    "ImageFolder": "image_folder",
     "CropResize": "transforms",
     "ToTensor": "transforms",
     "HandDataModule": "datamodules",

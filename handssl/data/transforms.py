@@ -40,8 +40,18 @@ def hand_box(joints2d: np.ndarray, valid: np.ndarray, image_hw: tuple[int, int],
     return center, max(side, 8.0)
 
 
+def box_square(box: np.ndarray, margin: float) -> tuple:
+    """Square (centre, side) around a box ``x0, y0, x1, y1``, enlarged by ``margin`` on each side."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    center = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    return center, max(max(x1 - x0, y1 - y0) * (1 + 2 * margin), 8.0)
+
+
 class CropResize:
     """Crop a square around the hand (from the valid 2D joints), resize it, and convert to tensors.
+
+    A sample with a ``box`` (``x0, y0, x1, y1`` of the hand, e.g. from a detector or
+    :class:`~handssl.data.ImageFolder`) is cropped around the box instead, with the same margin.
 
     Samples whose ``image`` is already a tensor (e.g. SynthHands, rendered at the right size) only get
     their numpy fields converted. Cropping from ground-truth 2D joints is the usual "GT crop" protocol of
@@ -71,9 +81,15 @@ class CropResize:
             return to_tensors(sample)
         image = np.asarray(image)
         joints2d = np.asarray(sample["joints2d"], dtype=np.float64)
-        center, side = hand_box(joints2d, np.asarray(sample["valid"]), image.shape[:2], self.margin)
+        if sample.get("box") is not None:
+            center, side = box_square(np.asarray(sample["box"]), self.margin)
+        else:
+            center, side = hand_box(joints2d, np.asarray(sample["valid"]), image.shape[:2], self.margin)
         A = affine_crop_matrix(center, side, self.image_size)
         out = dict(sample)
+        if sample.get("box") is not None:
+            corners = np.asarray(sample["box"], dtype=np.float64).reshape(2, 2)
+            out["box"] = (corners @ A[:2, :2].T + A[:2, 2]).reshape(4).astype(np.float32)
         size = (self.image_size, self.image_size)
         out["image"] = cv2.warpAffine(
             image,

@@ -1,0 +1,154 @@
+"""A folder of the user's own images, for ``handssl predict`` (no labels).
+
+Each item is one image file (PNG / JPEG / BMP / WebP, sorted by path). The hand's box comes from an
+optional JSON file; without one the hand is taken to fill the centred square of the image. The default
+transform of :class:`~handssl.data.SupervisedDataModule` (:class:`~handssl.data.transforms.CropResize`)
+then crops a square around the box (enlarged by the DataModule's ``crop_margin``, as training crops are
+around the joints' box) and resizes it to the network's input size; the crop matrix travels with the
+sample, so :class:`~handssl.callbacks.PredictionWriter` can write 2D joints in the original image's pixels.
+
+The optional JSON file maps an image's path relative to ``root`` to either a box ``[x0, y0, x1, y1]``
+(pixels of the original image) or an object with any of ``box``, ``hand`` (``"left"`` / ``"right"``) and
+``K`` (3×3 intrinsics)::
+
+    {"a.jpg": [120, 80, 360, 320], "b.png": {"box": [10, 10, 200, 220], "hand": "left", "K": [[...]]}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from handssl.data.base import DatasetError, Sample, Transform, load_image, mirror_sample
+from handssl.skeleton import NUM_JOINTS
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ImageFolder(Dataset):
+    """Unlabelled images from a folder, with optional per-image boxes, hands and intrinsics.
+
+    Samples follow the contract of :mod:`handssl.data.base` with NaN joints and no valid joint, plus
+    ``box`` (``float32 (4,)``, ``x0, y0, x1, y1`` of the hand in the returned image). ``K`` is the JSON's
+    when given, else a nominal one (focal length ``max(H, W)`` pixels, about a 53° field of view,
+    principal point at the centre) and ``meta['calibrated']`` is False: root-relative 3D predictions do
+    not depend on it.
+
+    Args:
+        root: Folder of images.
+        boxes: JSON file with per-image boxes / hands / intrinsics (relative to ``root`` unless absolute).
+        recursive: Also read images in sub-folders.
+        mirror_left: Mirror images marked ``"hand": "left"`` so a right-hand model sees a right hand
+            (``meta['mirrored']``; the prediction writer mirrors the predictions back).
+        transform: Sample transform (``None``: the original ``uint8`` image, as other datasets return it).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        boxes: str | Path | None = None,
+        recursive: bool = False,
+        mirror_left: bool = False,
+        transform: Transform | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"image folder not found: {self.root}")
+        pattern = "**/*" if recursive else "*"
+        self.files = sorted(
+            p for p in self.root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not self.files:
+            raise DatasetError(
+                f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.root}"
+                + ("" if recursive else " (set recursive: true to read sub-folders)")
+            )
+        self.annotations = self._read_annotations(boxes) if boxes is not None else {}
+        self.mirror_left = mirror_left
+        self.transform = transform
+
+    def _read_annotations(self, boxes: str | Path) -> dict[str, dict[str, Any]]:
+        path = Path(boxes)
+        if not path.is_absolute() and not path.exists():
+            path = self.root / path
+        if not path.is_file():
+            raise DatasetError(f"boxes file not found: {path}")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"boxes file {path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise DatasetError(f"boxes file {path} must map image paths to boxes, got {type(raw).__name__}")
+        names = {p.relative_to(self.root).as_posix() for p in self.files}
+        out: dict[str, dict[str, Any]] = {}
+        for name, entry in raw.items():
+            if name not in names:
+                raise DatasetError(f"boxes file {path}: {name!r} is not an image in {self.root}")
+            entry = {"box": entry} if isinstance(entry, list) else dict(entry)
+            where = f"boxes file {path}, {name!r}"
+            if "box" in entry:
+                box = np.asarray(entry["box"], dtype=np.float64)
+                if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+                    raise DatasetError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+                entry["box"] = box
+            if entry.get("hand", "right") not in ("left", "right"):
+                raise DatasetError(f"{where}: hand must be 'left' or 'right', got {entry['hand']!r}")
+            if "K" in entry:
+                K = np.asarray(entry["K"], dtype=np.float64)
+                if K.shape != (3, 3) or not np.isfinite(K).all():
+                    raise DatasetError(f"{where}: K must be a finite 3x3 matrix")
+                entry["K"] = K
+            out[name] = entry
+        return out
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Sample:
+        path = self.files[index]
+        name = path.relative_to(self.root).as_posix()
+        image = load_image(path)
+        h, w = image.shape[:2]
+        entry = self.annotations.get(name, {})
+        if "box" in entry:
+            box = entry["box"]
+        else:  # the centred square
+            side = min(h, w)
+            x0, y0 = (w - side) / 2, (h - side) / 2
+            box = np.array([x0, y0, x0 + side, y0 + side])
+        if "K" in entry:
+            K = entry["K"]
+        else:
+            f = float(max(h, w))
+            K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+        hand = entry.get("hand")
+        sample: Sample = {
+            "image": image,
+            "joints3d": np.full((NUM_JOINTS, 3), np.nan, dtype=np.float32),
+            "joints2d": np.full((NUM_JOINTS, 2), np.nan, dtype=np.float32),
+            "valid": np.zeros(NUM_JOINTS, dtype=bool),
+            "K": K.astype(np.float32),
+            "box": box.astype(np.float32),
+            "meta": {
+                "dataset": "image_folder",
+                "path": name,
+                "frame": index,
+                "hand": hand,
+                "image_width": w,
+                "image_height": h,
+                "box_source": "file" if "box" in entry else "center",
+                "calibrated": "K" in entry,
+                "mirrored": False,
+            },
+        }
+        if self.mirror_left and hand == "left":
+            sample = mirror_sample(sample)
+            x0, y0, x1, y1 = sample["box"]
+            sample["box"] = np.array([w - 1 - x1, y0, w - 1 - x0, y1], dtype=np.float32)
+        return self.transform(sample) if self.transform is not None else sample
