@@ -16,6 +16,7 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
 * a bad value in a config ends in one line ``handssl: error: ...`` and exit code 2 (``HANDSSL_DEBUG=1``
   shows the traceback);
 * ``handssl data check DATASET --root PATH`` validates a dataset folder.
+* ``handssl export --ckpt_path X --output model.onnx`` exports the inference network (needs ``handssl[export]``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ FAST_DEV_RUN_DIR = "fast_dev_run"
 DESCRIPTION = "handssl: semi-supervised 3D hand pose estimation (PyTorch Lightning command line)."
 EPILOG = (
     "other commands: `handssl data check DATASET --root PATH` checks a dataset folder "
-    "(`handssl data check --help`). "
+    "(`handssl data check --help`); `handssl export --ckpt_path X --output model.onnx` writes a model's "
+    "inference network as ONNX (`handssl export --help`). "
     "Example: `handssl fit -c experiments/quickstart.yaml`; `handssl SUBCOMMAND --help` lists its options."
 )
 
@@ -205,6 +207,10 @@ def main(args: ArgsType = None) -> None:
         from handssl.data.check import main as data_main
 
         sys.exit(data_main(argv[1:]))
+    if isinstance(argv, list) and argv[:1] == ["export"]:
+        from handssl.export import main as export_main
+
+        sys.exit(export_main(argv[1:]))
     _import_registered_classes()
     # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
     # subcommand, so absolute paths must be turned into relative ones to resolve.

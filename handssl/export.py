@@ -1,0 +1,109 @@
+"""Export a trained model's inference network to ONNX: ``handssl export --ckpt_path X --output model.onnx``.
+
+The exported graph maps ``image`` (``float32 (B, 3, S, S)`` in ``[0, 1]``, the crop the DataModule would
+feed, ``S`` its ``image_size``; ``B`` is dynamic) to ``joints3d`` (``(B, 21, 3)`` mm, root-relative), i.e.
+the task's ``predict_joints3d``. Needs the optional ``onnx`` package (``pip install "handssl[export]"``,
+which also brings ``onnxruntime`` to run the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from handssl.models.base import BaseHandTask
+
+__all__ = ["ExportError", "load_task", "main", "to_onnx"]
+
+INSTALL_HINT = 'ONNX export needs the onnx package: pip install "handssl[export]"'
+
+
+class ExportError(RuntimeError):
+    """An export precondition failed (missing package, unreadable checkpoint); the message says which."""
+
+
+class _Inference(nn.Module):
+    """``image -> joints3d`` of a task, as a plain module for tracing."""
+
+    def __init__(self, task: BaseHandTask) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.task.predict_joints3d({"image": image})
+
+
+def load_task(ckpt_path: str | Path) -> BaseHandTask:
+    """The task saved in a handssl checkpoint (its class is read from the checkpoint), in eval mode on CPU."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if not class_path:
+        raise ExportError(f"{path} does not name its model class (not written by `handssl fit`?)")
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def to_onnx(task: BaseHandTask, path: str | Path, image_size: int = 64, opset: int = 17) -> Path:
+    """Write ``task``'s ``image -> joints3d`` network to an ONNX file and return its path.
+
+    Args:
+        task: A trained handssl task (any :class:`~handssl.models.base.BaseHandTask`).
+        path: Output file.
+        image_size: Side of the input crop (the DataModule's ``image_size``).
+        opset: ONNX opset version.
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise ExportError(INSTALL_HINT) from err
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    network = _Inference(task).eval()
+    example = torch.rand(2, 3, image_size, image_size)
+    with torch.no_grad(), warnings.catch_warnings():
+        # The input side is fixed on purpose, so the tracer's "treated as a constant" warnings are noise.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter: the dynamo one would also need onnxscript.
+        torch.onnx.export(
+            network,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["joints3d"],
+            dynamic_axes={"image": {0: "batch"}, "joints3d": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``handssl export``: checkpoint to ONNX; errors end in one ``handssl: error:`` line (exit code 2)."""
+    parser = argparse.ArgumentParser(prog="handssl export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by handssl fit")
+    parser.add_argument("--output", default="model.onnx", help="ONNX file to write (default: model.onnx)")
+    parser.add_argument("--image_size", type=int, default=64, help="input crop side (the data's image_size)")
+    fmt: tuple[Literal["onnx"], ...] = ("onnx",)
+    parser.add_argument("--format", choices=fmt, default="onnx", help="export format")
+    args = parser.parse_args(argv)
+    try:
+        path = to_onnx(load_task(args.ckpt_path), args.output, image_size=args.image_size)
+    except ExportError as err:
+        print(f"handssl: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"handssl: wrote {path} (image (B, 3, {args.image_size}, {args.image_size}) -> joints3d (B, 21, 3) mm)"
+    )
+    return 0
