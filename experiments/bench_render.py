@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from handssl.data.synthhands.single_view import SynthHands, SynthHandsWorld
+from handssl.data.synthhands import STYLES, SynthHands, SynthHandsWorld
 
 
 def bench_renderer(style: str, size: int, batch: int, device: str, seconds: float) -> tuple[float, float]:
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[64, 128, 256], help="image sizes (pixels)")
     parser.add_argument("--batch", type=int, default=256, help="views per render call / DataLoader batch")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--style", nargs="+", default=["synthetic", "real"], choices=["synthetic", "real"])
+    parser.add_argument("--style", nargs="+", default=list(STYLES), choices=STYLES)
     parser.add_argument("--seconds", type=float, default=3.0, help="minimum timing per renderer row")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (0 on cuda)")
     parser.add_argument("--items", type=int, default=4096, help="DataLoader dataset size (views)")

@@ -36,6 +36,7 @@ from handssl.models import SupervisedModule
 from handssl.skeleton import ROOT
 
 STYLES = ("synthetic", "real", "real_object")
+STAGES = ("world", "leak", "speed", "mean_pose", "source_only", "oracle")
 GATES = {
     "source_only_vs_mean_pose": 0.8,
     "oracle_vs_source_only": 0.75,
@@ -113,23 +114,16 @@ def stage_world(args: argparse.Namespace) -> dict:
 
 def stage_leak(args: argparse.Namespace) -> dict:
     """Does the appearance image of a multi-view item give the pose away? Compared with the mean pose."""
-    train = SynthHandsMultiView(
-        split="train", num_subjects=args.train_subjects, sequences_per_subject=args.sequences, extra_keys=[]
-    )
-    test = SynthHandsMultiView(
-        split="test", num_subjects=args.test_subjects, sequences_per_subject=args.sequences, extra_keys=[]
-    )
+    common = {"sequences_per_subject": args.sequences, "seed": args.seed, "extra_keys": []}
+    train = SynthHandsMultiView(split="train", num_subjects=args.train_subjects, **common)
+    test = SynthHandsMultiView(split="test", num_subjects=args.test_subjects, **common)
     pick = np.linspace(0, len(train) - 1, min(len(train), 1024)).round().astype(int).tolist()
     mean_pose = root_relative(stack(train.__getitems__(pick), "joints3d")[:, 0]).mean(0)
     index = np.linspace(0, len(test) - 1, min(len(test), args.leak_items)).round().astype(int).tolist()
     samples = test.__getitems__(index)
     target = root_relative(stack(samples, "joints3d")[:, 0])
     same = SynthHandsMultiView(
-        split="test",
-        num_subjects=args.test_subjects,
-        sequences_per_subject=args.sequences,
-        appearance_source="same_sequence",
-        extra_keys=[],
+        split="test", num_subjects=args.test_subjects, appearance_source="same_sequence", **common
     )
     same_t2 = root_relative(stack(same.__getitems__(index), "joints3d_t2")[:, 0])
     return {
@@ -289,7 +283,8 @@ def report(r: dict, args: argparse.Namespace) -> str:
     lines = [
         "# SynthHands v2 domain gap",
         "",
-        f"Command: `python experiments/domain_gap.py{' --quick' if args.quick else ''}` "
+        f"Command: `python experiments/domain_gap.py{' --quick' if args.quick else ''}"
+        f"{f' --seed {args.seed} --out {args.out}' if args.seed else ''}` "
         f"({args.steps} steps of batch {args.batch_size} at {args.image_size} px, {args.train_subjects} training "
         f"subjects x {args.sequences} sequences x 64 frames, one random camera per frame; "
         f"{args.test_subjects} test subjects).",
@@ -359,6 +354,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("experiments/results/domain_gap"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget and sets")
     parser.add_argument("--force", action="store_true", help="recompute stages already saved")
+    parser.add_argument(
+        "--redo",
+        nargs="+",
+        default=[],
+        choices=STAGES,
+        help="recompute these stages (e.g. speed on an idle machine)",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="training steps of each network")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -394,7 +396,7 @@ def main() -> None:
     results = {}
     for name, run in stages.items():
         path = args.out / f"{name}.json"
-        if path.is_file() and not args.force:
+        if path.is_file() and not args.force and name not in args.redo:
             results[name] = json.loads(path.read_text())
             continue
         print(f"[domain_gap] {name} ...", flush=True)

@@ -149,12 +149,12 @@ def test_batch_sampler_gives_the_configured_labeled_share_and_oversamples():
     assert len(batches) == len(sampler) == 40 // 6
     for batch in batches:
         assert len(batch) == 8
-        slots = [visible for _, visible in batch]
+        slots = [visible for _, visible, _ in batch]
         assert slots.count(True) == 2
-        assert all(index in labeled for index, visible in batch if visible)
-    stream = [index for batch in batches for index, visible in batch if not visible]
+        assert all(index in labeled for index, visible, _ in batch if visible)
+    stream = [index for batch in batches for index, visible, _ in batch if not visible]
     assert stream == list(range(36))  # unlabeled slots walk the stream in order, each item once
-    counts = Counter(index for batch in batches for index, visible in batch if visible)
+    counts = Counter(index for batch in batches for index, visible, _ in batch if visible)
     assert set(counts) == set(labeled)
     assert max(counts.values()) - min(counts.values()) <= 1  # reshuffled cycles: balanced oversampling
 
@@ -163,11 +163,11 @@ def test_batch_sampler_all_labeled_and_no_labeled():
     full = LabeledShareBatchSampler(list(range(20)), 4, True, labeled_indices=[1, 2], labeled_per_batch=4)
     batches = list(full)
     assert len(batches) == len(full) == 5
-    assert all(visible and index in (1, 2) for b in batches for index, visible in b)
+    assert all(visible and index in (1, 2) for b in batches for index, visible, _ in b)
     none = LabeledShareBatchSampler(list(range(10)), 4, False, labeled_indices=[], labeled_per_batch=0)
     batches = list(none)
     assert len(batches) == len(none) == 3 and len(batches[-1]) == 2
-    assert not any(visible for b in batches for _, visible in b)
+    assert not any(visible for b in batches for _, visible, _ in b)
     with pytest.raises(ValueError, match="non-empty labeled subset"):
         LabeledShareBatchSampler(list(range(10)), 4, True, labeled_indices=[], labeled_per_batch=1)
     with pytest.raises(ValueError, match=r"\[0, 4\]"):
@@ -183,10 +183,10 @@ def test_batch_sampler_shards_like_ddp():
             shard, 8, True, labeled_indices=labeled, labeled_per_batch=4, seed=0
         )
         epochs[rank] = list(sampler)
-        assert all(sum(v for _, v in b) == 4 for b in epochs[rank])
-    unlabeled = [{i for b in epochs[r] for i, v in b if not v} for r in (0, 1)]
+        assert all(sum(v for _, v, _ in b) == 4 for b in epochs[rank])
+    unlabeled = [{i for b in epochs[r] for i, v, _ in b if not v} for r in (0, 1)]
     assert not unlabeled[0] & unlabeled[1] and len(unlabeled[0] | unlabeled[1]) == 48
-    draws = [[i for b in epochs[r] for i, v in b if v] for r in (0, 1)]
+    draws = [[i for b in epochs[r] for i, v, _ in b if v] for r in (0, 1)]
     assert draws[0] != draws[1]  # each rank draws its own labeled order
 
 
@@ -236,3 +236,48 @@ def test_datamodule_argument_errors():
     assert dm.val_dataloader() == []
     with pytest.raises(ValueError, match="no test dataset"):
         dm.test_dataloader()
+
+
+class SubjectMultiView(FakeMultiView):
+    """FakeMultiView whose items belong to ``length // 4`` subjects and vary by epoch."""
+
+    epoch_items = True
+
+    def item_subjects(self) -> list[int]:
+        return [index // 4 for index in range(self.length)]
+
+    def __getitem__(self, key):
+        index, epoch = key
+        item = super().__getitem__(index)
+        item["image_t2"].fill_(epoch)  # so a test can see which epoch an item was made for
+        return item
+
+
+def test_labeled_subjects_label_whole_subjects_deterministically():
+    dm = MultiViewDataModule(train=SubjectMultiView(24), labeled_subjects=2, labeled_share=0.25, batch_size=8)
+    labeled = dm.labeled_indices.tolist()
+    subjects = {index // 4 for index in labeled}
+    assert len(subjects) == 2 and labeled == sorted(i for i in range(24) if i // 4 in subjects)
+    again = MultiViewDataModule(
+        train=SubjectMultiView(24), labeled_subjects=2, labeled_share=0.25, batch_size=8
+    )
+    assert again.labeled_indices.tolist() == labeled
+    other = MultiViewDataModule(
+        train=SubjectMultiView(24), labeled_subjects=2, labeled_share=0.25, batch_size=8, seed=5
+    )
+    assert {i // 4 for i in other.labeled_indices.tolist()} != subjects or len(subjects) == 6
+    with pytest.raises(ValueError, match=r"labeled_subjects must be in \[0, 6\]"):
+        MultiViewDataModule(train=SubjectMultiView(24), labeled_subjects=7, batch_size=8).labeled_indices
+    with pytest.raises(ValueError, match="item_subjects"):
+        MultiViewDataModule(train=FakeMultiView(24), labeled_subjects=1, batch_size=8).labeled_indices
+
+
+def test_training_keys_carry_the_epoch_to_epoch_dependent_datasets():
+    dm = MultiViewDataModule(train=SubjectMultiView(24), labeled_subjects=2, labeled_share=0.25, batch_size=8)
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(3)
+    batch = next(iter(loader))
+    assert (batch["image_t2"] == 3).all()
+    assert {epoch for _, _, epoch in next(iter(loader.batch_sampler))} == {3}
+    pairs = MultiViewPairs(SubjectMultiView(8))
+    assert (pairs[(2, True, 4)]["image_t2"] == 4).all() and (pairs[2]["image_t2"] == 0).all()

@@ -479,22 +479,24 @@ class Appearance:
             return lift + (1.0 - lift) * (luma + saturation * (x - luma))
 
         image, background = respond(image), respond(background)
-        # Defocus (a blend towards the 3x3 box blur) or motion blur (3 taps along x or along y).
-        weight = (0.35 + 0.65 * d[:, 5])[:, None, None, None]
-        kinds = torch.where(d[:, 4] < 0.6, 0, torch.where(d[:, 5] < 0.5, 1, 2))
+        # Defocus (two blends towards the 3x3 box blur, about a 5x5 kernel) or motion blur (3 taps along x or
+        # y, twice): a lower-resolution camera than the renders, the first thing a source-only network misses.
+        first, second = (0.6 + 0.4 * d[:, 5])[:, None, None, None], (0.2 + 0.8 * d[:, 6])[:, None, None, None]
+        kinds = torch.where(d[:, 4] < 0.7, 0, torch.where(d[:, 5] < 0.5, 1, 2))
         blurred = []
         for x in (image, background):
             out = torch.empty_like(x)
             for kind in range(3):
                 rows = torch.nonzero(kinds == kind).squeeze(1)
-                if len(rows):
-                    part = x[rows]
-                    out[rows] = _box_blur(part, weight[rows]) if kind == 0 else _shift_mean(part, -kind)
+                if len(rows) and kind == 0:
+                    out[rows] = _box_blur(_box_blur(x[rows], first[rows]), second[rows])
+                elif len(rows):
+                    out[rows] = _shift_mean(_shift_mean(x[rows], -kind), -kind)
             blurred.append(out)
         image, background = blurred
         # Sensor noise: read noise plus shot noise that grows with the signal.
-        read = (0.008 + 0.014 * d[:, 6])[:, None, None, None]
-        sigma = torch.sqrt(read * read + 0.0004 * image.clamp_min(0.0))
+        read = (0.02 + 0.02 * d[:, 6])[:, None, None, None]
+        sigma = torch.sqrt(read * read + 0.0012 * image.clamp_min(0.0))
         image = image + self._noise(hash_int(self._view_key(views, 0xA0).to(device)), device) * sigma
         return _compress(image, step=(2.0 + 4.0 * d[:, 7]) / 255.0), background
 
@@ -631,7 +633,7 @@ class Appearance:
 
         if self.real:
             texture = self._solid_texture(views, point, image, device)
-            skin_mod = 1.0 + 0.22 * (texture - 0.5)[:, None] * torch.tensor([0.9, 1.0, 1.15], device=device)
+            skin_mod = 1.0 + 0.35 * (texture - 0.5)[:, None] * torch.tensor([0.9, 1.0, 1.15], device=device)
             cloth_mod = (0.85 + 0.3 * texture)[:, None]
             colour = colour * torch.where(is_sleeve, cloth_mod, torch.where(is_object, 1.0, skin_mod))
         # Blinn-Phong highlight: half vector between the key light and the view direction (-point).
