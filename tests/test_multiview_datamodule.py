@@ -281,3 +281,44 @@ def test_training_keys_carry_the_epoch_to_epoch_dependent_datasets():
     assert {epoch for _, _, epoch in next(iter(loader.batch_sampler))} == {3}
     pairs = MultiViewPairs(SubjectMultiView(8))
     assert (pairs[(2, True, 4)]["image_t2"] == 4).all() and (pairs[2]["image_t2"] == 0).all()
+
+
+class T2FakeMultiView(FakeMultiView):
+    """FakeMultiView whose appearance images carry joints (``joints3d_t2``), as SynthHandsMultiView's do."""
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["joints3d_t2"] = item["joints3d"] * 2.0
+        return item
+
+
+@pytest.mark.parametrize("index", [2, 3])
+def test_pairs_carry_the_second_direction_and_the_appearance_labels(index):
+    item = T2FakeMultiView(8)[index]
+    i, j = (0, 1) if index % 2 == 0 else (1, 0)
+    pairs = MultiViewPairs(T2FakeMultiView(8), labeled=[index])
+    pair = pairs[index]
+    assert torch.equal(pair["image_t2_j"], item["image_t2"][j])
+    assert torch.equal(pair["joints3d_j"], item["joints3d"][j]) and pair["valid_j"].all()
+    assert torch.equal(pair["joints3d_t2"], item["joints3d_t2"][i])
+    assert torch.equal(pair["joints3d_t2_j"], item["joints3d_t2"][j])
+    assert torch.equal(pair["input_mask"], item["mask"][i])
+    hidden = pairs[(index + 1) % 8]  # not labeled: every label of every view hidden
+    for key in ("joints3d", "joints3d_j", "joints3d_t2", "joints3d_t2_j"):
+        assert torch.isnan(hidden[key]).all(), key
+    assert not hidden["valid_j"].any()
+    assert "joints3d_t2" not in MultiViewPairs(FakeMultiView(4))[0]  # only when the dataset has them
+
+
+def test_data_layer_imports_nothing_from_models():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, handssl.data.multiview as m; "
+        "bad = sorted(n for n in sys.modules if n.startswith('handssl.models')); "
+        "assert not bad, bad; print(m.pose_statistics.__module__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "handssl.data.multiview"

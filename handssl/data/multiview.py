@@ -14,6 +14,15 @@ pair of its first two views (``i = 0, j = 1`` for even indices, ``i = 1, j = 0``
 ``joints3d`` / ``joints2d`` / ``valid`` / ``K``  labels of view *i*; NaN and ``valid=False`` unless labeled
 ``labeled``  bool, whether this item's labels are visible
 ``target_mask``  (1, H, W) hand mask of view *j*, when the dataset has masks (diagnostics only)
+
+For the other direction ``j -> i`` (Rhodin et al. synthesise every encoded view) and for pose losses on every
+encoded image, items also hold:
+
+``image_t2_j``  ``I_t'^j`` (3, H, W), view *j*'s appearance image
+``joints3d_j`` / ``valid_j``  labels of view *j* (hidden like view *i*'s)
+``joints3d_t2`` / ``joints3d_t2_j``  joints of the appearance images in their crops' frames, when the dataset
+    has ``joints3d_t2`` (SynthHandsMultiView); NaN unless labeled
+``input_mask``  (1, H, W) hand mask of view *i*, when the dataset has masks (diagnostics only)
 ``meta``  dataset, subject, sequence, frame, cameras of views *i* and *j*
 
 :class:`MultiViewDataModule` picks the labeled subset deterministically (whole subjects with
@@ -37,13 +46,43 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from handssl.data.base import Sample
 from handssl.data.datamodules import HandDataModule, collate_samples
 from handssl.geometry import relative_rotation
-from handssl.skeleton import ROOT
+from handssl.skeleton import NUM_JOINTS, ROOT
 
 PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
 """Keys a multi-view item must hold (each with a leading view axis)."""
 
 SlotKey = tuple[int, bool, int]
 """A training index with its slot and epoch: ``(index, labels_visible, epoch)``."""
+
+
+def pose_statistics(joints: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-coordinate mean and standard deviation of root-relative joints over valid samples.
+
+    A pure function of labels (the pose head of :class:`~handssl.models.nvs.NVSModule` normalises its
+    targets with it, as Rhodin et al.'s ``LossLabelMeanStdNormalized``); it lives in the data layer so that
+    :class:`MultiViewDataModule` needs nothing from :mod:`handssl.models`.
+
+    Args:
+        joints: ``(M, 21, 3)`` joints in mm (camera frame); NaN allowed where not valid.
+        valid: Optional ``(M, 21)`` bool mask; a joint counts where it and the root are valid.
+
+    Returns:
+        ``(mean (21, 3), std (21, 3))`` in mm.
+    """
+    if joints.dim() != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
+        raise ValueError(f"joints must be (M, 21, 3), got {tuple(joints.shape)}")
+    if valid is None:
+        valid = torch.isfinite(joints).all(-1)
+    valid = valid.bool() & valid[:, ROOT : ROOT + 1].bool()
+    if not valid.any(0).all():
+        missing = (~valid.any(0)).nonzero().flatten().tolist()
+        raise ValueError(f"no valid labeled sample for joints {missing}; cannot normalise the pose head")
+    rel = torch.nan_to_num(joints - joints[:, ROOT : ROOT + 1]).double()
+    weight = valid.unsqueeze(-1).double()
+    count = weight.sum(0)
+    mean = (rel * weight).sum(0) / count
+    var = (((rel - mean) ** 2) * weight).sum(0) / count
+    return mean.float(), var.sqrt().float()
 
 
 def labeled_subjects_subset(
@@ -167,10 +206,18 @@ class MultiViewPairs(Dataset):
         joints3d = torch.as_tensor(item["joints3d"][i], dtype=torch.float32).clone()
         joints2d = torch.as_tensor(item["joints2d"][i], dtype=torch.float32).clone()
         valid = torch.as_tensor(item["valid"][i]).bool().clone()
+        joints3d_j = torch.as_tensor(item["joints3d"][j], dtype=torch.float32).clone()
+        valid_j = torch.as_tensor(item["valid"][j]).bool().clone()
+        extra: Sample = {}
+        if "joints3d_t2" in item:
+            joints_t2 = torch.as_tensor(item["joints3d_t2"], dtype=torch.float32)
+            extra["joints3d_t2"] = joints_t2[i].clone()
+            extra["joints3d_t2_j"] = joints_t2[j].clone()
         if not visible:
-            joints3d.fill_(math.nan)
-            joints2d.fill_(math.nan)
+            for tensor in (joints3d, joints2d, joints3d_j, *extra.values()):
+                tensor.fill_(math.nan)
             valid.fill_(False)
+            valid_j.fill_(False)
         meta = item.get("meta", {})
         cameras = meta.get("cameras", [None, None])
         pair: Sample = {
@@ -180,7 +227,11 @@ class MultiViewPairs(Dataset):
             "background": item["background"][j],
             "background_input": item["background"][i],
             "image_t2": item["image_t2"][i],
+            "image_t2_j": item["image_t2"][j],
             "joints3d": joints3d,
+            "joints3d_j": joints3d_j,
+            "valid_j": valid_j,
+            **extra,
             "joints2d": joints2d,
             "valid": valid,
             "K": torch.as_tensor(item["K"][i], dtype=torch.float32),
@@ -197,6 +248,7 @@ class MultiViewPairs(Dataset):
         }
         if "mask" in item:  # for diagnostics only (e.g. hand-region L1); training never reads it
             pair["target_mask"] = torch.as_tensor(item["mask"][j], dtype=torch.float32)
+            pair["input_mask"] = torch.as_tensor(item["mask"][i], dtype=torch.float32)
         return pair
 
 
@@ -414,8 +466,6 @@ class MultiViewDataModule(HandDataModule):
         Computed once from at most ``statistics_items`` evenly spaced labeled items; identical on every rank.
         """
         if self._statistics is None:
-            from handssl.models.components.nvs import pose_statistics
-
             labeled = self.labeled_indices
             if len(labeled) == 0:
                 raise ValueError("no labeled training items: pose statistics need label_fraction > 0")
