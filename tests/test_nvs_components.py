@@ -234,3 +234,67 @@ def test_perceptual_loss_from_user_checkpoint(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(ValueError, match="state dict"):
         PerceptualLoss(path)
+
+
+def test_silhouette_target_thresholds_background_subtraction():
+    from handssl.models.components.nvs_losses import silhouette_target
+
+    background = torch.full((1, 3, 2, 2), 0.5)
+    image = background.clone()
+    image[0, 1, 0, 0] = 0.53  # one channel off by 0.03: foreground at 0.02, not at 0.05
+    image[0, :, 1, 1] = 0.51  # 0.01 everywhere: background (sensor-noise level of a clean render)
+    assert silhouette_target(image, background).tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]]
+    assert silhouette_target(image, background, threshold=0.05).sum() == 0
+    assert silhouette_target(image, background, threshold=0.005).sum() == 2
+    with pytest.raises(ValueError, match="threshold"):
+        silhouette_target(image, background, threshold=-1)
+
+
+def test_mask_normalisation_by_its_maximum():
+    from handssl.models.components.nvs_losses import normalize_mask_max
+
+    mask = torch.tensor([[[[0.1, 0.2], [0.05, 0.0]]], [[[0.5, 1.0], [0.25, 0.0]]]])
+    out = normalize_mask_max(mask)
+    assert torch.allclose(out[0], torch.tensor([[[0.5, 1.0], [0.25, 0.0]]]))
+    assert torch.allclose(out[1], mask[1])
+    decoder = NVSDecoder(32, 20, 8, latent_channels=8, widths=(16, 8), normalize_mask=True).eval()
+    _, mask = decoder.layers(torch.randn(3, 20, 3), torch.randn(3, 8))
+    assert torch.allclose(mask.flatten(1).amax(1), torch.ones(3))  # every rendering holds an opaque pixel
+    assert not small_decoder().normalize_mask
+
+
+def test_silhouette_bce_foreground_l1_and_iou_hand_computed():
+    from handssl.models.components.nvs_losses import foreground_l1, mask_iou, silhouette_bce
+
+    silhouette = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    target = torch.zeros(1, 3, 2, 2)
+    prediction = torch.zeros(1, 3, 2, 2)
+    prediction[0, :, 0, 0] = 0.3  # error on the one hand pixel
+    prediction[0, :, 1, 1] = 0.9  # error on a background pixel: ignored
+    assert foreground_l1(prediction, target, silhouette) == pytest.approx(0.3)
+    empty = foreground_l1(prediction.requires_grad_(), target, torch.zeros_like(silhouette))
+    assert empty == 0 and empty.requires_grad
+    mask = torch.tensor([[[[0.8, 0.4], [0.4, 0.4]]]])
+    expected = -(math.log(0.8) + 3 * math.log(0.6)) / 4
+    assert silhouette_bce(mask, silhouette) == pytest.approx(expected, rel=1e-5)
+    assert mask_iou(mask, silhouette).tolist() == [1.0]
+    assert mask_iou(torch.full_like(mask, 0.9), silhouette).tolist() == [0.25]
+
+
+def test_synthesis_loss_adds_the_silhouette_terms():
+    from handssl.models.components.nvs_losses import SynthesisLoss
+
+    torch.manual_seed(0)
+    background = torch.rand(2, 3, 16, 16)
+    target = background.clone()
+    target[:, :, 4:10, 4:10] = torch.rand(2, 3, 6, 6) + 0.1
+    composite, mask = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    loss = SynthesisLoss(structural="none", foreground_weight=2.0, silhouette_weight=3.0)
+    terms = loss(composite, mask, target, background)
+    assert terms["loss"] == pytest.approx(
+        float(terms["l1"] + 2 * terms["foreground_l1"] + 3 * terms["silhouette"])
+    )
+    plain = SynthesisLoss(structural="none", foreground_weight=0.0, silhouette_weight=0.0)
+    assert set(plain(composite, mask, target, background)) == {"l1", "loss"}
+    with pytest.raises(ValueError, match="non-negative"):
+        SynthesisLoss(silhouette_weight=-1.0)

@@ -125,7 +125,15 @@ def test_semi_trains_everything():
     assert params_changed(enc, module.encoder) and params_changed(dec, module.decoder)
     assert params_changed(head, module.pose_head)
     assert trainer.callback_metrics["train/labeled_share"] == pytest.approx(0.5)
-    for key in ("train/l1", "train/ssim", "train/synthesis", "train/pose", "train/loss"):
+    for key in (
+        "train/l1",
+        "train/ssim",
+        "train/foreground_l1",
+        "train/silhouette",
+        "train/synthesis",
+        "train/pose",
+        "train/loss",
+    ):
         assert key in trainer.callback_metrics
 
 
@@ -168,39 +176,152 @@ def test_argument_errors(tmp_path):
         tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
 
 
-class Recorder(torch.nn.Module):
-    """Wraps the decoder and records what it is asked to render."""
+class T2MultiView(FakeMultiView):
+    """FakeMultiView whose appearance images carry joints (``joints3d_t2``), as SynthHandsMultiView's do."""
 
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-        self.calls = []
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["joints3d_t2"] = item["joints3d"].flip(1) * 0.9
+        return item
 
-    def forward(self, points, appearance, background):
-        self.calls.append((points.detach(), appearance.detach(), background.detach()))
-        return self.decoder(points, appearance, background)
+
+def t2_datamodule(share: float, batch_size: int = 4) -> MultiViewDataModule:
+    return MultiViewDataModule(
+        train=T2MultiView(16),
+        val=T2MultiView(4),
+        test=T2MultiView(4),
+        label_fraction=0.25,
+        labeled_share=share,
+        batch_size=batch_size,
+    )
 
 
 @pytest.mark.parametrize("swap", [0.0, 1.0])
-def test_training_pairs_swap_views_and_appearance(swap):
+def test_training_rows_use_both_views_both_directions_and_leak_free_appearance(swap):
     module = tiny_module("semi", swap_probability=swap, latent_dropout=0.0).eval()
-    batch = next(iter(datamodule(0.5).train_dataloader()))
-    recorder = Recorder(module.decoder)
-    module.decoder = recorder
-    targets = []
-    module.reconstruction.forward = lambda pred, target: targets.append(target) or {"loss": pred.mean()}
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    size = batch["image"].shape[0]
     with torch.no_grad():
-        module._synthesis_losses(batch)
-        points, _ = module.encoder(batch["image"])
-        _, appearance_t2 = module.encoder(batch["image_t2"])
-    rendered_points, appearance, background = recorder.calls[0]
-    assert torch.allclose(appearance, appearance_t2, atol=1e-5)  # appearance from the other frame
+        encoded = module._encode_training(batch, pose=True)
+        rows = module.synthesis_rows(batch, encoded)
+        points_i, _ = module.encoder(batch["image"])
+        points_j, _ = module.encoder(batch["target"])
+        _, app_t2 = module.encoder(batch["image_t2"])
+        _, app_t2_j = module.encoder(batch["image_t2_j"])
+    assert set(encoded) == {"i", "j", "t2", "t2_j"}  # one pass over all four images (Rhodin's rows)
+    assert rows["points"].shape[0] == 2 * size  # both directions rendered
+    for k in range(2 * size):  # every appearance comes from one of the pair's t' images
+        a = rows["appearance"][k]
+        assert torch.allclose(a, app_t2[k % size], atol=1e-4) or torch.allclose(
+            a, app_t2_j[k % size], atol=1e-4
+        )
+    R = batch["R_ij"]
+    first, second = slice(0, size), slice(size, 2 * size)
     if swap:
-        assert torch.equal(targets[0], batch["target"]) and torch.equal(background, batch["background"])
-        assert torch.allclose(rendered_points, points @ batch["R_ij"].transpose(-1, -2), atol=1e-4)
+        assert torch.equal(rows["target"][first], batch["target"])
+        assert torch.equal(rows["background"][first], batch["background"])
+        assert torch.allclose(rows["points"][first], points_i @ R.transpose(-1, -2), atol=1e-4)
+        assert torch.equal(rows["target"][second], batch["image"])  # j -> i
+        assert torch.equal(rows["background"][second], batch["background_input"])
+        assert torch.allclose(rows["points"][second], points_j @ R, atol=1e-4)  # R_ji = R_ij^T
     else:
-        assert torch.equal(targets[0], batch["image"]) and torch.equal(background, batch["background_input"])
-        assert torch.allclose(rendered_points, points, atol=1e-5)
+        assert torch.equal(rows["target"][first], batch["image"])
+        assert torch.equal(rows["background"][first], batch["background_input"])
+        assert torch.allclose(rows["points"][first], points_i, atol=1e-4)
+        assert torch.equal(rows["target"][second], batch["target"])
+        assert torch.allclose(rows["points"][second], points_j, atol=1e-4)
+    one_way = tiny_module("semi", both_directions=False, pose_views="input").eval()
+    with torch.no_grad():
+        assert (
+            one_way.synthesis_rows(batch, one_way._encode_training(batch, pose=True))["points"].shape[0]
+            == size
+        )
+
+
+def test_pose_loss_covers_every_labeled_encoded_image():
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    for views, expected in (("all", {"i", "j", "t2", "t2_j"}), ("input", {"i"})):
+        module = tiny_module("supervised", pose_views=views)
+        assert set(module._images_to_encode(batch, pose=True)) == expected
+    module = tiny_module("semi", pose_views="all").eval()
+    module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+    with torch.no_grad():
+        encoded = module._encode_training(batch, pose=True)
+        base = module._pose_loss(batch, encoded)
+        moved = dict(batch, joints3d_t2_j=batch["joints3d_t2_j"] * 1.5)
+        assert module._pose_loss(moved, encoded) != base  # the appearance images' labels count
+        hidden = dict(batch, labeled=torch.zeros_like(batch["labeled"]))
+        assert module._pose_loss(hidden, encoded) == 0  # nothing labeled: no pose loss
+    assert torch.isnan(batch["joints3d_t2"][~batch["labeled"]]).all()  # hidden outside the labeled slots
+
+
+def test_recipe_defaults():
+    module = NVSModule(regime="semi")
+    hp = module.hparams
+    assert hp.pose_weight == pytest.approx(0.1) and tuple(hp.decoder_widths) == (64, 32, 16)
+    assert hp.appearance_dim <= 16 and hp.scheduler == "none" and hp.both_directions
+    assert hp.normalize_mask and hp.silhouette_weight > 0 and hp.foreground_weight > 0
+    assert module.decoder.normalize_mask
+
+
+def test_constant_learning_rate_by_default():
+    module = NVSModule(regime="semi", **{k: v for k, v in TINY.items() if k != "scheduler"})
+    assert module.hparams.scheduler == "none"
+    trainer = fit(module, SHARE["semi"], steps=3)
+    assert not trainer.lr_scheduler_configs
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(TINY["lr"])
+
+
+def test_synthesis_warmup_keeps_the_pose_loss_out():
+    module = tiny_module("semi", synthesis_warmup_steps=2)
+    head = snapshot(module.pose_head)
+    trainer = fit(module, SHARE["semi"], steps=2)
+    flags = changed(head, module.pose_head)
+    assert not any(v for k, v in flags.items() if k.startswith("mlp."))  # never ran: no gradient, no BN update
+    assert "train/pose" not in trainer.callback_metrics and "train/synthesis" in trainer.callback_metrics
+    module = tiny_module("semi", synthesis_warmup_steps=1)
+    head = snapshot(module.pose_head)
+    trainer = fit(module, SHARE["semi"], steps=2)
+    assert params_changed(head, module.pose_head) and "train/pose" in trainer.callback_metrics
+
+
+def test_pose_weight_scales_the_encoder_gradient():
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    norms = {}
+    for weight in (1.0, 0.1):
+        torch.manual_seed(0)
+        module = tiny_module("semi", pose_weight=weight, latent_dropout=0.0, swap_probability=1.0)
+        module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+        torch.manual_seed(1)
+        norms[weight] = module.encoder_gradient_norms(batch)
+    assert norms[1.0]["synthesis"] > 0 and norms[1.0]["pose"] > 0
+    assert norms[0.1]["pose"] == pytest.approx(0.1 * norms[1.0]["pose"], rel=1e-3)
+    assert norms[0.1]["synthesis"] == pytest.approx(norms[1.0]["synthesis"], rel=1e-3)
+
+
+def test_statistics_need_a_multiview_datamodule_not_a_lookalike():
+    class Lookalike(pl.LightningDataModule):
+        labeled_share = 1.0
+
+        def pose_statistics(self):  # duck typing must not pick this up
+            raise AssertionError("NVSModule asked a non-MultiViewDataModule for statistics")
+
+        def train_dataloader(self):
+            return datamodule(1.0).train_dataloader()
+
+    module = tiny_module("supervised")
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(ValueError, match="set_statistics"):
+        trainer.fit(module, datamodule=Lookalike())
+    module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+    trainer.fit(module, datamodule=Lookalike())  # statistics given explicitly: fine
 
 
 def test_api_shapes_and_turntable():
@@ -225,6 +346,8 @@ def test_validation_logs_synthesis_and_pose_metrics(tmp_path):
     metrics = trainer.validate(semi, datamodule=datamodule(0.5), verbose=False)[0]
     for key in ("val/synthesis_l1", "val/copy_input_l1", "val/mpjpe", "val/n_mpjpe", "val/pa_mpjpe"):
         assert key in metrics
+    for key in ("synthesis_l1_hand", "copy_input_l1_hand", "background_l1_hand", "mask_iou"):
+        assert f"val/{key}" in metrics
     stage1 = trainer.validate(tiny_module("pretrained", stage=1), datamodule=datamodule(0.0), verbose=False)[
         0
     ]

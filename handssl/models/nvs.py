@@ -1,7 +1,9 @@
 """NVSModule: geometry-aware novel-view synthesis for 3D hand pose, in three training regimes.
 
-Rhodin et al. (ECCV'18) learn a 3D latent ``L3D`` by re-rendering camera *i*'s image as camera *j* sees it;
-Müller et al. adapt it to hands and train it jointly with the pose head. The regimes:
+Rhodin et al., "Unsupervised Geometry-Aware Representation for 3D Human Pose Estimation" (ECCV'18, and its
+public code ``hrhodin/UnsupervisedGeometryAwareRepresentationLearning``) learn a 3D latent ``L3D`` by
+re-rendering camera *i*'s image as camera *j* sees it; Müller et al. adapt it to hands and train it jointly
+with the pose head. The regimes:
 
 ``supervised``
     image -> encoder -> pose head, on labeled items only; no decoder is built.
@@ -10,12 +12,18 @@ Müller et al. adapt it to hands and train it jointly with the pose head. The re
     checkpoint (``pretrained_checkpoint``), freezes encoder and decoder (weights and BatchNorm statistics)
     and trains the pose head on the labeled subset.
 ``semi``
-    encoder, decoder and pose head optimised together: synthesis loss on every item, pose loss on the labeled
-    items that :class:`~handssl.data.multiview.MultiViewDataModule` oversamples into every batch.
+    encoder, decoder and pose head optimised together: synthesis loss on every item, pose loss (weighted by
+    ``pose_weight``, after ``synthesis_warmup_steps`` synthesis-only steps) on the labeled items that
+    :class:`~handssl.data.multiview.MultiViewDataModule` oversamples into every batch.
 
-Batches are :class:`~handssl.data.multiview.MultiViewPairs` items. In training, each pair is a view swap
-``i -> j`` with probability ``swap_probability`` and plain auto-encoding ``i -> i`` otherwise (Rhodin et al.:
-1/2), and the appearance vector comes from ``image_t2``, another frame of the same sequence and camera. In
+Batches are :class:`~handssl.data.multiview.MultiViewPairs` items. Like Rhodin et al.'s rows
+``[t:A, t:B, t':C, t':D]``, one encoder pass covers both views at t and both appearance images at t'
+(``image_t2``, ``image_t2_j``: the same subject in another sequence, so they cannot leak the pose at t).
+In training both directions ``i -> j`` and ``j -> i`` are rendered (``both_directions``); each is a view
+swap with probability ``swap_probability`` and plain auto-encoding otherwise, with the appearance vector of
+a random one of the two t' images. The pose loss uses every encoded image whose labels are visible
+(``pose_views: all``; ``joints3d_t2`` labels the appearance images). Synthesis is supervised by the pixel
+losses on the composite plus label-free silhouette terms (:mod:`handssl.models.components.nvs_losses`). In
 evaluation the swap is always ``i -> j`` with the input's own appearance.
 """
 
@@ -28,8 +36,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from handssl.data.multiview import MultiViewDataModule
 from handssl.models.base import BaseHandTask, check_batch
-from handssl.models.components.losses import ReconstructionLoss, per_image_l1
+from handssl.models.components.losses import per_image_l1
 from handssl.models.components.nvs import (
     NVSDecoder,
     NVSEncoder,
@@ -38,9 +47,20 @@ from handssl.models.components.nvs import (
     rotate_points,
     turntable_rotations,
 )
+from handssl.models.components.nvs_losses import SynthesisLoss, foreground_l1, mask_iou, silhouette_target
 from handssl.skeleton import ROOT
 
 REGIMES = ("supervised", "pretrained", "semi")
+POSE_VIEWS = ("input", "all")
+IMAGE_KEYS = {"i": "image", "j": "target", "t2": "image_t2", "t2_j": "image_t2_j"}
+"""Batch key of each image one training step may encode (view i and j at t, their appearance images at t')."""
+LABEL_KEYS = {
+    "i": ("joints3d", "valid"),
+    "j": ("joints3d_j", "valid_j"),
+    "t2": ("joints3d_t2", None),
+    "t2_j": ("joints3d_t2_j", None),
+}
+"""Joints and validity keys of each encoded image (``None``: valid where finite)."""
 
 
 def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -75,17 +95,33 @@ class NVSModule(BaseHandTask):
         pretrained_checkpoint: Stage 1's checkpoint; required by stage 2 (encoder and decoder are loaded).
         image_size: Side of the square input and output images in pixels.
         num_points: Points ``N`` of the 3D latent ``L3D`` (Rhodin et al.: 200).
-        appearance_dim: Size of the appearance vector (Rhodin et al.: 128).
+        appearance_dim: Size of the appearance vector (Rhodin et al.: 128; 16 here, a small code leaves the
+            pose to ``L3D``).
         encoder_widths: Channels of the encoder's ResNet stages.
         encoder_blocks: Basic blocks per encoder stage.
-        decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution).
+        decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution); 64-32-16 gave the
+            best foreground L1 in an overfit test (32-16-8 painted every subject one colour).
         decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution.
         latent_dropout: Dropout on the lifted latent in the decoder (Rhodin et al.: 0.3).
         pose_hidden: Hidden sizes of the pose MLP (Rhodin et al.: two of 2048).
         pose_dropout: Dropout in the pose MLP (Rhodin et al.: 0.5).
-        swap_probability: Chance that a training pair renders the other view rather than auto-encoding.
-        appearance_swap: Take the appearance vector from ``image_t2`` (another frame) in training.
-        pose_weight: Weight of the pose loss next to the synthesis loss (semi regime).
+        swap_probability: Chance that a training direction renders the other view rather than auto-encoding
+            (Rhodin et al.: 1/2; 0.8 wastes less of the decoder on auto-encoding).
+        appearance_swap: Take the appearance vector from the appearance images (``image_t2``, ``image_t2_j``)
+            in training.
+        both_directions: Render ``j -> i`` as well as ``i -> j`` in training (Rhodin et al. render every
+            encoded view).
+        pose_views: ``"all"``: the pose loss covers every encoded image with visible labels (views i and j,
+            and the appearance images when the batch has ``joints3d_t2``); ``"input"``: view i only.
+        pose_weight: Weight of the pose loss next to the synthesis loss (semi regime). At 1 the pose loss's
+            encoder gradient is ~12x the synthesis loss's at initialisation; 0.1 balances them
+            (:meth:`encoder_gradient_norms` measures it).
+        synthesis_warmup_steps: Semi regime: optimizer steps of synthesis only before the pose loss joins.
+        normalize_mask: Divide each predicted mask by its maximum (NSD's ``scale_mask_max_to_1``).
+        foreground_weight: Weight of the L1 over the target's silhouette pixels (hand-normalised L1).
+        silhouette_weight: Weight of the BCE between the predicted mask and the label-free silhouette.
+        silhouette_threshold: Background-subtraction threshold of the silhouette, ``|I - bg| > t`` (0.02
+            for the clean ``"synthetic"`` SynthHands style; about 0.15 for the noisy ``"real"`` styles).
         l1_weight: Weight of the pixel L1 loss.
         structural_loss: ``"ssim"``, ``"gradient"`` or ``"none"``.
         structural_weight: Weight of the structural loss.
@@ -93,7 +129,7 @@ class NVSModule(BaseHandTask):
         perceptual_weight: Weight of the perceptual loss (Rhodin et al.: 2).
         lr: Learning rate of AdamW (Rhodin et al.: Adam, 1e-3).
         weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` or ``"none"`` (Rhodin et al.: constant).
+        scheduler: ``"none"`` (constant, as Rhodin et al.) or ``"cosine"``.
         warmup_steps: Linear warm-up steps of the cosine schedule.
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
     """
@@ -105,17 +141,24 @@ class NVSModule(BaseHandTask):
         pretrained_checkpoint: str | None = None,
         image_size: int = 64,
         num_points: int = 200,
-        appearance_dim: int = 64,
+        appearance_dim: int = 16,
         encoder_widths: Sequence[int] = (16, 32, 64, 128),
         encoder_blocks: Sequence[int] = (1, 1, 1, 1),
-        decoder_widths: Sequence[int] = (32, 16, 8),
+        decoder_widths: Sequence[int] = (64, 32, 16),
         decoder_latent_channels: int = 64,
         latent_dropout: float = 0.3,
         pose_hidden: Sequence[int] = (2048, 2048),
         pose_dropout: float = 0.5,
-        swap_probability: float = 0.5,
+        swap_probability: float = 0.8,
         appearance_swap: bool = True,
-        pose_weight: float = 1.0,
+        both_directions: bool = True,
+        pose_views: str = "all",
+        pose_weight: float = 0.1,
+        synthesis_warmup_steps: int = 0,
+        normalize_mask: bool = True,
+        foreground_weight: float = 1.0,
+        silhouette_weight: float = 1.0,
+        silhouette_threshold: float = 0.02,
         l1_weight: float = 1.0,
         structural_loss: str = "ssim",
         structural_weight: float = 1.0,
@@ -123,7 +166,7 @@ class NVSModule(BaseHandTask):
         perceptual_weight: float = 2.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        scheduler: str = "cosine",
+        scheduler: str = "none",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
     ) -> None:
@@ -138,6 +181,12 @@ class NVSModule(BaseHandTask):
             )
         if not 0.0 <= swap_probability <= 1.0:
             raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability}")
+        if pose_views not in POSE_VIEWS:
+            raise ValueError(f"pose_views must be one of {POSE_VIEWS}, got {pose_views!r}")
+        if synthesis_warmup_steps < 0:
+            raise ValueError(f"synthesis_warmup_steps must be >= 0, got {synthesis_warmup_steps}")
+        if pose_weight < 0:
+            raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
         self.regime = regime
         self.stage = stage if regime == "pretrained" else None
         super().__init__(
@@ -188,6 +237,7 @@ class NVSModule(BaseHandTask):
                 hp.decoder_latent_channels,
                 hp.decoder_widths,
                 hp.latent_dropout,
+                normalize_mask=hp.normalize_mask,
             )
         self.pose_head = PoseHead(hp.num_points, hp.pose_hidden, hp.pose_dropout)
         if self.stage == 2:
@@ -200,12 +250,15 @@ class NVSModule(BaseHandTask):
         hp = self.hparams
         self.reconstruction = None
         if self.uses_synthesis:
-            self.reconstruction = ReconstructionLoss(
+            self.reconstruction = SynthesisLoss(
                 hp.l1_weight,
                 hp.structural_loss,
                 hp.structural_weight,
                 hp.perceptual_checkpoint,
                 hp.perceptual_weight,
+                foreground_weight=hp.foreground_weight,
+                silhouette_weight=hp.silhouette_weight,
+                silhouette_threshold=hp.silhouette_threshold,
             )
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -235,19 +288,30 @@ class NVSModule(BaseHandTask):
             module.eval()
         return self
 
-    def on_fit_start(self) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        share = getattr(datamodule, "labeled_share", None)
-        if share is not None:
-            self._check_labeled_share(float(share))
+    def setup(self, stage: str) -> None:
+        """Read the labeled share and the pose statistics from a :class:`MultiViewDataModule` (fit only).
+
+        Other DataModules (or plain dataloaders) work when the pose head's statistics are set beforehand with
+        ``module.pose_head.set_statistics(mean, std)`` (e.g. from
+        :func:`handssl.data.multiview.pose_statistics` of the labeled joints).
+        """
+        if stage != "fit":
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if not isinstance(datamodule, MultiViewDataModule):
+            return
+        self._check_labeled_share(float(datamodule.labeled_share))
         if self.uses_pose and not bool(self.pose_head.has_statistics):
-            if not hasattr(datamodule, "pose_statistics"):
-                raise ValueError(
-                    "the pose head needs the labeled training set's pose mean and std: use "
-                    "handssl.data.MultiViewDataModule, or call module.pose_head.set_statistics(mean, std) first"
-                )
             mean, std = datamodule.pose_statistics()
-            self.pose_head.set_statistics(mean.to(self.device), std.to(self.device))
+            self.pose_head.set_statistics(mean, std)
+
+    def on_fit_start(self) -> None:
+        if self.uses_pose and not bool(self.pose_head.has_statistics):
+            raise ValueError(
+                "the pose head needs the labeled training set's pose mean and std: use "
+                "handssl.data.MultiViewDataModule, or call module.pose_head.set_statistics(mean, std) first "
+                "(handssl.data.multiview.pose_statistics computes them)"
+            )
 
     def _check_labeled_share(self, share: float) -> None:
         name = self.regime if self.stage is None else f"pretrained stage {self.stage}"
@@ -326,52 +390,144 @@ class NVSModule(BaseHandTask):
         return self.predict_pose(batch["image"])
 
     # ------------------------------------------------------------------------------------- training
-    def _synthesis_losses(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        image = batch["image"]
-        size = image.shape[0]
-        if self.hparams.appearance_swap:
-            points, appearance = self.encoder(torch.cat([image, batch["image_t2"]]))
-            points, appearance = points[:size], appearance[size:]
-        else:
-            points, appearance = self.encoder(image)
-        swap = torch.rand(size, device=image.device) < self.hparams.swap_probability
-        eye = torch.eye(3, dtype=image.dtype, device=image.device).expand(size, 3, 3)
-        R = torch.where(swap[:, None, None], batch["R_ij"].to(image.dtype), eye)
-        pick = swap[:, None, None, None]
-        target = torch.where(pick, batch["target"], image)
-        background = torch.where(pick, batch["background"], batch["background_input"])
-        rendered = self._require_decoder()(rotate_points(points, R), appearance, background)
-        terms = self.reconstruction(rendered, target)
-        terms["synthesis"] = terms.pop("loss")
-        return points, terms
+    @property
+    def pose_active(self) -> bool:
+        """Whether the pose loss counts at the current step (off during the semi regime's warm-up)."""
+        if not self.uses_pose:
+            return False
+        return not (self.regime == "semi" and self.global_step < self.hparams.synthesis_warmup_steps)
 
-    def _pose_loss(self, batch: dict[str, Any], points: Tensor | None) -> Tensor:
-        if points is None:
-            if self.stage == 2:
-                with torch.no_grad():
-                    points = self.encoder(batch["image"])[0]
+    def _images_to_encode(self, batch: dict[str, Any], pose: bool) -> list[str]:
+        hp = self.hparams
+        names = ["i"]
+        synthesis = self.uses_synthesis
+        pose_all = pose and hp.pose_views == "all"
+        if (synthesis and hp.both_directions) or pose_all:
+            names.append("j")
+        if (synthesis and hp.appearance_swap) or (pose_all and "joints3d_t2" in batch):
+            names += ["t2", "t2_j"] if "image_t2_j" in batch else ["t2"]
+        return names
+
+    def _encode_training(self, batch: dict[str, Any], pose: bool) -> dict[str, tuple[Tensor, Tensor]]:
+        """One encoder pass over every image the step needs: name -> ``(L3D, appearance)``."""
+        names = self._images_to_encode(batch, pose)
+        size = batch["image"].shape[0]
+        images = torch.cat([batch[IMAGE_KEYS[n]] for n in names])
+        if self.stage == 2:
+            with torch.no_grad():
+                points, appearance = self.encoder(images)
+        else:
+            points, appearance = self.encoder(images)
+        return {
+            n: (points[k * size : (k + 1) * size], appearance[k * size : (k + 1) * size])
+            for k, n in enumerate(names)
+        }
+
+    def synthesis_rows(
+        self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        """What the decoder renders in a training step: ``points`` (rotated), ``appearance``, ``background``, ``target``.
+
+        Rows ``i -> j`` (or ``i -> i``) for every pair, then ``j -> i`` (or ``j -> j``) with
+        ``both_directions``; each row swaps views with probability ``swap_probability``. The appearance is
+        that of a random one of the pair's appearance images (``appearance_swap``) or the input's own.
+        """
+        hp = self.hparams
+        image, target = batch["image"], batch["target"]
+        size = image.shape[0]
+        eye = torch.eye(3, dtype=image.dtype, device=image.device).expand(size, 3, 3)
+        R_ij = batch["R_ij"].to(image.dtype)
+        directions = [("i", R_ij, target, batch["background"], image, batch["background_input"])]
+        if hp.both_directions:
+            directions.append(
+                ("j", R_ij.transpose(-1, -2), image, batch["background_input"], target, batch["background"])
+            )
+        t2 = [n for n in ("t2", "t2_j") if n in encoded]
+        rows: dict[str, list[Tensor]] = {"points": [], "appearance": [], "background": [], "target": []}
+        for name, R, swap_target, swap_bg, own_target, own_bg in directions:
+            swap = torch.rand(size, device=image.device) < hp.swap_probability
+            pick = swap[:, None, None, None]
+            points = encoded[name][0]
+            rows["points"].append(rotate_points(points, torch.where(swap[:, None, None], R, eye)))
+            rows["target"].append(torch.where(pick, swap_target, own_target))
+            rows["background"].append(torch.where(pick, swap_bg, own_bg))
+            if hp.appearance_swap and t2:
+                appearance = encoded[t2[0]][1]
+                if len(t2) == 2:
+                    other = torch.rand(size, device=image.device) < 0.5
+                    appearance = torch.where(other[:, None], encoded[t2[1]][1], appearance)
             else:
-                points = self.encoder(batch["image"])[0]
-        joints = batch["joints3d"]
-        valid = batch["valid"].bool() & batch["labeled"].bool()[:, None]
-        valid = valid & valid[:, ROOT : ROOT + 1]
-        target = self.pose_head.normalize(joints - joints[:, ROOT : ROOT + 1])
-        # The head runs on every item (BatchNorm statistics over the whole batch); only labeled ones count.
-        return masked_mse(self.pose_head(points), target, valid)
+                appearance = encoded[name][1]
+            rows["appearance"].append(appearance)
+        return {key: torch.cat(value) for key, value in rows.items()}
+
+    def _synthesis_losses(
+        self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
+    ) -> dict[str, Tensor]:
+        rows = self.synthesis_rows(batch, encoded)
+        foreground, mask = self._require_decoder().layers(rows["points"], rows["appearance"])
+        rendered = composite(foreground, mask, rows["background"])
+        terms = self.reconstruction(rendered, mask, rows["target"], rows["background"])
+        terms["synthesis"] = terms.pop("loss")
+        return terms
+
+    def _pose_loss(self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        labeled = batch["labeled"].bool()[:, None]
+        points, targets, valids = [], [], []
+        for name, (points_n, _) in encoded.items():
+            joints_key, valid_key = LABEL_KEYS[name]
+            if joints_key not in batch or (name != "i" and self.hparams.pose_views != "all"):
+                continue
+            joints = batch[joints_key]
+            valid = torch.isfinite(joints).all(-1)
+            if valid_key is not None:
+                valid = valid & batch[valid_key].bool()
+            valid = valid & labeled
+            valid = valid & valid[:, ROOT : ROOT + 1]
+            points.append(points_n)
+            targets.append(self.pose_head.normalize(joints - joints[:, ROOT : ROOT + 1]))
+            valids.append(valid)
+        # The head runs on every image (BatchNorm statistics over the whole batch); only labeled ones count.
+        return masked_mse(self.pose_head(torch.cat(points)), torch.cat(targets), torch.cat(valids))
+
+    def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Loss terms of one training step and their weighted sum under ``"loss"``."""
+        pose = self.pose_active
+        encoded = self._encode_training(batch, pose)
+        losses: dict[str, Tensor] = {}
+        total = torch.zeros((), device=batch["image"].device)
+        if self.uses_synthesis:
+            losses.update(self._synthesis_losses(batch, encoded))
+            total = total + losses["synthesis"]
+        if pose:
+            losses["pose"] = self._pose_loss(batch, encoded)
+            weight = self.hparams.pose_weight if self.uses_synthesis else 1.0
+            total = total + weight * losses["pose"]
+        losses["loss"] = total
+        return losses
+
+    def encoder_gradient_norms(self, batch: dict[str, Any]) -> dict[str, float]:
+        """L2 norms of the encoder's gradient from the weighted pose loss and from the synthesis loss.
+
+        Measures the balance that ``pose_weight`` sets (semi regime); the weights are not changed.
+        """
+        if self.regime != "semi":
+            raise ValueError("encoder_gradient_norms compares the semi regime's two losses")
+        params = [p for p in self.encoder.parameters() if p.requires_grad]
+        encoded = self._encode_training(batch, pose=True)
+        terms = {
+            "synthesis": self._synthesis_losses(batch, encoded)["synthesis"],
+            "pose": self.hparams.pose_weight * self._pose_loss(batch, encoded),
+        }
+        norms = {}
+        for name, loss in terms.items():
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+        return norms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         check_batch(batch, "training batch")
-        losses: dict[str, Tensor] = {}
-        points = None
-        total = torch.zeros((), device=self.device)
-        if self.uses_synthesis:
-            points, terms = self._synthesis_losses(batch)
-            losses.update(terms)
-            total = total + terms["synthesis"]
-        if self.uses_pose:
-            losses["pose"] = self._pose_loss(batch, points)
-            total = total + self.hparams.pose_weight * losses["pose"]
-        losses["loss"] = total
+        losses = self.training_losses(batch)
         size = batch["image"].shape[0]
         self.log("train/labeled_share", batch["labeled"].float().mean(), batch_size=size)
         return self.log_losses(losses, batch_size=size)
@@ -380,19 +536,25 @@ class NVSModule(BaseHandTask):
     def _evaluate_pairs(self, batch: dict[str, Any], stage: str) -> None:
         size = batch["image"].shape[0]
         if self.decoder is not None:
-            rendered = self.synthesize(batch["image"], batch["R_ij"], batch["background"])
-            self.log(
-                f"{stage}/synthesis_l1",
-                per_image_l1(rendered, batch["target"]).mean(),
-                batch_size=size,
-                sync_dist=True,
-            )
-            self.log(
-                f"{stage}/copy_input_l1",
-                per_image_l1(batch["image"], batch["target"]).mean(),
-                batch_size=size,
-                sync_dist=True,
-            )
+            target, background = batch["target"], batch["background"]
+            layers = self.synthesize(batch["image"], batch["R_ij"], background, return_layers=True)
+            rendered = layers["image"]
+            # Hand pixels: the dataset's mask when it has one, else the label-free silhouette.
+            if "target_mask" in batch:
+                hand = (batch["target_mask"] > 0.5).to(target.dtype)
+            else:
+                hand = silhouette_target(target, background, self.hparams.silhouette_threshold)
+            values = {
+                "synthesis_l1": per_image_l1(rendered, target).mean(),
+                "copy_input_l1": per_image_l1(batch["image"], target).mean(),
+                "background_l1": per_image_l1(background, target).mean(),
+                "synthesis_l1_hand": foreground_l1(rendered, target, hand),
+                "copy_input_l1_hand": foreground_l1(batch["image"], target, hand),
+                "background_l1_hand": foreground_l1(background, target, hand),
+                "mask_iou": mask_iou(layers["mask"], hand).mean(),
+            }
+            for name, value in values.items():
+                self.log(f"{stage}/{name}", value, batch_size=size, sync_dist=True)
         if self.stage != 1:
             self._evaluate(batch, stage)
 

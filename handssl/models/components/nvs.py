@@ -19,9 +19,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from handssl.data.multiview import pose_statistics as pose_statistics  # re-export; the data layer owns it
 from handssl.geometry import rotation_about_axis
 from handssl.models.components.backbones import ResNetBackbone, norm_layer
 from handssl.models.components.heads import MLP
+from handssl.models.components.nvs_losses import normalize_mask_max
 from handssl.skeleton import NUM_JOINTS, ROOT
 
 MASK_FLOOR = 1e-4
@@ -164,6 +166,8 @@ class NVSDecoder(nn.Module):
         widths: Output channels of each up-block (each doubles the resolution).
         dropout: Dropout on the lifted latent (Rhodin et al.: 0.3).
         norm: Normalisation kind in the up-blocks.
+        normalize_mask: Divide each mask by its maximum (NSD's ``scale_mask_max_to_1``), so every rendering
+            holds a fully opaque pixel and "show only the background" stops being an easy minimum.
     """
 
     def __init__(
@@ -175,6 +179,7 @@ class NVSDecoder(nn.Module):
         widths: Sequence[int] = (128, 64, 32),
         dropout: float = 0.3,
         norm: str = "batch",
+        normalize_mask: bool = False,
     ) -> None:
         super().__init__()
         if not widths:
@@ -187,6 +192,7 @@ class NVSDecoder(nn.Module):
         self.appearance_dim = appearance_dim
         self.side = image_size // factor
         self.latent_channels = latent_channels
+        self.normalize_mask = normalize_mask
         self.from_latent = nn.Sequential(
             nn.Linear(3 * num_points, latent_channels * self.side * self.side),
             nn.Dropout(dropout),
@@ -211,6 +217,8 @@ class NVSDecoder(nn.Module):
         out = self.to_output(self.up(torch.cat([lifted, tiled], dim=1)))
         foreground = torch.sigmoid(out[:, :3])
         mask = MASK_FLOOR + (1 - MASK_FLOOR) * torch.sigmoid(out[:, 3:])
+        if self.normalize_mask:
+            mask = normalize_mask_max(mask)
         return foreground, mask
 
     def forward(self, points: Tensor, appearance: Tensor, background: Tensor) -> Tensor:
@@ -276,29 +284,3 @@ class PoseHead(nn.Module):
         """Normalised output to root-relative joints in mm (the root is set exactly to zero)."""
         joints = self.denormalize(normalized)
         return joints - joints[:, ROOT : ROOT + 1]
-
-
-def pose_statistics(joints: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-coordinate mean and standard deviation of root-relative joints over valid samples.
-
-    Args:
-        joints: ``(M, 21, 3)`` joints in mm (camera frame); NaN allowed where not valid.
-        valid: Optional ``(M, 21)`` bool mask; a joint counts where it and the root are valid.
-
-    Returns:
-        ``(mean (21, 3), std (21, 3))`` in mm.
-    """
-    if joints.dim() != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
-        raise ValueError(f"joints must be (M, 21, 3), got {tuple(joints.shape)}")
-    if valid is None:
-        valid = torch.isfinite(joints).all(-1)
-    valid = valid.bool() & valid[:, ROOT : ROOT + 1].bool()
-    if not valid.any(0).all():
-        missing = (~valid.any(0)).nonzero().flatten().tolist()
-        raise ValueError(f"no valid labeled sample for joints {missing}; cannot normalise the pose head")
-    rel = torch.nan_to_num(joints - joints[:, ROOT : ROOT + 1]).double()
-    weight = valid.unsqueeze(-1).double()
-    count = weight.sum(0)
-    mean = (rel * weight).sum(0) / count
-    var = (((rel - mean) ** 2) * weight).sum(0) / count
-    return mean.float(), var.sqrt().float()
