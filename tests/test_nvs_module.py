@@ -277,7 +277,9 @@ def test_synthesis_warmup_keeps_the_pose_loss_out():
     head = snapshot(module.pose_head)
     trainer = fit(module, SHARE["semi"], steps=2)
     flags = changed(head, module.pose_head)
-    assert not any(v for k, v in flags.items() if k.startswith("mlp."))  # never ran: no gradient, no BN update
+    assert not any(
+        v for k, v in flags.items() if k.startswith("mlp.")
+    )  # never ran: no gradient, no BN update
     assert "train/pose" not in trainer.callback_metrics and "train/synthesis" in trainer.callback_metrics
     module = tiny_module("semi", synthesis_warmup_steps=1)
     head = snapshot(module.pose_head)
@@ -504,3 +506,21 @@ def test_two_process_cpu_ddp(tmp_path):
     unlabeled_a, unlabeled_b = set(a[:2]), set(b[:2])
     assert not unlabeled_a & unlabeled_b  # the ranks see different shards of the stream
     assert report["val"] > 0
+
+
+def labeled_per_step(config: str) -> tuple[int, int]:
+    import yaml
+
+    data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]["init_args"]
+    batch, share = data["batch_size"], data["labeled_share"]
+    return round(batch * share), batch - round(batch * share)
+
+
+@pytest.mark.parametrize("suffix", ["", "_panoptic"])
+def test_configs_give_every_regime_the_same_labeled_items_per_step(suffix):
+    supervised = labeled_per_step(f"nvs_supervised{suffix}.yaml")
+    semi = labeled_per_step(f"nvs_semi{suffix}.yaml")
+    stage2 = labeled_per_step(f"nvs_pretrained_stage2{suffix}.yaml")
+    stage1 = labeled_per_step(f"nvs_pretrained{suffix}.yaml")
+    assert supervised[0] == semi[0] == stage2[0] == 16  # labeled items per step
+    assert supervised[1] == stage2[1] == 0 and semi[1] == 16 and stage1 == (0, 16)
