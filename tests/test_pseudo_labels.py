@@ -88,7 +88,8 @@ def test_correction_enters_average_and_spread():
     depth_views = depth.unsqueeze(1).repeat(1, 2, 1)
     labeler = PseudoLabeler(corrector=corrector, threshold=1.5, uv_unit_px=1.0)
     labels = labeler(uv_views, depth_views, K, root_depth, scale)
-    assert calls == [(6, J, 3)]  # every view of every sample corrected in one batched call
+    # Every view of every sample in one batched call, then the label and its mirror, then r = P(p_hat).
+    assert calls == [(6, J, 3), (3, J, 3), (3, J, 3)]
     # Corrected views are the pose moved 10 mm in x; the pseudo-label is half way: 5 mm in 3D.
     assert torch.allclose(labels.joints3d, joints + shift / 2, atol=1e-2)
     assert torch.allclose(labels.joints3d_raw, joints, atol=1e-2)
@@ -161,3 +162,90 @@ def test_pseudo_label_loss_follows_the_transform_and_the_gate():
         pred_uv, pred_depth, label_uv, label_depth, matrices, torch.tensor([True, False]), 64
     )
     assert gated.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gate_by_quantile_keeps_the_most_confident_fraction():
+    cost = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 2.0])
+    assert gate(cost, accept_fraction=0.5).tolist() == [False, True, True, True, False, False]
+    assert not gate(cost, accept_fraction=0.0).any() and gate(cost, accept_fraction=1.0).all()
+    eligible = torch.tensor([True, False, True, True, True, True])  # the best one is refused
+    assert gate(cost, accept_fraction=0.5, eligible=eligible).tolist() == [False, False, True, True, True, False]
+    assert gate(cost, threshold=0.5).tolist() == [False, True, True, True, False, False]
+    with pytest.raises(ValueError, match="accept_fraction"):
+        gate(cost, accept_fraction=1.5)
+
+
+def _hands(n=32, seed=0):
+    """Feasible SynthHands poses (8 subjects) 450 mm in front of a 64-px camera, with their bone lengths."""
+    from handssl.biomech import bone_lengths
+    from handssl.data.synthhands.motion import make_subject, sequence_joints
+
+    poses = [sequence_joints(seed, make_subject(seed, i), 0, list(range(0, 64, 64 * 8 // n))) for i in range(8)]
+    joints = torch.cat(poses)[:n].double()
+    joints = joints - joints[:, 9:10] + torch.tensor([0.0, 0.0, 450.0], dtype=torch.float64)
+    K = torch.tensor([[120.0, 0.0, 31.5], [0.0, 120.0, 31.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    K = K.expand(n, 3, 3).clone()
+    return joints, K, bone_lengths(joints)
+
+
+def _error(joints, truth):
+    return ((joints - joints[:, 9:10]) - (truth - truth[:, 9:10])).norm(dim=-1).mean().item()
+
+
+def test_ray_constrained_correction_keeps_confident_2d_and_beats_3d_correction():
+    from handssl.biomech import correct
+
+    joints, K, subject = _hands()
+    uv = project(joints, K)
+    depth, root_depth, scale = encode_25d(joints)
+    g = torch.Generator().manual_seed(3)
+    noisy = depth + 0.1 * torch.randn(depth.shape, generator=g, dtype=depth.dtype)  # ~4 mm, exact 2D
+    views = lambda x: x.unsqueeze(1).repeat(1, 2, *([1] * (x.ndim - 1)))  # noqa: E731
+    common = dict(corrector=correct, accept_fraction=1.0, uv_unit_px=1.0)
+    raw = PseudoLabeler(use_correction=False)(views(uv), views(noisy), K, root_depth, scale)
+    full3d = PseudoLabeler(**common)(views(uv), views(noisy), K, root_depth, scale, subject)
+    on_rays = PseudoLabeler(**common, ray_tol_px=0.5)(views(uv), views(noisy), K, root_depth, scale, subject)
+    assert torch.allclose(on_rays.uv, uv, atol=1e-6) and torch.allclose(on_rays.uv_registered, uv, atol=1e-6)
+    assert not torch.allclose(full3d.uv, uv, atol=0.05)  # 3D correction moves exact 2D
+    e_raw, e_3d, e_ray = (_error(x.joints3d, joints) for x in (raw, full3d, on_rays))
+    assert e_ray < e_3d and e_ray < 0.9 * e_raw
+
+
+def test_template_correction_lowers_error_of_noisy_poses():
+    from handssl.biomech import correct
+    from handssl.models.components.hand_template import BoneLengthTemplate
+
+    joints, K, subject = _hands()
+    uv = project(joints, K)
+    depth, root_depth, scale = encode_25d(joints)
+    g = torch.Generator().manual_seed(4)
+    uv_n = uv + 2.0 * torch.randn(uv.shape, generator=g, dtype=uv.dtype)
+    d_n = depth + 0.3 * torch.randn(depth.shape, generator=g, dtype=depth.dtype)
+    noisy = lift_25d_(uv_n, d_n, K, root_depth, scale)
+    mean = BoneLengthTemplate().double().scaled(scale)
+    e_noisy = _error(noisy, joints)
+    e_none, e_mean, e_subject = (_error(correct(noisy, t), joints) for t in (None, mean, subject))
+    assert e_subject < e_mean < e_none < e_noisy
+    assert e_mean < 0.85 * e_noisy  # the default (scaled mean) template: >= 15 % better
+
+
+def lift_25d_(uv, depth, K, root_depth, scale):
+    from handssl.models.components.pose25d import lift_25d
+
+    return lift_25d(uv, depth, K, root_depth, scale)
+
+
+def test_depth_mirrored_poses_are_refused():
+    from handssl.biomech import correct
+
+    joints, K, subject = _hands()
+    uv = project(joints, K)
+    depth, root_depth, scale = encode_25d(joints)
+    g = torch.Generator().manual_seed(5)
+    d_n = depth + 0.1 * torch.randn(depth.shape, generator=g, dtype=depth.dtype)
+    labeler = PseudoLabeler(corrector=correct, accept_fraction=1.0, mirror_check=True, max_correction_mm=40.0)
+    good = labeler(uv[:, None], d_n[:, None], K, root_depth, scale, subject)
+    mirrored = labeler(uv[:, None], -d_n[:, None], K, root_depth, scale, subject)
+    assert good.refused.float().mean() <= 0.1 and mirrored.refused.float().mean() >= 0.9
+    assert not (mirrored.accepted & mirrored.refused).any()  # refused labels never pass the gate
+    assert (good.implausibility_mm < mirrored.implausibility_mm).float().mean() >= 0.9

@@ -1,0 +1,96 @@
+"""One pass of pseudo-labelling over the unlabelled set, shared by the paper's offline rounds and the export.
+
+:func:`label_unlabeled_set` runs a SemiHand-style module's ``compute_pseudo_labels`` over the datamodule's
+deterministic ``pseudo_label_dataloader`` (optionally only its first batches), gathers the ranks' shards and
+drops the repeated items a distributed sampler pads with. :func:`round_table` turns such a table into the
+per-item store of :class:`~handssl.models.SemiHandModule`'s ``mode="rounds"``, gating over the whole set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from handssl.models.components.pseudo_labels import gate, pseudo_label_errors
+
+__all__ = ["first_positions", "label_unlabeled_set", "round_table"]
+
+ROUND_KEYS = ("uv", "depth", "uv_registered", "depth_registered", "spread", "refused")
+
+
+@torch.no_grad()
+def label_unlabeled_set(
+    module: Any,
+    datamodule: Any,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+    network: torch.nn.Module | None = None,
+) -> dict[str, Tensor] | None:
+    """Pseudo-labels of the unlabelled items as a dict of ``(N, ...)`` CPU tensors, sorted by ``index``.
+
+    Args:
+        module: Has ``compute_pseudo_labels(batch, network)`` and ``device`` (and ``all_gather`` under DDP).
+        datamodule: Has ``pseudo_label_dataloader(rank, world_size)`` and ``num_unlabeled``.
+        rank: This process's rank.
+        world_size: Number of processes (all take part).
+        max_batches: Only the first this many batches of each rank (``None``: all).
+        network: The labelling network (default: the module's choice).
+
+    Returns:
+        The :class:`~handssl.models.components.pseudo_labels.PseudoLabels` fields plus ``index`` and, where
+        the items carry annotations, ``error_raw_mm`` and ``error_final_mm``; ``None`` when there is nothing.
+    """
+    if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader") or not datamodule.num_unlabeled:
+        return None
+    loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world_size)
+    rows: dict[str, list[Tensor]] = {}
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        batch = {k: v.to(module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        labels, _ = module.compute_pseudo_labels(batch, network)
+        fields = labels.to_dict()
+        fields["index"] = batch["index"]
+        if "eval_joints3d" in batch:
+            errors = pseudo_label_errors(labels, batch["eval_joints3d"], batch["eval_valid"])
+            fields["error_raw_mm"] = errors["error_raw"]
+            fields["error_final_mm"] = errors["error_final"]
+        for key, value in fields.items():
+            rows.setdefault(key, []).append(value.detach())
+    if not rows:
+        return None
+    table = {k: torch.cat(v) for k, v in rows.items()}
+    if world_size > 1:
+        table = {k: module.all_gather(v).flatten(0, 1) for k, v in table.items()}
+    table = {k: v.cpu() for k, v in table.items()}
+    first = first_positions(table["index"])
+    return {k: v[first] for k, v in table.items()}
+
+
+def round_table(
+    table: dict[str, Tensor], size: int, threshold: float | None, accept_fraction: float | None
+) -> dict[str, Tensor]:
+    """Per-item store of one round: the ``ROUND_KEYS`` fields, ``filled`` and ``accepted`` gated over the set."""
+    index = table["index"].long()
+    out: dict[str, Tensor] = {}
+    for key in ROUND_KEYS:
+        value = table[key]
+        fill = float("inf") if key == "spread" else 0
+        out[key] = torch.full((size, *value.shape[1:]), fill, dtype=value.dtype)
+        out[key][index] = value
+    out["filled"] = torch.zeros(size, dtype=torch.bool)
+    out["filled"][index] = True
+    eligible = out["filled"] & ~out["refused"].bool()
+    out["accepted"] = gate(out["spread"], threshold, accept_fraction, eligible=eligible)
+    return out
+
+
+def first_positions(index: Tensor) -> Tensor:
+    """Positions of the first occurrence of each distinct value of ``index``, sorted by that value."""
+    seen: dict[int, int] = {}
+    for pos, value in enumerate(index.tolist()):
+        seen.setdefault(int(value), pos)
+    return torch.tensor([seen[k] for k in sorted(seen)], dtype=torch.long)
