@@ -60,7 +60,7 @@ def _trainer(tmp_path=None, **kwargs):
     return pl.Trainer(**options)
 
 
-def _fake_corrector(joints):
+def _fake_corrector(joints, template=None):
     """Stand-in for handssl.biomech.correct: moves every pose 3 mm along x (visible, deterministic)."""
     return joints + torch.tensor([3.0, 0.0, 0.0])
 
@@ -238,7 +238,7 @@ def test_gated_pseudo_label_loss_is_zero_when_everything_is_rejected():
 
 
 def test_injected_corrector_changes_pseudo_labels():
-    module = _module()
+    module = _module(ray_tol_px=None)
     module.pseudo_labeler.corrector = _fake_corrector
     module.pseudo_labeler.use_correction = True
     batch = next(iter(make_datamodule().pseudo_label_dataloader()))
@@ -318,16 +318,27 @@ def test_init_checkpoint_loads_student_and_teacher_at_fit_setup(tmp_path):
     with torch.no_grad():
         for p in source.student.parameters():
             p.add_(0.5)
+        for p in source.teacher.parameters():
+            p.add_(0.25)  # the stage-1 teacher differs from the stage-1 student
     path = tmp_path / "source.ckpt"
-    torch.save({"state_dict": source.state_dict()}, path)
-    target = _module(init_checkpoint=str(path))
+    torch.save({"state_dict": source.state_dict(), "semihand": {"ema_updates": 890}}, path)
+    target = _module(init_checkpoint=str(path), ema_decay=0.999)
     first = next(iter(target.student.state_dict()))
     assert not torch.equal(target.student.state_dict()[first], source.student.state_dict()[first])
     target.setup("fit")
     for (name, a), b in zip(target.student.state_dict().items(), source.student.state_dict().values()):
         assert torch.equal(a, b), name
-    for a, b in zip(target.teacher.module.state_dict().values(), source.student.state_dict().values()):
+    for (name, a), b in zip(target.teacher.state_dict().items(), source.teacher.state_dict().values()):
+        assert torch.equal(a, b), name  # the teacher is continued, not re-copied from the student
+    assert target.ema_updates == 890 and target.current_momentum() == pytest.approx(891 / 900)
+    # A checkpoint without a teacher (e.g. from rounds mode) starts the teacher as a copy of the student.
+    student_only = {k: v for k, v in source.state_dict().items() if k.startswith("student.")}
+    torch.save({"state_dict": student_only}, tmp_path / "student.ckpt")
+    other = _module(init_checkpoint=str(tmp_path / "student.ckpt"))
+    other.setup("fit")
+    for a, b in zip(other.teacher.module.state_dict().values(), source.student.state_dict().values()):
         assert torch.equal(a, b)
+    assert other.ema_updates == 0
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):
         _module(init_checkpoint=str(tmp_path / "missing.ckpt")).setup("fit")
     SemiHandModule(
@@ -335,8 +346,27 @@ def test_init_checkpoint_loads_student_and_teacher_at_fit_setup(tmp_path):
     )  # no load at init
 
 
+def test_stage_two_continues_the_stage_one_teacher(tmp_path):
+    torch.manual_seed(0)
+    stage1 = _module(use_consistency=False, use_pseudo_labels=False, ema_decay=0.99)
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(stage1, make_datamodule(unlabeled_fraction=0.0))
+    path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    saved_teacher = copy.deepcopy(stage1.teacher.state_dict())
+    stage2 = _module(init_checkpoint=str(path), ema_decay=0.99, threshold=math.inf)
+    probe = _TeacherAtStart()
+    _trainer(tmp_path, max_steps=1, callbacks=[probe]).fit(stage2, make_datamodule())
+    assert probe.updates == 3  # the warm-up carries on from stage 1
+    for key, value in saved_teacher.items():
+        assert torch.equal(probe.state[key], value), key
+    assert stage2.ema_updates == 4 and stage2.last_momentum == pytest.approx(4 / 13)
+    # Stage 2 evaluates with the teacher, so stage 1's teacher is "the network stage 2 starts from".
+    assert stage1.hparams.eval_network == stage2.hparams.eval_network == "teacher"
+
+
 def test_pseudo_label_export_writes_files_and_panels(tmp_path):
-    module = _module()
+    module = _module(ray_tol_px=None)
     module.pseudo_labeler.corrector = _fake_corrector
     module.pseudo_labeler.use_correction = True
     export = PseudoLabelExport(dirpath=str(tmp_path))
@@ -358,6 +388,22 @@ def test_pseudo_label_export_writes_files_and_panels(tmp_path):
     figures = export.panels(module.last_pseudo_labels)
     assert set(figures) == {"correction", "confidence", "pck"}
     assert len(figures["correction"].axes) == 2  # the last unlabelled batch held 2 images (max_images 4)
+
+
+def test_pseudo_label_export_is_cheap_by_default_and_skips_fast_dev_run(tmp_path):
+    module = _module()
+    export = PseudoLabelExport(dirpath=str(tmp_path / "few"), max_batches=1)
+    _trainer(tmp_path, max_steps=1, callbacks=[export]).fit(module, make_datamodule(eval_batch_size=3))
+    table = torch.load(tmp_path / "few" / "pseudo_labels.pt")
+    assert table["index"].tolist() == [0, 1, 2]  # one batch of 3, not the 8 unlabelled items
+    assert {"refused_rate", "accept_rate"} <= set(export.last_summary)
+    calls = []
+    skipped = PseudoLabelExport(dirpath=str(tmp_path / "fdr"), every_n_epochs=1, log_every_n_steps=1)
+    skipped.collect = lambda *args: calls.append(args)
+    _trainer(tmp_path, fast_dev_run=True, callbacks=[skipped]).fit(_module(), make_datamodule())
+    assert calls == [] and not (tmp_path / "fdr").exists()
+    with pytest.raises(ValueError, match="max_batches"):
+        PseudoLabelExport(max_batches=0)
 
 
 # -------------------------------------------------------------------------------------------- configs
@@ -485,3 +531,61 @@ def test_two_process_ddp_keeps_teachers_identical(tmp_path):
     assert report["world"] == 2 and report["updates"] == 2
     assert report["student_max_diff"] == 0.0
     assert report["teacher_max_diff"] == 0.0
+
+
+# ------------------------------------------------------------------- issue 10: correction and its loss
+def test_eq6_correction_term_is_logged_only_with_correction(monkeypatch):
+    sizes = []
+    import handssl.models.semihand as semihand
+
+    real = semihand.cross_modal_loss
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs.get("size"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(semihand, "cross_modal_loss", spy)
+    full = _module(use_correction=True, cross_modal_size=16, accept_fraction=1.0)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(full, make_datamodule())
+    metrics = trainer.callback_metrics
+    assert "train/correction" in metrics and "train/pseudo_label" in metrics
+    assert sizes and set(sizes) == {16}  # cross_modal_size reaches the loss
+    assert full.template.count > 0  # the mean template follows the labelled hands
+    no_eq6 = _module(use_correction=True, correction_weight=0.0, accept_fraction=1.0)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(no_eq6, make_datamodule())
+    assert "train/correction" not in trainer.callback_metrics
+    consistency_only = _module(use_pseudo_labels=False)
+    trainer = _trainer(max_steps=1)
+    trainer.fit(consistency_only, make_datamodule())
+    assert "train/correction" not in trainer.callback_metrics
+
+
+def test_correction_template_modes():
+    joints = _joints(2, seed=5)
+    batch = {"eval_joints3d": joints, "eval_valid": torch.ones(2, 21, dtype=torch.bool)}
+    scale = torch.tensor([40.0, 50.0])
+    from handssl.biomech import bone_lengths
+    from handssl.models.components.hand_template import REFERENCE_INDEX
+
+    mean = _module(use_correction=True).correction_template(batch, scale)
+    assert torch.allclose(mean[:, REFERENCE_INDEX], scale)  # scaled to the lifting scale
+    subject = _module(use_correction=True, template="subject").correction_template(batch, scale)
+    assert torch.allclose(subject, bone_lengths(joints))
+    batch["eval_joints3d"] = joints.clone()
+    batch["eval_joints3d"][1, 4] = float("nan")
+    subject = _module(use_correction=True, template="subject").correction_template(batch, scale)
+    assert torch.allclose(subject[1], mean[1])  # no usable annotation: the mean template
+    assert _module(use_correction=True, template="none").correction_template(batch, scale) is None
+    with pytest.raises(ValueError, match="template"):
+        _module(template="mano")
+
+
+def test_rounds_gate_by_quantile_over_the_whole_set(tmp_path):
+    module = _module(mode="rounds", accept_fraction=0.5)
+    _trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(module, make_datamodule())
+    table = module.round_table
+    assert int(table["accepted"].sum()) == 4  # half of the 8 unlabelled items, the least spread ones
+    spread = table["spread"]
+    assert spread[table["accepted"]].max() <= spread[~table["accepted"]].min()

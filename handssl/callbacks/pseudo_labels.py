@@ -3,8 +3,11 @@
 :class:`PseudoLabelExport` writes, for every unlabelled image, the pseudo-label the model would give it now
 (joints, spread and confidence, whether it passes the threshold, whether biomechanical correction changed
 it and by how much, and, where the unlabelled set carries annotations, the pseudo-label's error before and
-after correction) to ``<dir>/pseudo_labels.pt`` and ``<dir>/pseudo_labels.csv``, at the end of fit and
-optionally every few epochs. With a :class:`~pytorch_lightning.loggers.WandbLogger` it also logs, every
+after correction) to ``<dir>/pseudo_labels.pt`` and ``<dir>/pseudo_labels.csv``, at the end of fit
+(``at_fit_end``) and optionally every few epochs. It is cheap by default: only the first ``max_batches``
+batches of the unlabelled set (``None`` for all of it), and nothing at all under ``fast_dev_run``. The labelling
+pass is the one the paper's offline rounds use
+(:func:`~handssl.models.components.pseudo_label_pass.label_unlabeled_set`). With a :class:`~pytorch_lightning.loggers.WandbLogger` it also logs, every
 ``log_every_n_steps`` training steps, pseudo-labels before and after correction drawn over their images, a
 confidence histogram and the PCK curves of the pseudo-labels before and after correction (all through
 :mod:`handssl.viz`); without one it logs no media.
@@ -23,7 +26,8 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from handssl.models.components.pseudo_labels import PseudoLabels, pseudo_label_errors
+from handssl.models.components.pseudo_label_pass import label_unlabeled_set
+from handssl.models.components.pseudo_labels import PseudoLabels
 from handssl.skeleton import ROOT
 
 __all__ = ["PseudoLabelExport"]
@@ -34,6 +38,8 @@ _CSV_FIELDS = (
     "confidence",
     "accepted",
     "changed",
+    "refused",
+    "mirrored",
     "correction_shift_mm",
     "error_raw_mm",
     "error_final_mm",
@@ -53,7 +59,9 @@ class PseudoLabelExport(Callback):
     Args:
         dirpath: Folder of the export (default: the run's log directory, else ``default_root_dir``).
         filename: File stem of the ``.pt`` and ``.csv`` files.
-        every_n_epochs: Also export after every this many training epochs (0: only at the end of fit).
+        every_n_epochs: Also export after every this many training epochs (0: never during fit).
+        at_fit_end: Export at the end of fit.
+        max_batches: Label only the first this many batches of the unlabelled set (``None``: all of it).
         log_every_n_steps: Log the wandb panels every this many training steps (0 disables them).
         max_images: Images in the before/after-correction panel.
         pck_low_mm: Lowest threshold of the pseudo-label PCK curves.
@@ -66,6 +74,8 @@ class PseudoLabelExport(Callback):
         dirpath: str | None = None,
         filename: str = "pseudo_labels",
         every_n_epochs: int = 0,
+        at_fit_end: bool = True,
+        max_batches: int | None = 8,
         log_every_n_steps: int = 200,
         max_images: int = 4,
         pck_low_mm: float = 0.0,
@@ -74,6 +84,10 @@ class PseudoLabelExport(Callback):
     ) -> None:
         if every_n_epochs < 0 or log_every_n_steps < 0:
             raise ValueError("every_n_epochs and log_every_n_steps must be >= 0")
+        if max_batches is not None and max_batches < 1:
+            raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+        self.at_fit_end = at_fit_end
+        self.max_batches = max_batches
         self.dirpath = dirpath
         self.filename = filename
         self.every_n_epochs = every_n_epochs
@@ -88,49 +102,23 @@ class PseudoLabelExport(Callback):
 
     @torch.no_grad()
     def collect(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Tensor] | None:
-        """Pseudo-labels of every unlabelled item as a dict of ``(N, ...)`` tensors (all ranks take part)."""
-        datamodule = getattr(trainer, "datamodule", None)
-        if (
-            datamodule is None
-            or not hasattr(datamodule, "pseudo_label_dataloader")
-            or not datamodule.num_unlabeled
-        ):
-            return None
-        loader = datamodule.pseudo_label_dataloader(rank=trainer.global_rank, world_size=trainer.world_size)
-        rows: dict[str, list[Tensor]] = {}
-        for batch in loader:
-            batch = {k: v.to(pl_module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
-            labels, _ = pl_module.compute_pseudo_labels(batch)
-            fields = labels.to_dict()
-            fields["index"] = batch["index"]
-            if "eval_joints3d" in batch:
-                errors = pseudo_label_errors(labels, batch["eval_joints3d"], batch["eval_valid"])
-                fields["error_raw_mm"] = errors["error_raw"]
-                fields["error_final_mm"] = errors["error_final"]
-            for key, value in fields.items():
-                rows.setdefault(key, []).append(value.detach())
-        if not rows:
-            return None
-        table = {k: torch.cat(v) for k, v in rows.items()}
-        if trainer.world_size > 1:
-            table = {k: pl_module.all_gather(v).flatten(0, 1) for k, v in table.items()}
-        table = {k: v.cpu() for k, v in table.items()}
-        first = _first_positions(table["index"])  # DistributedSampler pads shards with repeated items
-        return {k: v[first] for k, v in table.items()}
+        """Pseudo-labels of the unlabelled items (the first ``max_batches`` batches) as ``(N, ...)`` tensors."""
+        return label_unlabeled_set(
+            pl_module,
+            getattr(trainer, "datamodule", None),
+            trainer.global_rank,
+            trainer.world_size,
+            max_batches=self.max_batches,
+        )
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float] | None:
-        """Compute, write (rank 0) and summarise the pseudo-labels of every unlabelled item.
-
-        Under ``fast_dev_run`` (which suppresses logging and checkpoints) nothing is written unless
-        ``dirpath`` was given.
-        """
+        """Compute, write (rank 0) and summarise the pseudo-labels of the unlabelled items."""
         table = self.collect(trainer, pl_module)
         if table is None:
             return None
         summary = _summary(table)
         self.last_summary = summary
-        write = not trainer.fast_dev_run or self.dirpath is not None
-        if trainer.is_global_zero and write:
+        if trainer.is_global_zero:
             folder = self._directory(trainer)
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(table, folder / f"{self.filename}.pt")
@@ -146,11 +134,14 @@ class PseudoLabelExport(Callback):
         return summary
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._export_and_log(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._export_and_log(trainer, pl_module)
+        if self.at_fit_end and not trainer.fast_dev_run:
+            self._export_and_log(trainer, pl_module)
 
     def _export_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         summary = self.export(trainer, pl_module)
@@ -162,7 +153,7 @@ class PseudoLabelExport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.log_every_n_steps or trainer.global_step % self.log_every_n_steps != 0:
+        if trainer.fast_dev_run or not self.log_every_n_steps or trainer.global_step % self.log_every_n_steps:
             return
         logger = _wandb_logger(trainer)
         stash = getattr(pl_module, "last_pseudo_labels", None)
@@ -223,14 +214,6 @@ class PseudoLabelExport(Callback):
         return out
 
 
-def _first_positions(index: Tensor) -> Tensor:
-    """Positions of the first occurrence of each distinct value of ``index``, sorted by that value."""
-    seen: dict[int, int] = {}
-    for pos, value in enumerate(index.tolist()):
-        seen.setdefault(int(value), pos)
-    return torch.tensor([seen[k] for k in sorted(seen)], dtype=torch.long)
-
-
 def _cell(value: Tensor) -> Any:
     if value.dtype == torch.bool:
         return int(value)
@@ -248,13 +231,16 @@ def _summary(table: dict[str, Tensor]) -> dict[str, float]:
         "correction_shift_mm": float(table["correction_shift_mm"].mean()),
         "spread": float(table["spread"].mean()),
     }
+    if "refused" in table:
+        out["refused_rate"] = float(table["refused"].float().mean())
     for key in ("error_raw_mm", "error_final_mm"):
         if key in table:
             err = table[key]
             finite = torch.isfinite(err)
             if finite.any():
                 out[key] = float(err[finite].mean())
-            keep = finite & accepted
-            if keep.any():
-                out[f"{key}_accepted"] = float(err[keep].mean())
+            for name, chosen in (("accepted", accepted), ("rejected", ~accepted)):
+                keep = finite & chosen
+                if keep.any():
+                    out[f"{key}_{name}"] = float(err[keep].mean())
     return out

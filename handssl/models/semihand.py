@@ -5,10 +5,13 @@ labelled (synthetic) and unlabelled (real) images with
 
 * ``L_sup`` on labelled images (after "diversity" augmentation): ``|uv - uv_gt|^2 + lambda_d |d - d_gt|^2``
   plus ``lambda_w |w - w_gt|_1`` on the mask;
-* the confidence-gated pseudo-label loss ``1(C <= tau) l(p, p_hat)`` on the "diversity" copy of each
-  unlabelled image, the pseudo-label moved by the same transform
-  (:mod:`~handssl.models.components.pseudo_labels`: average of original, perturbed and biomechanically
-  corrected predictions; ``C`` their spread);
+* the network step of the paper's Eq. 6, ``1(C <= tau) l(p, p_hat) + l(r, p)``, on the "diversity" copy of
+  each unlabelled image, the labels moved by the same transform
+  (:mod:`~handssl.models.components.pseudo_labels`: ``p_hat`` the average of original, perturbed and
+  biomechanically corrected predictions, ``C`` their spread, ``r = P(p_hat)`` the pseudo-label registered to
+  a hand template (:mod:`~handssl.models.components.hand_template`); the ungated ``l(r, p)`` has its own
+  weight, ``correction_weight``); labels whose correction refuses them (depth-mirrored, or moved more than
+  ``max_correction_mm``) enter neither term;
 * ``lambda_c (L_vc + L_cc)``: pose and mask equivariance under "perturbation" and the cross-modal pose <-> mask
   term with stop-gradient on the mask (:mod:`~handssl.models.components.consistency`).
 
@@ -18,13 +21,19 @@ evaluation. ``mode="rounds"`` follows the paper's Alg. 1: every ``epochs_per_rou
 (in eval mode) recomputes and stores a pseudo-label for every unlabelled image (kept in checkpoints); the
 consistency targets are the network's own stop-gradient predictions.
 
-Switches for ablations: ``use_consistency``, ``use_pseudo_labels``, ``use_correction``, ``use_mask``.
+The gate keeps the most confident ``accept_fraction`` of each batch (of the whole set in ``rounds``) unless a
+fixed ``threshold`` is given; the accept rate and the error of accepted and rejected labels are logged.
+
+Stage 2 started from a stage-1 checkpoint (``init_checkpoint``) continues its teacher: the student and the
+teacher are loaded, and the EMA update count carries on (no second warm-up).
+
+Switches for ablations: ``use_consistency``, ``use_pseudo_labels``, ``use_correction`` (correction inside the
+pseudo-labels and Eq. 6's ``l(r, p)``; ``correction_weight: 0`` keeps only the former), ``use_mask``.
 With all of them off and ``unlabeled_fraction: 0`` in the data it is the source-only baseline.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +51,9 @@ from handssl.models.components.consistency import (
     pose_equivariance_loss,
 )
 from handssl.models.components.ema import EMATeacher, sync_buffers
+from handssl.models.components.hand_template import TEMPLATES, BoneLengthTemplate, subject_lengths
 from handssl.models.components.pose25d import Pose25DNet, encode_25d, lift_25d, recover_root_depth
+from handssl.models.components.pseudo_label_pass import label_unlabeled_set, round_table
 from handssl.models.components.pseudo_labels import (
     PseudoLabeler,
     PseudoLabels,
@@ -73,11 +84,9 @@ def _masked_mean(values: Tensor, weight: Tensor) -> Tensor:
 
 
 def _default_corrector() -> Any:
-    try:
-        from handssl.biomech import correct
-    except ImportError as err:  # pragma: no cover - depends on the biomech module being present
-        raise ImportError("use_correction=True needs handssl.biomech.correct") from err
-    return functools.partial(correct, template=None)
+    from handssl.biomech import correct
+
+    return correct
 
 
 class SemiHandModule(BaseHandTask):
@@ -94,14 +103,27 @@ class SemiHandModule(BaseHandTask):
         root_joint: Root of the relative depth (the paper's: 9, the middle MCP).
         use_consistency: View consistency (pose + mask equivariance) and cross-modal consistency.
         use_pseudo_labels: Confidence-gated pseudo-label loss.
-        use_correction: Biomechanical correction inside the pseudo-labels.
+        use_correction: Biomechanical correction inside the pseudo-labels, and Eq. 6's ``l(r, p)``.
         use_mask: Train the mask head and use the mask terms of the consistency losses.
         depth_weight: ``lambda_d`` of the pose distance (50 in the paper).
         mask_weight: ``lambda_w`` of the supervised mask L1 (100 in the paper).
         consistency_weight: ``lambda_c`` (0.1 in the paper).
         cross_modal_weight: Weight of ``L_cc`` inside ``L_cons`` (0 disables it).
-        pseudo_label_weight: Weight of the pseudo-label loss.
-        threshold: Confidence threshold ``tau`` (1.5 in the paper); ``inf`` accepts every pseudo-label.
+        pseudo_label_weight: Weight of the gated pseudo-label loss ``1(C <= tau) l(p, p_hat)``.
+        correction_weight: Weight of Eq. 6's ungated ``l(r, p)`` (0 disables it).
+        threshold: A fixed confidence threshold ``tau`` on the spread ``C`` (the paper's 1.5), in
+            :func:`~handssl.models.components.pose25d.pose_distance` units (64-px pixels^2 plus
+            ``depth_weight`` x squared reference-bone units, averaged over joints); ``inf`` accepts every
+            label. ``None`` (default): gate by ``accept_fraction``.
+        accept_fraction: With ``threshold=None``, accept the most confident this fraction of each batch
+            (``rounds``: of the whole unlabelled set). 0 rejects all, 1 accepts all.
+        template: Hand template of the correction: ``"mean"`` (labelled hands' mean bone lengths scaled to
+            each prediction), ``"subject"`` (the unlabelled sample's own, from its annotation: privileged, the
+            paper's assumption) or ``"none"`` (see :mod:`~handssl.models.components.hand_template`).
+        ray_tol_px: Joints whose views agree in 2D to within this many 64-px pixels are corrected along their
+            camera rays only (``None``: full 3D correction).
+        max_correction_mm: Refuse pseudo-labels whose correction moves them more than this (mean per joint).
+        mirror_check: Refuse pseudo-labels whose depth-mirrored pose is more plausible.
         lifting: 2.5D -> 3D at evaluation: ``"known"`` root depth and scale from the annotation (the paper's
             protocol) or ``"predicted"`` (Iqbal's root recovery with the template scale).
         pseudo_label_lifting: The same for lifting pseudo-labels before correction; ``"known"`` uses the
@@ -116,10 +138,12 @@ class SemiHandModule(BaseHandTask):
         unsupervised_start_step: Labelled-only steps before the unsupervised losses start (source pre-training).
         unsupervised_ramp_steps: Linear ramp of the unsupervised weights after the start.
         epochs_per_round: Epochs per pseudo-labelling round (``mode="rounds"``).
-        init_checkpoint: A SemiHandModule checkpoint to start the network from (e.g. a source-only run).
+        init_checkpoint: A SemiHandModule checkpoint to start from (e.g. a source-only run): its student, its
+            teacher (or the student where it has none), its EMA update count and its bone-length template.
         capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
         capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
-        cross_modal_size: Resolution of the cross-modal comparison (the mask is downsampled; ``None``: full).
+        cross_modal_size: Resolution of the cross-modal comparison (the mask is area-downsampled, joints and
+            radii scaled; ``None``: full).
         lr: Learning rate of AdamW.
         weight_decay: Weight decay of AdamW.
         scheduler: ``"cosine"`` or ``"none"``.
@@ -145,7 +169,13 @@ class SemiHandModule(BaseHandTask):
         consistency_weight: float = 0.1,
         cross_modal_weight: float = 1.0,
         pseudo_label_weight: float = 1.0,
-        threshold: float = 1.5,
+        correction_weight: float = 1.0,
+        threshold: float | None = None,
+        accept_fraction: float = 0.3,
+        template: str = "mean",
+        ray_tol_px: float | None = 1.0,
+        max_correction_mm: float | None = 40.0,
+        mirror_check: bool = True,
         lifting: str = "known",
         pseudo_label_lifting: str = "predicted",
         template_scale_mm: float | None = None,
@@ -175,6 +205,10 @@ class SemiHandModule(BaseHandTask):
             raise ValueError(f"eval_network must be 'teacher' or 'student', got {eval_network!r}")
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
+        if template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
+        if threshold is None and not 0.0 <= accept_fraction <= 1.0:
+            raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
         if epochs_per_round < 1:
             raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
         super().__init__(
@@ -207,13 +241,18 @@ class SemiHandModule(BaseHandTask):
         self.uv_unit_px = hp.image_size / 64.0
         radii = capsule_radii(hp.image_size, hp.capsule_finger_fraction, hp.capsule_palm_fraction)
         self.register_buffer("capsule_radii", radii, persistent=False)
+        self.template = BoneLengthTemplate()
         self.pseudo_labeler = PseudoLabeler(
             corrector=_default_corrector() if hp.use_correction else None,
             threshold=hp.threshold,
+            accept_fraction=hp.accept_fraction,
             use_correction=hp.use_correction,
             depth_weight=hp.depth_weight,
             uv_unit_px=self.uv_unit_px,
             root=hp.root_joint,
+            ray_tol_px=hp.ray_tol_px,
+            max_correction_mm=hp.max_correction_mm,
+            mirror_check=hp.mirror_check,
         )
 
     def setup(self, stage: str) -> None:
@@ -224,22 +263,30 @@ class SemiHandModule(BaseHandTask):
         """
         if stage == "fit" and self.hparams.init_checkpoint and not self._init_loaded:
             self._load_init_checkpoint(self.hparams.init_checkpoint)
-            if self.teacher is not None:
-                self.teacher.copy_from(self.student)
             self._init_loaded = True
 
     def _load_init_checkpoint(self, path: str) -> None:
+        """Student, teacher (or a copy of the student), EMA update count and template of a stage-1 run."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"init_checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("state_dict", state)
-        student = {k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")}
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        state = checkpoint.get("state_dict", checkpoint)
+        part = lambda prefix: {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+        student, teacher = part("student."), part("teacher.")
         if not student:
             raise ValueError(
                 f"init_checkpoint {path} holds no 'student.*' weights (not a SemiHandModule checkpoint)"
             )
         self.student.load_state_dict(student)
-        rank_zero_info(f"SemiHandModule: network initialised from {path}")
+        extra = checkpoint.get("semihand", {}) if isinstance(checkpoint, dict) else {}
+        if self.teacher is not None:
+            if teacher:
+                self.teacher.load_state_dict(teacher)
+                self.ema_updates = int(extra.get("ema_updates", 0))
+            else:
+                self.teacher.copy_from(self.student)
+        self.template.load_state(extra.get("template"))
+        rank_zero_info(f"SemiHandModule: network initialised from {path} ({self.ema_updates} EMA updates)")
 
     # ---------------------------------------------------------------------------------- prediction
     def forward(self, image: Tensor) -> dict[str, Tensor]:
@@ -337,9 +384,20 @@ class SemiHandModule(BaseHandTask):
             batch.get("eval_joints3d"),
             batch.get("eval_valid"),
         )
-        labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale)
+        template = self.correction_template(batch, scale)
+        labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale, template)
         first = {"uv": uv[:b], "depth": depth[:b], "mask_prob": torch.sigmoid(out["mask_logits"][:b])}
         return labels, first
+
+    def correction_template(self, batch: dict[str, Any], scale_mm: Tensor) -> Tensor | None:
+        """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``hparams.template``)."""
+        hp = self.hparams
+        if not hp.use_correction or hp.template == "none":
+            return None
+        mean = self.template.scaled(scale_mm)
+        if hp.template == "subject" and "eval_joints3d" in batch:
+            return subject_lengths(batch["eval_joints3d"], mean, batch.get("eval_valid"))
+        return mean
 
     # ------------------------------------------------------------------------------------ training
     def _unsupervised_factor(self) -> float:
@@ -375,28 +433,33 @@ class SemiHandModule(BaseHandTask):
             losses["sup_mask"] = hp.mask_weight * (per_sample * has_mask).sum() / has_mask.sum().clamp_min(1)
         return losses
 
-    def _round_labels(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _round_labels(self, index: Tensor) -> dict[str, Tensor]:
         if self.round_table is None:
             raise RuntimeError(
                 "mode='rounds' has no stored pseudo-labels yet (regenerate_pseudo_labels not run)"
             )
-        table = {k: v.to(self.device) for k, v in self.round_table.items()}
-        index = index.to(self.device).long()
-        accepted = table["accepted"][index] & table["filled"][index]
-        return table["uv"][index], table["depth"][index], accepted
+        index = index.long().cpu()
+        rows = {k: v[index].to(self.device) for k, v in self.round_table.items()}
+        rows["accepted"] = rows["accepted"] & rows["filled"]
+        rows["refused"] = rows["refused"].bool() | ~rows["filled"]
+        return rows
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         hp = self.hparams
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
         factor = self._unsupervised_factor() if unlabeled is not None else 0.0
-        want_pl = hp.use_pseudo_labels and factor > 0
-        want_cons = hp.use_consistency and factor > 0
+        want = {
+            "pseudo_label": hp.use_pseudo_labels and factor > 0,
+            "correction": hp.use_correction and hp.correction_weight > 0 and factor > 0,
+            "consistency": hp.use_consistency and factor > 0,
+        }
         parts: dict[str, Tensor] = {}
         if labeled is not None:
             parts["labeled"] = labeled["image"]
-        if want_pl:
+            self.template.update(labeled["joints3d"], labeled.get("valid"))
+        if want["pseudo_label"] or want["correction"]:
             parts["strong"] = unlabeled["image_strong"]
-        if want_cons:
+        if want["consistency"]:
             parts["perturbed"] = unlabeled["image_perturbed"][:, 0]
         if not parts:
             raise ValueError("training batch has neither a labeled part nor active unsupervised losses")
@@ -410,100 +473,128 @@ class SemiHandModule(BaseHandTask):
             sup = self.supervised_losses(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
-        if want_pl or want_cons:
-            total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want_pl, want_cons)
+        if any(want.values()):
+            total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want)
         losses["loss"] = total
         return self.log_losses(losses, batch_size=sum(sizes))
+
+    def _labels_and_targets(
+        self, unlabeled: dict[str, Any], want: dict[str, bool]
+    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """Pseudo-label rows (``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted``,
+        ``refused``) and the consistency targets of an unlabelled batch, from the teacher or the round table."""
+        if self.hparams.mode == "mean_teacher":
+            labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
+            self._stash(unlabeled, labels)
+            self._log_pseudo_label_stats(labels, unlabeled)
+            return labels.to_dict(), target
+        rows = target = None
+        if want["pseudo_label"] or want["correction"]:
+            if self.round_table is None:  # the unsupervised losses started within an epoch
+                self.regenerate_pseudo_labels()
+            rows = self._round_labels(unlabeled["index"])
+        if want["consistency"]:
+            with torch.no_grad(), self._eval_mode(self.student):
+                raw = self.student(unlabeled["image"])
+            target = {"uv": raw["uv"], "depth": raw["depth"], "mask_prob": torch.sigmoid(raw["mask_logits"])}
+        return rows, target
 
     def _unsupervised_losses(
         self,
         outs: dict[str, dict[str, Tensor]],
         unlabeled: dict[str, Any],
         losses: dict[str, Tensor],
-        want_pl: bool,
-        want_cons: bool,
+        want: dict[str, bool],
     ) -> Tensor:
         hp = self.hparams
         total = outs[next(iter(outs))]["uv"].new_zeros(())
-        target: dict[str, Tensor] | None = None
-        if hp.mode == "mean_teacher":
-            labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
-            self._stash(unlabeled, labels)
-            pl_uv, pl_depth, accepted = labels.uv, labels.depth, labels.accepted
-            self._log_pseudo_label_stats(labels, unlabeled)
-        else:
-            if want_pl:
-                if self.round_table is None:  # the unsupervised losses started within an epoch
-                    self.regenerate_pseudo_labels()
-                pl_uv, pl_depth, accepted = self._round_labels(unlabeled["index"])
-            if want_cons:
-                with torch.no_grad(), self._eval_mode(self.student):
-                    raw = self.student(unlabeled["image"])
-                target = {
-                    "uv": raw["uv"],
-                    "depth": raw["depth"],
-                    "mask_prob": torch.sigmoid(raw["mask_logits"]),
-                }
-        if want_pl:
-            losses["pseudo_label"] = pseudo_label_loss(
-                outs["strong"]["uv"],
-                outs["strong"]["depth"],
-                pl_uv,
-                pl_depth,
-                unlabeled["strong_matrix"],
-                accepted,
-                hp.image_size,
-                hp.depth_weight,
-                self.uv_unit_px,
-                hp.root_joint,
-            )
-            losses["accept_rate"] = accepted.float().mean().detach()
+        rows, target = self._labels_and_targets(unlabeled, want)
+        label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
+            outs["strong"]["uv"],
+            outs["strong"]["depth"],
+            uv,
+            depth,
+            unlabeled["strong_matrix"],
+            keep,
+            hp.image_size,
+            hp.depth_weight,
+            self.uv_unit_px,
+            hp.root_joint,
+        )
+        if want["pseudo_label"]:
+            losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
+            losses["accept_rate"] = rows["accepted"].float().mean().detach()
             total = total + hp.pseudo_label_weight * losses["pseudo_label"]
-        if want_cons:
-            pert = outs["perturbed"]
-            matrix = unlabeled["perturb_matrix"][:, 0]
-            vc = pose_equivariance_loss(
-                pert["uv"],
-                pert["depth"] - pert["depth"][:, hp.root_joint : hp.root_joint + 1],
-                target["uv"],
-                target["depth"] - target["depth"][:, hp.root_joint : hp.root_joint + 1],
-                matrix,
-                hp.depth_weight,
-                self.uv_unit_px,
-                hp.image_size,
-            )
-            losses["consistency_pose"] = vc
-            cons = vc
-            if hp.use_mask:
-                losses["consistency_mask"] = mask_equivariance_loss(
-                    torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
-                )
-                cons = cons + losses["consistency_mask"]
-                if hp.cross_modal_weight > 0:
-                    cc = [
-                        cross_modal_loss(
-                            o["uv"],
-                            torch.sigmoid(o["mask_logits"]),
-                            self.capsule_radii,
-                            uv_unit_px=self.uv_unit_px,
-                        )["total"]
-                        for o in outs.values()
-                    ]
-                    losses["cross_modal"] = torch.stack(cc).mean()
-                    cons = cons + hp.cross_modal_weight * losses["cross_modal"]
-            total = total + hp.consistency_weight * cons
+        if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
+            usable = ~rows["refused"].bool()
+            losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
+            total = total + hp.correction_weight * losses["correction"]
+        if want["consistency"]:
+            total = total + hp.consistency_weight * self._consistency_losses(outs, unlabeled, target, losses)
         return total
+
+    def _consistency_losses(
+        self,
+        outs: dict[str, dict[str, Tensor]],
+        unlabeled: dict[str, Any],
+        target: dict[str, Tensor],
+        losses: dict[str, Tensor],
+    ) -> Tensor:
+        """``L_vc`` (pose and mask equivariance under the first perturbation) and ``L_cc`` (cross-modal)."""
+        hp = self.hparams
+        r = hp.root_joint
+        pert = outs["perturbed"]
+        matrix = unlabeled["perturb_matrix"][:, 0]
+        cons = losses["consistency_pose"] = pose_equivariance_loss(
+            pert["uv"],
+            pert["depth"] - pert["depth"][:, r : r + 1],
+            target["uv"],
+            target["depth"] - target["depth"][:, r : r + 1],
+            matrix,
+            hp.depth_weight,
+            self.uv_unit_px,
+            hp.image_size,
+        )
+        if not hp.use_mask:
+            return cons
+        losses["consistency_mask"] = mask_equivariance_loss(
+            torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
+        )
+        cons = cons + losses["consistency_mask"]
+        if hp.cross_modal_weight > 0:
+            cc = [
+                cross_modal_loss(
+                    o["uv"],
+                    torch.sigmoid(o["mask_logits"]),
+                    self.capsule_radii,
+                    uv_unit_px=self.uv_unit_px,
+                    size=hp.cross_modal_size,
+                )["total"]
+                for o in outs.values()
+            ]
+            losses["cross_modal"] = torch.stack(cc).mean()
+            cons = cons + hp.cross_modal_weight * losses["cross_modal"]
+        return cons
 
     def _log_pseudo_label_stats(self, labels: PseudoLabels, unlabeled: dict[str, Any]) -> None:
         b = labels.spread.shape[0]
-        self.log("train/pl_spread", labels.spread.mean(), batch_size=b)
-        self.log("train/pl_changed", labels.changed.float().mean(), batch_size=b)
-        if "eval_joints3d" in unlabeled:
-            errors = pseudo_label_errors(labels, unlabeled["eval_joints3d"], unlabeled["eval_valid"])
-            for name, value in errors.items():
-                finite = value[torch.isfinite(value)]
-                if finite.numel():
-                    self.log(f"train/pl_{name}_mm", finite.mean(), batch_size=finite.numel())
+        for name, value in (
+            ("spread", labels.spread),
+            ("changed", labels.changed.float()),
+            ("refused", labels.refused.float()),
+            ("mirrored", labels.mirrored.float()),
+            ("implausibility_mm", labels.implausibility_mm),
+        ):
+            self.log(f"train/pl_{name}", value.float().mean(), batch_size=b)
+        if "eval_joints3d" not in unlabeled:
+            return
+        errors = pseudo_label_errors(labels, unlabeled["eval_joints3d"], unlabeled["eval_valid"])
+        errors["error_accepted"] = torch.where(labels.accepted, errors["error_final"], float("nan"))
+        errors["error_rejected"] = torch.where(labels.accepted, float("nan"), errors["error_final"])
+        for name, value in errors.items():
+            finite = value[torch.isfinite(value)]
+            if finite.numel():
+                self.log(f"train/pl_{name}_mm", finite.mean(), batch_size=finite.numel())
 
     def _stash(self, unlabeled: dict[str, Any], labels: PseudoLabels, keep: int = 8) -> None:
         """Keep a few pseudo-labels of the latest batch (on CPU) for the visualisation callback."""
@@ -550,50 +641,22 @@ class SemiHandModule(BaseHandTask):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader"):
             raise ValueError("mode='rounds' needs a SemiSupervisedDataModule (with pseudo_label_dataloader)")
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world)
-        rows: dict[str, list[Tensor]] = {"index": [], "uv": [], "depth": [], "accepted": [], "spread": []}
-        for batch in loader:
-            batch = self._to_device(batch)
-            labels, _ = self.compute_pseudo_labels(batch, self.student)
-            for key, value in (
-                ("index", batch["index"]),
-                ("uv", labels.uv),
-                ("depth", labels.depth),
-                ("accepted", labels.accepted),
-                ("spread", labels.spread),
-            ):
-                rows[key].append(value)
-        gathered = {k: torch.cat(v) for k, v in rows.items()}
-        if world > 1:
-            gathered = {k: self.all_gather(v).flatten(0, 1) for k, v in gathered.items()}
+        hp = self.hparams
+        table = label_unlabeled_set(
+            self, datamodule, self.trainer.global_rank, self.trainer.world_size, network=self.student
+        )
         n = datamodule.num_unlabeled
-        index = gathered["index"].long().cpu()
-        table = {
-            "uv": torch.zeros(n, *gathered["uv"].shape[1:]),
-            "depth": torch.zeros(n, *gathered["depth"].shape[1:]),
-            "accepted": torch.zeros(n, dtype=torch.bool),
-            "spread": torch.full((n,), float("inf")),
-            "filled": torch.zeros(n, dtype=torch.bool),
-        }
-        table["uv"][index] = gathered["uv"].float().cpu()
-        table["depth"][index] = gathered["depth"].float().cpu()
-        table["accepted"][index] = gathered["accepted"].bool().cpu()
-        table["spread"][index] = gathered["spread"].float().cpu()
-        table["filled"][index] = True
-        self.round_table = table
+        self.round_table = round_table(table, n, hp.threshold, hp.accept_fraction)
         self.rounds_done += 1
-        rate = float(table["accepted"].float().mean()) if n else 0.0
+        rate = float(self.round_table["accepted"].float().mean()) if n else 0.0
         rank_zero_info(f"SemiHandModule: round {self.rounds_done}: {n} pseudo-labels, {rate:.0%} accepted")
-
-    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["semihand"] = {
             "round_table": self.round_table,
             "rounds_done": self.rounds_done,
             "ema_updates": self.ema_updates,
+            "template": self.template.state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -601,6 +664,7 @@ class SemiHandModule(BaseHandTask):
         self.round_table = state.get("round_table")
         self.rounds_done = state.get("rounds_done", 0)
         self.ema_updates = state.get("ema_updates", 0)
+        self.template.load_state(state.get("template"))
 
 
 __all__ = ["SemiHandModule"]
