@@ -1,29 +1,34 @@
-"""SemiHand ablation on SynthHands (synthetic-style labelled -> real-style unlabelled), a table like the paper's.
+"""SemiHand ablation on SynthHands v2 (synthetic-style labelled -> real-style unlabelled), like the paper's table.
 
-Stage 1 trains the source-only network (L_sup on labelled synthetic-style images). Stage 2 fine-tunes copies
-of it for the same number of steps with the components switched on one after the other:
+SemiHand: Yang, Chen, Yao, "SemiHand: Semi-supervised Hand Pose Estimation with Consistency", ICCV 2021.
 
-* ``baseline``: source-only, continued for the fine-tuning steps (same compute, no unlabelled data);
-* ``+ consistency``: view consistency (pose + mask equivariance) and cross-modal consistency;
-* ``+ pseudo-labels``: plus the gated pseudo-labels, without biomechanical correction;
-* ``+ correction``: plus correction inside the pseudo-labels (full SemiHand).
+Rows (all scored on the real-style *test* subjects: MPJPE and PA-MPJPE in mm, AUC of the 3D PCK over
+20-50 mm, wrist-relative, 2.5D lifted with the known root depth and scale, the paper's protocol):
 
-Every row is evaluated on the real-style *test* subjects (wrist-relative 3D error with the known root depth
-and scale, the paper's protocol; AUC over 20-50 mm) and its pseudo-labels on the unlabelled real-style
-training images are scored against their (unused) annotation, before and after correction.
+* ``mean_pose``: the mean wrist-relative pose of the labelled training hands (a floor every row must beat);
+* ``source_only``: stage 1, labelled synthetic-style images only (``L_sup``); evaluated with its teacher, the
+  network stage 2 starts from (stage 2 continues the teacher and its EMA count);
+* ``oracle``: the same network trained as long on *real-style* labels (the target oracle);
+* ``consistency``, ``pseudo_labels`` (no correction), ``full`` (+ correction, Eq. 6's ``l(r, p)``): stage 2 from
+  the source-only checkpoint with the components switched on one after the other (mean teacher);
+* optional ``rounds`` (the paper's offline rounds), ``tau_none`` / ``tau_all`` (accept no / every label).
 
-Writes ``<out>/semihand_ablation.csv`` and ``<out>/semihand_ablation.md`` and prints the table.
+For every row the pseudo-labels of its network on the unlabelled real-style images are scored against their
+(unused) annotation without and with correction (``pl_raw_mm``, ``pl_corrected_mm``; the same labeller, the
+mean template, for every row). The gate of issue 10: ``full`` closes >= 35 % of the MPJPE gap between
+``source_only`` and ``oracle`` (``gap_closed``).
 
-    python experiments/semihand_ablation.py                       # default budget (about an hour on 1 CPU core)
-    python experiments/semihand_ablation.py --pretrain-steps 100 --finetune-steps 50 --rows baseline,full
+Resumable: each row is appended to ``<out>/<tag>.csv`` as it finishes (with its checkpoint in the work folder)
+and skipped when the script runs again; ``--budget-min`` stops starting rows once the time is spent.
+
+    python experiments/semihand_ablation.py --quick                 # smoke run, about 2 min on 2 cores
+    python experiments/semihand_ablation.py --threads 2             # the full table
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 import os
 import time
 from pathlib import Path
@@ -35,123 +40,89 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytorch_lightning as pl
 import torch
 
-from handssl.data.semi import SemiSupervisedDataModule
-from handssl.data.synthhands.single_view import SynthHands
-from handssl.models.components.pose25d import encode_25d, lift_25d
-from handssl.models.components.pseudo_labels import PseudoLabeler
-from handssl.models.semihand import SemiHandModule, _default_corrector
+from handssl.data import SemiSupervisedDataModule
+from handssl.data.synthhands import SynthHands
+from handssl.metrics.functional import mpjpe, pa_mpjpe, pck_auc
+from handssl.models import SemiHandModule
+from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 
-ROWS: dict[str, dict[str, Any]] = {
-    "baseline": {"use_consistency": False, "use_pseudo_labels": False, "use_correction": False},
-    "consistency": {"use_consistency": True, "use_pseudo_labels": False, "use_correction": False},
-    "pseudo_labels": {"use_consistency": True, "use_pseudo_labels": True, "use_correction": False},
-    "correction": {"use_consistency": True, "use_pseudo_labels": True, "use_correction": True},
-    "pseudo_labels_tau_inf": {
-        "use_consistency": True,
-        "use_pseudo_labels": True,
-        "use_correction": False,
-        "threshold": math.inf,
-    },
-    "correction_tau_inf": {
-        "use_consistency": True,
-        "use_pseudo_labels": True,
-        "use_correction": True,
-        "threshold": math.inf,
-    },
-    "pseudo_only": {"use_consistency": False, "use_pseudo_labels": True, "use_correction": True},
-    "rounds": {"use_consistency": True, "use_pseudo_labels": True, "use_correction": True, "mode": "rounds"},
+SEMI = {
+    "consistency": dict(use_consistency=True, use_pseudo_labels=False, use_correction=False),
+    "pseudo_labels": dict(use_consistency=True, use_pseudo_labels=True, use_correction=False),
+    "full": dict(use_consistency=True, use_pseudo_labels=True, use_correction=True),
+    "rounds": dict(use_consistency=True, use_pseudo_labels=True, use_correction=True, mode="rounds"),
+    "tau_none": dict(use_consistency=True, use_pseudo_labels=True, use_correction=True, accept_fraction=0.0),
+    "tau_all": dict(use_consistency=True, use_pseudo_labels=True, use_correction=True, accept_fraction=1.0),
 }
 TITLES = {
-    "pretrained": "source-only (stage 1)",
-    "baseline": "baseline (source-only, continued)",
+    "mean_pose": "mean pose",
+    "source_only": "source-only",
+    "oracle": "target oracle (real-style labels)",
     "consistency": "+ consistency (vc + cc)",
     "pseudo_labels": "+ pseudo-labels (no correction)",
-    "correction": "+ correction (SemiHand, mean teacher)",
-    "pseudo_labels_tau_inf": "+ pseudo-labels (no correction), tau = inf",
-    "correction_tau_inf": "+ correction, tau = inf",
-    "pseudo_only": "pseudo-labels + correction, no consistency",
-    "rounds": "SemiHand, offline rounds",
+    "full": "+ correction (full SemiHand, mean teacher)",
+    "rounds": "full SemiHand, offline rounds",
+    "tau_none": "full, accept no label",
+    "tau_all": "full, accept every label",
 }
+DEFAULT_ROWS = "mean_pose,source_only,oracle,consistency,pseudo_labels,full"
+FIELDS = ("row", "title", "mpjpe", "pa_mpjpe", "auc_20_50", "pl_raw_mm", "pl_corrected_mm", "accept_rate",
+          "refused_rate", "steps", "seconds")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--pretrain-steps", type=int, default=1500)
-    parser.add_argument("--finetune-steps", type=int, default=500)
-    parser.add_argument("--rows", default="baseline,consistency,pseudo_labels,correction")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(TITLES)}")
+    parser.add_argument("--quick", action="store_true", help="tiny world and a few steps (a smoke test)")
+    parser.add_argument("--pretrain-steps", type=int, default=2000, help="source-only (and oracle) steps")
+    parser.add_argument("--finetune-steps", type=int, default=1000, help="stage-2 steps per row")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--unlabeled-fraction", type=float, default=0.5)
-    parser.add_argument("--lr", type=float, default=2e-3, help="stage-1 learning rate")
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--finetune-lr", type=float, default=5e-4)
-    parser.add_argument("--threshold", type=float, default=1.5, help="tau on the pseudo-label spread")
-    parser.add_argument("--ema-decay", type=float, default=0.99)
-    parser.add_argument(
-        "--pseudo-label-lifting",
-        default="known",
-        choices=("known", "predicted"),
-        help="root depth / scale used to lift pseudo-labels for correction (known: the paper's assumption)",
-    )
-    parser.add_argument(
-        "--pretrained", default=None, help="reuse a stage-1 checkpoint (skips stage 1 and its row)"
-    )
-    parser.add_argument(
-        "--merge", nargs="*", default=None, help="only merge these result CSVs into one table"
-    )
-    parser.add_argument(
-        "--score-pseudo-labels",
-        default=None,
-        metavar="CKPT",
-        help="only score a checkpoint's pseudo-labels (raw vs corrected) on synthetic-style and real-style crops",
-    )
-    parser.add_argument("--widths", default="16,32,64,128", help="backbone stage widths")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--train-subjects", type=int, default=8)
+    parser.add_argument("--accept-fraction", type=float, default=0.3)
+    parser.add_argument("--widths", default="16,32,64,128")
+    parser.add_argument("--train-subjects", type=int, default=16)
     parser.add_argument("--test-subjects", type=int, default=4)
-    parser.add_argument("--sequences", type=int, default=4, help="sequences per subject")
-    parser.add_argument("--frames", type=int, default=64, help="frames per sequence")
-    parser.add_argument("--eval-items", type=int, default=1024, help="test items evaluated (0: all)")
-    parser.add_argument(
-        "--pl-items", type=int, default=512, help="unlabelled items whose pseudo-labels are scored"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the SynthHands world and of stage 1")
-    parser.add_argument("--finetune-seed", type=int, default=None, help="seed of stage 2 (default: seed + 1)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=64, help="frames per sequence (4 sequences per subject)")
+    parser.add_argument("--eval-items", type=int, default=1024, help="test items scored (0: all)")
+    parser.add_argument("--pl-batches", type=int, default=8, help="unlabelled batches of 64 scored per row")
+    parser.add_argument("--target", default="real", choices=("real", "real_object"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--budget-min", type=float, default=None, help="start no row after this many minutes")
     parser.add_argument("--cache-dir", default=None, help="disk cache of rendered SynthHands views")
     parser.add_argument("--work-dir", default="runs/semihand_ablation")
-    parser.add_argument("--out", default="experiments/results")
-    parser.add_argument("--tag", default="semihand_ablation", help="file stem of the CSV and markdown tables")
-    return parser.parse_args(argv)
+    parser.add_argument("--out", default="experiments/results/semihand_ablation")
+    parser.add_argument("--tag", default=None, help="file stem (default: semihand_ablation_<target>_seed<seed>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pretrain_steps, args.finetune_steps = 20, 10
+        args.train_subjects, args.test_subjects, args.frames = 1, 1, 16
+        args.eval_items, args.pl_batches, args.batch_size = 32, 1, 16
+        args.work_dir, args.out = args.work_dir + "_quick", args.out + "_quick"
+    args.cache_dir = args.cache_dir or str(Path(args.work_dir) / "render_cache")
+    args.tag = args.tag or f"semihand_ablation_{args.target}_seed{args.seed}"
+    return args
 
 
-def datasets(args: argparse.Namespace) -> dict[str, list[SynthHands]]:
-    common = dict(
-        image_size=args.image_size,
-        sequences_per_subject=args.sequences,
-        frames_per_sequence=args.frames,
-        cache_dir=args.cache_dir,
-        seed=args.seed,
+def synthhands(args: argparse.Namespace, split: str, style: str, subjects: int) -> SynthHands:
+    return SynthHands(
+        split, style, image_size=64, num_subjects=subjects, frames_per_sequence=args.frames,
+        seed=args.seed, cache_dir=args.cache_dir,
     )
-    return {
-        "labeled": [SynthHands("train", "synthetic", num_subjects=args.train_subjects, **common)],
-        "unlabeled": [SynthHands("train", "real", num_subjects=args.train_subjects, **common)],
-        "test": [SynthHands("test", "real", num_subjects=args.test_subjects, **common)],
-    }
 
 
-def make_datamodule(
-    args: argparse.Namespace, sets: dict[str, list[SynthHands]], fraction: float
-) -> SemiSupervisedDataModule:
-    test = sets["test"]
-    if args.eval_items:
-        test = [torch.utils.data.Subset(test[0], _spread_indices(len(test[0]), args.eval_items))]
+def datamodule(args: argparse.Namespace, labeled_style: str, fraction: float) -> SemiSupervisedDataModule:
+    test = synthhands(args, "test", args.target, args.test_subjects)
+    if args.eval_items and args.eval_items < len(test):
+        step = len(test) / args.eval_items
+        test = torch.utils.data.Subset(test, [int(i * step) for i in range(args.eval_items)])
     return SemiSupervisedDataModule(
-        labeled=sets["labeled"],
-        unlabeled=sets["unlabeled"],
+        labeled=[synthhands(args, "train", labeled_style, args.train_subjects)],
+        unlabeled=[synthhands(args, "train", args.target, args.train_subjects)],
         val=None,
-        test=test,
-        image_size=args.image_size,
+        test=[test],
+        image_size=64,
         batch_size=args.batch_size,
         unlabeled_fraction=fraction,
         eval_batch_size=64,
@@ -159,239 +130,156 @@ def make_datamodule(
     )
 
 
-def _spread_indices(total: int, count: int) -> list[int]:
-    count = min(count, total)
-    return [round(i * (total - 1) / max(count - 1, 1)) for i in range(count)]
-
-
-def trainer(args: argparse.Namespace, steps: int, name: str) -> pl.Trainer:
-    return pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        devices=1,
-        logger=pl.loggers.CSVLogger(args.work_dir, name=name),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=25,
-    )
-
-
-def module(args: argparse.Namespace, **overrides: Any) -> SemiHandModule:
+def network(args: argparse.Namespace, **overrides: Any) -> SemiHandModule:
+    widths = tuple(int(w) for w in args.widths.split(","))
     options: dict[str, Any] = dict(
-        backbone_widths=tuple(int(w) for w in args.widths.split(",")),
-        backbone_blocks=(1,) * len(args.widths.split(",")),
-        decoder_channels=32,
-        image_size=args.image_size,
-        threshold=args.threshold,
-        ema_decay=args.ema_decay,
-        pseudo_label_lifting=args.pseudo_label_lifting,
-        use_mask=True,
-        warmup_steps=50,
-        eval_network="teacher",
+        backbone_widths=widths, backbone_blocks=(1,) * len(widths), decoder_channels=32, image_size=64,
+        use_consistency=False, use_pseudo_labels=False, use_correction=False, accept_fraction=args.accept_fraction,
+        ema_decay=0.99, lr=args.lr, warmup_steps=50, eval_network="teacher", pseudo_label_lifting="known",
     )
     options.update(overrides)
     return SemiHandModule(**options)
 
 
+def fit(args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule, steps: int, name: str) -> Path:
+    trainer = pl.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(args.work_dir, name=name),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=25,
+    )
+    trainer.fit(model, dm)
+    path = Path(args.work_dir) / f"{name}.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
 @torch.no_grad()
-def pseudo_label_scores(model: SemiHandModule, dm: SemiSupervisedDataModule, items: int) -> dict[str, float]:
-    """Pseudo-labels of the final network on unlabelled items, scored against their unused annotation.
-
-    The same network labels every item with and without correction (``tau`` as trained), so the two errors
-    differ only by the correction. Both 2.5D labels are lifted with the annotated root depth and scale, the
-    evaluation protocol, so the errors compare with the test MPJPE.
-    """
-    labeler = model.pseudo_labeler
-    model.pseudo_labeler = PseudoLabeler(
-        corrector=_default_corrector(),
-        threshold=labeler.threshold,
-        use_correction=True,
-        depth_weight=labeler.depth_weight,
-        uv_unit_px=labeler.uv_unit_px,
-        root=labeler.root,
-    )
-    raw, final, accepted, changed = [], [], [], []
-    seen = 0
-    for batch in dm.pseudo_label_dataloader():
-        labels, _ = model.compute_pseudo_labels(
-            batch, model.teacher if model.teacher is not None else model.student
-        )
-        gt, K = batch["eval_joints3d"], batch["K"]
-        _, root_depth, scale = encode_25d(gt, model.hparams.root_joint)
-        for store, (uv, depth) in (
-            (raw, (labels.uv_raw, labels.depth_raw)),
-            (final, (labels.uv, labels.depth)),
-        ):
-            joints = lift_25d(uv, depth, K, root_depth, scale, model.hparams.root_joint)
-            store.append(((joints - joints[:, :1]) - (gt - gt[:, :1])).norm(dim=-1).mean(-1))
-        accepted.append(labels.accepted)
-        changed.append(labels.changed)
-        seen += batch["image"].shape[0]
-        if seen >= items:
-            break
-    model.pseudo_labeler = labeler
-    raw_t, final_t, acc_t = torch.cat(raw), torch.cat(final), torch.cat(accepted)
+def test_scores(predict: Any, dm: SemiSupervisedDataModule) -> dict[str, float]:
+    dm.setup("test")
+    preds, targets, valids = [], [], []
+    for batch in dm.test_dataloader():
+        preds.append(predict(batch))
+        target = batch["joints3d"]
+        targets.append(target - target[:, :1])
+        valids.append(batch["valid"].bool())
+    pred, target, valid = torch.cat(preds), torch.cat(targets), torch.cat(valids)
     return {
-        "pl_error_raw_mm": float(raw_t.mean()),
-        "pl_error_corrected_mm": float(final_t.mean()),
-        "pl_accept_rate": float(acc_t.float().mean()),
-        "pl_error_accepted_mm": float(final_t[acc_t].mean()) if acc_t.any() else math.nan,
-        "pl_error_rejected_mm": float(final_t[~acc_t].mean()) if (~acc_t).any() else math.nan,
-        "pl_changed_rate": float(torch.cat(changed).float().mean()),
+        "mpjpe": float(mpjpe(pred, target, valid)),
+        "pa_mpjpe": float(pa_mpjpe(pred, target, valid)),
+        "auc_20_50": float(pck_auc(pred, target, 20.0, 50.0, 20, valid)),
     }
 
 
-def score_domains(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Pseudo-label error with and without correction of one checkpoint on both domains' crops."""
-    torch.set_num_threads(args.threads)
-    model = module(args, use_consistency=False, use_pseudo_labels=False, use_correction=False)
-    model.load_state_dict(torch.load(args.score_pseudo_labels, map_location="cpu")["state_dict"])
-    model.eval()
-    common = dict(
-        image_size=args.image_size, sequences_per_subject=args.sequences, frames_per_sequence=args.frames
-    )
-    out = []
-    for style, split, subjects in (
-        ("synthetic", "train", args.train_subjects),
-        ("synthetic", "test", args.test_subjects),
-        ("real", "train", args.train_subjects),
-        ("real", "test", args.test_subjects),
-    ):
-        data = SynthHands(
-            split, style, num_subjects=subjects, cache_dir=args.cache_dir, seed=args.seed, **common
-        )
-        items = torch.utils.data.Subset(data, _spread_indices(len(data), args.pl_items))
-        dm = SemiSupervisedDataModule(
-            unlabeled=[items], image_size=args.image_size, unlabeled_fraction=1.0, eval_batch_size=64
-        )
-        scores = {"style": style, "split": split, **pseudo_label_scores(model, dm, args.pl_items)}
-        out.append(scores)
-        print(json.dumps(scores), flush=True)
-    return out
-
-
-def evaluate(
-    model: SemiHandModule, dm: SemiSupervisedDataModule, args: argparse.Namespace, name: str
-) -> dict[str, float]:
-    result = trainer(args, 0, name).test(model, dm, verbose=False)[0]
-    scores = {
-        "auc_20_50": result["test/synthhands/auc"],
-        "mpjpe_mm": result["test/mpjpe"],
-        "pa_mpjpe_mm": result["test/pa_mpjpe"],
+@torch.no_grad()
+def pseudo_label_scores(args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule) -> dict:
+    """Pseudo-label error of ``model``'s teacher without / with correction (the default mean template)."""
+    scorer = network(args, use_correction=True)
+    scorer.load_state_dict(model.state_dict(), strict=False)
+    scorer.template.load_state(model.template.state())
+    scorer.eval()
+    table = label_unlabeled_set(scorer, dm, max_batches=args.pl_batches)
+    mean = lambda x: float(x[torch.isfinite(x)].mean())  # noqa: E731
+    return {
+        "pl_raw_mm": mean(table["error_raw_mm"]),
+        "pl_corrected_mm": mean(table["error_final_mm"]),
+        "accept_rate": float(table["accepted"].float().mean()),
+        "refused_rate": float(table["refused"].float().mean()),
     }
-    scores.update(pseudo_label_scores(model, dm, args.pl_items))
-    return scores
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def run_row(args: argparse.Namespace, row: str) -> dict[str, Any]:
+    start = time.time()
+    result: dict[str, Any] = {"row": row, "title": TITLES[row], "steps": 0}
+    if row == "mean_pose":
+        dm = datamodule(args, "synthetic", 0.0)
+        labeled = dm.labeled
+        joints = torch.stack([labeled[i]["joints3d"] for i in range(0, len(labeled), max(1, len(labeled) // 128))])
+        mean_pose = (joints - joints[:, :1]).mean(0)
+        result.update(test_scores(lambda b: mean_pose.expand(b["image"].shape[0], -1, -1), dm))
+    else:
+        source = Path(args.work_dir) / "source_only.ckpt"
+        if row == "source_only":
+            dm = datamodule(args, "synthetic", 0.0)
+            model = network(args)
+            fit(args, model, dm, args.pretrain_steps, row)
+            result["steps"] = args.pretrain_steps
+        elif row == "oracle":
+            dm = datamodule(args, args.target, 0.0)
+            model = network(args)
+            fit(args, model, dm, args.pretrain_steps + args.finetune_steps, row)
+            result["steps"] = args.pretrain_steps + args.finetune_steps
+        else:
+            if not source.is_file():
+                raise SystemExit(f"row {row} needs the source_only row first ({source} missing)")
+            dm = datamodule(args, "synthetic", 0.5)
+            model = network(args, init_checkpoint=str(source), lr=args.finetune_lr, warmup_steps=0, **SEMI[row])
+            fit(args, model, dm, args.finetune_steps, row)
+            result["steps"] = args.finetune_steps
+        model.eval()
+        result.update(test_scores(model.predict_joints3d, dm))
+        result.update(pseudo_label_scores(args, model, datamodule(args, "synthetic", 0.5)))
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def load_rows(path: Path) -> dict[str, dict[str, str]]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        return {r["row"]: r for r in csv.DictReader(handle)}
+
+
+def write_markdown(args: argparse.Namespace, rows: dict[str, dict[str, Any]], path: Path) -> None:
+    fmt = lambda v, d=1: "" if v in (None, "") else f"{float(v):.{d}f}"  # noqa: E731
+    lines = [
+        f"# SemiHand ablation, SynthHands v2 synthetic -> {args.target} (seed {args.seed})",
+        "",
+        "| row | MPJPE mm | PA-MPJPE mm | AUC 20-50 | pseudo-label mm raw | corrected | accepted | refused | steps | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['title']} | {fmt(r['mpjpe'])} | {fmt(r['pa_mpjpe'])} | {fmt(r['auc_20_50'], 3)} | "
+            f"{fmt(r.get('pl_raw_mm'))} | {fmt(r.get('pl_corrected_mm'))} | {fmt(r.get('accept_rate'), 2)} | "
+            f"{fmt(r.get('refused_rate'), 2)} | {r['steps']} | {fmt(r['seconds'], 0)} |"
+        )
+    if {"source_only", "oracle", "full"} <= set(rows):
+        s, o, f = (float(rows[k]["mpjpe"]) for k in ("source_only", "oracle", "full"))
+        closed = (s - f) / (s - o) if s != o else float("nan")
+        lines += ["", f"Gap closed by full SemiHand: {closed:.0%} (gate: >= 35 %)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.score_pseudo_labels:
-        return score_domains(args)
-    if args.merge is not None:
-        merged: list[dict[str, Any]] = []
-        for path in args.merge:
-            with open(path) as handle:
-                merged += [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(handle)]
-        write_tables(merged, args)
-        return merged
     torch.set_num_threads(args.threads)
     pl.seed_everything(args.seed, workers=True)
-    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
-    sets = datasets(args)
-    rows = [r for r in args.rows.split(",") if r]
-    unknown = set(rows) - set(ROWS)
-    if unknown:
-        raise SystemExit(f"unknown rows {sorted(unknown)}; choose from {sorted(ROWS)}")
-
-    results: list[dict[str, Any]] = []
-    if args.pretrained:
-        ckpt = Path(args.pretrained)
-    else:
-        start = time.time()
-        source = module(args, lr=args.lr, **ROWS["baseline"])
-        trainer(args, args.pretrain_steps, "pretrained").fit(source, make_datamodule(args, sets, 0.0))
-        pretrain_time = time.time() - start
-        ckpt = Path(args.work_dir) / "pretrained.ckpt"
-        torch.save({"state_dict": source.state_dict()}, ckpt)
-        scores = evaluate(source, make_datamodule(args, sets, 0.0), args, "pretrained_test")
-        row = {
-            "row": "pretrained",
-            "title": TITLES["pretrained"],
-            "steps": args.pretrain_steps,
-            "train_s": pretrain_time,
-        }
-        results.append({**row, **scores})
-        print(json.dumps(results[-1]), flush=True)
-
-    for row in rows:
-        pl.seed_everything(args.seed + 1 if args.finetune_seed is None else args.finetune_seed, workers=True)
-        options = dict(ROWS[row])
-        fraction = (
-            args.unlabeled_fraction if options["use_consistency"] or options["use_pseudo_labels"] else 0.0
-        )
-        model = module(args, lr=args.finetune_lr, init_checkpoint=str(ckpt), warmup_steps=0, **options)
-        dm = make_datamodule(args, sets, fraction)
-        t0 = time.time()
-        trainer(args, args.finetune_steps, row).fit(model, dm)
-        elapsed = time.time() - t0
-        scores = evaluate(model, dm, args, f"{row}_test")
-        results.append(
-            {"row": row, "title": TITLES[row], "steps": args.finetune_steps, "train_s": elapsed, **scores}
-        )
-        print(json.dumps(results[-1]), flush=True)
-        write_tables(results, args)
-    return results
-
-
-def write_tables(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(results[0])
-    with open(out / f"{args.tag}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(results)
-    header = (
-        "| setting | steps | AUC 20-50 | MPJPE (mm) | PA-MPJPE (mm) | PL error raw (mm) | PL error corrected (mm) "
-        "| PL accepted | PL error accepted (mm) | train (s) |"
-    )
-    lines = [
-        f"SemiHand ablation on SynthHands (synthetic-style labelled -> real-style unlabelled; real-style test "
-        f"subjects). Command: `python experiments/semihand_ablation.py {_argv_text(args)}`",
-        "",
-        header,
-        "|" + "|".join(["---"] * (header.count("|") - 1)) + "|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['title']} | {r['steps']} | {r['auc_20_50']:.3f} | {r['mpjpe_mm']:.1f} | {r['pa_mpjpe_mm']:.1f} "
-            f"| {r['pl_error_raw_mm']:.1f} | {r['pl_error_corrected_mm']:.1f} | {r['pl_accept_rate']:.0%} "
-            f"| {r['pl_error_accepted_mm']:.1f} | {r['train_s']:.0f} |"
-        )
-    text = "\n".join(lines) + "\n"
-    (out / f"{args.tag}.md").write_text(text)
-    print(text)
-
-
-def _number(value: str) -> Any:
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
-
-
-def _argv_text(args: argparse.Namespace) -> str:
-    return " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in vars(args).items()
-        if k not in ("out", "work_dir", "cache_dir")
-    )
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"{args.tag}.csv"
+    done = load_rows(csv_path)
+    start = time.time()
+    for row in [r.strip() for r in args.rows.split(",") if r.strip()]:
+        if row not in TITLES:
+            raise SystemExit(f"unknown row {row!r}; choose from {', '.join(TITLES)}")
+        if row in done:
+            print(f"{row}: done already, skipped")
+            continue
+        if args.budget_min is not None and time.time() - start > 60 * args.budget_min:
+            print(f"budget of {args.budget_min} min spent; stopping before {row} (run again to resume)")
+            break
+        result = run_row(args, row)
+        new = not csv_path.is_file()
+        with open(csv_path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(result)
+        done[row] = {k: str(v) for k, v in result.items()}
+        print(f"{row}: " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("row", "title")), flush=True)
+    write_markdown(args, done, out / f"{args.tag}.md")
+    print((out / f"{args.tag}.md").read_text())
 
 
 if __name__ == "__main__":
