@@ -4,6 +4,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -264,3 +265,17 @@ def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
         expected = model.predict_joints3d(batch)
     assert torch.allclose(preds["joints3d"], expected, atol=1e-5)
     assert not torch.allclose(expected, torch.zeros_like(expected))
+    # predictions.jsonl: one line per item with its id, 2D joints in image pixels, root-relative and
+    # camera-frame 3D joints (the labels give the root here).
+    lines = (tmp_path / "runs" / "pred" / "version_0" / "predictions.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["id"] for r in rows] == [f"synthhands/{i}" for i in range(4)]
+    with torch.no_grad():
+        expected3d, expected2d = model(batch["image"])
+    for i, row in enumerate(rows):
+        assert np.asarray(row["joints2d"]).shape == (21, 2)
+        assert np.allclose(row["joints2d"], expected2d[i].numpy(), atol=1e-3)
+        assert np.allclose(row["joints3d"], expected3d[i].numpy(), atol=1e-3)
+        root = batch["joints3d"][i, 0].numpy()
+        assert np.allclose(row["joints3d_camera"], expected3d[i].numpy() + root, atol=1e-3)
+        assert "confidence" not in row

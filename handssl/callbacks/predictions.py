@@ -1,4 +1,19 @@
-"""Write what ``handssl predict`` predicts: :class:`PredictionWriter` saves ``predictions.pt`` in the run folder.
+"""Write what ``handssl predict`` predicts: :class:`PredictionWriter` saves ``predictions.jsonl`` and
+``predictions.pt`` in the run folder.
+
+``predictions.jsonl`` has one JSON object per line, one line per dataset item in dataset order::
+
+    {"index": 0, "path": "a.jpg",            # "path" for image files, else "id": "<dataset>/<frame>"
+     "joints2d": [[u, v], ...],              # 21x2, pixels of the original image (null where unknown)
+     "joints3d": [[x, y, z], ...],           # 21x3 mm, root-relative (wrist), camera axes
+     "joints3d_camera": [[x, y, z], ...],    # 21x3 mm in the camera frame; only when K and a root depth
+                                             # are known (the model lifts them, or the sample's labels give the root)
+     "confidence": [c, ...],                 # only where the model has one (SemiHand: per-joint heatmap peak)
+     "calibrated": false}                    # ImageFolder without a K: joints3d_camera uses a nominal K
+
+Non-finite numbers are written as ``null``. With ``overlays=True`` (``handssl predict --overlays true``)
+``overlays/<path or index>.png`` shows each image with its predicted 2D skeleton: the original image for
+files of an image folder, else the network input.
 
 The file is a ``torch.save``'d dict, one row per dataset item in dataset order::
 
@@ -21,6 +36,8 @@ drops the duplicates the distributed sampler pads with and writes one file.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +48,12 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from handssl.models.base import valid_joints
+from handssl.skeleton import ROOT
+
 __all__ = ["PredictionWriter"]
 
-ARRAY_KEYS = ("joints3d", "joints2d", "confidence", "crop", "joints2d_image")
+ARRAY_KEYS = ("joints3d", "joints3d_camera", "joints2d", "confidence", "crop", "joints2d_image")
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -43,14 +63,28 @@ class PredictionWriter(BasePredictionWriter):
     ``output_dir`` when given.
 
     Args:
-        filename: Name of the file written.
+        filename: Name of the ``torch.save`` file written.
         output_dir: Folder to write into instead of the run directory.
+        jsonl_filename: Name of the JSON-lines file written (``None``: none).
+        overlays: Also write one PNG per item with the predicted skeleton drawn on the image.
+        overlay_dir: Sub-folder of the run directory for the overlays.
     """
 
-    def __init__(self, filename: str = "predictions.pt", output_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        filename: str = "predictions.pt",
+        output_dir: str | None = None,
+        jsonl_filename: str | None = "predictions.jsonl",
+        overlays: bool = False,
+        overlay_dir: str = "overlays",
+    ) -> None:
         super().__init__(write_interval="batch")
         self.filename = filename
         self.output_dir = output_dir
+        self.jsonl_filename = jsonl_filename
+        self.jsonl_path: Path | None = None
+        self.overlays = overlays
+        self.overlay_dir = overlay_dir
         self._rows: list[dict[str, Any]] = []
         self.path: Path | None = None
 
@@ -79,6 +113,12 @@ class PredictionWriter(BasePredictionWriter):
             raise RuntimeError(
                 "PredictionWriter needs the predict loop's batch indices (a map-style dataset)"
             )
+        if "joints3d_camera" not in arrays and isinstance(batch, dict):
+            root = _known_root(batch, n)
+            if root is not None:  # the sample's labels give the root: root-relative prediction + that root
+                arrays["joints3d_camera"] = torch.where(
+                    torch.isfinite(root)[:, None], arrays["joints3d"] + root[:, None], torch.nan
+                )
         crop = batch.get("crop") if isinstance(batch, dict) else None
         if isinstance(crop, Tensor) and crop.shape == (n, 3, 3):
             arrays["crop"] = crop.detach().float().cpu()
@@ -95,6 +135,8 @@ class PredictionWriter(BasePredictionWriter):
                 row = _unmirror(row, meta[i])
             row["index"] = int(batch_indices[i])
             row["meta"] = meta[i]
+            if self.overlays and isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
+                row["input_image"] = batch["image"][i].detach().float().cpu()
             self._rows.append(row)
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -113,19 +155,115 @@ class PredictionWriter(BasePredictionWriter):
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / self.filename
         torch.save(_stack(ordered), self.path)
-        rank_zero_info(f"handssl: wrote {len(ordered)} predictions to {self.path}")
+        if self.jsonl_filename:
+            self.jsonl_path = out_dir / self.jsonl_filename
+            with self.jsonl_path.open("w") as f:
+                for row in ordered:
+                    f.write(json.dumps(_json_row(row)) + "\n")
+        rank_zero_info(f"handssl: wrote {len(ordered)} predictions to {self.jsonl_path or self.path}")
+        if self.overlays:
+            root = getattr(getattr(trainer, "datamodule", None), "datasets", {}).get("predict")
+            root = getattr(root, "root", None)
+            folder = out_dir / self.overlay_dir
+            for row in ordered:
+                write_overlay(row, folder, Path(root) if root is not None else None)
+            rank_zero_info(f"handssl: wrote {len(ordered)} overlays to {folder}")
 
 
 def _unmirror(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """A mirrored sample's predictions in the original (unmirrored) image."""
     out = dict(row)
-    j3 = row["joints3d"].clone()
-    j3[..., 0] = -j3[..., 0]
-    out["joints3d"] = j3
+    for key in ("joints3d", "joints3d_camera"):
+        if key in row:
+            j3 = row[key].clone()
+            j3[..., 0] = -j3[..., 0]
+            out[key] = j3
     if "joints2d_image" in row and meta.get("image_width") is not None:
         j2 = row["joints2d_image"].clone()
         j2[..., 0] = (meta["image_width"] - 1) - j2[..., 0]
         out["joints2d_image"] = j2
+    return out
+
+
+def write_overlay(row: dict[str, Any], folder: Path, root: Path | None = None) -> Path | None:
+    """Draw one prediction row's 2D skeleton on its image and save ``folder/<name>.png`` (None: no 2D joints).
+
+    The image is the original file ``root / meta['path']`` when both are known (with ``joints2d_image``),
+    else the network input kept in ``row['input_image']`` (with ``joints2d``).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from handssl.data.base import load_image
+    from handssl.viz import draw_skeleton_2d, image_to_numpy
+
+    path = row["meta"].get("path")
+    if root is not None and path is not None and "joints2d_image" in row:
+        image, joints2d = load_image(root / path), row["joints2d_image"]
+        name = Path(path).with_suffix(".png")
+    elif "input_image" in row and "joints2d" in row:
+        image, joints2d = image_to_numpy(row["input_image"]), row["joints2d"]
+        name = Path(f"{row['index']:06d}.png")
+    else:
+        return None
+    h, w = image.shape[:2]
+    fig = plt.figure(figsize=(w / 100, h / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image)
+    ax.set_axis_off()
+    draw_skeleton_2d(ax, joints2d)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    out = folder / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _known_root(batch: dict[str, Any], n: int) -> Tensor | None:
+    """``(n, 3)`` camera-frame root joints from the batch's labels (NaN where not annotated), or None."""
+    joints = batch.get("joints3d")
+    if not isinstance(joints, Tensor) or joints.shape[:1] != (n,) or not isinstance(batch.get("K"), Tensor):
+        return None
+    root = joints[:, ROOT].detach().float().cpu().clone()
+    valid = valid_joints(batch, "joints3d")
+    if valid is not None:
+        root[~valid[:, ROOT].cpu()] = torch.nan
+    if not torch.isfinite(root).any():
+        return None
+    return root
+
+
+def _numbers(x: Tensor) -> Any:
+    """A tensor as nested lists of floats rounded to 4 decimals, with ``None`` for NaN / inf."""
+    if x.dim() == 0:
+        v = float(x)
+        return round(v, 4) if math.isfinite(v) else None
+    return [_numbers(v) for v in x]
+
+
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """One ``predictions.jsonl`` line: the item's path or id, joints in the original image, confidence."""
+    meta = row["meta"]
+    out: dict[str, Any] = {"index": row["index"]}
+    if meta.get("path") is not None:
+        out["path"] = str(meta["path"])
+    else:
+        out["id"] = f"{meta.get('dataset', 'item')}/{meta.get('frame', row['index'])}"
+    joints2d = row.get("joints2d_image")
+    if joints2d is None and "crop" not in row:
+        joints2d = row.get("joints2d")  # uncropped input: its pixels are the original image's
+    out["joints2d"] = _numbers(joints2d) if joints2d is not None else None
+    out["joints3d"] = _numbers(row["joints3d"])
+    if "joints3d_camera" in row and torch.isfinite(row["joints3d_camera"]).all():
+        out["joints3d_camera"] = _numbers(row["joints3d_camera"])
+    if "confidence" in row:
+        out["confidence"] = _numbers(row["confidence"])
+    if "calibrated" in meta:
+        out["calibrated"] = bool(meta["calibrated"])
     return out
 
 

@@ -339,6 +339,23 @@ class SemiHandModule(BaseHandTask):
         joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
         return joints - joints[:, ROOT : ROOT + 1]
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Root-relative ``joints3d`` and camera-frame ``joints3d_camera`` (mm; the root depth as
+        ``lifting`` gives it, with the batch's ``K``), ``joints2d`` (network input pixels) and per-joint
+        ``confidence`` (the peak of each joint's heatmap, in ``(0, 1]``)."""
+        out = self.eval_model(batch["image"])
+        root_depth, scale = self.lifting_params(
+            out["uv"], out["depth"], batch["K"], self.hparams.lifting, batch.get("joints3d"), batch.get("valid")
+        )
+        joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        return {
+            "joints3d": joints - joints[:, ROOT : ROOT + 1],
+            "joints3d_camera": joints,
+            "joints2d": out["uv"],
+            "confidence": out["heatmaps"].flatten(2).amax(-1),
+            "meta": batch.get("meta"),
+        }
+
     @contextmanager
     def _eval_mode(self, module: torch.nn.Module) -> Any:
         was_training = module.training

@@ -77,6 +77,11 @@ class SupervisedModule(BaseHandTask):
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         return self(batch["image"])[0]
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Root-relative ``joints3d`` (mm) and ``joints2d`` (pixels of the network input) of one batch."""
+        joints3d, joints2d = self(batch["image"])
+        return {"joints3d": joints3d, "joints2d": joints2d, "meta": batch.get("meta")}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         check_batch(batch, "training batch")
         image, valid = batch["image"], batch["valid"].bool()
