@@ -9,7 +9,8 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
   ``config.yaml``, CSV metrics, checkpoints and the wandb run (offline by default: no account, no
   network; ``--wandb online`` or ``WANDB_MODE=online`` sends it to a dashboard);
 * ``handssl test`` writes ``test_metrics.json`` into the run directory, ``handssl predict`` writes
-  ``predictions.pt`` (see :mod:`handssl.callbacks.predictions`);
+  ``predictions.jsonl`` and ``predictions.pt`` (see :mod:`handssl.callbacks.predictions`; ``--overlays true``
+  adds one PNG per image with the predicted skeleton);
 * ``--trainer.fast_dev_run`` smoke runs write only into ``<runs_dir>/<run_name>/fast_dev_run/`` and save no
   checkpoints or logs;
 * handssl's models, DataModules and datasets may be named by class name alone (``--model=SemiHandModule``);
@@ -108,6 +109,12 @@ class HandSSLCLI(LightningCLI):
             "Defaults to $WANDB_MODE when set.",
         )
         parser.add_argument(
+            "--overlays",
+            type=bool,
+            default=False,
+            help="predict: also write overlays/<image>.png with the predicted skeleton in the run directory.",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=False,
@@ -172,6 +179,11 @@ class HandSSLCLI(LightningCLI):
                 loggers.append(wandb_logger)
             kwargs["logger"] = loggers
         trainer = super().instantiate_trainer(**kwargs)
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if cfg.get("overlays"):
+            for callback in trainer.callbacks:
+                if isinstance(callback, PredictionWriter):
+                    callback.overlays = True
         if fast_dev_run:
             # Lightning skips checkpoints in a fast_dev_run except ``save_last`` at train end.
             for callback in trainer.checkpoint_callbacks:

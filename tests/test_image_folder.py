@@ -123,6 +123,33 @@ def test_writer_maps_2d_joints_back_to_the_original_image_and_unmirrors():
     assert torch.allclose(rows[1]["joints2d"], joints2d[1])  # the network input's frame is kept
 
 
+def test_semihand_predict_step_gives_2d_camera_frame_and_confidence():
+    from handssl.models import SemiHandModule
+
+    model = SemiHandModule().eval()
+    K = torch.tensor([[60.0, 0.0, 31.5], [0.0, 60.0, 31.5], [0.0, 0.0, 1.0]]).expand(2, 3, 3)
+    with torch.no_grad():
+        out = model.predict_step({"image": torch.rand(2, 3, 64, 64), "K": K}, 0)
+    assert out["joints2d"].shape == (2, 21, 2) and out["confidence"].shape == (2, 21)
+    assert ((out["confidence"] > 0) & (out["confidence"] <= 1)).all()
+    rel = out["joints3d_camera"] - out["joints3d_camera"][:, :1]
+    assert torch.allclose(out["joints3d"], rel, atol=1e-4)
+    # The camera-frame joints project onto the predicted 2D joints.
+    uvw = out["joints3d_camera"] @ K[0].T
+    assert torch.allclose(uvw[..., :2] / uvw[..., 2:], out["joints2d"], atol=1e-2)
+    # The writer keeps them, mirrors them back with the rest, and writes them as JSON lines.
+    writer = PredictionWriter()
+    meta = {"mirrored": [False, True], "path": ["a.png", "b.png"]}
+    writer.write_on_batch_end(None, None, {**out, "meta": meta}, [0, 1], {}, 0, 0)
+    row = writer._rows[1]
+    assert torch.allclose(row["joints3d_camera"][:, 0], -out["joints3d_camera"][1, :, 0])
+    from handssl.callbacks.predictions import _json_row
+
+    line = json.loads(json.dumps(_json_row(writer._rows[0])))
+    assert line["path"] == "a.png" and np.asarray(line["joints3d_camera"]).shape == (21, 3)
+    assert np.asarray(line["confidence"]).shape == (21,)
+
+
 def run(args, tmp_path):
     main([*args, "--runs_dir", str(tmp_path / "runs"), "--wandb", "disabled"])
 
@@ -130,13 +157,29 @@ def run(args, tmp_path):
 def test_predict_on_a_folder_through_the_cli(tmp_path, folder, capsys):
     run(["fit", "-c", str(CONF)], tmp_path)
     ckpt = next((tmp_path / "runs" / "supervised_tiny" / "version_0" / "checkpoints").glob("*.ckpt"))
-    overlay = REPO / "experiments" / "predict_images.yaml"
-    args = ["predict", "-c", str(CONF), "-c", str(overlay), "--ckpt_path", str(ckpt)]
-    run([*args, f"--data.init_args.predict.init_args.root={folder}"], tmp_path)
-    preds = torch.load(tmp_path / "runs" / "predict_images" / "version_0" / "predictions.pt")
+    config = REPO / "experiments" / "predict_images.yaml"
+    # The form: the config alone, the model rebuilt from the checkpoint, overlays on request.
+    args = ["predict", "-c", str(config), "--ckpt_path", str(ckpt), "--data.init_args.image_size", "32"]
+    run([*args, "--data.init_args.root", str(folder), "--overlays", "true"], tmp_path)
+    run_dir = tmp_path / "runs" / "predict_images" / "version_0"
+    preds = torch.load(run_dir / "predictions.pt")
     assert preds["meta"]["path"] == ["a_wide.png", "b_box.jpg", "c_left.png"]
     assert preds["joints3d"].shape == (3, 21, 3) and torch.isfinite(preds["joints3d"]).all()
     assert preds["crop"].shape == (3, 3, 3)
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["a_wide.png", "b_box.jpg", "c_left.png"]
+    for i, row in enumerate(rows):
+        assert np.allclose(row["joints2d"], preds["joints2d_image"][i].numpy(), atol=1e-3)
+        assert np.allclose(row["joints3d"], preds["joints3d"][i].numpy(), atol=1e-3)
+        assert row["calibrated"] is False and "joints3d_camera" not in row  # no K, no root depth
+    # Overlays: one PNG per image at the original image's size.
+    for name, size in (("a_wide.png", (120, 60)), ("b_box.png", (100, 100)), ("c_left.png", (80, 80))):
+        assert Image.open(run_dir / "overlays" / name).size == size
+    # After a training config (which sets image_size): the same numbers.
+    overlay_args = ["predict", "-c", str(CONF), "-c", str(config), "--ckpt_path", str(ckpt)]
+    run([*overlay_args, f"--data.init_args.root={folder}"], tmp_path)
+    again = torch.load(tmp_path / "runs" / "predict_images" / "version_1" / "predictions.pt")
+    assert torch.allclose(again["joints3d"], preds["joints3d"], atol=1e-5)
     # The short form works too, and an empty folder is one line with exit code 2.
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exit_info:

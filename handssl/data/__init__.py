@@ -19,6 +19,7 @@ _EXPORTS = {
     "PanopticHandDB": "handdb",
     "FreiHAND": "freihand",
     "ImageFolder": "image_folder",
+    "ImageFolderDataModule": "image_folder",
     "CropResize": "transforms",
     "ToTensor": "transforms",
     "HandDataModule": "datamodules",

@@ -24,9 +24,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from handssl.data.base import DatasetError, Sample, Transform, load_image, mirror_sample
+from handssl.data.datamodules import SupervisedDataModule
 from handssl.skeleton import NUM_JOINTS
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderDataModule"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -152,3 +153,58 @@ class ImageFolder(Dataset):
             x0, y0, x1, y1 = sample["box"]
             sample["box"] = np.array([w - 1 - x1, y0, w - 1 - x0, y1], dtype=np.float32)
         return self.transform(sample) if self.transform is not None else sample
+
+
+class ImageFolderDataModule(SupervisedDataModule):
+    """Predict on a folder of images: :class:`ImageFolder` as the ``predict`` split of a supervised DataModule.
+
+    ``handssl predict -c experiments/predict_images.yaml --data.init_args.root DIR --ckpt_path X``; the
+    model is rebuilt from the checkpoint. ``image_size`` must be the one the model was trained with (also
+    when this file follows the training config: ``-c train.yaml -c experiments/predict_images.yaml`` keeps
+    its ``image_size`` and datasets).
+
+    Args:
+        root: Folder of images.
+        boxes: JSON file with per-image boxes / hands / intrinsics (see :class:`ImageFolder`).
+        recursive: Also read images in sub-folders.
+        mirror_left: Mirror left hands for a right-hand model (predictions are mirrored back).
+        image_size: Side of the network input in pixels (the training config's).
+        crop_margin: Margin of the crop around the hand's box, as a fraction of the box.
+        batch_size: Images per batch.
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory.
+        seed: Seed of the shuffling order (unused for prediction).
+        train: Training dataset (only so a training config may come first).
+        val: Validation dataset (idem).
+        test: Test dataset (idem).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        boxes: str | None = None,
+        recursive: bool = False,
+        mirror_left: bool = False,
+        image_size: int = 64,
+        crop_margin: float = 0.25,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        train: Dataset | None = None,
+        val: Dataset | None = None,
+        test: Dataset | None = None,
+    ) -> None:
+        images = ImageFolder(root, boxes=boxes, recursive=recursive, mirror_left=mirror_left)
+        super().__init__(
+            train=train,
+            val=val,
+            test=test,
+            predict=images,
+            image_size=image_size,
+            crop_margin=crop_margin,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            seed=seed,
+        )
