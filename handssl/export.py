@@ -2,7 +2,10 @@
 
 The exported graph maps ``image`` (``float32 (B, 3, S, S)`` in ``[0, 1]``, the crop the DataModule would
 feed, ``S`` its ``image_size``; ``B`` is dynamic) to ``joints3d`` (``(B, 21, 3)`` mm, root-relative), i.e.
-the task's ``predict_joints3d``. Needs the optional ``onnx`` package (``pip install "handssl[export]"``,
+the task's ``predict_joints3d``: for :class:`~handssl.models.SupervisedModule` its network, for
+:class:`~handssl.models.NVSModule` the encoder and pose head, for :class:`~handssl.models.SemiHandModule`
+the evaluation network (teacher or student) and the 2.5D lifting, which also takes ``K`` (``float32
+(B, 3, 3)``, the crop's intrinsics: the root depth comes from them). Needs the optional ``onnx`` package (``pip install "handssl[export]"``,
 which also brings ``onnxruntime`` to run the file).
 """
 
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 
 from handssl.models.base import BaseHandTask
 
-__all__ = ["ExportError", "load_task", "main", "to_onnx"]
+__all__ = ["ExportError", "example_inputs", "load_task", "main", "needs_intrinsics", "to_onnx"]
 
 INSTALL_HINT = 'ONNX export needs the onnx package: pip install "handssl[export]"'
 
@@ -36,8 +39,26 @@ class _Inference(nn.Module):
         super().__init__()
         self.task = task
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.task.predict_joints3d({"image": image})
+    def forward(self, image: Tensor, K: Tensor | None = None) -> Tensor:
+        batch = {"image": image} if K is None else {"image": image, "K": K}
+        return self.task.predict_joints3d(batch)
+
+
+def needs_intrinsics(task: BaseHandTask) -> bool:
+    """Whether the task's inference path reads the batch's ``K`` (SemiHand's 2.5D lifting does)."""
+    from handssl.models.semihand import SemiHandModule
+
+    return isinstance(task, SemiHandModule)
+
+
+def example_inputs(task: BaseHandTask, batch: int, image_size: int) -> dict[str, Tensor]:
+    """Random inputs of the exported graph (``image``, and ``K`` with a nominal focal length where needed)."""
+    inputs = {"image": torch.rand(batch, 3, image_size, image_size)}
+    if needs_intrinsics(task):
+        c = (image_size - 1) / 2
+        K = torch.tensor([[2.0 * image_size, 0.0, c], [0.0, 2.0 * image_size, c], [0.0, 0.0, 1.0]])
+        inputs["K"] = K.expand(batch, 3, 3).contiguous()
+    return inputs
 
 
 def load_task(ckpt_path: str | Path) -> BaseHandTask:
@@ -70,18 +91,23 @@ def to_onnx(task: BaseHandTask, path: str | Path, image_size: int = 64, opset: i
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     network = _Inference(task).eval()
-    example = torch.rand(2, 3, image_size, image_size)
+    example = example_inputs(task, 2, image_size)
+    try:
+        with torch.no_grad():
+            network(**example_inputs(task, 1, image_size))
+    except RuntimeError as err:  # e.g. an NVS pose head that was never trained (pre-training stage 1)
+        raise ExportError(f"cannot export {type(task).__name__}: {str(err).splitlines()[0]}") from err
     with torch.no_grad(), warnings.catch_warnings():
         # The input side is fixed on purpose, so the tracer's "treated as a constant" warnings are noise.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The TorchScript exporter: the dynamo one would also need onnxscript.
         torch.onnx.export(
             network,
-            (example,),
+            tuple(example.values()),
             str(path),
-            input_names=["image"],
+            input_names=list(example),
             output_names=["joints3d"],
-            dynamic_axes={"image": {0: "batch"}, "joints3d": {0: "batch"}},
+            dynamic_axes={**{name: {0: "batch"} for name in example}, "joints3d": {0: "batch"}},
             opset_version=opset,
             dynamo=False,
         )
@@ -99,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=fmt, default="onnx", help="export format")
     args = parser.parse_args(argv)
     try:
-        path = to_onnx(load_task(args.ckpt_path), args.output, image_size=args.image_size)
+        task = load_task(args.ckpt_path)
+        path = to_onnx(task, args.output, image_size=args.image_size)
     except ExportError as err:
         print(f"handssl: error: {err}", file=sys.stderr)
         return 2
-    print(
-        f"handssl: wrote {path} (image (B, 3, {args.image_size}, {args.image_size}) -> joints3d (B, 21, 3) mm)"
-    )
+    inputs = f"image (B, 3, {args.image_size}, {args.image_size})"
+    if needs_intrinsics(task):
+        inputs += ", K (B, 3, 3)"
+    print(f"handssl: wrote {path} ({inputs} -> joints3d (B, 21, 3) mm)")
     return 0

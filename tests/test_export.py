@@ -70,3 +70,76 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
         main(["export", "--ckpt_path", str(tmp_path / "nope.ckpt")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().startswith("handssl: error: checkpoint not found")
+
+
+def _tiny_nvs():
+    from handssl.models import NVSModule
+
+    model = NVSModule(
+        regime="supervised",
+        encoder_widths=(8, 16),
+        encoder_blocks=(1, 1),
+        decoder_widths=(16, 8),
+        decoder_latent_channels=8,
+        pose_hidden=(32, 32),
+        scheduler="none",
+    )
+    model.pose_head.set_statistics(torch.randn(21, 3) * 20, torch.full((21, 3), 30.0))
+    return model
+
+
+def _tiny_semihand():
+    from handssl.models import SemiHandModule
+
+    model = SemiHandModule()
+    # An untrained network puts all 21 joints within ~0.01 px of each other, where the root depth (a
+    # quadratic in the bone's 2D length) amplifies float32 rounding ~1e4 times (torch float32 vs float64
+    # differ by 0.2 mm); sharper heatmaps spread the joints as a trained network does.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("heatmap.weight"):
+                param.mul_(300)
+    return model
+
+
+@pytest.mark.parametrize("make", [_tiny_nvs, _tiny_semihand], ids=["nvs", "semihand"])
+def test_every_task_exports_and_onnxruntime_matches_torch(tmp_path, make):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from handssl.export import example_inputs
+
+    model = make()
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.predict_joints3d(example_inputs(model, 8, 64))
+    model.eval()
+    path = to_onnx(model, tmp_path / "model.onnx", image_size=64)
+    session = ort.InferenceSession(str(path))
+    for batch in (1, 3):
+        inputs = example_inputs(model, batch, 64)
+        (got,) = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        with torch.no_grad():
+            expected = model.predict_joints3d(inputs).numpy()
+        assert got.shape == (batch, 21, 3)
+        # SemiHand's root depth (a quadratic solve) turns float32 rounding into ~2e-4 mm on ~300 mm (torch
+        # float32 itself is that far from float64), so there 1e-4 is relative to 100 mm of output.
+        tol = 1e-4 if make is _tiny_nvs else 1e-4 * max(1.0, np.abs(expected).max() / 100)
+        assert np.abs(got - expected).max() <= tol
+        assert np.abs(expected).max() > 1.0
+
+
+def test_untrained_nvs_pose_head_is_one_clear_line(tmp_path):
+    pytest.importorskip("onnx")
+    model = _tiny_nvs()
+    model.pose_head.has_statistics.fill_(False)
+    with pytest.raises(ExportError, match="cannot export NVSModule: the pose head has no training statistics"):
+        to_onnx(model, tmp_path / "model.onnx", image_size=32)
+
+
+def test_format_onnx_is_accepted(tmp_path, checkpoint, capsys):
+    pytest.importorskip("onnx")
+    ckpt, _ = checkpoint
+    out = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--ckpt_path", str(ckpt), "--format", "onnx", "--output", str(out)])
+    assert exit_info.value.code == 0 and out.is_file()

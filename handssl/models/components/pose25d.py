@@ -226,8 +226,8 @@ def recover_root_depth(
     Returns:
         ``(B,)`` root depth in reference-bone units (multiply by the scale in mm for millimetres).
     """
-    ones = torch.ones_like(uv[..., :1])
-    rays = torch.linalg.solve(K.unsqueeze(1), torch.cat([uv, ones], -1).unsqueeze(-1)).squeeze(-1)[..., :2]
+    # K^-1 [u, v, 1] in closed form (intrinsics are upper triangular): unlike linalg.solve it exports to ONNX.
+    rays = unproject(uv, torch.ones_like(uv[..., 0]), K)[..., :2]
     d = depth - depth[..., root : root + 1]
     n, m = bone
     xn, xm = rays[:, n], rays[:, m]
