@@ -223,6 +223,14 @@ def main(args: ArgsType = None) -> None:
         from handssl.export import main as export_main
 
         sys.exit(export_main(argv[1:]))
+    refused = _refused_option(argv)
+    if refused is not None:
+        print(
+            f"handssl: error: {refused} is not supported: handssl's models build their own AdamW and "
+            "learning-rate schedule; set --model.init_args.lr, weight_decay, scheduler or warmup_steps instead",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     _import_registered_classes()
     # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
     # subcommand, so absolute paths must be turned into relative ones to resolve.
@@ -235,6 +243,8 @@ def main(args: ArgsType = None) -> None:
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            # Lightning's --optimizer/--lr_scheduler would silently replace the model's optimiser and schedule.
+            auto_configure_optimizers=False,
             trainer_defaults={"callbacks": [TestMetricsWriter(), PredictionWriter()]},
             parser_kwargs={
                 "parser_mode": "omegaconf+",
@@ -253,6 +263,20 @@ def main(args: ArgsType = None) -> None:
             raise
         print(f"handssl: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+REFUSED_OPTIONS = ("--optimizer", "--lr_scheduler")
+
+
+def _refused_option(argv: Any) -> str | None:
+    """The first of :data:`REFUSED_OPTIONS` in ``argv`` (also as ``--optimizer=...``/``--optimizer.lr``)."""
+    if not isinstance(argv, list):
+        return None
+    for arg in argv:
+        for option in REFUSED_OPTIONS:
+            if isinstance(arg, str) and (arg == option or arg.startswith((option + "=", option + "."))):
+                return option
+    return None
 
 
 def _import_registered_classes() -> None:

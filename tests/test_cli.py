@@ -279,3 +279,32 @@ def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
         root = batch["joints3d"][i, 0].numpy()
         assert np.allclose(row["joints3d_camera"], expected3d[i].numpy() + root, atol=1e-3)
         assert "confidence" not in row
+
+
+def test_choices_are_literals_shown_in_help_and_rejected_at_parse_time(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(CONF), "--model.help", "SupervisedModule"])
+    assert exit_info.value.code == 0
+    assert "--model.scheduler {cosine,none}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(CONF), "--model.init_args.scheduler=cosin"], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Expected a typing.Literal['cosine', 'none']. Got value: cosin" in err
+    assert not (tmp_path / "runs").exists()  # rejected before anything was built or written
+    # Direct Python use keeps its clear ValueError.
+    with pytest.raises(ValueError, match="scheduler must be 'cosine' or 'none'"):
+        SupervisedModule(scheduler="cosin")
+
+
+@pytest.mark.parametrize("option", ["--optimizer=Adam", "--lr_scheduler", "--optimizer.lr=0.1"])
+def test_optimizer_and_lr_scheduler_are_refused_in_one_line(tmp_path, capsys, option):
+    args = ["fit", "-c", str(CONF), *option.split(" ")]
+    if option == "--lr_scheduler":
+        args.append("StepLR")
+    with pytest.raises(SystemExit) as exit_info:
+        run(args, tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("handssl: error: --")
+    assert "is not supported" in err[0] and "--model.init_args.lr" in err[0]

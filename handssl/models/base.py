@@ -16,7 +16,7 @@ e.g. ``test/stb/auc``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -95,7 +95,7 @@ class BaseHandTask(pl.LightningModule):
         self,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
+        scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
     ) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -136,8 +136,8 @@ class NVSModule(BaseHandTask):
 
     def __init__(
         self,
-        regime: str = "semi",
-        stage: int = 1,
+        regime: Literal["supervised", "pretrained", "semi"] = "semi",
+        stage: Literal[1, 2] = 1,
         pretrained_checkpoint: str | None = None,
         image_size: int = 64,
         num_points: int = 200,
@@ -152,7 +152,7 @@ class NVSModule(BaseHandTask):
         swap_probability: float = 0.8,
         appearance_swap: bool = True,
         both_directions: bool = True,
-        pose_views: str = "all",
+        pose_views: Literal["input", "all"] = "all",
         pose_weight: float = 0.1,
         synthesis_warmup_steps: int = 0,
         normalize_mask: bool = True,
@@ -160,13 +160,13 @@ class NVSModule(BaseHandTask):
         silhouette_weight: float = 1.0,
         silhouette_threshold: float = 0.02,
         l1_weight: float = 1.0,
-        structural_loss: str = "ssim",
+        structural_loss: Literal["ssim", "gradient", "none"] = "ssim",
         structural_weight: float = 1.0,
         perceptual_checkpoint: str | None = None,
         perceptual_weight: float = 2.0,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        scheduler: str = "none",
+        scheduler: Literal["cosine", "none"] = "none",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
     ) -> None:

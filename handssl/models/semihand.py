@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pytorch_lightning.utilities import rank_zero_info
@@ -153,7 +153,7 @@ class SemiHandModule(BaseHandTask):
 
     def __init__(
         self,
-        mode: str = "mean_teacher",
+        mode: Literal["mean_teacher", "rounds"] = "mean_teacher",
         backbone_widths: Sequence[int] = (32, 64, 128, 256),
         backbone_blocks: Sequence[int] = (1, 1, 1, 1),
         decoder_channels: int = 64,
@@ -172,17 +172,17 @@ class SemiHandModule(BaseHandTask):
         correction_weight: float = 1.0,
         threshold: float | None = None,
         accept_fraction: float = 0.3,
-        template: str = "mean",
+        template: Literal["mean", "subject", "none"] = "mean",
         ray_tol_px: float | None = 1.0,
         max_correction_mm: float | None = 40.0,
         mirror_check: bool = True,
-        lifting: str = "known",
-        pseudo_label_lifting: str = "predicted",
+        lifting: Literal["known", "predicted"] = "known",
+        pseudo_label_lifting: Literal["known", "predicted"] = "predicted",
         template_scale_mm: float | None = None,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
-        ema_buffer_mode: str = "ema",
-        eval_network: str = "teacher",
+        ema_buffer_mode: Literal["ema", "copy"] = "ema",
+        eval_network: Literal["teacher", "student"] = "teacher",
         unsupervised_start_step: int = 0,
         unsupervised_ramp_steps: int = 0,
         epochs_per_round: int = 1,
@@ -192,7 +192,7 @@ class SemiHandModule(BaseHandTask):
         cross_modal_size: int | None = 32,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
+        scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
     ) -> None:

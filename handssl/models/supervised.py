@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -48,7 +48,7 @@ class SupervisedModule(BaseHandTask):
         loss_2d_weight: float = 1.0,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
-        scheduler: str = "cosine",
+        scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
     ) -> None:
