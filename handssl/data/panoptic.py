@@ -615,11 +615,13 @@ class PanopticMultiView(HandDataset):
 
         Call it once before training so that DataLoader workers do not each compute them on first use.
         """
+        from handssl._progress import progress
+
+        pairs = [(seq, camera) for seq, cams in enumerate(self.cameras) for camera in range(len(cams))]
         paths = []
-        for seq, cams in enumerate(self.cameras):
-            for camera in range(len(cams)):
-                self.background(seq, camera)
-                paths.append(self.background_path(seq, camera))
+        for seq, camera in progress(pairs, "Panoptic backgrounds"):
+            self.background(seq, camera)
+            paths.append(self.background_path(seq, camera))
         return paths
 
     def _compute_background(self, seq: int, camera: int) -> np.ndarray:

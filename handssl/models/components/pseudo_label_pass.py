@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from handssl._progress import progress
 from handssl.models.components.pseudo_labels import gate, pseudo_label_errors
 
 __all__ = ["first_positions", "label_unlabeled_set", "round_table"]
@@ -47,7 +48,11 @@ def label_unlabeled_set(
         return None
     loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world_size)
     rows: dict[str, list[Tensor]] = {}
-    for i, batch in enumerate(loader):
+    try:
+        total = len(loader) if max_batches is None else min(len(loader), max_batches)
+    except TypeError:
+        total = max_batches
+    for i, batch in enumerate(progress(loader, "pseudo-labels", total=total, enabled=rank == 0)):
         if max_batches is not None and i >= max_batches:
             break
         batch = {k: v.to(module.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
