@@ -1,7 +1,9 @@
 from collections import Counter
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from lightning_fabric.utilities.data import _replace_dunder_methods
 from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
@@ -322,3 +324,59 @@ def test_data_layer_imports_nothing_from_models():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "handssl.data.multiview"
+
+
+class _MultiViewRecorder(pl.LightningModule):
+    """Records a fingerprint of every training batch (items, labelled slots) and one global-RNG draw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[int, tuple] = {}
+
+    def training_step(self, batch, batch_idx):
+        frames = tuple(int(f) for f in batch["meta"]["frame"]) if "meta" in batch else ()
+        self.seen[self.global_step] = (
+            float(batch["image"].double().sum()),
+            tuple(batch["labeled"].tolist()),
+            frames,
+            torch.rand(()).item(),
+        )
+        return (self.w - 1) ** 2
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _multiview_run(tmp_path, name, ckpt_path=None):
+    pl.seed_everything(0)
+    model = _MultiViewRecorder()
+    trainer = pl.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        limit_val_batches=0,
+        callbacks=[
+            ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=2, save_top_k=-1, filename="{step}")
+        ],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    # 24 items, 6 unlabelled + 2 labelled a batch: 4 batches an epoch.
+    trainer.fit(model, datamodule=fake_datamodule(), ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.mark.parametrize("step", [2, 4, 6], ids=["mid-epoch-0", "end-of-epoch-0", "mid-epoch-1"])
+def test_mid_epoch_resume_sees_the_same_batches(tmp_path, recwarn, step):
+    straight = _multiview_run(tmp_path, "straight")
+    assert sorted(straight.seen) == list(range(8))
+    assert straight.seen[0][2] != straight.seen[4][2]  # the epochs' orders differ
+    ckpt = tmp_path / "straight" / f"step={step}.ckpt"
+    state = torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert [(s["epoch"], s["batches"]) for s in state] == [{2: (0, 2), 4: (0, 4), 6: (1, 2)}[step]]
+    resumed = _multiview_run(tmp_path, "resumed", ckpt_path=ckpt)
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
+    assert sorted(resumed.seen) == list(range(step, 8))
+    assert {k: straight.seen[k] for k in resumed.seen} == resumed.seen

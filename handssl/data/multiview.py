@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from handssl.data.base import Sample
-from handssl.data.datamodules import HandDataModule, collate_samples
+from handssl.data.datamodules import HandDataModule, _rng_state, _set_rng_state, collate_samples
 from handssl.geometry import relative_rotation
 from handssl.skeleton import NUM_JOINTS, ROOT
 
@@ -294,6 +294,8 @@ class LabeledShareBatchSampler(BatchSampler):
         self.seed = seed
         self._iterations = 0
         self._epoch_set: int | None = None
+        self._pass_start: dict[str, Any] | None = None
+        self._skip = 0
 
     @property
     def unlabeled_per_batch(self) -> int:
@@ -319,9 +321,54 @@ class LabeledShareBatchSampler(BatchSampler):
             for i in torch.randperm(len(self.labeled_indices), generator=generator):
                 yield int(self.labeled_indices[i])
 
+    def _stream_generator(self) -> torch.Generator | None:
+        generator = getattr(self.sampler, "generator", None)
+        return generator if isinstance(generator, torch.Generator) else None
+
+    def position(self) -> dict[str, Any]:
+        """What :meth:`restore` needs: pass count and stream generator state at the start of the current pass."""
+        if self._pass_start is not None:
+            return dict(self._pass_start)
+        generator = self._stream_generator()
+        return {
+            "iterations": self._iterations,
+            "generator": generator.get_state() if generator is not None else None,
+            "epoch": self._epoch(),
+        }
+
+    def restore(self, position: dict[str, Any], batches: int, finished: bool = False) -> None:
+        """Continue the pass of ``position`` after its first ``batches`` batches.
+
+        ``finished``: that pass is over; replay its ``batches`` batches' draws from the stream (keys only) so
+        the next pass draws what the uninterrupted run drew next.
+        """
+        generator = self._stream_generator()
+        if generator is not None and position.get("generator") is not None:
+            generator.set_state(position["generator"])
+        self._iterations = int(position.get("iterations", self._iterations))
+        self._skip = 0
+        if finished:
+            replay = self._iter_batches()
+            for _ in range(batches):
+                next(replay, None)
+        else:
+            self._skip = batches
+
     def __iter__(self) -> Iterator[list[SlotKey]]:
+        skip, self._skip = self._skip, 0
+        for i, keys in enumerate(self._iter_batches()):
+            if i >= skip:  # batches a resumed run already trained on: keys only, nothing is loaded
+                yield keys
+
+    def _iter_batches(self) -> Iterator[list[SlotKey]]:
+        generator = self._stream_generator()
+        self._pass_start = {
+            "iterations": self._iterations,
+            "generator": generator.get_state() if generator is not None else None,
+        }
         labeled = self._labeled_stream() if self.labeled_per_batch else iter(())
         epoch = self._epoch()
+        self._pass_start["epoch"] = epoch
         self._iterations += 1
         if self.unlabeled_per_batch == 0:
             for _ in range(len(self)):
@@ -344,6 +391,71 @@ class LabeledShareBatchSampler(BatchSampler):
             if self.drop_last or not self.unlabeled_per_batch
             else math.ceil(stream / per_batch)
         )
+
+
+class _BatchCounter:
+    def __init__(self, loader: ResumableBatchLoader) -> None:
+        self.loader = loader
+        self.iterator: Iterator | None = None
+
+    def __iter__(self) -> _BatchCounter:
+        return self
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.loader._start_pass()
+        batch = next(self.iterator)
+        self.loader._batches += 1
+        return batch
+
+
+class ResumableBatchLoader(DataLoader):
+    """A DataLoader over a :class:`LabeledShareBatchSampler` whose position goes into Lightning checkpoints.
+
+    As :class:`~handssl.data.datamodules.ResumableDataLoader` for the other DataModules: the state is the
+    epoch, the batches consumed in the current pass, the stream generator's states and the global RNG
+    states; a resumed run skips the consumed batches' keys (without loading them) and continues with the
+    same batches, keys ``(index, labels_visible, epoch)`` unchanged.
+    """
+
+    def __iter__(self) -> _BatchCounter:  # type: ignore[override]
+        return _BatchCounter(self)
+
+    def _start_pass(self) -> Iterator:
+        sampler = self.batch_sampler
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None and isinstance(sampler, LabeledShareBatchSampler):
+            done = pending["batches"] >= len(self)
+            # Lightning may have moved on to the next epoch (set_epoch); else the pass count gives the epoch.
+            same_epoch = sampler._epoch_set is None or pending["epoch"] == sampler._epoch_set
+            sampler.restore(pending["sampler"], pending["batches"], finished=done or not same_epoch)
+            self._batches = 0 if done or not same_epoch else pending["batches"]
+        else:
+            self._batches = 0
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position (``epoch``, ``batches`` consumed in the pass, the sampler's) and the global RNG states."""
+        if "_pending" in self.__dict__:
+            position = {k: self._pending[k] for k in ("epoch", "batches", "sampler")}
+        else:
+            sampler = self.batch_sampler
+            where = sampler.position() if isinstance(sampler, LabeledShareBatchSampler) else {"epoch": 0}
+            position = {"epoch": where["epoch"], "batches": self.__dict__.get("_batches", 0), "sampler": where}
+        return {**position, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict`` at the next pass; restores the global RNG states now."""
+        self._pending = {
+            "epoch": int(state_dict["epoch"]),
+            "batches": int(state_dict["batches"]),
+            "sampler": state_dict.get("sampler", {}),
+        }
+        if "rng" in state_dict:
+            _set_rng_state(state_dict["rng"])
 
 
 def _default_multiview(split: str, image_size: int, style: str, seed: int) -> Dataset:
@@ -502,9 +614,10 @@ class MultiViewDataModule(HandDataModule):
             labeled_per_batch=self.labeled_per_batch,
             seed=self.seed,
         )
-        return DataLoader(
+        return ResumableBatchLoader(
             pairs,
             batch_sampler=batch_sampler,
+            generator=torch.Generator().manual_seed(self.seed),  # iterating must not draw from the global one
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
