@@ -74,8 +74,8 @@ def test_help_lists_every_command_without_warnings(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: handssl")
-    for command in ("fit", "validate", "test", "predict", "handssl data check"):
-        assert command in out
+    for command in ("fit", "validate", "test", "predict", "export", "data check"):
+        assert f"\n  {command} " in out
     # LightningCLI warned on every command that ``args`` and ``sys.argv`` were both given.
     assert not [w for w in caught if "args parameter" in str(w.message)]
 
@@ -308,3 +308,16 @@ def test_optimizer_and_lr_scheduler_are_refused_in_one_line(tmp_path, capsys, op
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handssl: error: --")
     assert "is not supported" in err[0] and "--model.init_args.lr" in err[0]
+
+
+def test_top_level_help_is_fast_and_imports_no_lightning():
+    code = (
+        "import sys, time; t = time.perf_counter(); sys.argv = ['handssl', '--help']\n"
+        "from handssl.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "print('LIGHTNING' if 'pytorch_lightning' in sys.modules else 'LIGHT', time.perf_counter() - t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    verdict, seconds = out.strip().splitlines()[-1].split()
+    assert verdict == "LIGHT" and float(seconds) < 3.0
+    assert "data check" in out and "export" in out
