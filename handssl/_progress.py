@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True, **kwargs: Any) -> Iterable[T]:
+def progress(
+    iterable: Iterable[T], desc: str, total: int | None = None, enabled: bool = True, **kwargs: Any
+) -> Iterable[T]:
     """``iterable`` wrapped in a tqdm bar (``enabled=False``, e.g. on ranks other than 0: no bar)."""
     setting = os.environ.get("HANDSSL_PROGRESS", "").strip().lower()
     if not enabled or setting in ("0", "false", "no", "off"):

@@ -132,7 +132,9 @@ def test_untrained_nvs_pose_head_is_one_clear_line(tmp_path):
     pytest.importorskip("onnx")
     model = _tiny_nvs()
     model.pose_head.has_statistics.fill_(False)
-    with pytest.raises(ExportError, match="cannot export NVSModule: the pose head has no training statistics"):
+    with pytest.raises(
+        ExportError, match="cannot export NVSModule: the pose head has no training statistics"
+    ):
         to_onnx(model, tmp_path / "model.onnx", image_size=32)
 
 

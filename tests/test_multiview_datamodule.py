@@ -3,8 +3,8 @@ from collections import Counter
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from lightning_fabric.utilities.data import _replace_dunder_methods
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 

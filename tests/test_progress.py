@@ -1,7 +1,5 @@
 """Progress bars on long data operations outside the trainer: shown when asked (or on a TTY), quiet otherwise."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -14,7 +12,9 @@ from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 def test_panoptic_backgrounds_show_progress(tmp_path, monkeypatch, capsys, setting, shown):
     monkeypatch.setenv("HANDSSL_PROGRESS", setting)
     root = make_fake_panoptic(tmp_path / "data", num_frames=3, nodes=(0, 3))
-    ds = PanopticMultiView(root, multiview=True, crop_size=16, require_in_view=False, cache_dir=tmp_path / "c")
+    ds = PanopticMultiView(
+        root, multiview=True, crop_size=16, require_in_view=False, cache_dir=tmp_path / "c"
+    )
     capsys.readouterr()
     assert len(ds.compute_backgrounds()) == 2
     assert ("Panoptic backgrounds" in capsys.readouterr().err) == shown

@@ -1,5 +1,4 @@
-"""Write what ``handssl predict`` predicts: :class:`PredictionWriter` saves ``predictions.jsonl`` and
-``predictions.pt`` in the run folder.
+"""Write what ``handssl predict`` predicts: ``predictions.jsonl`` and ``predictions.pt`` in the run folder.
 
 ``predictions.jsonl`` has one JSON object per line, one line per dataset item in dataset order::
 

@@ -444,7 +444,11 @@ class ResumableBatchLoader(DataLoader):
         else:
             sampler = self.batch_sampler
             where = sampler.position() if isinstance(sampler, LabeledShareBatchSampler) else {"epoch": 0}
-            position = {"epoch": where["epoch"], "batches": self.__dict__.get("_batches", 0), "sampler": where}
+            position = {
+                "epoch": where["epoch"],
+                "batches": self.__dict__.get("_batches", 0),
+                "sampler": where,
+            }
         return {**position, "rng": _rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

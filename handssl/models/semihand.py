@@ -340,12 +340,19 @@ class SemiHandModule(BaseHandTask):
         return joints - joints[:, ROOT : ROOT + 1]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Root-relative ``joints3d`` and camera-frame ``joints3d_camera`` (mm; the root depth as
-        ``lifting`` gives it, with the batch's ``K``), ``joints2d`` (network input pixels) and per-joint
-        ``confidence`` (the peak of each joint's heatmap, in ``(0, 1]``)."""
+        """Root-relative and camera-frame 3D joints, 2D joints and a per-joint confidence.
+
+        ``joints3d`` and ``joints3d_camera`` in mm (the root depth as ``lifting`` gives it, with the batch's
+        ``K``), ``joints2d`` in network input pixels, ``confidence`` the peak of each joint's heatmap in (0, 1].
+        """
         out = self.eval_model(batch["image"])
         root_depth, scale = self.lifting_params(
-            out["uv"], out["depth"], batch["K"], self.hparams.lifting, batch.get("joints3d"), batch.get("valid")
+            out["uv"],
+            out["depth"],
+            batch["K"],
+            self.hparams.lifting,
+            batch.get("joints3d"),
+            batch.get("valid"),
         )
         joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
         return {
