@@ -343,7 +343,7 @@ def draw_figure(path: Path, args: argparse.Namespace) -> None:
         ax.set_title(style, fontsize=9, loc="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -361,7 +361,7 @@ def main() -> None:
         choices=STAGES,
         help="recompute these stages (e.g. speed on an idle machine)",
     )
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of each network")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of each network")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--image-size", type=int, default=64)

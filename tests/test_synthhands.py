@@ -316,13 +316,14 @@ def test_background_crop_equals_the_image_off_the_hand():
     off = synthetic["mask"][0] == 0
     assert off.sum() > 1000
     assert torch.equal(synthetic["image"][:, off], synthetic["background"][:, off])
-    # The real style adds sensor noise (sigma <= 0.026) on top; blur only mixes near the silhouette.
+    # The real style adds sensor noise (read sigma 0.03-0.05 plus shot noise) and compression on top; blur only
+    # mixes near the silhouette.
     real = small(style="real")[6]
     mask = real["mask"][0][None, None]
     near_hand = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)[0, 0] > 0
     far = ~near_hand
     diff = (real["image"][:, far] - real["background"][:, far]).abs()
-    assert diff.mean() < 0.03 and diff.mean() > 0.001
+    assert 0.01 < diff.mean() < 0.07
     assert not torch.equal(real["image"][:, far], real["background"][:, far])
 
 

@@ -495,8 +495,8 @@ class Appearance:
             blurred.append(out)
         image, background = blurred
         # Sensor noise: read noise plus shot noise that grows with the signal.
-        read = (0.02 + 0.02 * d[:, 6])[:, None, None, None]
-        sigma = torch.sqrt(read * read + 0.0012 * image.clamp_min(0.0))
+        read = (0.025 + 0.02 * d[:, 6])[:, None, None, None]
+        sigma = torch.sqrt(read * read + 0.0014 * image.clamp_min(0.0))
         image = image + self._noise(hash_int(self._view_key(views, 0xA0).to(device)), device) * sigma
         return _compress(image, step=(2.0 + 4.0 * d[:, 7]) / 255.0), background
 
