@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytorch_lightning as pl
 from jsonargparse import Namespace, set_parsing_settings
@@ -59,6 +60,48 @@ class TestMetricsWriter(Callback):
         path = run_dir / self.filename
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         rank_zero_info(f"handssl: wrote {len(metrics)} test metrics to {path}")
+
+
+class HandSSLParser(LightningArgumentParser):
+    """A LightningCLI parser whose errors are one line ``handssl: error: KEY: PROBLEM`` (exit code 2).
+
+    jsonargparse prints the whole usage and a nested "Does not validate against any of the Union subtypes"
+    report; ``HANDSSL_DEBUG=1`` keeps that.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
+        if os.environ.get("HANDSSL_DEBUG"):
+            super().error(message, ex)
+        print(f"handssl: error: {one_line_parse_error(message)}", file=sys.stderr)
+        sys.exit(2)
+
+
+_SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
+
+
+def one_line_parse_error(message: str) -> str:
+    """``'model.scheduler: Expected a typing.Literal[...]. Got value: cosin'`` from jsonargparse's report."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments (run with --help)"
+    keys: list[str] = []
+    detail = None
+    for line in lines:
+        match = re.match(r'(?:- )?Parser key "([^"]+)":?\s*(.*)', line)
+        if match:
+            keys.append(match.group(1))
+            rest = match.group(2)
+            if rest and not rest.startswith(_SKIP_LINES):
+                detail = rest
+                break
+            continue
+        if line.startswith(_SKIP_LINES) or line.startswith("- Expected a <class 'NoneType'>"):
+            continue
+        detail = line.lstrip("- ")
+        break
+    detail = detail or lines[0]
+    key = ".".join(dict.fromkeys(keys))
+    return f"{key}: {detail}" if key else detail
 
 
 class HandSSLCLI(LightningCLI):
@@ -226,6 +269,7 @@ def main(args: ArgsType = None) -> None:
             # Lightning's --optimizer/--lr_scheduler would silently replace the model's optimiser and schedule.
             auto_configure_optimizers=False,
             trainer_defaults={"callbacks": [TestMetricsWriter(), PredictionWriter()]},
+            parser_class=HandSSLParser,
             parser_kwargs={
                 "parser_mode": "omegaconf+",
                 "version": handssl.__version__,

@@ -289,8 +289,9 @@ def test_choices_are_literals_shown_in_help_and_rejected_at_parse_time(tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         run(["fit", "-c", str(CONF), "--model.init_args.scheduler=cosin"], tmp_path)
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "Expected a typing.Literal['cosine', 'none']. Got value: cosin" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("handssl: error: ")  # not jsonargparse's 60-line report
+    assert "Expected a typing.Literal['cosine', 'none']. Got value: cosin" in err[0]
     assert not (tmp_path / "runs").exists()  # rejected before anything was built or written
     # Direct Python use keeps its clear ValueError.
     with pytest.raises(ValueError, match="scheduler must be 'cosine' or 'none'"):
@@ -321,3 +322,17 @@ def test_top_level_help_is_fast_and_imports_no_lightning():
     verdict, seconds = out.strip().splitlines()[-1].split()
     assert verdict == "LIGHT" and float(seconds) < 3.0
     assert "data check" in out and "export" in out
+
+
+@pytest.mark.parametrize(
+    "arg, expected",
+    [
+        ("--trainer.max_steps=abc", "trainer.max_steps: Expected a <class 'int'>. Got value: abc"),
+        ("--no_such_option", "unrecognized arguments: --no_such_option"),
+    ],
+)
+def test_parse_errors_are_one_line(tmp_path, capsys, arg, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(CONF), arg], tmp_path)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"handssl: error: {expected}"]
