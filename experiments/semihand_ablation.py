@@ -66,12 +66,25 @@ TITLES = {
     "tau_all": "full, accept every label",
 }
 DEFAULT_ROWS = "mean_pose,source_only,oracle,consistency,pseudo_labels,full"
-FIELDS = ("row", "title", "mpjpe", "pa_mpjpe", "auc_20_50", "pl_raw_mm", "pl_corrected_mm", "accept_rate",
-          "refused_rate", "steps", "seconds")
+FIELDS = (
+    "row",
+    "title",
+    "mpjpe",
+    "pa_mpjpe",
+    "auc_20_50",
+    "pl_raw_mm",
+    "pl_corrected_mm",
+    "accept_rate",
+    "refused_rate",
+    "steps",
+    "seconds",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated, from {', '.join(TITLES)}")
     parser.add_argument("--quick", action="store_true", help="tiny world and a few steps (a smoke test)")
     parser.add_argument("--pretrain-steps", type=int, default=2000, help="source-only (and oracle) steps")
@@ -83,7 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--widths", default="16,32,64,128")
     parser.add_argument("--train-subjects", type=int, default=16)
     parser.add_argument("--test-subjects", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=64, help="frames per sequence (4 sequences per subject)")
+    parser.add_argument(
+        "--frames", type=int, default=64, help="frames per sequence (4 sequences per subject)"
+    )
     parser.add_argument("--eval-items", type=int, default=1024, help="test items scored (0: all)")
     parser.add_argument("--pl-batches", type=int, default=8, help="unlabelled batches of 64 scored per row")
     parser.add_argument("--target", default="real", choices=("real", "real_object"))
@@ -93,7 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help="disk cache of rendered SynthHands views")
     parser.add_argument("--work-dir", default="runs/semihand_ablation")
     parser.add_argument("--out", default="experiments/results/semihand_ablation")
-    parser.add_argument("--tag", default=None, help="file stem (default: semihand_ablation_<target>_seed<seed>)")
+    parser.add_argument(
+        "--tag", default=None, help="file stem (default: semihand_ablation_<target>_seed<seed>)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.pretrain_steps, args.finetune_steps = 20, 10
@@ -107,8 +124,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def synthhands(args: argparse.Namespace, split: str, style: str, subjects: int) -> SynthHands:
     return SynthHands(
-        split, style, image_size=64, num_subjects=subjects, frames_per_sequence=args.frames,
-        seed=args.seed, cache_dir=args.cache_dir,
+        split,
+        style,
+        image_size=64,
+        num_subjects=subjects,
+        frames_per_sequence=args.frames,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
     )
 
 
@@ -133,19 +155,38 @@ def datamodule(args: argparse.Namespace, labeled_style: str, fraction: float) ->
 def network(args: argparse.Namespace, **overrides: Any) -> SemiHandModule:
     widths = tuple(int(w) for w in args.widths.split(","))
     options: dict[str, Any] = dict(
-        backbone_widths=widths, backbone_blocks=(1,) * len(widths), decoder_channels=32, image_size=64,
-        use_consistency=False, use_pseudo_labels=False, use_correction=False, accept_fraction=args.accept_fraction,
-        ema_decay=0.99, lr=args.lr, warmup_steps=50, eval_network="teacher", pseudo_label_lifting="known",
+        backbone_widths=widths,
+        backbone_blocks=(1,) * len(widths),
+        decoder_channels=32,
+        image_size=64,
+        use_consistency=False,
+        use_pseudo_labels=False,
+        use_correction=False,
+        accept_fraction=args.accept_fraction,
+        ema_decay=0.99,
+        lr=args.lr,
+        warmup_steps=50,
+        eval_network="teacher",
+        pseudo_label_lifting="known",
     )
     options.update(overrides)
     return SemiHandModule(**options)
 
 
-def fit(args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule, steps: int, name: str) -> Path:
+def fit(
+    args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule, steps: int, name: str
+) -> Path:
     trainer = pl.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(args.work_dir, name=name),
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=25,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=pl.loggers.CSVLogger(args.work_dir, name=name),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=25,
     )
     trainer.fit(model, dm)
     path = Path(args.work_dir) / f"{name}.ckpt"
@@ -171,7 +212,9 @@ def test_scores(predict: Any, dm: SemiSupervisedDataModule) -> dict[str, float]:
 
 
 @torch.no_grad()
-def pseudo_label_scores(args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule) -> dict:
+def pseudo_label_scores(
+    args: argparse.Namespace, model: SemiHandModule, dm: SemiSupervisedDataModule
+) -> dict:
     """Pseudo-label error of ``model``'s teacher without / with correction (the default mean template)."""
     scorer = network(args, use_correction=True)
     scorer.load_state_dict(model.state_dict(), strict=False)
@@ -193,7 +236,9 @@ def run_row(args: argparse.Namespace, row: str) -> dict[str, Any]:
     if row == "mean_pose":
         dm = datamodule(args, "synthetic", 0.0)
         labeled = dm.labeled
-        joints = torch.stack([labeled[i]["joints3d"] for i in range(0, len(labeled), max(1, len(labeled) // 128))])
+        joints = torch.stack(
+            [labeled[i]["joints3d"] for i in range(0, len(labeled), max(1, len(labeled) // 128))]
+        )
         mean_pose = (joints - joints[:, :1]).mean(0)
         result.update(test_scores(lambda b: mean_pose.expand(b["image"].shape[0], -1, -1), dm))
     else:
@@ -212,7 +257,9 @@ def run_row(args: argparse.Namespace, row: str) -> dict[str, Any]:
             if not source.is_file():
                 raise SystemExit(f"row {row} needs the source_only row first ({source} missing)")
             dm = datamodule(args, "synthetic", 0.5)
-            model = network(args, init_checkpoint=str(source), lr=args.finetune_lr, warmup_steps=0, **SEMI[row])
+            model = network(
+                args, init_checkpoint=str(source), lr=args.finetune_lr, warmup_steps=0, **SEMI[row]
+            )
             fit(args, model, dm, args.finetune_steps, row)
             result["steps"] = args.finetune_steps
         model.eval()
@@ -277,7 +324,10 @@ def main(argv: list[str] | None = None) -> None:
                 writer.writeheader()
             writer.writerow(result)
         done[row] = {k: str(v) for k, v in result.items()}
-        print(f"{row}: " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("row", "title")), flush=True)
+        print(
+            f"{row}: " + ", ".join(f"{k}={v}" for k, v in result.items() if k not in ("row", "title")),
+            flush=True,
+        )
     write_markdown(args, done, out / f"{args.tag}.md")
     print((out / f"{args.tag}.md").read_text())
 

@@ -169,7 +169,14 @@ def test_gate_by_quantile_keeps_the_most_confident_fraction():
     assert gate(cost, accept_fraction=0.5).tolist() == [False, True, True, True, False, False]
     assert not gate(cost, accept_fraction=0.0).any() and gate(cost, accept_fraction=1.0).all()
     eligible = torch.tensor([True, False, True, True, True, True])  # the best one is refused
-    assert gate(cost, accept_fraction=0.5, eligible=eligible).tolist() == [False, False, True, True, True, False]
+    assert gate(cost, accept_fraction=0.5, eligible=eligible).tolist() == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
     assert gate(cost, threshold=0.5).tolist() == [False, True, True, True, False, False]
     with pytest.raises(ValueError, match="accept_fraction"):
         gate(cost, accept_fraction=1.5)
@@ -180,7 +187,9 @@ def _hands(n=32, seed=0):
     from handssl.biomech import bone_lengths
     from handssl.data.synthhands.motion import make_subject, sequence_joints
 
-    poses = [sequence_joints(seed, make_subject(seed, i), 0, list(range(0, 64, 64 * 8 // n))) for i in range(8)]
+    poses = [
+        sequence_joints(seed, make_subject(seed, i), 0, list(range(0, 64, 64 * 8 // n))) for i in range(8)
+    ]
     joints = torch.cat(poses)[:n].double()
     joints = joints - joints[:, 9:10] + torch.tensor([0.0, 0.0, 450.0], dtype=torch.float64)
     K = torch.tensor([[120.0, 0.0, 31.5], [0.0, 120.0, 31.5], [0.0, 0.0, 1.0]], dtype=torch.float64)

@@ -505,8 +505,11 @@ class SemiHandModule(BaseHandTask):
     def _labels_and_targets(
         self, unlabeled: dict[str, Any], want: dict[str, bool]
     ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
-        """Pseudo-label rows (``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted``,
-        ``refused``) and the consistency targets of an unlabelled batch, from the teacher or the round table."""
+        """Pseudo-labels and consistency targets of an unlabelled batch, from the teacher or the round table.
+
+        The pseudo-label rows hold ``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted`` and
+        ``refused``.
+        """
         if self.hparams.mode == "mean_teacher":
             labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
             self._stash(unlabeled, labels)

@@ -44,7 +44,11 @@ def label_unlabeled_set(
         The :class:`~handssl.models.components.pseudo_labels.PseudoLabels` fields plus ``index`` and, where
         the items carry annotations, ``error_raw_mm`` and ``error_final_mm``; ``None`` when there is nothing.
     """
-    if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader") or not datamodule.num_unlabeled:
+    if (
+        datamodule is None
+        or not hasattr(datamodule, "pseudo_label_dataloader")
+        or not datamodule.num_unlabeled
+    ):
         return None
     loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world_size)
     rows: dict[str, list[Tensor]] = {}

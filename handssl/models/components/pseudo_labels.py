@@ -250,7 +250,9 @@ class PseudoLabeler:
         if threshold is not None and threshold < 0:
             raise ValueError(f"threshold must be >= 0 (inf accepts every label), got {threshold}")
         if threshold is None and (accept_fraction is None or not 0.0 <= accept_fraction <= 1.0):
-            raise ValueError(f"accept_fraction must be in [0, 1] when threshold is None, got {accept_fraction}")
+            raise ValueError(
+                f"accept_fraction must be in [0, 1] when threshold is None, got {accept_fraction}"
+            )
         if use_correction and corrector is None:
             raise ValueError("use_correction=True needs a corrector (e.g. handssl.biomech.correct)")
         self.corrector = corrector
@@ -354,11 +356,15 @@ class PseudoLabeler:
         implausibility, mirrored = torch.zeros_like(root_depth_mm), no
         if self.use_correction:
             on_ray = self.ray_joints(uv_views)
-            uv_c, depth_c = self.correct_views(uv_views, depth_views, K, root_depth_mm, scale_mm, template, on_ray)
+            uv_c, depth_c = self.correct_views(
+                uv_views, depth_views, K, root_depth_mm, scale_mm, template, on_ray
+            )
             members_uv = torch.cat([uv_views, uv_c], 1)
             members_d = torch.cat([depth_views, depth_c], 1)
             uv_corrected, depth_corrected = uv_c.mean(1), depth_c.mean(1)
-            implausibility, mirrored = self._plausibility(uv_raw, depth_raw, K, root_depth_mm, scale_mm, template)
+            implausibility, mirrored = self._plausibility(
+                uv_raw, depth_raw, K, root_depth_mm, scale_mm, template
+            )
         else:
             members_uv, members_d = uv_views, depth_views
             uv_corrected, depth_corrected = uv_raw, depth_raw
