@@ -146,14 +146,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class _CountingIterator:
-    """Starts the loader's pass at the first ``next`` (after Lightning's ``set_epoch``) and counts batches."""
+class CountingIterator:
+    """Starts a resumable loader's pass at the first ``next`` (after Lightning's ``set_epoch``), counts batches.
+
+    Shared by :class:`ResumableDataLoader` and :class:`~handssl.data.multiview.ResumableBatchLoader`: the loader
+    provides ``_start_pass()`` and the ``_batches`` counter.
+    """
 
     def __init__(self, loader: ResumableDataLoader) -> None:
         self.loader = loader
         self.iterator: Iterator | None = None
 
-    def __iter__(self) -> _CountingIterator:
+    def __iter__(self) -> CountingIterator:
         return self
 
     def __len__(self) -> int:
@@ -184,8 +188,8 @@ class ResumableDataLoader(DataLoader):
     SynthHands' items do), since random draws inside worker processes are not saved.
     """
 
-    def __iter__(self) -> _CountingIterator:  # type: ignore[override]
-        return _CountingIterator(self)
+    def __iter__(self) -> CountingIterator:  # type: ignore[override]
+        return CountingIterator(self)
 
     def _start_pass(self) -> Iterator:
         sampler = self.sampler

@@ -44,7 +44,13 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from handssl.data.base import Sample
-from handssl.data.datamodules import HandDataModule, _rng_state, _set_rng_state, collate_samples
+from handssl.data.datamodules import (
+    CountingIterator,
+    HandDataModule,
+    _rng_state,
+    _set_rng_state,
+    collate_samples,
+)
 from handssl.geometry import relative_rotation
 from handssl.skeleton import NUM_JOINTS, ROOT
 
@@ -393,25 +399,6 @@ class LabeledShareBatchSampler(BatchSampler):
         )
 
 
-class _BatchCounter:
-    def __init__(self, loader: ResumableBatchLoader) -> None:
-        self.loader = loader
-        self.iterator: Iterator | None = None
-
-    def __iter__(self) -> _BatchCounter:
-        return self
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __next__(self) -> Any:
-        if self.iterator is None:
-            self.iterator = self.loader._start_pass()
-        batch = next(self.iterator)
-        self.loader._batches += 1
-        return batch
-
-
 class ResumableBatchLoader(DataLoader):
     """A DataLoader over a :class:`LabeledShareBatchSampler` whose position goes into Lightning checkpoints.
 
@@ -421,8 +408,8 @@ class ResumableBatchLoader(DataLoader):
     same batches, keys ``(index, labels_visible, epoch)`` unchanged.
     """
 
-    def __iter__(self) -> _BatchCounter:  # type: ignore[override]
-        return _BatchCounter(self)
+    def __iter__(self) -> CountingIterator:  # type: ignore[override]
+        return CountingIterator(self)
 
     def _start_pass(self) -> Iterator:
         sampler = self.batch_sampler
