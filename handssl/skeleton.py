@@ -55,8 +55,8 @@ MIDDLE_MCP = 9
 REFERENCE_BONE: tuple[int, int] = (9, 10)
 """Middle MCP -> PIP, the reference bone of the STB and FreiHAND protocols."""
 
-# Native index stored at each canonical slot (``canonical = native[MAP]``). See
-# shared/reference/datasets.md §0. Both RHD and STB maps are involutions.
+# Native index stored at each canonical slot (``canonical = native[MAP]``), from the datasets' own readers (RHD:
+# Zimmermann & Brox's hand3d; STB: the order of its released labels). Both maps are involutions.
 RHD_TO_CANONICAL: tuple[int, ...] = (0, 4, 3, 2, 1, 8, 7, 6, 5, 12, 11, 10, 9, 16, 15, 14, 13, 20, 19, 18, 17)
 """RHD per-hand order (wrist, then each finger tip->MCP) to canonical."""
 

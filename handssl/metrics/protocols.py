@@ -1,7 +1,7 @@
 """Named evaluation protocols: which joints, which alignment, which PCK grid, as one frozen record.
 
 Published numbers on the public hand benchmarks differ in root joint, alignment and threshold grid more than
-in anything else (see ``shared/reference/datasets.md`` §2, §3, §5, §7), so each protocol spells them out and
+in anything else (each protocol below cites the paper or code it follows), so each protocol spells them out and
 cites where it comes from. Change any field with :func:`get_protocol` overrides or ``dataclasses.replace``::
 
     protocol = get_protocol("stb", root_joint=9, reference_bone=(0, 9), auc_steps=15)  # Minimal-Hand's STB
