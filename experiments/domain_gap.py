@@ -343,7 +343,7 @@ def draw_figure(path: Path, args: argparse.Namespace) -> None:
         ax.set_title(style, fontsize=9, loc="left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
