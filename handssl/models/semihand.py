@@ -326,7 +326,8 @@ class SemiHandModule(BaseHandTask):
             scale = torch.where(ok, known_scale, scale)
         return root_depth, scale
 
-    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
+    def _lift_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
+        """The evaluation network's outputs on ``batch`` and its camera-frame 3D joints (mm)."""
         out = self.eval_model(batch["image"])
         root_depth, scale = self.lifting_params(
             out["uv"],
@@ -336,7 +337,10 @@ class SemiHandModule(BaseHandTask):
             batch.get("joints3d"),
             batch.get("valid"),
         )
-        joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        return out, lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+
+    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
+        _, joints = self._lift_batch(batch)
         return joints - joints[:, ROOT : ROOT + 1]
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -345,16 +349,7 @@ class SemiHandModule(BaseHandTask):
         ``joints3d`` and ``joints3d_camera`` in mm (the root depth as ``lifting`` gives it, with the batch's
         ``K``), ``joints2d`` in network input pixels, ``confidence`` the peak of each joint's heatmap in (0, 1].
         """
-        out = self.eval_model(batch["image"])
-        root_depth, scale = self.lifting_params(
-            out["uv"],
-            out["depth"],
-            batch["K"],
-            self.hparams.lifting,
-            batch.get("joints3d"),
-            batch.get("valid"),
-        )
-        joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        out, joints = self._lift_batch(batch)
         return {
             "joints3d": joints - joints[:, ROOT : ROOT + 1],
             "joints3d_camera": joints,
