@@ -30,6 +30,7 @@ __all__ = [
     "NUM_CAPSULES",
     "NUM_PRIMITIVES",
     "NUM_TRIANGLES",
+    "PALM_RADIUS",
     "PART_FINGER",
     "PART_FINGERTIP",
     "PART_FOREARM",
@@ -53,7 +54,7 @@ the nail), bare forearm skin, sleeve, a held object. Palm to forearm is skin (th
 # Radius of each finger's phalanges relative to Subject.finger_radius_mm (proximal, middle, distal).
 _FINGER_SCALE = {"index": 1.0, "middle": 1.02, "ring": 0.95, "pinky": 0.82}
 _PHALANX_SCALE = (1.0, 0.9, 0.8)
-_PALM_RADIUS = 1.35  # half-thickness of the palm slab, x finger radius
+PALM_RADIUS = 1.35  # half-thickness of the palm slab, x finger radius
 _WRIST_WIDTH = 0.5  # wrist-side palm anchors spread this fraction of the knuckle row's spread
 _FOREARM_LENGTH_MM = 55.0
 _SLEEVE_LENGTH_MM = 220.0
@@ -79,7 +80,7 @@ def _build_layout() -> tuple[list[tuple], list[int], list[tuple]]:
             capsules.append((("joint", p), ("joint", c), scale * s))
             parts.append(part)
     cmc, t_mcp, t_ip, t_tip = FINGERS["thumb"]
-    palm = _PALM_RADIUS
+    palm = PALM_RADIUS
     capsules += [
         (("joint", t_mcp), ("joint", t_ip), 1.08),
         (("joint", t_ip), ("joint", t_tip), 0.95),
@@ -230,7 +231,7 @@ def hand_shape(
         end=torch.stack(ends, 1),
         radius=radii,
         triangles=triangles,
-        triangle_radius=(radius * _PALM_RADIUS)[:, None].expand(n, NUM_TRIANGLES).clone(),
+        triangle_radius=(radius * PALM_RADIUS)[:, None].expand(n, NUM_TRIANGLES).clone(),
         dorsal=torch.stack(dorsals, 1),
     )
 

@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 
 from handssl.data.synthhands.appearance import STYLES, Appearance, ViewBatch
-from handssl.data.synthhands.render import PART_OBJECT, PART_SLEEVE, HandShape, hand_shape, raycast
+from handssl.data.synthhands.render import (
+    PALM_RADIUS,
+    PART_OBJECT,
+    PART_SLEEVE,
+    HandShape,
+    hand_shape,
+    raycast,
+)
 from handssl.data.synthhands.rig import Rig, make_rig
 from handssl.geometry import look_at_rotation, project, world_to_camera
 from handssl.skeleton import FINGERS, MIDDLE_MCP, NUM_JOINTS
@@ -258,7 +265,7 @@ class SynthHandsWorld:
         lateral = lateral / lateral.norm(dim=-1, keepdim=True)
         dorsal = torch.cross(lateral, forward, dim=-1)  # right hand: out of the back of the hand
         offset, angle, half_length, radius = (params[:, i : i + 1] for i in range(4))
-        palm_half_thickness = 1.35 * finger_radius[:, None]
+        palm_half_thickness = PALM_RADIUS * finger_radius[:, None]
         center = (wrist + middle) / 2.0 + offset * forward - (palm_half_thickness + radius + 2.0) * dorsal
         axis = torch.cos(angle) * lateral + torch.sin(angle) * forward
         return torch.cat([center - half_length * axis, center + half_length * axis, radius], 1)
