@@ -289,6 +289,11 @@ def gates(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_weights(module: NVSModule, path: Path) -> None:
+    """The trained module's weights and hyper-parameters (what ``experiments/ship_weights.py`` packs)."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -321,6 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny data, a few steps")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--work-dir", type=Path, default=None, help="checkpoints (default: runs/<name of --out>)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.stage2_minutes = None, None
@@ -328,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
         args.labeled_per_step, args.statistics_items = 2, 4
         args.out = args.out or Path("experiments/results/nvs_benchmark_quick")
     args.out = args.out or Path("experiments/results/nvs_benchmark")
+    args.work_dir = args.work_dir or Path("runs") / args.out.name
+    args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     store = Store(args.out)
@@ -353,13 +363,13 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "gradient_ratio.json").write_text(json.dumps(ratios, indent=1))
         print(json.dumps({"gradient_ratio": ratios}), flush=True)
 
-    stage1_path, stage1_json = args.out / "stage1.ckpt", args.out / "stage1.json"
+    stage1_path, stage1_json = args.work_dir / "stage1.ckpt", args.out / "stage1.json"
     if "pretrained" in args.regimes and not (stage1_path.exists() and stage1_json.exists()):
         module = NVSModule(regime="pretrained", stage=1, **common)
         clock, metrics = train(
             args, module, make_datamodule(args, data, 0, 0, 2 * L), args.minutes, args.steps
         )
-        torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, stage1_path)
+        save_weights(module, stage1_path)
         stage1 = {"steps": clock.steps, "wall_s": clock.train_s, "cpu_s": clock.cpu_s}
         stage1_json.write_text(json.dumps(stage1))
         store.add({"regime": "stage1", "subjects": 0, **stage1, "total_wall_s": clock.train_s, **metrics})
@@ -389,10 +399,6 @@ def main(argv: list[str] | None = None) -> None:
                 clock, metrics = train(
                     args, module, make_datamodule(args, data, k, L, L), args.minutes, args.steps
                 )
-                torch.save(
-                    {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)},
-                    args.out / f"semi_{k}.ckpt",
-                )
                 total = (clock.train_s, clock.cpu_s)
             else:
                 module = NVSModule(
@@ -407,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
                     offset_s=stage1["wall_s"],
                 )
                 total = (stage1["wall_s"] + clock.train_s, stage1["cpu_s"] + clock.cpu_s)
+            save_weights(module, args.work_dir / f"{regime}_{k}.ckpt")
             store.add(
                 {
                     "regime": regime,

@@ -106,19 +106,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget-min", type=float, default=None, help="start no row after this many minutes")
     parser.add_argument("--cache-dir", default=None, help="disk cache of rendered SynthHands views")
-    parser.add_argument("--work-dir", default="runs/semihand_ablation")
+    parser.add_argument(
+        "--work-dir", default=None, help="checkpoints and logs (default: runs/semihand_ablation/<tag>)"
+    )
     parser.add_argument("--out", default="experiments/results/semihand_ablation")
     parser.add_argument(
         "--tag", default=None, help="file stem (default: semihand_ablation_<target>_seed<seed>)"
     )
     args = parser.parse_args(argv)
+    args.tag = args.tag or f"semihand_ablation_{args.target}_seed{args.seed}"
+    args.work_dir = args.work_dir or str(Path("runs/semihand_ablation") / args.tag)
     if args.quick:
         args.pretrain_steps, args.finetune_steps = 20, 10
         args.train_subjects, args.test_subjects, args.frames = 1, 1, 16
         args.eval_items, args.pl_batches, args.batch_size = 32, 1, 16
         args.work_dir, args.out = args.work_dir + "_quick", args.out + "_quick"
     args.cache_dir = args.cache_dir or str(Path(args.work_dir) / "render_cache")
-    args.tag = args.tag or f"semihand_ablation_{args.target}_seed{args.seed}"
     return args
 
 
