@@ -1,0 +1,182 @@
+"""Pack benchmark checkpoints into the package's shipped weights (``handssl/pretrained/weights``).
+
+Every shipped network gets ``<name>.pt`` (class, hyper-parameters, state dict, extra state; optimizer state
+and paths to other checkpoints dropped) and ``<name>.json`` (this command, the commit, the benchmark command
+and row that trained it with its measured metrics, the file's SHA-256 and size). ``handssl.pretrained.load``
+reads them.
+
+    # SemiHand: the source-only, full and target-oracle rows of the ablation (synthetic -> real, seed 0)
+    python experiments/ship_weights.py semihand
+    # NVS: the semi and supervised rows at one labelled subject of the NVS benchmark
+    python experiments/ship_weights.py nvs
+
+Each file must stay under 10 MB (the network is refused otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from handssl.pretrained import MAX_BYTES, WEIGHTS_DIR, pack
+
+SEMIHAND = {
+    "source_only": "semihand-source-only-synthhands",
+    "full": "semihand-synthhands",
+    "oracle": "semihand-oracle-synthhands",
+}
+NVS = {"semi": "nvs-semi-synthhands", "supervised": "nvs-supervised-synthhands"}
+PATH_HPARAMS = ("init_checkpoint", "pretrained_checkpoint")
+
+
+def git_commit() -> str:
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.strip() + ("+dirty" if dirty else "")
+
+
+def last_commit(path: str | None) -> str | None:
+    """The commit that last changed ``path`` (the benchmark results the weights come with), if tracked."""
+    if not path:
+        return None
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%H", "--", path], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SystemExit(f"checkpoint not found: {path} (run the benchmark first; see --help)")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.pt"
+    torch.save(payload, weights)
+    size = weights.stat().st_size
+    if size > MAX_BYTES:
+        weights.unlink()
+        raise SystemExit(f"{name}: {size / 2**20:.1f} MB is over the 10 MB limit of shipped weights")
+    meta = {
+        "name": name,
+        **meta,
+        "ship_command": "python " + " ".join(sys.argv),
+        "commit": git_commit(),
+        "results_commit": last_commit(meta.get("results")),
+        "date": datetime.date.today().isoformat(),
+        "bytes": size,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
+    (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"{weights}: {size / 2**20:.2f} MB, metrics {meta.get('metrics')}")
+
+
+def hparams_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    hparams = dict(checkpoint["hyper_parameters"])
+    for key in PATH_HPARAMS:
+        if key in hparams:
+            hparams[key] = None
+    return hparams
+
+
+def ship_semihand(args: argparse.Namespace) -> None:
+    with open(args.results, newline="") as handle:
+        rows = {r["row"]: r for r in csv.DictReader(handle)}
+    for row, name in SEMIHAND.items():
+        if row not in rows:
+            raise SystemExit(f"{args.results} has no {row!r} row yet (run experiments/semihand_ablation.py)")
+        checkpoint = read_checkpoint(Path(args.run_dir) / f"{row}.ckpt")
+        extra = dict(checkpoint.get("semihand", {}))
+        extra["round_table"] = None  # per-item labels of the training set: not needed to predict
+        payload = pack(
+            "SemiHandModule", hparams_of(checkpoint), checkpoint["state_dict"], {"semihand": extra}
+        )
+        metrics = {k: float(rows[row][k]) for k in ("mpjpe", "pa_mpjpe", "auc_20_50") if rows[row].get(k)}
+        meta = {
+            "description": f"SemiHand ablation row {row!r}: {rows[row]['title']}",
+            "trained_by": args.trained_by,
+            "results": str(args.results),
+            "row": row,
+            "steps": int(rows[row]["steps"]),
+            "metrics": metrics,
+            "metrics_note": "real-style SynthHands v2 test subjects, wrist-relative mm, root depth and scale known",
+        }
+        write(name, payload, meta, Path(args.out))
+
+
+def ship_nvs(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    for regime, name in NVS.items():
+        found = [r for r in rows if r["regime"] == regime and r["subjects"] == args.subjects]
+        if not found:
+            raise SystemExit(f"{args.results} has no {regime} row at {args.subjects} subject(s) yet")
+        row = found[-1]
+        checkpoint = read_checkpoint(Path(args.run_dir) / f"{regime}_{args.subjects}.ckpt")
+        payload = pack("NVSModule", hparams_of(checkpoint), checkpoint["state_dict"], {})
+        keys = (
+            "n_mpjpe",
+            "mpjpe",
+            "pa_mpjpe",
+            "synthesis_l1_hand",
+            "copy_input_l1_hand",
+            "background_l1_hand",
+        )
+        meta = {
+            "description": f"NVS benchmark, {regime} at {args.subjects} labelled subject(s)",
+            "trained_by": args.trained_by,
+            "results": str(args.results),
+            "steps": row.get("steps"),
+            "wall_s": row.get("wall_s"),
+            "metrics": {k: row[k] for k in keys if k in row},
+            "metrics_note": "SynthHands v2 test subjects, mm; hand-pixel L1 of synthesized views",
+        }
+        write(name, payload, meta, Path(args.out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("method", choices=("semihand", "nvs"))
+    parser.add_argument("--run-dir", default=None, help="the benchmark's checkpoint folder")
+    parser.add_argument("--results", default=None, help="the benchmark's results (CSV / rows.jsonl)")
+    parser.add_argument("--subjects", type=int, default=1, help="nvs: labelled subjects of the shipped rows")
+    parser.add_argument("--trained-by", default=None, help="the benchmark command that trained them")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR))
+    args = parser.parse_args(argv)
+    if args.method == "semihand":
+        args.run_dir = args.run_dir or "runs/semihand_ablation/semihand_ablation_real_seed0"
+        args.results = (
+            args.results or "experiments/results/semihand_ablation/semihand_ablation_real_seed0.csv"
+        )
+        args.trained_by = (
+            args.trained_by or "python experiments/semihand_ablation.py --cache-dir runs/synthhands_cache"
+        )
+        ship_semihand(args)
+    else:
+        args.run_dir = args.run_dir or "runs/nvs_benchmark"
+        args.results = args.results or "experiments/results/nvs_benchmark/rows.jsonl"
+        args.trained_by = args.trained_by or (
+            "python experiments/nvs_benchmark.py --subjects 1 2 --minutes 24 --stage2-minutes 4 --threads 2"
+        )
+        ship_nvs(args)
+
+
+if __name__ == "__main__":
+    main()
