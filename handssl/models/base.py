@@ -16,6 +16,8 @@ e.g. ``test/stb/auc``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -24,6 +26,24 @@ from torch import Tensor, nn
 
 from handssl.metrics import MPJPE, NMPJPE, PAMPJPE, ProtocolMetric, get_protocol
 from handssl.skeleton import ROOT
+
+COMPILE_BACKENDS = ("inductor", "aot_eager")
+"""``torch.compile`` backends a task accepts (``compile_backend``)."""
+
+
+def to_float(value: Any) -> Any:
+    """``value`` with every floating-point tensor (also inside dicts, lists and tuples) cast to float32.
+
+    Network outputs computed under ``bf16-mixed`` / ``16-mixed`` autocast are half precision; the losses and
+    the geometry after them should not be.
+    """
+    if isinstance(value, Tensor):
+        return value.float() if value.is_floating_point() and value.dtype != torch.float64 else value
+    if isinstance(value, dict):
+        return {key: to_float(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_float(item) for item in value)
+    return value
 
 
 class NonFiniteError(FloatingPointError):
@@ -86,6 +106,13 @@ class BaseHandTask(pl.LightningModule):
         scheduler: ``"cosine"`` (decay to 1% over the run, after a linear warm-up) or ``"none"``.
         warmup_steps: Linear warm-up steps of the cosine schedule.
         eval_protocol: Name of the evaluation protocol (see :mod:`handssl.metrics.protocols`).
+        channels_last: Keep the convolution weights (and so the feature maps) in ``torch.channels_last``
+            memory format: faster convolutions with ``bf16-mixed`` on tensor-core GPUs and with oneDNN on CPUs.
+        compile: Compile the networks (:meth:`compile_targets`) with ``torch.compile`` in place; the
+            state dict keeps its keys. The first steps are slow while the graphs compile.
+        compile_backend: ``torch.compile`` backend: ``"inductor"`` (generated kernels, the fast one) or
+            ``"aot_eager"`` (traces forward and backward without code generation; checks that a model
+            compiles, quickly).
     """
 
     monitor = "val/mpjpe"
@@ -98,16 +125,26 @@ class BaseHandTask(pl.LightningModule):
         scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         super().__init__()
         if scheduler not in ("cosine", "none"):
             raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
+        if compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
         self.save_hyperparameters()
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if compile:
+            for module in self.compile_targets():
+                module.compile(backend=compile_backend)
 
     # ----------------------------------------------------------------------------------------- hooks
     def configure_models(self) -> None:
@@ -137,6 +174,22 @@ class BaseHandTask(pl.LightningModule):
         """Root-relative 3D joints ``(B, 21, 3)`` in mm, in the camera frame of ``batch['image']``."""
         raise NotImplementedError
 
+    def compile_targets(self) -> list[nn.Module]:
+        """The networks that ``compile=True`` compiles (override; default: none, so ``compile`` is refused)."""
+        raise ValueError(f"{type(self).__name__} names no networks to compile (override compile_targets)")
+
+    # ------------------------------------------------------------------------------ mixed precision
+    @contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Turn autocast off: losses, lifting and geometry run in float32 inside a ``*-mixed`` step.
+
+        Under ``bf16-mixed`` every matrix product would otherwise run in bfloat16 (8 bits of mantissa: 0.5 px at
+        64 px, 2 mm at 500 mm depth), and some linear algebra (``det``, ``svd``) has no bfloat16 kernel.
+        Tensors coming out of autocast regions must be cast with :func:`to_float` first.
+        """
+        with torch.autocast(self.device.type, enabled=False):
+            yield
+
     # ------------------------------------------------------------------------------------ evaluation
     def evaluation_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Prediction, camera-frame target and validity for evaluation; override for multi-view batches."""
@@ -145,13 +198,15 @@ class BaseHandTask(pl.LightningModule):
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         check_batch(batch, f"{stage} batch")
         pred, target, valid = self.evaluation_batch(batch)
+        pred, target = to_float(pred), to_float(target)
         root_valid = valid[:, ROOT : ROOT + 1]
         target_rel = target - target[:, ROOT : ROOT + 1]
         rel_valid = valid & root_valid
         metrics = self.eval_metrics[stage]
-        for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
-            metrics[name].update(pred, target_rel, rel_valid)
-        metrics["protocol"].update(pred, target, valid)
+        with self.full_precision():  # Procrustes alignment: SVD, no bfloat16 kernel
+            for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
+                metrics[name].update(pred, target_rel, rel_valid)
+            metrics["protocol"].update(pred, target, valid)
         batch_size = pred.shape[0]
         for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
             self.log(f"{stage}/{name}", metrics[name], batch_size=batch_size, prog_bar=name == "mpjpe")

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from handssl.data.multiview import MultiViewDataModule
-from handssl.models.base import BaseHandTask, check_batch
+from handssl.models.base import BaseHandTask, check_batch, to_float
 from handssl.models.components.losses import per_image_l1
 from handssl.models.components.nvs import (
     NVSDecoder,
@@ -132,6 +132,9 @@ class NVSModule(BaseHandTask):
         scheduler: ``"none"`` (constant, as Rhodin et al.) or ``"cosine"``.
         warmup_steps: Linear warm-up steps of the cosine schedule.
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
+        channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
+        compile: Compile encoder, decoder and pose head with ``torch.compile`` (see :class:`BaseHandTask`).
+        compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
     def __init__(
@@ -169,6 +172,9 @@ class NVSModule(BaseHandTask):
         scheduler: Literal["cosine", "none"] = "none",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         if regime not in REGIMES:
             raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
@@ -195,6 +201,9 @@ class NVSModule(BaseHandTask):
             scheduler=scheduler,
             warmup_steps=warmup_steps,
             eval_protocol=eval_protocol,
+            channels_last=channels_last,
+            compile=compile,
+            compile_backend=compile_backend,
         )
 
     # --------------------------------------------------------------------------------- regime flags
@@ -245,6 +254,13 @@ class NVSModule(BaseHandTask):
         for module in self.frozen_modules:
             module.requires_grad_(False)
             module.eval()
+
+    def compile_targets(self) -> list[nn.Module]:
+        """Encoder, the decoder's parts (training calls ``decoder.layers``, not its ``forward``), pose head."""
+        targets: list[nn.Module] = [self.encoder, self.pose_head]
+        if self.decoder is not None:
+            targets += [self.decoder.from_latent, self.decoder.up, self.decoder.to_output]
+        return targets
 
     def configure_losses(self) -> None:
         hp = self.hparams
@@ -359,7 +375,7 @@ class NVSModule(BaseHandTask):
             appearance = self.encoder(appearance_image)[1]
         if background is None:
             background = torch.full_like(image, 0.5)
-        foreground, mask = decoder.layers(rotate_points(points, R), appearance)
+        foreground, mask = to_float(decoder.layers(rotate_points(points, R), appearance))
         out = composite(foreground, mask, background)
         if return_layers:
             return {"image": out, "foreground": foreground, "mask": mask}
@@ -384,7 +400,7 @@ class NVSModule(BaseHandTask):
                 "the pose head has no training statistics yet: train it (supervised, semi or pretrained stage 2)"
             )
         points, _ = self.encoder(image)
-        return self.pose_head.to_joints(self.pose_head(points))
+        return self.pose_head.to_joints(self.pose_head(points).float())
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         return self.predict_pose(batch["image"])
@@ -465,9 +481,10 @@ class NVSModule(BaseHandTask):
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
     ) -> dict[str, Tensor]:
         rows = self.synthesis_rows(batch, encoded)
-        foreground, mask = self._require_decoder().layers(rows["points"], rows["appearance"])
-        rendered = composite(foreground, mask, rows["background"])
-        terms = self.reconstruction(rendered, mask, rows["target"], rows["background"])
+        foreground, mask = to_float(self._require_decoder().layers(rows["points"], rows["appearance"]))
+        with self.full_precision():  # the perceptual network, when there is one, runs in float32 too
+            rendered = composite(foreground, mask, rows["background"])
+            terms = self.reconstruction(rendered, mask, rows["target"], rows["background"])
         terms["synthesis"] = terms.pop("loss")
         return terms
 
@@ -488,7 +505,9 @@ class NVSModule(BaseHandTask):
             targets.append(self.pose_head.normalize(joints - joints[:, ROOT : ROOT + 1]))
             valids.append(valid)
         # The head runs on every image (BatchNorm statistics over the whole batch); only labeled ones count.
-        return masked_mse(self.pose_head(torch.cat(points)), torch.cat(targets), torch.cat(valids))
+        pred = self.pose_head(torch.cat(points)).float()
+        with self.full_precision():
+            return masked_mse(pred, torch.cat(targets), torch.cat(valids))
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms of one training step and their weighted sum under ``"loss"``."""

@@ -43,7 +43,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from handssl.models.base import BaseHandTask
+from handssl.models.base import BaseHandTask, to_float
 from handssl.models.components.consistency import (
     capsule_radii,
     cross_modal_loss,
@@ -149,6 +149,9 @@ class SemiHandModule(BaseHandTask):
         scheduler: ``"cosine"`` or ``"none"``.
         warmup_steps: Linear warm-up steps.
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
+        channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
+        compile: Compile the student (and the teacher) with ``torch.compile`` (see :class:`BaseHandTask`).
+        compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
     def __init__(
@@ -195,6 +198,9 @@ class SemiHandModule(BaseHandTask):
         scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -217,6 +223,9 @@ class SemiHandModule(BaseHandTask):
             scheduler=scheduler,
             warmup_steps=warmup_steps,
             eval_protocol=eval_protocol,
+            channels_last=channels_last,
+            compile=compile,
+            compile_backend=compile_backend,
         )
         self.round_table: dict[str, Tensor] | None = None
         self.rounds_done = 0
@@ -254,6 +263,10 @@ class SemiHandModule(BaseHandTask):
             max_correction_mm=hp.max_correction_mm,
             mirror_check=hp.mirror_check,
         )
+
+    def compile_targets(self) -> list[torch.nn.Module]:
+        """The student and the teacher's network (the teacher's forward is no-grad and in eval mode)."""
+        return [self.student] + ([self.teacher.module] if self.teacher is not None else [])
 
     def setup(self, stage: str) -> None:
         """Load ``init_checkpoint`` into the network (and the teacher) once, when fitting starts.
@@ -328,16 +341,18 @@ class SemiHandModule(BaseHandTask):
 
     def _lift_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
         """The evaluation network's outputs on ``batch`` and its camera-frame 3D joints (mm)."""
-        out = self.eval_model(batch["image"])
-        root_depth, scale = self.lifting_params(
-            out["uv"],
-            out["depth"],
-            batch["K"],
-            self.hparams.lifting,
-            batch.get("joints3d"),
-            batch.get("valid"),
-        )
-        return out, lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        out = to_float(self.eval_model(batch["image"]))
+        with self.full_precision():
+            root_depth, scale = self.lifting_params(
+                out["uv"],
+                out["depth"],
+                batch["K"],
+                self.hparams.lifting,
+                batch.get("joints3d"),
+                batch.get("valid"),
+            )
+            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+        return out, joints
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         _, joints = self._lift_batch(batch)
@@ -390,21 +405,23 @@ class SemiHandModule(BaseHandTask):
                 out = network(torch.cat([image, perturbed.flatten(0, 1)]))
         else:
             out = network(torch.cat([image, perturbed.flatten(0, 1)]))
-        uv, depth = out["uv"], out["depth"]
-        uv_views = torch.cat(
-            [uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), batch["perturb_matrix"])], 1
-        )
-        depth_views = torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
-        root_depth, scale = self.lifting_params(
-            uv_views.mean(1),
-            depth_views.mean(1),
-            batch["K"],
-            self.hparams.pseudo_label_lifting,
-            batch.get("eval_joints3d"),
-            batch.get("eval_valid"),
-        )
-        template = self.correction_template(batch, scale)
-        labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale, template)
+        out = to_float(out)
+        with self.full_precision():  # lifting and correction (SVD, det) in float32
+            uv, depth = out["uv"], out["depth"]
+            uv_views = torch.cat(
+                [uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), batch["perturb_matrix"])], 1
+            )
+            depth_views = torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
+            root_depth, scale = self.lifting_params(
+                uv_views.mean(1),
+                depth_views.mean(1),
+                batch["K"],
+                self.hparams.pseudo_label_lifting,
+                batch.get("eval_joints3d"),
+                batch.get("eval_valid"),
+            )
+            template = self.correction_template(batch, scale)
+            labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale, template)
         first = {"uv": uv[:b], "depth": depth[:b], "mask_prob": torch.sigmoid(out["mask_logits"][:b])}
         return labels, first
 
@@ -475,7 +492,8 @@ class SemiHandModule(BaseHandTask):
         parts: dict[str, Tensor] = {}
         if labeled is not None:
             parts["labeled"] = labeled["image"]
-            self.template.update(labeled["joints3d"], labeled.get("valid"))
+            with self.full_precision():
+                self.template.update(labeled["joints3d"], labeled.get("valid"))
         if want["pseudo_label"] or want["correction"]:
             parts["strong"] = unlabeled["image_strong"]
         if want["consistency"]:
@@ -489,7 +507,8 @@ class SemiHandModule(BaseHandTask):
         losses: dict[str, Tensor] = {}
         total = merged["uv"].new_zeros(())
         if labeled is not None:
-            sup = self.supervised_losses(outs["labeled"], labeled)
+            with self.full_precision():
+                sup = self.supervised_losses(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
         if any(want.values()):
@@ -508,7 +527,8 @@ class SemiHandModule(BaseHandTask):
         if self.hparams.mode == "mean_teacher":
             labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
             self._stash(unlabeled, labels)
-            self._log_pseudo_label_stats(labels, unlabeled)
+            with self.full_precision():
+                self._log_pseudo_label_stats(labels, unlabeled)
             return labels.to_dict(), target
         rows = target = None
         if want["pseudo_label"] or want["correction"]:
@@ -528,9 +548,22 @@ class SemiHandModule(BaseHandTask):
         losses: dict[str, Tensor],
         want: dict[str, bool],
     ) -> Tensor:
-        hp = self.hparams
         total = outs[next(iter(outs))]["uv"].new_zeros(())
         rows, target = self._labels_and_targets(unlabeled, want)
+        with self.full_precision():
+            return self._unsupervised_terms(outs, unlabeled, losses, want, rows, target, total)
+
+    def _unsupervised_terms(
+        self,
+        outs: dict[str, dict[str, Tensor]],
+        unlabeled: dict[str, Any],
+        losses: dict[str, Tensor],
+        want: dict[str, bool],
+        rows: dict[str, Tensor] | None,
+        target: dict[str, Tensor] | None,
+        total: Tensor,
+    ) -> Tensor:
+        hp = self.hparams
         label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
             outs["strong"]["uv"],
             outs["strong"]["depth"],

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from handssl.models.base import BaseHandTask, check_batch, valid_joints
+from handssl.models.base import BaseHandTask, check_batch, to_float, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
 from handssl.skeleton import ROOT
@@ -36,6 +36,9 @@ class SupervisedModule(BaseHandTask):
         scheduler: ``"cosine"`` or ``"none"``.
         warmup_steps: Linear warm-up steps.
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
+        channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
+        compile: Compile backbone and head with ``torch.compile`` (see :class:`BaseHandTask`).
+        compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
     def __init__(
@@ -51,6 +54,9 @@ class SupervisedModule(BaseHandTask):
         scheduler: Literal["cosine", "none"] = "cosine",
         warmup_steps: int = 50,
         eval_protocol: str = "synthhands",
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         super().__init__(
             lr=lr,
@@ -58,6 +64,9 @@ class SupervisedModule(BaseHandTask):
             scheduler=scheduler,
             warmup_steps=warmup_steps,
             eval_protocol=eval_protocol,
+            channels_last=channels_last,
+            compile=compile,
+            compile_backend=compile_backend,
         )
 
     def configure_models(self) -> None:
@@ -68,10 +77,13 @@ class SupervisedModule(BaseHandTask):
             self.backbone.out_channels, hp.head_hidden, hp.dropout, hp.joint_scale_mm
         )
 
+    def compile_targets(self) -> list[nn.Module]:
+        return [self.backbone, self.head]
+
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, 3, H, W)`` image to ``(joints3d_rel (B, 21, 3) mm, joints2d (B, 21, 2) px)``."""
-        joints3d, joints2d_unit = self.head(self.pool(self.backbone(image)))
-        size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=image.dtype, device=image.device)
+        """``(B, 3, H, W)`` image to ``(joints3d_rel (B, 21, 3) mm, joints2d (B, 21, 2) px)``, float32."""
+        joints3d, joints2d_unit = to_float(self.head(self.pool(self.backbone(image))))
+        size = torch.tensor([image.shape[-1], image.shape[-2]], dtype=torch.float32, device=image.device)
         return joints3d, joints2d_unit * size - 0.5
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
@@ -91,9 +103,10 @@ class SupervisedModule(BaseHandTask):
         valid3d = valid3d & valid3d[:, ROOT : ROOT + 1]
         scale = self.hparams.joint_scale_mm
         side = float(image.shape[-1])
-        losses = {
-            "loss_3d": masked_l1(pred3d / scale, target3d / scale, valid3d),
-            "loss_2d": masked_l1(pred2d / side, batch["joints2d"] / side, valid),
-        }
+        with self.full_precision():
+            losses = {
+                "loss_3d": masked_l1(pred3d / scale, target3d / scale, valid3d),
+                "loss_2d": masked_l1(pred2d / side, batch["joints2d"] / side, valid),
+            }
         losses["loss"] = losses["loss_3d"] + self.hparams.loss_2d_weight * losses["loss_2d"]
         return self.log_losses(losses, batch_size=image.shape[0])

@@ -69,7 +69,7 @@ class JointRegressionHead(nn.Module):
 
     def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(joints3d_rel (B, 21, 3) mm, joints2d_unit (B, 21, 2) in [0, 1] image units)``."""
-        out = self.mlp(features)
+        out = self.mlp(features).float()  # float32 outputs under mixed precision
         joints3d = out[:, : NUM_JOINTS * 3].view(-1, NUM_JOINTS, 3) * self.joint_scale_mm
         joints2d = out[:, NUM_JOINTS * 3 :].view(-1, NUM_JOINTS, 2) + 0.5
         return joints3d, joints2d

@@ -146,9 +146,12 @@ class Pose25DNet(nn.Module):
             x = smooth(x + lateral(skip))
         x = self.head(x)
         stride = image.shape[-1] // x.shape[-1]
-        uv, probs = soft_argmax_2d(self.heatmap(x), self.beta, stride)
-        depth = (self.depth(x) * probs).flatten(2).sum(-1)
+        # The heads' outputs in float32 (they are half precision under mixed-precision autocast): the
+        # soft-argmax needs float32 to place a joint to a fraction of a pixel.
+        uv, probs = soft_argmax_2d(self.heatmap(x).float(), self.beta, stride)
+        depth = (self.depth(x).float() * probs).flatten(2).sum(-1)
         mask_logits = F.interpolate(self.mask(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        mask_logits = mask_logits.float()
         return {"uv": uv, "depth": depth, "mask_logits": mask_logits, "heatmaps": probs}
 
 
