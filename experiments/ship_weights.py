@@ -75,6 +75,8 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
         raise SystemExit(f"{name}: {size / 2**20:.1f} MB is over the 10 MB limit of shipped weights")
     meta = {
         "name": name,
+        "class": payload["class"],
+        "image_size": payload["hparams"].get("image_size"),
         **meta,
         "ship_command": "python " + " ".join(sys.argv),
         "commit": git_commit(),
