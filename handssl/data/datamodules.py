@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence, Sized
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,6 +19,9 @@ from torch.utils.data._utils.collate import default_collate
 
 from handssl.data.base import Sample, Transform
 from handssl.data.transforms import CropResize
+
+RENDER_ON = ("workers", "device")
+"""Where a DataModule's SynthHands training set is rendered (``render_on``)."""
 
 
 def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
@@ -257,6 +260,25 @@ class HandDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self._deferred: Any = None  # DeferredRendering of the training set with render_on="device"
+
+    def _deferred_training_set(self, dataset: Dataset, render_on: str) -> Dataset:
+        """``dataset`` itself, or its render requests (rendered in :meth:`on_after_batch_transfer`)."""
+        if render_on == "workers":
+            self._deferred = None
+            return dataset
+        from handssl.data.synthhands.deferred import DeferredRendering
+
+        self._deferred = DeferredRendering(dataset, collate_samples)
+        return self._deferred
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Render a batch of SynthHands render requests on its device (``render_on="device"``)."""
+        from handssl.data.synthhands.deferred import RENDER_REQUEST
+
+        if self._deferred is not None and isinstance(batch, dict) and RENDER_REQUEST in batch:
+            return self._deferred.render(batch)
+        return batch
 
     def _dataloader(
         self,
@@ -310,6 +332,9 @@ class SupervisedDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of the shuffling order.
+        render_on: Where a SynthHands training set is rendered: ``"workers"`` (in the DataLoader, cached;
+            the default) or ``"device"`` (the loader yields render requests and the whole batch is ray-cast
+            on the training device in ``on_after_batch_transfer``, uncached; the same pixels).
     """
 
     def __init__(
@@ -324,8 +349,12 @@ class SupervisedDataModule(HandDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        render_on: Literal["workers", "device"] = "workers",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        if render_on not in RENDER_ON:
+            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
+        self.render_on = render_on
         self.transform = CropResize(image_size, crop_margin)
         self.image_size = image_size
         if train is None and val is None and test is None and predict is None:
@@ -342,7 +371,8 @@ class SupervisedDataModule(HandDataModule):
         return TransformedDataset(dataset, self.transform)
 
     def train_dataloader(self) -> DataLoader:
-        return self._dataloader(self._split("train"), shuffle=True, drop_last=True)
+        train = self._deferred_training_set(self._split("train"), self.render_on)
+        return self._dataloader(train, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.datasets["val"] is None:

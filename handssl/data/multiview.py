@@ -45,6 +45,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from handssl.data.base import Sample
 from handssl.data.datamodules import (
+    RENDER_ON,
     CountingIterator,
     HandDataModule,
     _rng_state,
@@ -483,6 +484,9 @@ class MultiViewDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of the labeled subset, the shuffling and the labeled draws.
+        render_on: Where a SynthHands training set is rendered: ``"workers"`` (in the DataLoader, cached;
+            the default) or ``"device"`` (render requests, ray-cast on the training device in
+            ``on_after_batch_transfer``, uncached; the same pixels).
     """
 
     def __init__(
@@ -501,8 +505,12 @@ class MultiViewDataModule(HandDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        render_on: Literal["workers", "device"] = "workers",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        if render_on not in RENDER_ON:
+            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
+        self.render_on = render_on
         if not 0.0 <= labeled_share <= 1.0:
             raise ValueError(f"labeled_share must be in [0, 1], got {labeled_share}")
         self.labeled_per_batch = round(labeled_share * batch_size)
@@ -606,7 +614,7 @@ class MultiViewDataModule(HandDataModule):
             seed=self.seed,
         )
         return ResumableBatchLoader(
-            pairs,
+            self._deferred_training_set(pairs, self.render_on),
             batch_sampler=batch_sampler,
             generator=torch.Generator().manual_seed(self.seed),  # iterating must not draw from the global one
             num_workers=self.num_workers,

@@ -207,6 +207,7 @@ class SynthHandsBase(HandDataset):
         self.seed = self.world.seed
         self.world.share_sequences([(a, q) for a in self.subjects for q in range(self.sequences_per_subject)])
         self._store: _SharedStore | _LRUStore | None = None  # subclasses call _make_store() when set up
+        self.render_device: torch.device | None = None  # set by handssl.data.synthhands.deferred only
         self.cache_dir: Path | None = None
         if cache_dir is not None:
             digest = hashlib.sha1(json.dumps(self.world.config(), sort_keys=True).encode()).hexdigest()[:16]
@@ -357,8 +358,20 @@ class SynthHandsBase(HandDataset):
         Keys are indices or ``(index, epoch)`` pairs (see :meth:`__getitem__`).
         """
         items = [self._parse_key(key) for key in keys]
-        records = self._records([k for index, epoch in items for k in self.view_keys(index, epoch)])
+        view_keys = [k for index, epoch in items for k in self.view_keys(index, epoch)]
+        if self.render_device is not None:  # in the training step, on its device (see .deferred)
+            views = self._render_views(view_keys, self.render_device)
+            return [self._finish(sample) for sample in self._assemble_views(items, views)]
+        records = self._records(view_keys)
         return [self._finish(sample) for sample in self._assemble(items, records)]
+
+    def _render_views(self, keys: Sequence[ViewKey], device: torch.device) -> dict[str, Tensor]:
+        """Sample tensors of ``keys`` rendered together on ``device``, uncached (as :meth:`_stack_views`)."""
+        rendered = self.world.render(*zip(*keys), device=device)
+        n = len(keys)
+        geometry = torch.cat([rendered[name].reshape(n, -1) for name, _ in _GEOMETRY], 1).to(device)
+        fields = {name: rendered[name] for name in ("image", "background", "label", "depth")}
+        return self._views_from_fields({**fields, "geometry": geometry})
 
     def _finish(self, sample: Sample) -> Sample:
         """What :meth:`HandDataset.__getitem__` does after ``load_sample`` (mirroring, transform)."""
@@ -369,26 +382,38 @@ class SynthHandsBase(HandDataset):
         return sample
 
     def _assemble(self, items: list[tuple[int, int]], records: list[dict[str, Tensor]]) -> list[Sample]:
+        return self._assemble_views(items, self._stack_views(records))
+
+    def _assemble_views(self, items: list[tuple[int, int]], views: dict[str, Tensor]) -> list[Sample]:
+        """The samples of ``items`` from the stacked tensors of their views (in ``view_keys`` order)."""
         raise NotImplementedError
 
     def _stack_views(self, records: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Sample tensors of many views at once (fresh tensors, never views of the cache), ``(N, ...)``."""
-        n = len(records)
-        geometry = torch.stack([r["geometry"] for r in records])
+        return self._views_from_fields({name: torch.stack([r[name] for r in records]) for name in records[0]})
+
+    def _views_from_fields(self, fields: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Sample tensors ``(N, ...)`` from stacked record fields (``image``, ``label``, ... ``geometry``).
+
+        The one conversion of the cached (worker) path and of the rendering on the training device, on
+        whatever device the fields are.
+        """
+        geometry = fields["geometry"]
+        n = geometry.shape[0]
         out = {
-            "image": torch.stack([r["image"] for r in records]).to(torch.float32) / 255.0,
-            "valid": torch.ones(n, NUM_JOINTS, dtype=torch.bool),
+            "image": fields["image"].to(torch.float32) / 255.0,
+            "valid": torch.ones(n, NUM_JOINTS, dtype=torch.bool, device=geometry.device),
         }
         if "mask" in self.extra_keys or "hand_mask" in self.extra_keys:
-            label = torch.stack([r["label"] for r in records]).unsqueeze(1)
+            label = fields["label"].unsqueeze(1)
             if "mask" in self.extra_keys:
                 out["mask"] = ((label == LABEL_HAND) | (label == LABEL_SLEEVE)).to(torch.float32)
             if "hand_mask" in self.extra_keys:
                 out["hand_mask"] = (label == LABEL_HAND).to(torch.float32)
         if "depth" in self.extra_keys:
-            out["depth"] = torch.stack([r["depth"] for r in records]).unsqueeze(1)
+            out["depth"] = fields["depth"].unsqueeze(1)
         if "background" in self.extra_keys:
-            out["background"] = torch.stack([r["background"] for r in records]).to(torch.float32) / 255.0
+            out["background"] = fields["background"].to(torch.float32) / 255.0
         start = 0
         for name, shape in _GEOMETRY:
             size = math.prod(shape)

@@ -188,9 +188,8 @@ class SynthHandsMultiView(SynthHandsBase):
     def _views_used(self) -> int:
         return self.num_frames * self.num_cameras
 
-    def _assemble(self, items: list[tuple[int, int]], records: list[dict[str, Tensor]]) -> list[Sample]:
+    def _assemble_views(self, items: list[tuple[int, int]], stacked: dict[str, Tensor]) -> list[Sample]:
         v, n = self.num_views, len(items)
-        stacked = self._stack_views(records)
         second = {
             key: stacked[key].view(n, 2 * v, *stacked[key].shape[1:])[:, v:] for key in ("image", "joints3d")
         }

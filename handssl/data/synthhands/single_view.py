@@ -136,8 +136,7 @@ class SynthHands(SynthHandsBase):
     def _views_used(self) -> int:
         return len(self)
 
-    def _assemble(self, items: list[tuple[int, int]], records: list[dict[str, Tensor]]) -> list[Sample]:
-        stacked = self._stack_views(records)
+    def _assemble_views(self, items: list[tuple[int, int]], stacked: dict[str, Tensor]) -> list[Sample]:
         samples = []
         for row, (index, _) in enumerate(items):
             subject, sequence, frame, camera = self.view_keys(index)[0]

@@ -276,11 +276,21 @@ class SynthHandsWorld:
         sequences: Sequence[int],
         frames: Sequence[int],
         cameras: Sequence[int],
+        device: str | torch.device | None = None,
     ) -> dict[str, Tensor]:
         """Render ``N`` views at once (the four sequences give one view each).
 
+        Args:
+            subjects: Global subject index of every view.
+            sequences: Sequence of every view.
+            frames: Frame of every view.
+            cameras: Rig camera of every view.
+            device: Ray-cast and shade there and return the pixels (``image``, ``background``, ``label``,
+                ``depth``) there; ``None``: on the world's ``device``, pixels returned on the CPU. The
+                geometry is computed and returned on the CPU either way (float64 maths, then float32).
+
         Returns:
-            A dict of CPU tensors: ``image`` and ``background`` ``(N, 3, S, S)`` uint8, ``label`` ``(N, S, S)``
+            A dict of tensors: ``image`` and ``background`` ``(N, 3, S, S)`` uint8, ``label`` ``(N, S, S)``
             uint8 (0 background, 1 hand skin, 2 sleeve), ``depth`` ``(N, S, S)`` float32 mm (0 on the
             background), ``K``, ``R`` ``(N, 3, 3)``, ``t`` ``(N, 3)`` of the crop cameras (world -> crop),
             ``R_rot`` ``(N, 3, 3)`` (rig camera -> crop camera), ``joints3d`` (crop frame),
@@ -331,16 +341,21 @@ class SynthHandsWorld:
         )
         # Small groups keep every temporary in cache (results do not depend on the grouping).
         group = self.group_size
+        target = self.device if device is None else torch.device(device)
+        if device is not None and target.type != self.device.type:
+            group = max(1, 2**18 // s**2) if target.type == "cpu" else 1024
+        keep = device is not None
         parts = []
         for first in range(0, n, group):
             rows = slice(first, first + group)
             shape_g = HandShape(**{k: v[rows] for k, v in vars(shape).items()})
             views_g = ViewBatch(**{k: v[rows] for k, v in vars(views).items()})
-            hits = raycast(shape_g.to(device=self.device), crop.K[rows].to(self.device), s)
+            hits = raycast(shape_g.to(device=target), crop.K[rows].to(target), s)
             image, background = self.appearance.render(hits, shape_g, views_g)
             label = labels.to(hits.primitive.device)[hits.primitive + 1]
             depth = torch.where(torch.isinf(hits.depth), 0.0, hits.depth)
-            parts.append((image.cpu(), background.cpu(), label.cpu(), depth.cpu()))
+            pixels = (image, background, label, depth)
+            parts.append(pixels if keep else tuple(p.cpu() for p in pixels))
         image, background, label, depth = (torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
         f32 = torch.float32
         return {
