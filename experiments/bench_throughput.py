@@ -73,6 +73,7 @@ COLUMNS = (
     "batch",
     "device",
     "precision",
+    "render_on",
     "step_samples_s",
     "fit_first_samples_s",
     "fit_later_samples_s",
@@ -121,6 +122,7 @@ def task_config(
     workers: int | None,
     model_options: dict[str, Any],
     timer_path: Path,
+    render_on: str = "workers",
 ) -> dict[str, Any]:
     """A ``handssl fit`` config: the task's experiment config at ``size`` px on ``frames`` training frames."""
     config = yaml.safe_load((ROOT / TASKS[task]).read_text())
@@ -143,6 +145,8 @@ def task_config(
         data["init_args"]["batch_size"] = batch
     if workers is not None:
         data["init_args"]["num_workers"] = workers
+    if render_on != "workers":
+        data["init_args"]["render_on"] = render_on
     accelerator = "gpu" if torch.device(device).type == "cuda" else "cpu"
     timer = {"class_path": f"{EpochTimer.__module__}.EpochTimer", "init_args": {"path": str(timer_path)}}
     config["trainer"] = {
@@ -254,6 +258,7 @@ def bench_step(
         batch = batch[0]
     module.to(device)
     batch = move_data_to_device(batch, device)
+    batch = data.on_after_batch_transfer(batch, 0)  # render_on="device": render the requests once, here
     module.log = lambda *args, **kwargs: None  # no trainer attached
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
@@ -333,7 +338,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The README table of ``rows`` (one per task and size)."""
     head = (
-        "| task | size | batch | precision | step samples/s | fit samples/s, first epoch | "
+        "| task | size | batch | precision | rendering | step samples/s | fit samples/s, first epoch | "
         "fit samples/s, later epochs | fit / step (first, later) | GFLOP/step | TFLOP/s | of peak |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
@@ -341,7 +346,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         ratio = f"{_fmt(r['ratio_first'], 2)}, {_fmt(r['ratio_later'], 2)}"
         share = "n/a" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.1f}%"
         lines.append(
-            f"| {r['task']} | {r['size']} | {r['batch']} | {r['precision']} | {_fmt(r['step_samples_s'])} | "
+            f"| {r['task']} | {r['size']} | {r['batch']} | {r['precision']} | {r['render_on']} | "
+            f"{_fmt(r['step_samples_s'])} | "
             f"{_fmt(r['fit_first_samples_s'])} | {_fmt(r['fit_later_samples_s'])} | {ratio} | "
             f"{_fmt(r['gflop_per_step'], 2)} | {_fmt(r['tflops'], 3)} | {share} |"
         )
@@ -359,6 +365,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--channels-last", action="store_true", help="model channels_last: true")
     parser.add_argument("--compile", action="store_true", help="model compile: true")
     parser.add_argument("--compile-backend", choices=("inductor", "aot_eager"), default="inductor")
+    parser.add_argument(
+        "--render-on",
+        choices=("workers", "device"),
+        default="workers",
+        help="SynthHands rendered in the DataLoader (cached) or in the step on --device (supervised, nvs; "
+        "SemiHand's augmentations need the workers)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: config's)")
     parser.add_argument("--frames", type=int, default=512, help="training frames per epoch of the fit runs")
@@ -404,6 +417,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
         workdir = Path(tmp)
         timer_path = workdir / "epochs.json"
         for task in args.tasks:
+            render_on = "workers" if task == "semihand" else args.render_on
             for size in args.sizes:
                 config = task_config(
                     task,
@@ -416,8 +430,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
                     args.workers,
                     options,
                     timer_path,
+                    render_on=render_on,
                 )
                 row: dict[str, Any] = {"task": task, "size": size, "device": args.device}
+                row["render_on"] = render_on
                 row["precision"] = args.precision
                 row.update(bench_step(copy.deepcopy(config), device, args.precision, args.steps, args.warmup))
                 if args.no_fit:

@@ -48,16 +48,36 @@ def test_quick_run_measures_every_task(bench, tmp_path, capsys):
     # A SemiHand batch holds labelled and unlabelled rows; the NVS step encodes four images per row.
     assert float(by_task["nvs"]["gflop_per_step"]) > float(by_task["supervised"]["gflop_per_step"])
     table = capsys.readouterr().out
-    assert table.count("\n| supervised | 32 | 4 | 32-true |") == 1
+    assert table.count("\n| supervised | 32 | 4 | 32-true | workers |") == 1
     assert "| semihand | 32 |" in table and "| nvs | 32 |" in table
+
+
+def test_quick_run_with_rendering_in_the_step(bench, tmp_path):
+    out = tmp_path / "rows.csv"
+    argv = ["--quick", "--tasks", "nvs", "semihand", "--render-on", "device", "--no-fit"]
+    assert bench.main([*argv, "--out", str(out)]) == 0
+    with out.open() as handle:
+        rows = {r["task"]: r for r in csv.DictReader(handle)}
+    assert rows["nvs"]["render_on"] == "device"
+    assert rows["semihand"]["render_on"] == "workers"  # its augmentations run in the DataLoader
+    assert all(float(r["step_samples_s"]) > 0 for r in rows.values())
+    # One `handssl fit` through the CLI with the requests rendered in on_after_batch_transfer.
+    argv = ["--quick", "--tasks", "supervised", "--render-on", "device", "--out", str(out)]
+    assert bench.main(argv) == 0
+    with out.open() as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["render_on"] == "device" and row["fit_epoch_samples"] == "16"
 
 
 def test_markdown_table_and_target(bench):
     row = {key: 1.0 for key in bench.COLUMNS}
     row.update(task="nvs", size=64, batch=32, device="cuda", precision="bf16-mixed", peak_fraction=0.25)
+    row.update(render_on="device")
     row.update(ratio_first=0.5, ratio_later=float("nan"), peak_tflops=None)
     table = bench.markdown_table([row])
-    assert "| nvs | 64 | 32 | bf16-mixed |" in table and "| 25.0% |" in table and "0.50, n/a" in table
+    assert (
+        "| nvs | 64 | 32 | bf16-mixed | device |" in table and "| 25.0% |" in table and "0.50, n/a" in table
+    )
 
 
 @pytest.mark.parametrize(
