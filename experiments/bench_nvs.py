@@ -8,8 +8,8 @@ For every test pair (view i -> view j of one frame) it compares the target view 
 as mean absolute error over all pixels and over the target's foreground (hand + sleeve mask) pixels, and saves
 a grid of test pairs (input | target | synthesized | turntable) as PNG.
 
-    python experiments/bench_nvs.py --checkpoint experiments/results/label_sweep/stage1.ckpt \
-        --out experiments/results/bench_nvs
+    python experiments/bench_nvs.py --checkpoint runs/nvs_benchmark/semi_1.ckpt --out experiments/results/bench_nvs
+    python experiments/bench_nvs.py --pretrained nvs-semi-synthhands     # the shipped semi network
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a Lightning or {state_dict, hyper_parameters} file")
+    source.add_argument("--pretrained", help="a name of handssl.pretrained (e.g. nvs-semi-synthhands)")
     parser.add_argument("--items", type=int, default=512, help="test pairs to evaluate")
     parser.add_argument("--mean-items", type=int, default=512, help="training views in the mean image")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -59,9 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    module = load_module(args.checkpoint)
+    if args.pretrained:
+        import handssl.pretrained
+
+        module = handssl.pretrained.load(args.pretrained)
+    else:
+        module = load_module(args.checkpoint)
     if module.decoder is None:
-        raise SystemExit(f"{args.checkpoint} has no decoder (supervised regime): nothing to synthesise")
+        raise SystemExit(
+            f"{args.checkpoint or args.pretrained} has no decoder (supervised regime): nothing to synthesise"
+        )
     size = module.hparams.image_size
     common = {"image_size": size, "style": args.style}
     train = MultiViewPairs(SynthHandsMultiView(split="train", **common))
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     table = ["| method | L1 all pixels | L1 foreground pixels |", "|---|---|---|"]
     table += [f"| {r['method']} | {r['l1_all']} | {r['l1_foreground']} |" for r in rows]
-    header = f"checkpoint: {args.checkpoint}, {min(args.items, len(test))} test pairs, images in [0, 1]\n\n"
+    header = f"network: {args.checkpoint or args.pretrained}, {min(args.items, len(test))} test pairs, images in [0, 1]\n\n"
     (args.out / "bench_nvs.md").write_text(header + "\n".join(table) + "\n")
     print(header + "\n".join(table))
 

@@ -129,6 +129,12 @@ def ship_nvs(args: argparse.Namespace) -> None:
         if not found:
             raise SystemExit(f"{args.results} has no {regime} row at {args.subjects} subject(s) yet")
         row = found[-1]
+        curves = Path(args.results).with_name("curves.jsonl")
+        curve = [
+            [c["train_s"], c["val_n_mpjpe"]]
+            for c in map(json.loads, curves.read_text().splitlines() if curves.is_file() else [])
+            if c["regime"] == regime and c["subjects"] == args.subjects
+        ]
         checkpoint = read_checkpoint(Path(args.run_dir) / f"{regime}_{args.subjects}.ckpt")
         payload = pack("NVSModule", hparams_of(checkpoint), checkpoint["state_dict"], {})
         keys = (
@@ -147,6 +153,7 @@ def ship_nvs(args: argparse.Namespace) -> None:
             "wall_s": row.get("wall_s"),
             "metrics": {k: row[k] for k in keys if k in row},
             "metrics_note": "SynthHands v2 test subjects, mm; hand-pixel L1 of synthesized views",
+            "validation_curve": {"columns": ["train_s", "val_n_mpjpe"], "points": curve},
         }
         write(name, payload, meta, Path(args.out))
 

@@ -13,6 +13,7 @@ from handssl.data import SynthHands
 
 SHIPPED = pretrained.available()
 SEMIHAND = [n for n in SHIPPED if n.startswith("semihand-")]
+NVS = [n for n in SHIPPED if n.startswith("nvs-")]
 
 
 def test_every_shipped_file_is_a_known_name_under_the_size_limit_with_its_provenance():
@@ -40,6 +41,30 @@ def test_semihand_weights_predict_better_than_the_mean_pose_on_real_style_hands(
     model_error = (pred - target).norm(dim=-1).mean()
     zero_pose_error = target.norm(dim=-1).mean()
     assert model_error < zero_pose_error
+
+
+@pytest.mark.parametrize("name", NVS)
+def test_nvs_weights_predict_poses_and_the_semi_network_synthesizes_views(name):
+    from handssl.data.datamodules import collate_samples
+    from handssl.data.multiview import MultiViewPairs
+    from handssl.data.synthhands.multi_view import SynthHandsMultiView
+
+    model = pretrained.load(name)
+    assert not model.training and type(model).__name__ == "NVSModule"
+    size = model.hparams.image_size
+    pairs = MultiViewPairs(SynthHandsMultiView(split="test", image_size=size, num_subjects=1, seed=3))
+    batch = collate_samples([pairs[i] for i in range(8)])
+    with torch.no_grad():
+        pose = model.predict_pose(batch["image"])
+        assert pose.shape == (8, 21, 3) and torch.isfinite(pose).all()
+        if model.decoder is not None:
+            view = model.synthesize(batch["image"], batch["R_ij"], batch["background"])
+            assert view.shape == batch["target"].shape
+            # The synthesized view is closer to the target than the bare background on the hand pixels.
+            hand = (batch["target_mask"] > 0.5).expand_as(view)
+            assert (view - batch["target"]).abs()[hand].mean() < (
+                batch["background"] - batch["target"]
+            ).abs()[hand].mean()
 
 
 def test_unknown_name_lists_the_choices():
