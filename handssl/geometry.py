@@ -1,4 +1,4 @@
-"""Camera geometry: OpenCV pinhole cameras with distortion, crop cameras, rotations, Procrustes.
+"""Camera geometry: OpenCV pinhole cameras with distortion, crop cameras, rotations, Procrustes, 2D affines.
 
 Conventions (the single source of truth for the whole library):
 
@@ -10,6 +10,11 @@ Conventions (the single source of truth for the whole library):
 
 Every function takes torch tensors; numpy arrays are accepted too and the result is then numpy
 (float64 maths internally when the input is float64).
+
+2D image-plane matrices (:func:`transform_points`, :func:`invert_matrix`, :func:`optical_axis_rotation`,
+:func:`transform_intrinsics`) are 3x3 homogeneous pixel maps ``x' = M @ [x, y, 1]``; the data layer's crops and
+augmentations (:mod:`handssl.data.augment`) record them and the models map predictions back through them, both
+from here, so that neither layer imports the other.
 """
 
 from __future__ import annotations
@@ -438,3 +443,64 @@ def rotation_about_axis(axis: str, angle_rad: float | Tensor) -> Tensor:
 
 
 __all__ += ["rotation_about_axis"]
+
+
+# ------------------------------------------------------------------------- 2D image-plane matrices
+# 3x3 homogeneous pixel matrices ``M`` (``x' = M @ [x, y, 1]``): crops, resizes and the augmentations of
+# :mod:`handssl.data.augment` record theirs, and the models map predictions back through them.
+
+
+def invert_matrix(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Inverse of a (batch of) 3x3 image-plane matrix; torch in, torch out; numpy in, numpy out."""
+    if isinstance(matrix, Tensor):
+        return torch.linalg.inv(matrix)
+    return np.linalg.inv(np.asarray(matrix))
+
+
+def transform_points(points: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """Apply 3x3 pixel matrices to 2D points: ``(..., N, 2)`` points, ``(..., 3, 3)`` matrices."""
+    if isinstance(points, Tensor):
+        matrix = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
+        return points @ matrix[..., :2, :2].transpose(-1, -2) + matrix[..., None, :2, 2]
+    matrix = np.asarray(matrix)
+    return points @ np.swapaxes(matrix[..., :2, :2], -1, -2) + matrix[..., None, :2, 2]
+
+
+def optical_axis_rotation(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """The camera rotation about its optical axis that an image-plane matrix applies, ``(..., 3, 3)``.
+
+    The rotation part of the 2x2 block (its polar factor; for a similarity ``s R2`` this is ``R2``).
+
+    Raises:
+        ValueError: When the matrix mirrors or collapses the image (determinant <= 0).
+    """
+    is_numpy = not isinstance(matrix, Tensor)
+    m = torch.as_tensor(np.asarray(matrix) if is_numpy else matrix, dtype=torch.float64)
+    block = m[..., :2, :2]
+    if (torch.linalg.det(block) <= 0).any():
+        raise ValueError("the augmentation mirrors or collapses the image; flips are not supported")
+    u, _, vh = torch.linalg.svd(block)
+    r2 = u @ vh
+    rz = torch.zeros(*m.shape[:-2], 3, 3, dtype=torch.float64)
+    rz[..., :2, :2] = r2
+    rz[..., 2, 2] = 1.0
+    if is_numpy:
+        return rz.numpy()
+    return rz.to(dtype=matrix.dtype, device=matrix.device)
+
+
+def transform_intrinsics(K: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
+    """New intrinsics ``M @ K @ Rz^T`` of an image warped by the similarity ``M``.
+
+    ``M``'s 2x2 block ``s R2`` is the image of a camera rotation ``Rz`` about the optical axis
+    (:func:`optical_axis_rotation`) plus a change of intrinsics, so camera-frame 3D points become ``Rz @ X``;
+    projecting them with the new ``K`` reproduces ``M``'s 2D points exactly when ``fx == fy`` and the skew is 0.
+    """
+    rz = optical_axis_rotation(matrix)
+    if isinstance(K, Tensor):
+        m = torch.as_tensor(matrix, dtype=K.dtype, device=K.device)
+        return m @ K @ torch.as_tensor(rz, dtype=K.dtype, device=K.device).transpose(-1, -2)
+    return np.asarray(matrix) @ np.asarray(K) @ np.swapaxes(rz, -1, -2)
+
+
+__all__ += ["invert_matrix", "optical_axis_rotation", "transform_intrinsics", "transform_points"]

@@ -165,3 +165,59 @@ def test_crop_homography_maps_original_pixels_to_crop_pixels():
 def test_numpy_in_numpy_out():
     out = g.project(random_points().numpy(), K.numpy(), DIST.numpy())
     assert isinstance(out, np.ndarray) and out.shape == (50, 2)
+
+
+def test_image_plane_matrices_round_trip_and_match_projection():
+    # A similarity M (rotation 30 deg, scale 1.5, shift): the points map through M and back through its inverse,
+    # torch and numpy alike, and projecting Rz @ X with the new K lands exactly on M's 2D points.
+    c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+    M = np.array([[1.5 * c, -1.5 * s, 4.0], [1.5 * s, 1.5 * c, -2.0], [0.0, 0.0, 1.0]])
+    pts = random_points(seed=3)
+    uv = g.project(pts, K)
+    moved = g.transform_points(uv, torch.as_tensor(M))
+    assert not torch.allclose(moved, uv, atol=1.0)
+    assert torch.allclose(g.transform_points(moved, g.invert_matrix(torch.as_tensor(M))), uv, atol=1e-9)
+    assert np.allclose(g.transform_points(uv.numpy(), M), moved.numpy())
+    square_k = K.clone()
+    square_k[1, 1] = square_k[0, 0]  # fx == fy, as every handssl crop camera
+    rz = torch.as_tensor(g.optical_axis_rotation(M))
+    new_k = g.transform_intrinsics(square_k, M)
+    expected = g.transform_points(g.project(pts, square_k), torch.as_tensor(M))
+    assert torch.allclose(g.project(pts @ rz.T, new_k), expected, atol=1e-6)
+    # ... and the new K is again a pinhole camera: no skew, fx == fy scaled by 1.5, the shifted centre.
+    assert abs(new_k[0, 1]) < 1e-9 and abs(new_k[1, 0]) < 1e-9
+    assert torch.allclose(new_k[0, 0], 1.5 * square_k[0, 0]) and torch.allclose(new_k[1, 1], new_k[0, 0])
+    with pytest.raises(ValueError, match="mirror"):
+        g.optical_axis_rotation(np.diag([-1.0, 1.0, 1.0]))
+
+
+def test_data_and_models_layers_meet_only_in_shared_modules():
+    # The 2D-matrix helpers live in handssl.geometry (handssl.data.augment re-exports them): the models import
+    # nothing from handssl.data.augment and the data layer nothing from handssl.models.
+    import ast
+    from pathlib import Path
+
+    from handssl.data import augment
+
+    assert augment.transform_points is g.transform_points and augment.invert_matrix is g.invert_matrix
+    package = Path(g.__file__).parent
+
+    def imports(path):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+            elif isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+
+    # Still imports them from augment (its owner switches it to handssl.geometry); nothing else may.
+    pending = {package / "models" / "components" / "pseudo_labels.py"}
+    bad = [
+        f"{path.relative_to(package)}: {module}"
+        for layer, forbidden in (("models", "handssl.data.augment"), ("data", "handssl.models"))
+        for path in sorted((package / layer).rglob("*.py"))
+        if path not in pending
+        for module in imports(path)
+        if module == forbidden or module.startswith(forbidden + ".")
+    ]
+    assert bad == []

@@ -34,6 +34,7 @@ from albumentations.augmentations.dropout.transforms import BaseDropout
 from torch import Tensor
 
 from handssl.data.base import Sample
+from handssl.geometry import invert_matrix, optical_axis_rotation, transform_intrinsics, transform_points
 
 __all__ = [
     "PIPELINE_KINDS",
@@ -187,54 +188,6 @@ def applied_matrix(applied_transforms: list[tuple[str, dict[str, Any]]]) -> np.n
             "pixel-level transforms are supported"
         )
     return matrix
-
-
-def invert_matrix(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
-    """Inverse of a (batch of) 3x3 augmentation matrix; torch in, torch out; numpy in, numpy out."""
-    if isinstance(matrix, Tensor):
-        return torch.linalg.inv(matrix)
-    return np.linalg.inv(np.asarray(matrix))
-
-
-def transform_points(points: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
-    """Apply 3x3 pixel matrices to 2D points: ``(..., N, 2)`` points, ``(..., 3, 3)`` matrices."""
-    if isinstance(points, Tensor):
-        matrix = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)
-        return points @ matrix[..., :2, :2].transpose(-1, -2) + matrix[..., None, :2, 2]
-    matrix = np.asarray(matrix)
-    return points @ np.swapaxes(matrix[..., :2, :2], -1, -2) + matrix[..., None, :2, 2]
-
-
-def optical_axis_rotation(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
-    """The camera rotation about its optical axis that an image-plane matrix applies, ``(..., 3, 3)``.
-
-    The rotation part of the 2x2 block (its polar factor; for a similarity ``s R2`` this is ``R2``).
-
-    Raises:
-        ValueError: When the matrix mirrors the image (negative determinant).
-    """
-    is_numpy = not isinstance(matrix, Tensor)
-    m = torch.as_tensor(np.asarray(matrix) if is_numpy else matrix, dtype=torch.float64)
-    block = m[..., :2, :2]
-    if (torch.linalg.det(block) <= 0).any():
-        raise ValueError("the augmentation mirrors or collapses the image; flips are not supported")
-    u, _, vh = torch.linalg.svd(block)
-    r2 = u @ vh
-    rz = torch.zeros(*m.shape[:-2], 3, 3, dtype=torch.float64)
-    rz[..., :2, :2] = r2
-    rz[..., 2, 2] = 1.0
-    if is_numpy:
-        return rz.numpy()
-    return rz.to(dtype=matrix.dtype, device=matrix.device)
-
-
-def transform_intrinsics(K: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
-    """New intrinsics ``M @ K @ Rz^T`` of the augmented image (see the module docstring)."""
-    rz = optical_axis_rotation(matrix)
-    if isinstance(K, Tensor):
-        m = torch.as_tensor(matrix, dtype=K.dtype, device=K.device)
-        return m @ K @ torch.as_tensor(rz, dtype=K.dtype, device=K.device).transpose(-1, -2)
-    return np.asarray(matrix) @ np.asarray(K) @ np.swapaxes(rz, -1, -2)
 
 
 def _to_numpy_image(image: Any) -> tuple[np.ndarray, bool]:

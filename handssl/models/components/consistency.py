@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from handssl.data.augment import transform_points
+from handssl.geometry import transform_points
 from handssl.models.components.pose25d import pose_distance
 from handssl.skeleton import BONES, MCPS
 
