@@ -46,8 +46,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from handssl.data.augment import invert_matrix, transform_points
-from handssl.geometry import project, unproject
+from handssl.geometry import invert_matrix, project, transform_points, unproject
 from handssl.models.components.pose25d import lift_25d, pose_distance
 from handssl.skeleton import MIDDLE_MCP, ROOT
 
