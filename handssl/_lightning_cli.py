@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pytorch_lightning as pl
+import torch
+import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -35,8 +40,112 @@ EPILOG = (
 )
 
 
+#: ``model.init_args`` that follow the data through ``link_arguments`` (see ``HandSSLCLI.add_arguments_to_parser``).
+LINKED_MODEL_ARGS = ("image_size", "eval_protocol")
+
+#: The protocol of a dataset class that names none (root-relative wrist MPJPE / N-MPJPE / PA-MPJPE, AUC 20-50).
+DEFAULT_EVAL_PROTOCOL = "synthhands"
+
+#: The key of a config file that lists the config files it stacks on (see :func:`expand_config_defaults`).
+DEFAULTS_KEY = "defaults"
+
+
 class ConfigError(ValueError):
     """A config value was rejected while building the model, data or trainer (shown as one line)."""
+
+
+def data_eval_protocol(data: Any) -> str:
+    """The evaluation protocol a DataModule config's data asks for: its test set's (else validation set's).
+
+    Every handssl dataset class names its protocol in ``eval_protocol`` (``RHD.eval_protocol == "rhd"``, see
+    :mod:`handssl.metrics.protocols`); a split given as a list (``SemiSupervisedDataModule``) is named by its
+    first dataset. DataModules with no test or validation dataset (their SynthHands defaults) and dataset
+    classes that name none get :data:`DEFAULT_EVAL_PROTOCOL`.
+
+    Args:
+        data: The ``data`` config (``class_path`` and ``init_args``), as a namespace or a mapping.
+
+    Returns:
+        A protocol name, e.g. ``"stb"``.
+    """
+    init_args = _field(data, "init_args")
+    for split in ("test", "val"):
+        spec = _field(init_args, split)
+        for item in spec if isinstance(spec, (list, tuple)) else [spec]:
+            class_path = _field(item, "class_path")
+            if isinstance(class_path, str):
+                return str(getattr(_import_class(class_path), "eval_protocol", DEFAULT_EVAL_PROTOCOL))
+    return DEFAULT_EVAL_PROTOCOL
+
+
+def _field(obj: Any, key: str) -> Any:
+    if isinstance(obj, Namespace):
+        return obj.get(key)
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return None
+
+
+def _import_class(class_path: str) -> Any:
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None  # jsonargparse names a wrong class_path itself
+
+
+def apply_explicit_model_args(
+    cfg: Namespace, explicit: Mapping[str, Any], checkpoint_hparams: Mapping[str, Any] | None = None
+) -> None:
+    """Check and restore the linked model arguments that were given explicitly (after the links ran).
+
+    ``image_size`` must equal the data's: the model's network is built for the crops the data delivers, so
+    a model config, an option or a checkpoint (``--ckpt_path``, whose hyper-parameters rebuild the model)
+    asking for another size is a config error. An explicit ``eval_protocol`` wins over the one the data names
+    (e.g. to score Panoptic with another protocol); a checkpoint's does not (the data being tested decides).
+
+    Args:
+        cfg: The parsed config of the subcommand (``model``, ``data``, ``ckpt_path``, ...).
+        explicit: ``model.init_args`` values given by a config or the command line.
+        checkpoint_hparams: The hyper-parameters of ``--ckpt_path``'s checkpoint, if any.
+
+    Raises:
+        ConfigError: The model's ``image_size`` (explicit or the checkpoint's) differs from the data's.
+    """
+    init_args = cfg.get("model.init_args")
+    if not isinstance(init_args, Namespace):
+        return
+    data_size = cfg.get("data.init_args.image_size")
+    sizes = (
+        ("the checkpoint's hyper-parameters", (checkpoint_hparams or {}).get("image_size")),
+        ("a config or the command line", explicit.get("image_size")),
+    )
+    for source, model_size in sizes:
+        if (
+            "image_size" in init_args
+            and model_size is not None
+            and data_size is not None
+            and model_size != data_size
+        ):
+            raise ConfigError(
+                f"model.init_args.image_size {model_size} (from {source}) differs from "
+                f"data.init_args.image_size {data_size}: the model's image_size follows the data's, so set "
+                f"--data.init_args.image_size={model_size}"
+            )
+    if explicit.get("eval_protocol") is not None:
+        init_args["eval_protocol"] = explicit["eval_protocol"]
+
+
+def checkpoint_hparams(path: str | os.PathLike | None) -> dict[str, Any]:
+    """The hyper-parameters stored in a Lightning checkpoint (``{}`` without one); tensors are not read."""
+    if not path or not Path(path).is_file():
+        return {}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # not a zip-format checkpoint: mmap needs one
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
 class TestMetricsWriter(Callback):
@@ -69,11 +178,27 @@ class HandSSLParser(LightningArgumentParser):
     report; ``HANDSSL_DEBUG=1`` keeps that.
     """
 
+    #: Where :class:`HandSSLCLI` collects the linked ``model.init_args`` values (:data:`LINKED_MODEL_ARGS`) that
+    #: a config, the command line or a checkpoint gave explicitly, before the links overwrite them.
+    explicit_model_args: dict[str, Any] | None = None
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
         if os.environ.get("HANDSSL_DEBUG"):
             super().error(message, ex)
         print(f"handssl: error: {one_line_parse_error(message)}", file=sys.stderr)
         sys.exit(2)
+
+    def _parse_common(self, cfg: Namespace, *args: Any, **kwargs: Any) -> Namespace:
+        # jsonargparse's one step between merging every source (config files, command line, checkpoint
+        # hyper-parameters) and applying the parse links: the last place where a linked model argument
+        # that was given explicitly can be told apart from the one the link computes.
+        sink = self.explicit_model_args
+        if sink is not None and isinstance(cfg, Namespace) and isinstance(cfg.get("model"), Namespace):
+            init_args = cfg.get("model.init_args")
+            sink.clear()
+            if isinstance(init_args, Namespace):
+                sink.update({key: init_args[key] for key in LINKED_MODEL_ARGS if key in init_args})
+        return super()._parse_common(cfg, *args, **kwargs)  # type: ignore[misc]
 
 
 _SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
@@ -108,16 +233,30 @@ class HandSSLCLI(LightningCLI):
     """LightningCLI with handssl's run directories, loggers and extra options.
 
     Args:
-        default_run_name: Run name used when ``--run_name`` is not given (``main`` passes the last config
-            file's stem).
+        default_run_name: Run name used when ``--run_name`` is not given (``main`` passes the config files'
+            stems joined by ``+``).
         **kwargs: Passed to :class:`~pytorch_lightning.cli.LightningCLI`.
     """
 
     def __init__(self, *args: Any, default_run_name: str | None = None, **kwargs: Any) -> None:
         self.default_run_name = default_run_name
+        self.explicit_model_args: dict[str, Any] = {}
         super().__init__(*args, **kwargs)
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        parser.explicit_model_args = self.explicit_model_args  # type: ignore[attr-defined]
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Values that must agree between data and model are written once, on the data side, so that a model
+        # config stacks on any data config (`-c experiments/model/X.yaml -c experiments/data/Y.yaml`): the
+        # network's input side is the data's, and the test set's datasets name their evaluation protocol.
+        # A model without the argument (SupervisedModule has no image_size) is left alone.
+        parser.link_arguments("data.init_args.image_size", "model.init_args.image_size", apply_on="parse")
+        parser.link_arguments(
+            "data", "model.init_args.eval_protocol", compute_fn=data_eval_protocol, apply_on="parse"
+        )
         parser.add_argument(
             "--run_name", type=str | None, default=None, help="Run name (default: the config file's stem)."
         )
@@ -151,6 +290,13 @@ class HandSSLCLI(LightningCLI):
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(args)
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        # Lightning merged --ckpt_path's hyper-parameters into the config before the data links overwrote the
+        # model's image_size: read the checkpoint's own value to check it.
+        hparams = checkpoint_hparams(cfg.get("ckpt_path"))
+        apply_explicit_model_args(cfg, self.explicit_model_args, hparams)
 
     def instantiate_classes(self) -> None:
         try:
@@ -222,17 +368,122 @@ class HandSSLCLI(LightningCLI):
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
 
+def _config_args(argv: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, stop, value)`` of every ``-c X`` / ``--config X`` / ``--config=X`` in ``argv``."""
+    found = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            found.append((i, i + 2, argv[i + 1]))
+            i += 2
+            continue
+        if isinstance(arg, str) and arg.startswith("--config="):
+            found.append((i, i + 1, arg.split("=", 1)[1]))
+        i += 1
+    return found
+
+
 def _config_stem(argv: Any) -> str | None:
-    """Stem of the last ``-c/--config`` file in ``argv`` (the default run name)."""
+    """The default run name: the stems of the ``-c/--config`` files in ``argv``, joined by ``+``.
+
+    ``-c experiments/quickstart.yaml`` runs as ``quickstart``; ``-c experiments/model/semihand.yaml -c
+    experiments/data/rhd_to_stb.yaml`` as ``semihand+rhd_to_stb``.
+    """
     if not isinstance(argv, list):
         return None
-    stem = None
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            stem = Path(argv[i + 1]).stem
-        elif arg.startswith("--config="):
-            stem = Path(arg.split("=", 1)[1]).stem
-    return stem
+    stems = [
+        Path(value).stem for _, _, value in _config_args(argv) if Path(value).suffix in (".yaml", ".yml")
+    ]
+    return "+".join(stems) or None
+
+
+def expand_config_defaults(argv: list[str]) -> list[str]:
+    """Stack config files the way lightning-hydra-template's experiment configs do, before parsing.
+
+    A config file may start with ``defaults:``, a list of config files (relative to that file) that it stacks
+    on. ``-c X`` becomes ``-c <each default, expanded the same way> -c <X without its defaults key>``, so X's
+    own values override its defaults and later ``-c`` files and command-line options override X, e.g.
+    ``experiments/semihand_full_rhd_stb.yaml``::
+
+        defaults: [model/semihand.yaml, data/rhd_to_stb.yaml]
+        model:
+          init_args: {lr: 1.0e-4}
+
+    The config files of one command must agree on the kind of data: a model config names the DataModule it
+    trains on (``data.class_path``) and a data config fills it, so two files naming unrelated DataModules
+    (``model/semihand.yaml`` with the single-view ``data/rhd.yaml``) are refused here, where jsonargparse would
+    silently drop the first one's settings. A subclass may replace its base (``predict_images.yaml``).
+
+    Args:
+        argv: Command-line arguments.
+
+    Returns:
+        ``argv`` with every ``-c`` file that has ``defaults`` replaced by its expansion.
+
+    Raises:
+        ConfigError: A ``defaults`` entry is not a list of paths, names a missing file, or the files form a
+            cycle; or two config files name unrelated DataModules.
+    """
+    out: list[str] = []
+    data_classes: list[tuple[Path, str]] = []
+    position = 0
+    for start, stop, value in _config_args(argv):
+        out += argv[position:start]
+        out += _expand_config(value, (), data_classes)
+        position = stop
+    _check_data_classes(data_classes)
+    return out + argv[position:]
+
+
+def _expand_config(value: str, chain: tuple[Path, ...], data_classes: list[tuple[Path, str]]) -> list[str]:
+    path = Path(value)
+    if "\n" in value or path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return ["-c", value]  # a config string, or a missing file: jsonargparse reports it
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise ConfigError(f"config defaults form a cycle: {cycle}")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return ["-c", value]  # jsonargparse names the parse error
+    if not isinstance(content, dict):
+        return ["-c", value]
+    has_defaults = DEFAULTS_KEY in content
+    defaults = content.pop(DEFAULTS_KEY, [])
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    if not isinstance(defaults, list) or not all(isinstance(d, str) for d in defaults):
+        raise ConfigError(f"{path}: {DEFAULTS_KEY} must be a list of config files, got {defaults!r}")
+    expanded: list[str] = []
+    for default in defaults:
+        target = path.parent / default
+        if not target.is_file():
+            raise ConfigError(f"{path}: {DEFAULTS_KEY} names {default}, but {target} does not exist")
+        expanded += _expand_config(str(target), (*chain, resolved), data_classes)
+    data = content.get("data")
+    class_path = data.get("class_path") if isinstance(data, dict) else data
+    if isinstance(class_path, str):
+        data_classes.append((path, class_path if "." in class_path else f"handssl.data.{class_path}"))
+    if not has_defaults:
+        return ["-c", value]
+    if content:
+        # The file's own keys, without ``defaults``, as a config string (jsonargparse takes either).
+        expanded += ["-c", yaml.safe_dump(content, sort_keys=False)]
+    return expanded
+
+
+def _check_data_classes(data_classes: list[tuple[Path, str]]) -> None:
+    """Refuse config files that name unrelated DataModules (see :func:`expand_config_defaults`)."""
+    for (first, first_class), (second, second_class) in itertools.pairwise(data_classes):
+        a, b = _import_class(first_class), _import_class(second_class)
+        if not (isinstance(a, type) and isinstance(b, type)) or issubclass(a, b) or issubclass(b, a):
+            continue
+        raise ConfigError(
+            f"{first} trains on {a.__name__} but {second} gives a {b.__name__}: stack a model config on "
+            f"data configs of its kind (experiments/data/*.yaml whose data.class_path is {a.__name__})"
+        )
 
 
 def main(args: ArgsType = None) -> None:
@@ -254,32 +505,8 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    _import_registered_classes()
-    # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
-    # subcommand, so absolute paths must be turned into relative ones to resolve.
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     try:
-        HandSSLCLI(
-            model_class=BaseHandTask,
-            datamodule_class=HandDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            # Lightning's --optimizer/--lr_scheduler would silently replace the model's optimiser and schedule.
-            auto_configure_optimizers=False,
-            trainer_defaults={"callbacks": [TestMetricsWriter(), PredictionWriter()]},
-            parser_class=HandSSLParser,
-            parser_kwargs={
-                "parser_mode": "omegaconf+",
-                "version": handssl.__version__,
-                "prog": "handssl",
-                "description": DESCRIPTION,
-                "epilog": EPILOG,
-            },
-            args=argv,
-            default_run_name=_config_stem(argv),
-        )
+        make_cli(argv)
     except (ValueError, FloatingPointError) as err:
         # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
         cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError))
@@ -287,6 +514,52 @@ def main(args: ArgsType = None) -> None:
             raise
         print(f"handssl: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def make_cli(args: list[str] | dict[str, Any], run: bool = True) -> HandSSLCLI:
+    """Build handssl's :class:`HandSSLCLI` on ``args`` (after :func:`expand_config_defaults`), and run it.
+
+    Args:
+        args: Command-line arguments, e.g. ``["fit", "-c", "experiments/quickstart.yaml"]``; with
+            ``run=False`` no subcommand, e.g. ``["-c", "experiments/model/semihand.yaml", "-c", ...]``.
+        run: Run the subcommand; ``False`` only parses and builds model, data and trainer (``cli.model``,
+            ``cli.datamodule``, ``cli.config``), which is how the tests look at a composed config.
+
+    Returns:
+        The CLI, after its subcommand ran (``run=True``).
+
+    Raises:
+        ConfigError: A config is inconsistent (see :func:`expand_config_defaults`, :func:`apply_explicit_model_args`).
+    """
+    default_run_name = _config_stem(args)
+    if isinstance(args, list):
+        args = expand_config_defaults(args)
+    _import_registered_classes()
+    # Configs say ${data.init_args.image_size}; in omegaconf+ mode the merged config is rooted at the
+    # subcommand, so absolute paths must be turned into relative ones to resolve.
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    return HandSSLCLI(
+        model_class=BaseHandTask,
+        datamodule_class=HandDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        # Lightning's --optimizer/--lr_scheduler would silently replace the model's optimiser and schedule.
+        auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [TestMetricsWriter(), PredictionWriter()]},
+        parser_class=HandSSLParser,
+        parser_kwargs={
+            "parser_mode": "omegaconf+",
+            "version": handssl.__version__,
+            "prog": "handssl",
+            "description": DESCRIPTION,
+            "epilog": EPILOG,
+        },
+        args=args,
+        run=run,
+        default_run_name=default_run_name,
+    )
 
 
 REFUSED_OPTIONS = ("--optimizer", "--lr_scheduler")

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -336,3 +337,182 @@ def test_parse_errors_are_one_line(tmp_path, capsys, arg, expected):
         run(["fit", "-c", str(CONF), arg], tmp_path)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"handssl: error: {expected}"]
+
+
+# ------------------------------------------------------------------------------------ composed configs
+EXPERIMENTS = REPO / "experiments"
+
+
+def _configs(argv):
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-c"]
+
+
+def test_config_defaults_expand_before_the_file_in_order(tmp_path):
+    import yaml
+
+    from handssl._lightning_cli import ConfigError, expand_config_defaults
+
+    (tmp_path / "sub").mkdir()
+    base = tmp_path / "sub" / "base.yaml"
+    base.write_text("trainer:\n  max_steps: 1\n  log_every_n_steps: 1\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("defaults: [base.yaml]\ntrainer:\n  max_steps: 2\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("defaults: [sub/mid.yaml]\nmodel:\n  init_args: {lr: 0.5}\n")
+    argv = expand_config_defaults(["fit", "-c", str(top), "--trainer.max_steps=3"])
+    assert argv[0] == "fit" and argv[-1] == "--trainer.max_steps=3"  # options still override every file
+    configs = _configs(argv)
+    assert configs[0] == str(base)  # a file without defaults is passed on as it is
+    # Then each including file's own keys (without `defaults`), innermost first: later ones override.
+    assert [yaml.safe_load(c) for c in configs[1:]] == [
+        {"trainer": {"max_steps": 2}},
+        {"model": {"init_args": {"lr": 0.5}}},
+    ]
+    (tmp_path / "missing.yaml").write_text("defaults: [nowhere.yaml]\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: defaults names nowhere\.yaml"):
+        expand_config_defaults(["-c", str(tmp_path / "missing.yaml")])
+    (tmp_path / "a.yaml").write_text("defaults: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("defaults: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        expand_config_defaults(["-c", str(tmp_path / "a.yaml")])
+    (tmp_path / "bad.yaml").write_text("defaults: {model: x.yaml}\n")
+    with pytest.raises(ConfigError, match="must be a list of config files"):
+        expand_config_defaults(["-c", str(tmp_path / "bad.yaml")])
+
+
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("quickstart.yaml", ["SupervisedModule", "data/synthhands.yaml", "overrides"]),
+        ("semihand_full.yaml", ["SemiHandModule", "data/synthhands_synthetic_to_real.yaml"]),
+        ("semihand_full_rhd_stb.yaml", ["SemiHandModule", "data/rhd_to_stb.yaml", "overrides"]),
+        ("nvs_semi_panoptic.yaml", ["NVSModule", "data/panoptic_multiview.yaml", "overrides"]),
+    ],
+)
+def test_experiments_are_compositions_of_model_data_and_trainer_configs(experiment, expected):
+    import yaml
+
+    from handssl._lightning_cli import expand_config_defaults
+
+    def source(config):  # a file passed on as it is, or the own keys of a file with defaults
+        if "\n" not in config:
+            return Path(config).resolve().relative_to(EXPERIMENTS.resolve()).as_posix()
+        content = yaml.safe_load(config)
+        return (
+            content["model"]["class_path"].rsplit(".", 1)[-1]
+            if "class_path" in content.get("model", {})
+            else "overrides"
+        )
+
+    sources = [
+        source(c) for c in _configs(expand_config_defaults(["fit", "-c", str(EXPERIMENTS / experiment)]))
+    ]
+    # Every model config stacks on the default trainer; the data config follows; the experiment's own keys last.
+    assert sources == ["trainer/default.yaml", *expected]
+
+
+def test_data_configs_hold_no_model_keys_and_write_image_size_once():
+    import yaml
+
+    for path in sorted((EXPERIMENTS / "data").glob("*.yaml")):
+        text = path.read_text()
+        config = yaml.safe_load(text)
+        assert set(config) == {"data"}, path.name  # no model / trainer keys: they stack on any model config
+        # image_size once, on the DataModule; the datasets interpolate it (and the model is linked to it).
+        assert len(re.findall(r"image_size: \d+", text)) == 1, path.name
+        assert config["data"]["init_args"]["image_size"] == 64, path.name
+
+
+def test_unrelated_data_modules_in_one_command_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            [
+                "fit",
+                "-c",
+                str(EXPERIMENTS / "model" / "semihand.yaml"),
+                "-c",
+                str(EXPERIMENTS / "data" / "rhd.yaml"),
+            ],
+            tmp_path,
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "semihand.yaml trains on SemiSupervisedDataModule" in err[0]
+    assert "rhd.yaml gives a SupervisedDataModule" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_eval_protocol_is_the_test_sets():
+    from handssl._lightning_cli import data_eval_protocol
+
+    def spec(name):
+        return {"class_path": f"handssl.data.{name}", "init_args": {"root": "x"}}
+
+    assert data_eval_protocol({"init_args": {"test": spec("STB"), "val": spec("RHD")}}) == "stb"
+    assert data_eval_protocol({"init_args": {"test": [spec("DexterObject")], "val": None}}) == "dexter_object"
+    assert data_eval_protocol({"init_args": {"test": None, "val": spec("FreiHAND")}}) == "freihand"
+    assert data_eval_protocol({"init_args": {"test": spec("RHD")}}) == "rhd"
+    # Datasets that name no protocol of their own, and the SynthHands defaults: root-relative wrist MPJPE.
+    assert data_eval_protocol({"init_args": {"test": spec("PanopticMultiView")}}) == "synthhands"
+    assert (
+        data_eval_protocol({"class_path": "handssl.data.SupervisedDataModule", "init_args": {}})
+        == "synthhands"
+    )
+
+
+@pytest.fixture(scope="module")
+def fake_data_root(tmp_path_factory):
+    from handssl.data.fakes import make_fake_stb
+
+    root = tmp_path_factory.mktemp("composed")
+    make_fake_rhd(root / "data" / "RHD", num_samples=4)
+    make_fake_stb(root / "data" / "STB", num_frames=1)
+    return root
+
+
+def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
+    fake_data_root, tmp_path, monkeypatch
+):
+    from handssl._lightning_cli import make_cli
+
+    monkeypatch.chdir(fake_data_root)  # the data configs' data/RHD, data/STB are the fakes
+    model, data = EXPERIMENTS / "model" / "semihand.yaml", EXPERIMENTS / "data" / "rhd_to_stb.yaml"
+    common = ["--runs_dir", str(tmp_path / "runs"), "--wandb", "disabled"]
+    cli = make_cli(["-c", str(model), "-c", str(data), "--data.init_args.image_size=48", *common], run=False)
+    hp = cli.model.hparams
+    assert (
+        type(cli.model).__name__ == "SemiHandModule" and hp.unsupervised_start_step == 1500
+    )  # the model file
+    assert hp.image_size == 48 and cli.datamodule.image_size == 48  # one value, set on the data, linked
+    assert hp.eval_protocol == "stb"  # named by the STB test set, not written in any config
+    dm = cli.datamodule
+    assert type(dm).__name__ == "SemiSupervisedDataModule" and dm.unlabeled_fraction == 0.5  # the model file
+    assert type(dm.labeled).__name__ == "RHD" and type(dm.test).__name__ == "STB"  # the data file
+    names = [type(c).__name__ for c in cli.trainer.callbacks]
+    assert "PseudoLabelExport" in names and "ModelCheckpoint" in names  # model file + trainer/default.yaml
+    assert cli.trainer.max_steps == 3000
+    # An explicit protocol still wins over the data's.
+    cli = make_cli(
+        ["-c", str(model), "-c", str(data), "--model.init_args.eval_protocol=rhd", *common], run=False
+    )
+    assert cli.model.hparams.eval_protocol == "rhd" and cli.model.hparams.image_size == 64
+
+
+def test_model_image_size_against_the_data_is_one_line(tmp_path, capsys):
+    model, data = EXPERIMENTS / "model" / "nvs_semi.yaml", EXPERIMENTS / "data" / "synthhands_multiview.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(model), "-c", str(data), "--model.init_args.image_size=32"], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "handssl: error: model.init_args.image_size 32 (from a config or the command line) differs from "
+        "data.init_args.image_size 64: the model's image_size follows the data's, so set "
+        "--data.init_args.image_size=32"
+    ]
+    # A checkpoint trained at another size than the data's: the same line, naming the checkpoint.
+    ckpt = tmp_path / "nvs32.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": "handssl.models.NVSModule", "image_size": 32}}, ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        run(["test", "-c", str(model), "-c", str(data), "--ckpt_path", str(ckpt)], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "image_size 32 (from the checkpoint's hyper-parameters)" in err[0]

@@ -409,24 +409,46 @@ def fake_panoptic_root(tmp_path_factory):
     return root
 
 
+REGIMES = ("nvs_supervised", "nvs_pretrained", "nvs_pretrained_stage2", "nvs_semi")
+# The model configs on the multi-view data configs, as the README composes them (-c model -c data).
+COMPOSED = [
+    ("model/nvs_supervised.yaml", "data/panoptic_multiview.yaml"),
+    *[
+        (f"model/{regime}.yaml", "data/synthhands_multiview.yaml")
+        for regime in REGIMES
+        if regime != "nvs_supervised"
+    ],
+]
+
+
 def test_every_nvs_config_is_covered():
     assert len(CONFIGS) == 8, CONFIGS
-    for stem in ("nvs_supervised", "nvs_pretrained", "nvs_pretrained_stage2", "nvs_semi"):
+    for stem in REGIMES:
         assert f"{stem}.yaml" in CONFIGS and f"{stem}_panoptic.yaml" in CONFIGS
+        assert (EXPERIMENTS / "model" / f"{stem}.yaml").is_file()
 
 
-# One config runs by default (about 5 s: the CLI parse dominates); the rest with `pytest -m slow`.
+# One experiment and one composition run by default (about 5 s each: the CLI parse dominates); the rest with
+# `pytest -m slow`.
 @pytest.mark.parametrize(
-    "config", [c if c == "nvs_semi.yaml" else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS]
+    "configs",
+    [
+        pytest.param(
+            [c] if isinstance(c, str) else list(c),
+            marks=() if c in ("nvs_semi.yaml", COMPOSED[0]) else pytest.mark.slow,
+            id="+".join(Path(x).stem for x in ([c] if isinstance(c, str) else c)),
+        )
+        for c in [*CONFIGS, *COMPOSED]
+    ],
 )
-def test_config_fast_dev_run(config, fake_panoptic_root, monkeypatch):
+def test_config_fast_dev_run(configs, fake_panoptic_root, monkeypatch):
     from handssl.cli import main
 
     monkeypatch.chdir(fake_panoptic_root)  # the Panoptic configs' data/panoptic is the fake copy
+    config = Path(configs[0]).name
     args = [
         "fit",
-        "-c",
-        str(EXPERIMENTS / config),
+        *(arg for c in configs for arg in ("-c", str(EXPERIMENTS / c))),
         "--trainer.fast_dev_run=true",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
@@ -508,10 +530,30 @@ def test_two_process_cpu_ddp(tmp_path):
     assert report["val"] > 0
 
 
-def labeled_per_step(config: str) -> tuple[int, int]:
+def resolved_yaml(config: str) -> dict:
+    """The experiment's config files (its ``defaults`` expanded, as the CLI does) merged as plain dicts."""
     import yaml
 
-    data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]["init_args"]
+    from handssl._lightning_cli import expand_config_defaults
+
+    def merge(into: dict, new: dict) -> dict:
+        for key, value in new.items():
+            key = key.rstrip("+")
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    argv = expand_config_defaults(["-c", str(EXPERIMENTS / config)])
+    merged: dict = {}
+    for source in argv[1::2]:
+        merge(merged, yaml.safe_load(source if "\n" in source else Path(source).read_text()))
+    return merged
+
+
+def labeled_per_step(config: str) -> tuple[int, int]:
+    data = resolved_yaml(config)["data"]["init_args"]
     batch, share = data["batch_size"], data["labeled_share"]
     return round(batch * share), batch - round(batch * share)
 

@@ -156,9 +156,16 @@ class HandDataset(Dataset):
     Args:
         transform: Applied to every sample after loading (and mirroring); ``None`` keeps the raw sample.
         mirror_left: Mirror left hands into right hands (image, 2D, 3D and ``K`` consistently).
+
+    Attributes:
+        name: Short name, used in ``meta["dataset"]`` and in messages.
+        eval_protocol: The evaluation protocol of this dataset's test data (a name in
+            :data:`handssl.metrics.protocols.PROTOCOLS`); the command line gives it to the model when this
+            dataset is the test set, so a data config needs no model key.
     """
 
     name: str = "dataset"
+    eval_protocol: str = "synthhands"
 
     def __init__(self, transform: Transform | None = None, mirror_left: bool = False) -> None:
         self.transform = transform

@@ -143,6 +143,7 @@ class DexterObject(HandDataset):
     """
 
     name = "dexter_object"
+    eval_protocol = "dexter_object"
 
     def __init__(
         self,

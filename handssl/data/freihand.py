@@ -63,6 +63,7 @@ class FreiHAND(HandDataset):
     """
 
     name = "freihand"
+    eval_protocol = "freihand"
 
     def __init__(
         self,

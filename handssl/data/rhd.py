@@ -87,6 +87,7 @@ class RHD(HandDataset):
     """
 
     name = "rhd"
+    eval_protocol = "rhd"
 
     def __init__(
         self,

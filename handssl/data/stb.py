@@ -147,6 +147,7 @@ class STB(HandDataset):
     """
 
     name = "stb"
+    eval_protocol = "stb"
 
     def __init__(
         self,
