@@ -142,6 +142,10 @@ def model_args(args: argparse.Namespace) -> dict[str, Any]:
         "synthesis_warmup_steps": args.warmup_steps,
         "silhouette_threshold": args.silhouette_threshold,
     }
+    if args.pose_hidden:
+        out["pose_hidden"] = tuple(args.pose_hidden)
+    if args.decoder_latent_channels:
+        out["decoder_latent_channels"] = args.decoder_latent_channels
     if args.quick:
         out.update(pose_hidden=(256, 256), num_points=64)
     return out
@@ -309,6 +313,15 @@ def main(argv: list[str] | None = None) -> None:
         "--labeled-per-step", type=int, default=8, help="L: labeled items per step (16 on a GPU)"
     )
     parser.add_argument("--pose-weight", type=float, default=0.1)
+    parser.add_argument(
+        "--pose-hidden", type=int, nargs="+", default=None, help="pose MLP widths (default: NVSModule's)"
+    )
+    parser.add_argument(
+        "--decoder-latent-channels",
+        type=int,
+        default=None,
+        help="decoder input channels (default: NVSModule's)",
+    )
     parser.add_argument("--warmup-steps", type=int, default=0, help="semi: synthesis-only steps first")
     parser.add_argument("--silhouette-threshold", type=float, default=0.02)
     parser.add_argument(
