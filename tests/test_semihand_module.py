@@ -1,5 +1,6 @@
 import copy
 import csv
+import json
 import math
 import os
 import subprocess
@@ -385,7 +386,14 @@ def test_pseudo_label_export_writes_files_and_panels(tmp_path):
         "error_final_mm",
     } <= set(rows[0])
     assert export.last_summary["changed_rate"] == 1.0
-    figures = export.panels(module.last_pseudo_labels)
+    # Callbacks read the pseudo-labels through the task's one documented state, not its attributes.
+    state = module.visualization_state()
+    assert state["pseudo_labels"] is module.last_pseudo_labels and state["confidence_keep"] == "below"
+    torch.testing.assert_close(state["confidence"], module.last_pseudo_labels["labels"].spread)
+    assert (
+        state["protocol_name"] == "synthhands" and state["protocol"] is module.eval_metrics["val"]["protocol"]
+    )
+    figures = export.panels(state["pseudo_labels"])
     assert set(figures) == {"correction", "confidence", "pck"}
     assert len(figures["correction"].axes) == 2  # the last unlabelled batch held 2 images (max_images 4)
 
@@ -478,6 +486,56 @@ def test_all_configs_present():
         for suffix in ("", "_rhd_stb", "_rhd_do")
     }
     assert expected <= set(CONFIGS)
+
+
+# The model configs on the real-data configs, as the README composes them (-c model -c data), on the fakes
+# (the data configs' data/RHD, data/STB, data/dexter_object). One runs by default, the other with -m slow.
+COMPOSED = [
+    ("semihand.yaml", "rhd_to_stb.yaml"),
+    pytest.param("semihand_source_only.yaml", "rhd_to_dexter_object.yaml", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="module")
+def fake_real_data(tmp_path_factory):
+    from handssl.data.fakes import make_fake_dexter_object, make_fake_rhd, make_fake_stb
+
+    root = tmp_path_factory.mktemp("semihand_composed")
+    make_fake_rhd(root / "data" / "RHD", num_samples=4)
+    make_fake_stb(root / "data" / "STB", num_frames=1)
+    make_fake_dexter_object(root / "data" / "dexter_object", num_frames=2)
+    return root
+
+
+@pytest.mark.filterwarnings("error:Total length of")
+@pytest.mark.parametrize("model, data", COMPOSED)
+def test_composed_config_fast_dev_run(model, data, fake_real_data, tmp_path, monkeypatch):
+    pytest.importorskip("handssl.biomech")
+    from handssl.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(fake_real_data)
+    experiments = ROOT_DIR / "experiments"
+    main(
+        [
+            "fit",
+            "-c",
+            str(experiments / "model" / model),
+            "-c",
+            str(experiments / "data" / data),
+            "--trainer.fast_dev_run=true",
+            "--trainer.accelerator=cpu",
+            "--data.init_args.batch_size=4",
+            "--model.init_args.unsupervised_start_step=0",
+            "--test_after_fit=true",
+            f"--runs_dir={tmp_path / 'runs'}",
+        ]
+    )
+    # Named after both files; scored with the protocol the test set's datasets name (no config writes it).
+    run_dir = tmp_path / "runs" / f"{Path(model).stem}+{Path(data).stem}" / "fast_dev_run"
+    metrics = json.loads((run_dir / "test_metrics.json").read_text())
+    protocol = {"rhd_to_stb.yaml": "stb", "rhd_to_dexter_object.yaml": "dexter_object"}[data]
+    assert f"test/{protocol}/auc" in metrics
 
 
 # ------------------------------------------------------------------------------------------------ DDP

@@ -242,16 +242,24 @@ def test_normalised_images_are_rescaled_for_display():
     )
 
 
-def test_semihand_stash_gives_a_cost_confidence():
+def test_confidence_comes_from_the_tasks_visualization_state():
     class Labels:  # PseudoLabels: spread is the paper's cost C, confidence = exp(-C)
         spread = torch.tensor([0.5, 2.0, 1.0])
         confidence = torch.exp(-spread)
 
-    module = PerfectModule()
-    module.last_pseudo_labels = {"labels": Labels(), "threshold": 1.5}
-    out = collect_visualization(module, _batch())
+    stash = {"labels": Labels(), "threshold": 1.5}
+
+    class SemiLike(PerfectModule):
+        def visualization_state(self, stage="val"):
+            return {"confidence": Labels.spread, "confidence_threshold": 1.5, "confidence_keep": "below"}
+
+    out = collect_visualization(SemiLike(), _batch())
     assert out["confidence_keep"] == "below" and out["confidence_threshold"] == 1.5
     torch.testing.assert_close(out["confidence"], Labels.spread)
+    # The same stash as an attribute, without the method, shows nothing: callbacks do not reach into attributes.
+    bare = PerfectModule()
+    bare.last_pseudo_labels = stash
+    assert "confidence" not in collect_visualization(bare, _batch())
 
 
 def test_multi_view_batches_need_the_hook():

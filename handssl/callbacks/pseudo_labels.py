@@ -26,6 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from handssl.callbacks._state import task_state
 from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 from handssl.models.components.pseudo_labels import PseudoLabels
 from handssl.skeleton import ROOT
@@ -156,7 +157,7 @@ class PseudoLabelExport(Callback):
         if trainer.fast_dev_run or not self.log_every_n_steps or trainer.global_step % self.log_every_n_steps:
             return
         logger = _wandb_logger(trainer)
-        stash = getattr(pl_module, "last_pseudo_labels", None)
+        stash = task_state(pl_module).get("pseudo_labels")
         if logger is None or stash is None or not trainer.is_global_zero:
             return
         from handssl import viz
@@ -168,7 +169,7 @@ class PseudoLabelExport(Callback):
             figure.clf()
 
     def panels(self, stash: dict[str, Any]) -> dict[str, Any]:
-        """The matplotlib figures logged to wandb, from the module's ``last_pseudo_labels``."""
+        """The matplotlib figures logged to wandb, from ``pseudo_labels`` of the task's ``visualization_state()``."""
         import matplotlib.pyplot as plt
 
         from handssl import viz

@@ -25,8 +25,13 @@ Panels (``<prefix>`` defaults to ``"viz"``):
 The resolved config (``config.yaml`` that the handssl CLI writes into the run directory, or ``config_path``) is
 added once to the wandb run config under ``handssl_config`` and saved as the run file ``handssl_config.yaml``.
 
-The duck-typed hook
+What a task exposes
 -------------------
+Besides the batch, the callback reads the task only through
+:meth:`~handssl.models.base.BaseHandTask.visualization_state` (``protocol``: the protocol metric with the PCK
+curve, ``protocol_name``, and optional ``confidence``/``confidence_threshold``/``confidence_keep``), its
+prediction methods and the optional hook below; never its private attributes.
+
 A task may define ``visualization_outputs(batch) -> dict`` (called in eval mode, without gradients) to control
 what is drawn. Every key is optional; missing ones fall back to defaults:
 
@@ -41,8 +46,9 @@ what is drawn. Every key is optional; missing ones fall back to defaults:
     ``(B, 21, 2)`` predicted pixels of ``image``. Default: the root-relative 3D prediction placed at the
     ground-truth root and projected with ``batch["K"]``.
 ``confidence``
-    Confidences, ``(B,)`` or ``(B, 21)``. Default: none, except for a task holding SemiHand's
-    ``last_pseudo_labels`` stash: the latest training pseudo-labels' spread ``C`` (a cost), with its threshold.
+    Confidences, ``(B,)`` or ``(B, 21)``. Default: the ``confidence`` (``confidence_threshold``,
+    ``confidence_keep``) of the task's ``visualization_state()``, e.g. SemiHand's latest training
+    pseudo-labels' spread ``C`` (a cost), with its threshold; else none.
 ``confidence_threshold``
     Selection threshold drawn on the histogram.
 ``confidence_keep``
@@ -72,6 +78,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from handssl import viz
+from handssl.callbacks._state import task_state
 from handssl.geometry import project
 from handssl.metrics.functional import pck_curve
 from handssl.metrics.protocols import get_protocol
@@ -116,19 +123,17 @@ def _display_images(images: Tensor) -> Tensor:
     return images.clamp(0.0, 1.0)
 
 
-def _stash_confidence(pl_module: Any) -> dict[str, Any]:
-    """SemiHand's latest training pseudo-labels' spread ``C`` (a cost) and threshold, from ``last_pseudo_labels``."""
-    stash = getattr(pl_module, "last_pseudo_labels", None)
-    labels = stash.get("labels") if isinstance(stash, Mapping) else None
-    spread = getattr(labels, "spread", None)
-    if spread is None:
+def _state_confidence(pl_module: Any) -> dict[str, Any]:
+    """The confidences a task exposes in its visualization state (SemiHand: the pseudo-labels' spread ``C``)."""
+    state = task_state(pl_module)
+    if state.get("confidence") is None:
         return {}
-    threshold = stash.get("threshold")
+    threshold = state.get("confidence_threshold")
     finite = threshold is not None and math.isfinite(threshold)
     return {
-        "confidence": spread,
+        "confidence": state["confidence"],
         "confidence_threshold": float(threshold) if finite else None,
-        "confidence_keep": "below",
+        "confidence_keep": state.get("confidence_keep", "above"),
     }
 
 
@@ -196,7 +201,7 @@ def collect_visualization(
         "gt_joints3d": gt_rel[:count],
         "valid": valid[:count] & valid[:count, ROOT : ROOT + 1],
     }
-    confidence = outputs if "confidence" in outputs else _stash_confidence(pl_module)
+    confidence = outputs if "confidence" in outputs else _state_confidence(pl_module)
     if confidence.get("confidence") is not None:
         keep = confidence.get("confidence_keep", "above")
         if keep not in _CONFIDENCE_KEEP:
@@ -335,17 +340,14 @@ def confidence_figure(
 def pck_from_module(pl_module: Any, stage: str = "val") -> dict[str, Any] | None:
     """The PCK curve of the task's protocol metric for ``stage``, or ``None`` when it has none or no data.
 
-    Reads ``pl_module.eval_metrics[stage]["protocol"]`` (:class:`~handssl.models.base.BaseHandTask`); call it on
+    Reads ``protocol`` of the task's :meth:`~handssl.models.base.BaseHandTask.visualization_state`; call it on
     every process under DDP (the metric synchronises) before the task resets the metric.
 
     Returns:
         ``{"thresholds": (T,) mm, "curve": (T,), "auc": float, "protocol": name}`` as numpy / floats.
     """
-    try:
-        metric = pl_module.eval_metrics[stage]["protocol"]
-    except (AttributeError, KeyError, TypeError):
-        return None
-    if not getattr(metric, "update_called", False):
+    metric = task_state(pl_module, stage).get("protocol")
+    if metric is None or not getattr(metric, "update_called", False):
         return None
     result = metric.compute()
     curve = result["pck_curve"].detach().cpu().double().numpy()
@@ -366,8 +368,7 @@ def _recomputed_pck(pl_module: Any, collected: list[dict[str, Any]]) -> dict[str
     valid = torch.cat([c["all_valid"] for c in collected])
     if not bool(valid.any()):
         return None
-    hparams = getattr(pl_module, "hparams", None)
-    name = hparams.get("eval_protocol") if isinstance(hparams, Mapping) else None
+    name = task_state(pl_module).get("protocol_name")
     try:
         thresholds = (
             get_protocol(name).thresholds if name else torch.linspace(20.0, 50.0, 20, dtype=torch.float64)

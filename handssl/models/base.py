@@ -170,6 +170,29 @@ class BaseHandTask(pl.LightningModule):
             }
         )
 
+    def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
+        """What this task shows to the visualisation callbacks: the one interface they read.
+
+        :class:`~handssl.callbacks.PoseVisualizationCallback` and
+        :class:`~handssl.callbacks.pseudo_labels.PseudoLabelExport` call it instead of reaching into the
+        task's attributes; a task with more to show overrides it and extends the dict. Every key is optional.
+
+        Args:
+            stage: Whose evaluation metric to expose.
+
+        Returns:
+            ``protocol_name``: the evaluation protocol (``eval_protocol``); ``protocol``: the
+            :class:`~handssl.metrics.ProtocolMetric` accumulating ``stage`` (its PCK curve), when the task has
+            one; SemiHand adds ``pseudo_labels`` (the latest training batch's pseudo-labels, on CPU) and
+            ``confidence``, ``confidence_threshold``, ``confidence_keep`` (their spread ``C``, a cost kept
+            ``"below"`` the threshold).
+        """
+        state: dict[str, Any] = {"protocol_name": self.hparams.get("eval_protocol")}
+        metrics = getattr(self, "eval_metrics", None)
+        if metrics is not None and stage in metrics:
+            state["protocol"] = metrics[stage]["protocol"]
+        return state
+
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         """Root-relative 3D joints ``(B, 21, 3)`` in mm, in the camera frame of ``batch['image']``."""
         raise NotImplementedError

@@ -663,6 +663,23 @@ class SemiHandModule(BaseHandTask):
             "threshold": self.hparams.threshold,
         }
 
+    def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
+        """The base task's state plus the latest training pseudo-labels (``pseudo_labels``) and their spread.
+
+        ``pseudo_labels`` holds the first items of the latest unlabelled batch (``image``, ``labels``:
+        :class:`PseudoLabels`, ``eval_joints2d``/``eval_joints3d``/``eval_valid``, ``threshold``); ``confidence``
+        is their spread ``C``, a cost: kept ``"below"`` ``confidence_threshold`` (``None`` with the fraction gate).
+        """
+        state = super().visualization_state(stage)
+        stash = self.last_pseudo_labels
+        if stash is not None:
+            threshold = stash.get("threshold")
+            state["pseudo_labels"] = stash
+            state["confidence"] = stash["labels"].spread
+            state["confidence_threshold"] = float(threshold) if threshold is not None else None
+            state["confidence_keep"] = "below"
+        return state
+
     # ---------------------------------------------------------------------------------------- EMA
     def current_momentum(self) -> float:
         """Momentum of the next teacher update (``ema_decay``, warmed up over the first updates)."""
