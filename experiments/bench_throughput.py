@@ -33,6 +33,8 @@ import contextlib
 import copy
 import csv
 import importlib
+import inspect
+import io
 import json
 import math
 import sys
@@ -125,9 +127,13 @@ def task_config(
     render_on: str = "workers",
 ) -> dict[str, Any]:
     """A ``handssl fit`` config: the task's experiment config at ``size`` px on ``frames`` training frames."""
-    config = yaml.safe_load((ROOT / TASKS[task]).read_text())
+    resolved = resolved_config(ROOT / TASKS[task])
+    config = {"seed_everything": 0, "model": resolved["model"], "data": resolved["data"]}
     model, data = config["model"], config["data"]
     _set_key(model, "image_size", size)
+    model_class = _import(model["class_path"])
+    if "image_size" in inspect.signature(model_class).parameters:  # the CLI may leave it to follow the data
+        model["init_args"]["image_size"] = size
     _set_key(data, "image_size", size)
     data["init_args"]["image_size"] = size  # every handssl DataModule has it; the model's follows it
     # Two sequences per subject (NVS's appearance images come from another sequence), up to 64 frames each.
@@ -163,9 +169,26 @@ def task_config(
         "logger": False,
         "callbacks": [timer],
     }
-    config.pop("test_after_fit", None)
-    config["seed_everything"] = 0
     return config
+
+
+def resolved_config(path: Path) -> dict[str, Any]:
+    """``handssl fit -c path --print_config``: the config as the CLI resolves it (composition, interpolation)."""
+    from handssl.cli import main as handssl_main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        try:
+            handssl_main(["fit", "-c", str(path), "--print_config"])
+        except SystemExit as stop:
+            if stop.code not in (0, None):
+                raise
+    return yaml.safe_load(printed.getvalue())
+
+
+def _import(class_path: str) -> Any:
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
 
 
 def instantiate(node: Any) -> Any:
@@ -173,8 +196,7 @@ def instantiate(node: Any) -> Any:
     if isinstance(node, list):
         return [instantiate(item) for item in node]
     if isinstance(node, dict) and "class_path" in node:
-        module_name, _, class_name = node["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = _import(node["class_path"])
         return cls(**{k: instantiate(v) for k, v in node.get("init_args", {}).items()})
     if isinstance(node, dict):
         return {k: instantiate(v) for k, v in node.items()}

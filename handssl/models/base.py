@@ -107,7 +107,7 @@ class BaseHandTask(pl.LightningModule):
         warmup_steps: Linear warm-up steps of the cosine schedule.
         eval_protocol: Name of the evaluation protocol (see :mod:`handssl.metrics.protocols`).
         channels_last: Keep the convolution weights (and so the feature maps) in ``torch.channels_last``
-            memory format: faster convolutions with ``bf16-mixed`` on tensor-core GPUs and with oneDNN on CPUs.
+            memory format (the layout tensor-core convolutions under ``bf16-mixed`` prefer; same numbers).
         compile: Compile the networks (:meth:`compile_targets`) with ``torch.compile`` in place; the
             state dict keeps its keys. The first steps are slow while the graphs compile.
         compile_backend: ``torch.compile`` backend: ``"inductor"`` (generated kernels, the fast one) or
