@@ -548,22 +548,9 @@ class SemiHandModule(BaseHandTask):
         losses: dict[str, Tensor],
         want: dict[str, bool],
     ) -> Tensor:
-        total = outs[next(iter(outs))]["uv"].new_zeros(())
-        rows, target = self._labels_and_targets(unlabeled, want)
-        with self.full_precision():
-            return self._unsupervised_terms(outs, unlabeled, losses, want, rows, target, total)
-
-    def _unsupervised_terms(
-        self,
-        outs: dict[str, dict[str, Tensor]],
-        unlabeled: dict[str, Any],
-        losses: dict[str, Tensor],
-        want: dict[str, bool],
-        rows: dict[str, Tensor] | None,
-        target: dict[str, Tensor] | None,
-        total: Tensor,
-    ) -> Tensor:
+        """The gated pseudo-label loss, Eq. 6's ``l(r, p)`` and the consistency losses (in float32)."""
         hp = self.hparams
+        rows, target = self._labels_and_targets(unlabeled, want)
         label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
             outs["strong"]["uv"],
             outs["strong"]["depth"],
@@ -576,16 +563,20 @@ class SemiHandModule(BaseHandTask):
             self.uv_unit_px,
             hp.root_joint,
         )
-        if want["pseudo_label"]:
-            losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
-            losses["accept_rate"] = rows["accepted"].float().mean().detach()
-            total = total + hp.pseudo_label_weight * losses["pseudo_label"]
-        if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
-            usable = ~rows["refused"].bool()
-            losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
-            total = total + hp.correction_weight * losses["correction"]
-        if want["consistency"]:
-            total = total + hp.consistency_weight * self._consistency_losses(outs, unlabeled, target, losses)
+        total = outs[next(iter(outs))]["uv"].new_zeros(())
+        with self.full_precision():
+            if want["pseudo_label"]:
+                losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
+                losses["accept_rate"] = rows["accepted"].float().mean().detach()
+                total = total + hp.pseudo_label_weight * losses["pseudo_label"]
+            if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
+                usable = ~rows["refused"].bool()
+                losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
+                total = total + hp.correction_weight * losses["correction"]
+            if want["consistency"]:
+                total = total + hp.consistency_weight * self._consistency_losses(
+                    outs, unlabeled, target, losses
+                )
         return total
 
     def _consistency_losses(
