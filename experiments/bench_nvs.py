@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.pretrained:
         import handssl.pretrained
 
-        module = handssl.pretrained.load(args.pretrained)
+        try:
+            module = handssl.pretrained.load(args.pretrained)
+        except handssl.pretrained.PretrainedError as error:
+            raise SystemExit(str(error)) from None
     else:
         module = load_module(args.checkpoint)
     if module.decoder is None:

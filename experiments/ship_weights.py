@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         args.trained_by = (
             args.trained_by or "python experiments/semihand_ablation.py --cache-dir runs/synthhands_cache"
         )
+        if not Path(args.results).is_file():
+            raise SystemExit(f"results file not found: {args.results} (run experiments/semihand_ablation.py)")
         ship_semihand(args)
     else:
         args.run_dir = args.run_dir or "runs/nvs_benchmark"
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
         args.trained_by = args.trained_by or (
             "python experiments/nvs_benchmark.py --subjects 1 2 --minutes 24 --stage2-minutes 4 --threads 2"
         )
+        if not Path(args.results).is_file():
+            raise SystemExit(f"results file not found: {args.results} (run experiments/nvs_benchmark.py)")
         ship_nvs(args)
 
 
