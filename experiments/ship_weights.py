@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import functools
 import hashlib
 import json
 import subprocess
@@ -38,8 +39,9 @@ NVS = {"semi": "nvs-semi-synthhands", "supervised": "nvs-supervised-synthhands"}
 PATH_HPARAMS = ("init_checkpoint", "pretrained_checkpoint")
 
 
+@functools.cache
 def git_commit() -> str:
-    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it."""
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it (read once, before any file is written)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
         dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
