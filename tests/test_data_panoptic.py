@@ -8,7 +8,7 @@ import pytest
 
 from handssl.data.base import DatasetError, check_sample, load_image
 from handssl.data.fakes.panoptic import fake_background, make_fake_panoptic
-from handssl.data.panoptic import PanopticMultiView, crop_source_maps, find_sequences
+from handssl.data.panoptic import Panoptic, PanopticMultiView, crop_source_maps, find_sequences
 from handssl.geometry import camera_center, project
 
 SEQ = "171204_pose1_sample"
@@ -44,7 +44,7 @@ def cv2_project_cm(points_cm: np.ndarray, cam: dict) -> np.ndarray:
 
 
 def test_single_view_matches_raw_files_and_opencv(fake_root):
-    ds = PanopticMultiView(fake_root, require_in_view=False)
+    ds = Panoptic(fake_root, require_in_view=False)
     assert len(ds) == 5 * 3  # frames x HD cameras; the VGA camera is ignored
     calib = raw_calibration(fake_root)
     for i in range(len(ds)):
@@ -68,7 +68,7 @@ def test_single_view_matches_raw_files_and_opencv(fake_root):
 
 def test_distortion_is_not_negligible_in_the_fake(fake_root):
     # Guard for the test above: dropping the distortion (or one tangential term) must move the joints.
-    ds = PanopticMultiView(fake_root)
+    ds = Panoptic(fake_root)
     s = ds[0]
     pinhole = project(s["joints3d"].astype(np.float64), s["K"].astype(np.float64))
     assert np.abs(pinhole - s["joints2d"]).max() > 2.0
@@ -80,7 +80,7 @@ def test_distortion_is_not_negligible_in_the_fake(fake_root):
 def test_canonical_order_matches_the_known_hand(fake_root):
     # The fake hand has fixed bone lengths per finger (fakes.panoptic._BONE_LENGTHS_MM); a wrong joint map
     # or a missed cm->mm conversion changes them.
-    s = PanopticMultiView(fake_root)[0]
+    s = Panoptic(fake_root)[0]
     j = s["joints3d"].astype(np.float64)
 
     def bone(a, b):
@@ -94,7 +94,7 @@ def test_canonical_order_matches_the_known_hand(fake_root):
 
 def test_in_view_filter_keeps_only_views_that_see_the_hand(fake_root):
     with pytest.warns(UserWarning, match=r"skipped \d+ samples \(camera views"):
-        ds = PanopticMultiView(fake_root, hand="left")
+        ds = Panoptic(fake_root, hand="left")
     assert 0 < len(ds) < 15  # the fake left hand is out of some views
     for i in range(len(ds)):
         s = ds[i]
@@ -104,7 +104,7 @@ def test_in_view_filter_keeps_only_views_that_see_the_hand(fake_root):
 
 
 def test_cameras_option_and_every_nth_frame(fake_root):
-    ds = PanopticMultiView(fake_root, cameras=[3, "00_07"], every_nth_frame=2, require_in_view=False)
+    ds = Panoptic(fake_root, cameras=[3, "00_07"], every_nth_frame=2, require_in_view=False)
     assert len(ds) == 3 * 2  # frames 0, 2, 4 x two cameras
     assert {ds[i]["meta"]["camera"] for i in range(len(ds))} == {"00_03", "00_07"}
     assert {ds[i]["meta"]["frame"] for i in range(len(ds))} == {0, 2, 4}
@@ -116,7 +116,7 @@ def test_skipped_frames_are_counted_in_one_warning(tmp_path):
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = PanopticMultiView(root, require_in_view=False)
+        ds = Panoptic(root, require_in_view=False)
     frames_warnings = [str(w.message) for w in caught if "frames" in str(w.message)]
     assert len(frames_warnings) == 1
     message = frames_warnings[0]
@@ -127,12 +127,12 @@ def test_skipped_frames_are_counted_in_one_warning(tmp_path):
     # A threshold of 0 keeps the low-score frame.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert len(PanopticMultiView(root, require_in_view=False, min_score=0.0)) == 3 * 3
+        assert len(Panoptic(root, require_in_view=False, min_score=0.0)) == 3 * 3
 
 
 def test_mirror_left_is_consistent_with_distortion(fake_root):
-    plain = PanopticMultiView(fake_root, hand="left", require_in_view=False)
-    mirrored = PanopticMultiView(fake_root, hand="left", require_in_view=False, mirror_left=True)
+    plain = Panoptic(fake_root, hand="left", require_in_view=False)
+    mirrored = Panoptic(fake_root, hand="left", require_in_view=False, mirror_left=True)
     a, b = plain[0], mirrored[0]
     assert a["meta"]["hand"] == "left" and b["meta"]["hand"] == "right" and b["meta"]["mirrored"]
     np.testing.assert_array_equal(b["image"], a["image"][:, ::-1])
@@ -291,41 +291,41 @@ def test_find_sequences(tmp_path):
     make_fake_panoptic(tmp_path, sequences=("b_seq", "a_seq"), num_frames=1)
     (tmp_path / "not_a_sequence").mkdir()
     assert find_sequences(tmp_path) == ["a_seq", "b_seq"]
-    ds = PanopticMultiView(tmp_path, require_in_view=False)
+    ds = Panoptic(tmp_path, require_in_view=False)
     assert {ds[i]["meta"]["sequence"] for i in range(len(ds))} == {"a_seq", "b_seq"}
-    assert len(PanopticMultiView(tmp_path, sequences="b_seq", require_in_view=False)) == 3
+    assert len(Panoptic(tmp_path, sequences="b_seq", require_in_view=False)) == 3
 
 
 def test_errors_name_the_problem(tmp_path, fake_root):
     with pytest.raises(DatasetError, match=r"root folder not found: .*nowhere"):
-        PanopticMultiView(tmp_path / "nowhere")
+        Panoptic(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"(?s)no CMU Panoptic sequence found.*Expected layout"):
-        PanopticMultiView(tmp_path / "empty")
+        Panoptic(tmp_path / "empty")
     with pytest.raises(DatasetError, match="sequence folder 'missing_seq' not found"):
-        PanopticMultiView(fake_root, sequences=["missing_seq"])
+        Panoptic(fake_root, sequences=["missing_seq"])
     with pytest.raises(DatasetError, match="no HD camera named '00_29'"):
-        PanopticMultiView(fake_root, cameras=["00_29"])
+        Panoptic(fake_root, cameras=["00_29"])
     with pytest.raises(ValueError, match="hand must be"):
-        PanopticMultiView(fake_root, hand="both")
+        Panoptic(fake_root, hand="both")
 
 
 def test_missing_annotations_and_broken_files(tmp_path):
     root = make_fake_panoptic(tmp_path, num_frames=3, nodes=(0, 3))
     (root / SEQ / f"calibration_{SEQ}.json").rename(root / SEQ / "calib.bak")
     with pytest.raises(DatasetError, match="calibration file not found"):
-        PanopticMultiView(root, sequences=[SEQ])
+        Panoptic(root, sequences=[SEQ])
     (root / SEQ / "calib.bak").rename(root / SEQ / f"calibration_{SEQ}.json")
 
     hand_file = root / SEQ / "hdHand3d" / "handRecon3D_hd00000001.json"
     hand_file.write_text('{"people": [')
     with pytest.raises(DatasetError, match=r"malformed json file .*handRecon3D_hd00000001\.json"):
-        PanopticMultiView(root)
+        Panoptic(root)
     hand_file.unlink()
 
     image = root / SEQ / "hdImgs" / "00_00" / "00_00_00000002.jpg"
     image.write_bytes(image.read_bytes()[:2000])
-    ds = PanopticMultiView(root, cameras=["00_00"], require_in_view=False)
+    ds = Panoptic(root, cameras=["00_00"], require_in_view=False)
     assert [ds[0]["meta"]["frame"], len(ds)] == [0, 2]  # frame 1 lost its hand file above
     with pytest.raises(DatasetError, match=r"corrupt or truncated image file: .*00_00_00000002\.jpg"):
         ds[1]
@@ -333,13 +333,33 @@ def test_missing_annotations_and_broken_files(tmp_path):
     first = root / SEQ / "hdImgs" / "00_00" / "00_00_00000000.jpg"
     first.write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match=r"corrupt or truncated image file: .*00_00_00000000\.jpg"):
-        PanopticMultiView(root, cameras=["00_00"])
+        Panoptic(root, cameras=["00_00"])
 
 
 def test_missing_image_views_are_skipped(tmp_path):
     root = make_fake_panoptic(tmp_path, num_frames=3, nodes=(0, 3))
     (root / SEQ / "hdImgs" / "00_03" / "00_03_00000001.jpg").unlink()
     with pytest.warns(UserWarning, match="skipped 1 samples \\(camera views"):
-        ds = PanopticMultiView(root, require_in_view=False)
+        ds = Panoptic(root, require_in_view=False)
     assert len(ds) == 3 * 2 - 1
     assert load_image(root / SEQ / "hdImgs" / "00_00" / "00_00_00000001.jpg").shape == (240, 320, 3)
+
+
+def test_old_single_view_name_still_builds_the_single_view_loader(fake_root):
+    # Configs and notebooks wrote PanopticMultiView(root) for single-view items (multiview=False was the default).
+    with pytest.warns(DeprecationWarning, match="use handssl.data.Panoptic"):
+        old = PanopticMultiView(fake_root, hand="right", require_in_view=False, num_views=3)
+    new = Panoptic(fake_root, hand="right", require_in_view=False)
+    assert type(old) is Panoptic and len(old) == len(new)
+    np.testing.assert_array_equal(old[4]["joints2d"], new[4]["joints2d"])
+    with pytest.warns(DeprecationWarning):
+        assert type(PanopticMultiView(fake_root, None, None, "right", 0.001, 1, False, False)) is Panoptic
+
+
+def test_multiview_dataset_pickles(fake_root):
+    import pickle
+
+    ds = PanopticMultiView(fake_root, multiview=True, crop_size=16, require_in_view=False)
+    again = pickle.loads(pickle.dumps(ds))  # DataLoader workers under spawn
+    assert type(again) is PanopticMultiView and len(again) == len(ds)
+    assert again[0]["meta"]["cameras"] == ds[0]["meta"]["cameras"]

@@ -15,6 +15,7 @@ _EXPORTS = {
     "RHD": "rhd",
     "STB": "stb",
     "DexterObject": "dexter_object",
+    "Panoptic": "panoptic",
     "PanopticMultiView": "panoptic",
     "PanopticHandDB": "handdb",
     "FreiHAND": "freihand",

@@ -62,7 +62,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "rhd": DatasetSpec("rhd:RHD", "split", ("training", "evaluation")),
     "stb": DatasetSpec("stb:STB", "split", ("train", "test")),
     "dexter_object": DatasetSpec("dexter_object:DexterObject", None, ("test",)),
-    "panoptic": DatasetSpec("panoptic:PanopticMultiView", "sequences", _panoptic_sequences),
+    "panoptic": DatasetSpec("panoptic:Panoptic", "sequences", _panoptic_sequences),
     "handdb": DatasetSpec("handdb:PanopticHandDB", "subset", ("panopticdb", "manual_train", "manual_test")),
     "freihand": DatasetSpec("freihand:FreiHAND", "split", ("training", "evaluation")),
     "synthhands": DatasetSpec(

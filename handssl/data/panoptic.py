@@ -16,6 +16,7 @@ whole hand are skipped too (a second warning).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -45,10 +46,13 @@ from handssl.skeleton import NUM_JOINTS
 
 __all__ = [
     "PANOPTIC_LAYOUT",
+    "Panoptic",
     "PanopticCamera",
+    "PanopticIndex",
     "PanopticMultiView",
     "crop_source_maps",
     "find_sequences",
+    "index_sequences",
     "remap_through_crop",
 ]
 
@@ -165,29 +169,334 @@ def crop_source_maps(
     return source[..., 0], source[..., 1]
 
 
-class PanopticMultiView(HandDataset):
-    """CMU Panoptic hands from the HD cameras: one (frame, camera) per item, or multi-view crops for NVS.
+@dataclass
+class PanopticIndex:
+    """Every usable annotated hand (frame, person) of some sequences, and the HD cameras that see it.
 
-    Single-view items (``multiview=False``) follow the sample contract with the full original image
-    (``uint8 H x W x 3``), ``joints3d`` in that camera's frame (mm), distorted ``joints2d``, ``K``, ``valid``
-    (all True) and additionally ``R (3, 3)``, ``t (3,)`` (world -> camera, mm), ``dist (5,)`` and
-    ``joints3d_world (21, 3)`` (mm).
+    Built by :func:`index_sequences`; :class:`Panoptic` and :class:`PanopticMultiView` both draw their items
+    from it. Row ``r`` is one annotated hand.
 
-    Multi-view items (``multiview=True``) hold ``num_views`` cameras of one frame as crops through crop
-    cameras (:func:`handssl.geometry.crop_camera`: each shares its real camera's centre and looks at the
-    hand centre, so crops of different views are related by pure rotations). The original distorted image is
-    resampled for every crop pixel (:func:`remap_through_crop`). Keys, as in SynthHands' multi-view items:
-    ``image (V, 3, S, S)`` float in ``[0, 1]``; ``background (V, 3, S, S)``, the camera's background (median
-    over ``background_frames`` frames of the full image, cached on disk) through the same crop camera;
-    ``joints3d (V, 21, 3)`` crop-camera frame mm; ``joints2d (V, 21, 2)``; ``K (V, 3, 3)`` crop intrinsics;
-    ``R (V, 3, 3)``, ``t (V, 3)`` world -> crop camera; ``valid (V, 21)``; ``joints3d_world (21, 3)``;
-    ``image_t2 (V, 3, S, S)``, the same cameras at another frame t' of the same sequence and person (cropped
-    around the hand at t'); and ``meta`` (``cameras`` list, ``frame_t2``). Views and t' are drawn
-    deterministically from ``(seed, index)``.
+    Attributes:
+        sequences: Sequence names.
+        cameras: Per sequence, its HD cameras.
+        seq: ``(N,)`` sequence index of each row.
+        frame: ``(N,)`` HD frame number of each row.
+        person: ``(N,)`` person id of each row.
+        joints_world: ``(N, 21, 3)`` world joints in mm.
+        views: Per row, the local indices of the cameras whose image exists and (with ``require_in_view``)
+            that see the whole hand.
+    """
 
-    Mirroring (``mirror_left``) flips images and 2D, negates camera-frame x, and keeps the world: ``R`` and
-    ``t`` become ``F R`` and ``F t`` with ``F = diag(-1, 1, 1)`` (a reflection, ``det = -1``; relative rotations
-    between views stay proper rotations) and, for single-view items, ``dist``'s ``p2`` changes sign.
+    sequences: list[str]
+    cameras: list[list[PanopticCamera]]
+    seq: np.ndarray
+    frame: np.ndarray
+    person: np.ndarray
+    joints_world: np.ndarray
+    views: list[np.ndarray]
+
+
+def index_sequences(
+    root: Path,
+    sequences: str | Sequence[str] | None,
+    cameras: Sequence[str | int] | None,
+    hand: str,
+    min_score: float,
+    every_nth_frame: int,
+    require_in_view: bool,
+    name: str = "panoptic",
+) -> PanopticIndex:
+    """Read the calibrations and hand annotations of ``sequences`` under ``root`` into a :class:`PanopticIndex`.
+
+    Warns once with the counts of skipped frames and once with the skipped camera views (module docstring).
+
+    Args:
+        root: Folder holding one sub-folder per sequence (see :data:`PANOPTIC_LAYOUT`).
+        sequences: Sequence name(s); ``None`` takes every sequence found under ``root``.
+        cameras: HD camera names or node numbers; ``None`` takes every HD camera with an image folder.
+        hand: ``"right"`` or ``"left"``.
+        min_score: Hands with a mean ``averageScore`` below this are skipped.
+        every_nth_frame: Keep every n-th hand annotation file.
+        require_in_view: A camera sees a hand only when every joint projects inside its image.
+        name: Dataset name the warnings start with.
+
+    Raises:
+        DatasetError: A sequence, its calibration, its annotations or a camera's images are missing or malformed.
+    """
+    names = _sequence_names(root, sequences)
+    all_cameras: list[list[PanopticCamera]] = []
+    rows_seq, rows_frame, rows_person, rows_joints, rows_views = [], [], [], [], []
+    skipped: dict[str, int] = {"missing": 0, "low_score": 0, "non_finite": 0}
+    skipped_views = 0
+    for seq_index, seq in enumerate(names):
+        seq_dir = require_path(root / seq, f"CMU Panoptic sequence folder {seq!r}", PANOPTIC_LAYOUT)
+        cams, image_names = _load_cameras(seq_dir, seq, cameras)
+        all_cameras.append(cams)
+        frames, people, joints = _load_hands(seq_dir, hand, min_score, every_nth_frame, skipped)
+        if not frames:
+            continue
+        joints = np.stack(joints)  # (N, 21, 3) world mm
+        views = np.zeros((len(frames), len(cams)), dtype=bool)
+        for c, cam in enumerate(cams):
+            has_image = np.array([f"{cam.name}_{frame:08d}.jpg" in image_names[c] for frame in frames])
+            views[:, c] = has_image & (_in_view(joints, cam) if require_in_view else True)
+        skipped_views += int((~views).sum())
+        rows_seq += [seq_index] * len(frames)
+        rows_frame += frames
+        rows_person += people
+        rows_joints.append(joints)
+        rows_views += list(views)
+
+    reasons = {
+        "missing": f"no {hand} hand",
+        "low_score": f"mean averageScore < {min_score:g}",
+        "non_finite": "NaN/inf in the landmarks",
+    }
+    warn_skipped(
+        name,
+        sum(skipped.values()),
+        "frames: " + ", ".join(f"{n} with {reasons[k]}" for k, n in skipped.items() if n),
+    )
+    warn_skipped(name, skipped_views, "camera views: image file missing or hand not fully in view")
+    return PanopticIndex(
+        sequences=names,
+        cameras=all_cameras,
+        seq=np.asarray(rows_seq, dtype=np.int64),
+        frame=np.asarray(rows_frame, dtype=np.int64),
+        person=np.asarray(rows_person, dtype=np.int64),
+        joints_world=(
+            np.concatenate(rows_joints) if rows_joints else np.zeros((0, NUM_JOINTS, 3), dtype=np.float64)
+        ),
+        views=[np.flatnonzero(v) for v in rows_views],
+    )
+
+
+def _sequence_names(root: Path, sequences: str | Sequence[str] | None) -> list[str]:
+    if sequences is None:
+        found = find_sequences(root)
+        if not found:
+            raise DatasetError(
+                f"no CMU Panoptic sequence found under {root} (no <seq>/calibration_<seq>.json)"
+                f"\nExpected layout:\n{PANOPTIC_LAYOUT}"
+            )
+        return found
+    return [sequences] if isinstance(sequences, str) else list(sequences)
+
+
+def _load_cameras(
+    seq_dir: Path, seq: str, wanted: Sequence[str | int] | None
+) -> tuple[list[PanopticCamera], list[set[str]]]:
+    """The chosen HD cameras of one sequence and, for each, the names of its image files."""
+    calib_path = require_path(
+        seq_dir / f"calibration_{seq}.json", "CMU Panoptic calibration file", PANOPTIC_LAYOUT
+    )
+    calib = _read_json(calib_path)
+    try:
+        hd = {cam["name"]: cam for cam in calib["cameras"] if int(cam.get("panel", -1)) == 0}
+    except (KeyError, TypeError) as err:
+        raise DatasetError(
+            f"{calib_path}: expected {{'cameras': [{{'name', 'panel', ...}}]}} ({err})"
+        ) from err
+    if not hd:
+        raise DatasetError(f"{calib_path}: no HD camera (panel 0) in the calibration")
+    images_dir = seq_dir / "hdImgs"
+    if wanted is None:
+        names = [n for n in sorted(hd) if (images_dir / n).is_dir()]
+        if not names:
+            require_path(images_dir / sorted(hd)[0], "CMU Panoptic HD image folder", PANOPTIC_LAYOUT)
+    else:
+        names = [f"00_{c:02d}" if isinstance(c, int) else str(c) for c in wanted]
+        for n in names:
+            if n not in hd:
+                raise DatasetError(f"{calib_path}: no HD camera named {n!r} (HD cameras: {sorted(hd)})")
+            require_path(images_dir / n, "CMU Panoptic HD image folder", PANOPTIC_LAYOUT)
+    cams, image_names = [], []
+    for n in names:
+        files = {e.name for e in os.scandir(images_dir / n) if e.name.endswith(".jpg")}
+        if not files:
+            raise DatasetError(f"CMU Panoptic HD image folder is empty: {images_dir / n}")
+        first = images_dir / n / min(files)
+        try:
+            with Image.open(first) as img:
+                width, height = img.size
+        except (OSError, SyntaxError) as err:
+            raise DatasetError(f"corrupt or truncated image file: {first} ({err})") from err
+        cam = hd[n]
+        try:
+            cams.append(
+                PanopticCamera(
+                    name=n,
+                    K=np.asarray(cam["K"], dtype=np.float64).reshape(3, 3),
+                    R=np.asarray(cam["R"], dtype=np.float64).reshape(3, 3),
+                    t=np.asarray(cam["t"], dtype=np.float64).reshape(3) * CM_TO_MM,
+                    dist=np.asarray(cam["distCoef"], dtype=np.float64).reshape(-1),
+                    width=width,
+                    height=height,
+                )
+            )
+        except (KeyError, ValueError) as err:
+            raise DatasetError(f"{calib_path}: camera {n!r} lacks K, R, t or distCoef ({err})") from err
+        image_names.append(files)
+    return cams, image_names
+
+
+def _load_hands(
+    seq_dir: Path, hand: str, min_score: float, every_nth_frame: int, skipped: dict[str, int]
+) -> tuple[list[int], list[int], list[np.ndarray]]:
+    """Frame, person id and world joints (mm) of every kept ``hand`` of one sequence; counts the skipped ones."""
+    hand_dir = require_path(seq_dir / "hdHand3d", "CMU Panoptic hand annotation folder", PANOPTIC_LAYOUT)
+    files = sorted((int(m.group(1)), p) for p in hand_dir.iterdir() if (m := _HAND_FILE.match(p.name)))
+    if not files:
+        raise DatasetError(f"no handRecon3D_hd*.json in {hand_dir}\nExpected layout:\n{PANOPTIC_LAYOUT}")
+    key = f"{hand}_hand"
+    frames, people, joints = [], [], []
+    for frame, path in files[::every_nth_frame]:
+        data = _read_json(path)
+        found = False
+        for person in data.get("people", []):
+            if person.get("id", 0) < 0 or key not in person:
+                continue
+            found = True
+            annotation = person[key]
+            try:
+                landmarks = np.asarray(annotation["landmarks"], dtype=np.float64).reshape(NUM_JOINTS, 3)
+            except (KeyError, ValueError) as err:
+                raise DatasetError(f"{path}: {key} needs 63 'landmarks' values ({err})") from err
+            if not np.isfinite(landmarks).all():
+                skipped["non_finite"] += 1
+                continue
+            score = np.asarray(annotation.get("averageScore", [1.0]), dtype=np.float64)
+            if not score.size or float(score.mean()) < min_score:
+                skipped["low_score"] += 1
+                continue
+            frames.append(frame)
+            people.append(int(person.get("id", 0)))
+            joints.append(landmarks * CM_TO_MM)
+        if not found:
+            skipped["missing"] += 1
+    return frames, people, joints
+
+
+def _in_view(joints_world: np.ndarray, cam: PanopticCamera) -> np.ndarray:
+    """``(N,)`` whether every joint of each ``(N, 21, 3)`` world pose projects inside the camera's image."""
+    joints_cam = world_to_camera(joints_world, cam.R, cam.t)
+    uv = project(joints_cam, cam.K, cam.dist)
+    pinhole = project(joints_cam, cam.K)
+    inside = (
+        (joints_cam[..., 2] > 0)
+        & (uv[..., 0] >= -0.5)
+        & (uv[..., 0] <= cam.width - 0.5)
+        & (uv[..., 1] >= -0.5)
+        & (uv[..., 1] <= cam.height - 0.5)
+        & (np.abs(pinhole[..., 0] - cam.width / 2) < cam.width)
+        & (np.abs(pinhole[..., 1] - cam.height / 2) < cam.height)
+    )
+    return inside.all(-1)
+
+
+class _PanopticDataset(HandDataset):
+    """What :class:`Panoptic` and :class:`PanopticMultiView` share: the index, image paths, meta and mirroring.
+
+    Subclasses set ``self._items`` (what one item is) and implement ``_load_item``.
+    """
+
+    name = "panoptic"
+    multiview = False
+
+    def __init__(
+        self,
+        root: str | Path,
+        sequences: str | list[str] | None,
+        cameras: list[str | int] | None,
+        hand: str,
+        min_score: float,
+        every_nth_frame: int,
+        require_in_view: bool,
+        transform: Transform | None,
+        mirror_left: bool,
+    ) -> None:
+        super().__init__(transform=transform, mirror_left=mirror_left)
+        self.root = require_path(root, "CMU Panoptic root folder", PANOPTIC_LAYOUT)
+        self.hand = hand
+        self.min_score = float(min_score)
+        self.every_nth_frame = every_nth_frame
+        self.require_in_view = require_in_view
+        self.index = index_sequences(
+            self.root, sequences, cameras, hand, self.min_score, every_nth_frame, require_in_view, self.name
+        )
+        self.sequences: list[str] = self.index.sequences
+        self.cameras: list[list[PanopticCamera]] = self.index.cameras
+        self._items = np.zeros(0, dtype=np.int64)
+
+    @staticmethod
+    def _check_arguments(hand: str, every_nth_frame: int) -> None:
+        if hand not in ("right", "left"):
+            raise ValueError(f"hand must be 'right' or 'left', got {hand!r}")
+        if every_nth_frame < 1:
+            raise ValueError(f"every_nth_frame must be >= 1, got {every_nth_frame}")
+
+    def _require_items(self, what: str) -> None:
+        if len(self._items) == 0:
+            raise DatasetError(
+                f"CMU Panoptic under {self.root} (sequences {self.sequences}): no usable {self.hand}-hand "
+                f"{what} after filtering (see the warnings)"
+            )
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def load_sample(self, index: int) -> Sample:
+        sample = self._load_item(index)
+        if self.mirror_left and sample["meta"]["hand"] == "left":
+            sample = self._mirror(sample)
+        return sample
+
+    def _load_item(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    @staticmethod
+    def _mirror(sample: Sample) -> Sample:
+        """:func:`~handssl.data.base.mirror_sample` plus the extra camera keys: ``R``, ``t``, ``dist``, crops."""
+        out = mirror_sample(sample)
+        if isinstance(sample["R"], torch.Tensor):
+            flip = torch.from_numpy(_MIRROR_X).float()
+            out["R"] = flip @ sample["R"]
+            out["t"] = sample["t"] @ flip
+            for key in ("background", "image_t2"):
+                out[key] = sample[key].flip(-1)
+        else:
+            out["R"] = (_MIRROR_X @ sample["R"]).astype(np.float32)
+            out["t"] = (sample["t"] @ _MIRROR_X).astype(np.float32)
+            dist = np.array(sample["dist"], copy=True)
+            dist[3] = -dist[3]  # x -> -x flips the sign of the tangential p2 term
+            out["dist"] = dist
+        return out
+
+    def _image_path(self, seq: int, cam: PanopticCamera, frame: int) -> Path:
+        return self.root / self.sequences[seq] / "hdImgs" / cam.name / f"{cam.name}_{frame:08d}.jpg"
+
+    def _meta(self, row: int) -> dict[str, Any]:
+        return {
+            "dataset": self.name,
+            "subject": str(int(self.index.person[row])),
+            "sequence": self.sequences[self.index.seq[row]],
+            "frame": int(self.index.frame[row]),
+            "hand": self.hand,
+            "unit": "cm",
+            "root_joint": "wrist",
+        }
+
+
+class Panoptic(_PanopticDataset):
+    """CMU Panoptic hands from the HD cameras, one (frame, camera) per item.
+
+    Items follow the sample contract with the full original image (``uint8 H x W x 3``), ``joints3d`` in that
+    camera's frame (mm), distorted ``joints2d``, ``K``, ``valid`` (all True) and additionally ``R (3, 3)``,
+    ``t (3,)`` (world -> camera, mm), ``dist (5,)`` and ``joints3d_world (21, 3)`` (mm).
+
+    Mirroring (``mirror_left``) flips the image and 2D, negates camera-frame x, and keeps the world: ``R`` and
+    ``t`` become ``F R`` and ``F t`` with ``F = diag(-1, 1, 1)`` (a reflection, ``det = -1``), and ``dist``'s
+    ``p2`` changes sign.
 
     Args:
         root: Folder holding one sub-folder per sequence (see :data:`PANOPTIC_LAYOUT`).
@@ -199,9 +508,85 @@ class PanopticMultiView(HandDataset):
             use 0.001).
         every_nth_frame: Keep every n-th hand annotation file (consecutive HD frames are near duplicates).
         require_in_view: Skip camera views in which some joint projects outside the image.
-        multiview: Return multi-view crop items instead of single-view items.
-        num_views: Views per multi-view item.
-        crop_size: Side of the multi-view crops in pixels.
+        transform: Applied to every item after loading.
+        mirror_left: Mirror left hands into right hands.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        sequences: str | list[str] | None = None,
+        cameras: list[str | int] | None = None,
+        hand: str = "right",
+        min_score: float = 0.001,
+        every_nth_frame: int = 1,
+        require_in_view: bool = True,
+        transform: Transform | None = None,
+        mirror_left: bool = False,
+    ) -> None:
+        self._check_arguments(hand, every_nth_frame)
+        super().__init__(
+            root,
+            sequences,
+            cameras,
+            hand,
+            min_score,
+            every_nth_frame,
+            require_in_view,
+            transform,
+            mirror_left,
+        )
+        self._items = np.array([(r, c) for r, v in enumerate(self.index.views) for c in v], dtype=np.int64)
+        self._require_items("camera view")
+
+    def _load_item(self, index: int) -> Sample:
+        row, c = (int(i) for i in self._items[index])
+        seq = int(self.index.seq[row])
+        cam = self.cameras[seq][c]
+        world = self.index.joints_world[row]
+        joints3d = world_to_camera(world, cam.R, cam.t)
+        return {
+            "image": load_image(self._image_path(seq, cam, int(self.index.frame[row]))),
+            "joints3d": joints3d.astype(np.float32),
+            "joints2d": project(joints3d, cam.K, cam.dist).astype(np.float32),
+            "K": cam.K.astype(np.float32),
+            "valid": np.ones(NUM_JOINTS, dtype=bool),
+            "R": cam.R.astype(np.float32),
+            "t": cam.t.astype(np.float32),
+            "dist": _pad5(cam.dist).astype(np.float32),
+            "joints3d_world": world.astype(np.float32),
+            "meta": {**self._meta(row), "camera": cam.name, "distorted": True},
+        }
+
+
+class PanopticMultiView(_PanopticDataset):
+    """CMU Panoptic hands from the HD cameras as multi-view crops of one frame, for novel-view synthesis.
+
+    Items hold ``num_views`` cameras of one frame as crops through crop cameras
+    (:func:`handssl.geometry.crop_camera`: each shares its real camera's centre and looks at the hand centre,
+    so crops of different views are related by pure rotations). The original distorted image is resampled
+    for every crop pixel (:func:`remap_through_crop`). Keys, as in SynthHands' multi-view items:
+    ``image (V, 3, S, S)`` float in ``[0, 1]``; ``background (V, 3, S, S)``, the camera's background (median
+    over ``background_frames`` frames of the full image, cached on disk) through the same crop camera;
+    ``joints3d (V, 21, 3)`` crop-camera frame mm; ``joints2d (V, 21, 2)``; ``K (V, 3, 3)`` crop intrinsics;
+    ``R (V, 3, 3)``, ``t (V, 3)`` world -> crop camera; ``valid (V, 21)``; ``joints3d_world (21, 3)``;
+    ``image_t2 (V, 3, S, S)``, the same cameras at another frame t' of the same sequence and person (cropped
+    around the hand at t'); and ``meta`` (``cameras`` list, ``frame_t2``). Views and t' are drawn
+    deterministically from ``(seed, index)``.
+
+    Mirroring (``mirror_left``) flips images and 2D, negates camera-frame x, and keeps the world: ``R`` and
+    ``t`` become ``F R`` and ``F t`` with ``F = diag(-1, 1, 1)`` (relative rotations between views stay
+    proper rotations).
+
+    For backward compatibility ``PanopticMultiView(..., multiview=False)``, the default, is the single-view
+    loader: it returns a :class:`Panoptic` (with a ``DeprecationWarning``; its multi-view arguments are
+    ignored). Pass ``multiview=True`` for multi-view items.
+
+    Args:
+        root, sequences, cameras, hand, min_score, every_nth_frame, require_in_view: As in :class:`Panoptic`.
+        multiview: ``True`` for multi-view items; ``False`` (deprecated) builds a :class:`Panoptic` instead.
+        num_views: Views per item.
+        crop_size: Side of the crops in pixels.
         crop_extent_mm: Side of the square (at the hand centre's depth) a crop covers, mm.
         t2_min_gap: Smallest distance in HD frames between t and t' (falls back to any other frame).
         background_frames: Frames (evenly spaced over the camera's images) of the background median.
@@ -212,7 +597,25 @@ class PanopticMultiView(HandDataset):
         mirror_left: Mirror left hands into right hands.
     """
 
-    name = "panoptic"
+    multiview = True
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # Unpickling calls __new__ without arguments: only a call that names multiview=False is redirected.
+        if cls is PanopticMultiView and (args or kwargs):
+            try:
+                bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+            except TypeError:
+                return super().__new__(cls)  # __init__ raises the proper error
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            if not arguments["multiview"]:
+                warnings.warn(
+                    "PanopticMultiView(multiview=False) is the single-view loader: use handssl.data.Panoptic",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                return Panoptic(**{k: arguments[k] for k in _SINGLE_VIEW_ARGUMENTS})
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -234,11 +637,7 @@ class PanopticMultiView(HandDataset):
         transform: Transform | None = None,
         mirror_left: bool = False,
     ) -> None:
-        super().__init__(transform=transform, mirror_left=mirror_left)
-        if hand not in ("right", "left"):
-            raise ValueError(f"hand must be 'right' or 'left', got {hand!r}")
-        if every_nth_frame < 1:
-            raise ValueError(f"every_nth_frame must be >= 1, got {every_nth_frame}")
+        self._check_arguments(hand, every_nth_frame)
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         if crop_size < 8:
@@ -247,12 +646,17 @@ class PanopticMultiView(HandDataset):
             raise ValueError(f"crop_extent_mm must be > 0, got {crop_extent_mm}")
         if background_frames < 1:
             raise ValueError(f"background_frames must be >= 1, got {background_frames}")
-        self.root = require_path(root, "CMU Panoptic root folder", PANOPTIC_LAYOUT)
-        self.hand = hand
-        self.min_score = float(min_score)
-        self.every_nth_frame = every_nth_frame
-        self.require_in_view = require_in_view
-        self.multiview = multiview
+        super().__init__(
+            root,
+            sequences,
+            cameras,
+            hand,
+            min_score,
+            every_nth_frame,
+            require_in_view,
+            transform,
+            mirror_left,
+        )
         self.num_views = num_views
         self.crop_size = crop_size
         self.crop_extent_mm = float(crop_extent_mm)
@@ -260,252 +664,34 @@ class PanopticMultiView(HandDataset):
         self.background_frames = background_frames
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.seed = seed
-
-        if sequences is None:
-            sequences = find_sequences(self.root)
-            if not sequences:
-                raise DatasetError(
-                    f"no CMU Panoptic sequence found under {self.root} (no <seq>/calibration_<seq>.json)"
-                    f"\nExpected layout:\n{PANOPTIC_LAYOUT}"
-                )
-        elif isinstance(sequences, str):
-            sequences = [sequences]
-        self.sequences: list[str] = list(sequences)
-        self.cameras: list[list[PanopticCamera]] = []
         self._backgrounds: dict[tuple[int, int], np.ndarray] = {}
-
-        rows_seq, rows_frame, rows_person, rows_joints, rows_views = [], [], [], [], []
-        skipped: dict[str, int] = {"missing": 0, "low_score": 0, "non_finite": 0}
-        skipped_views = 0
-        for seq_index, seq in enumerate(self.sequences):
-            seq_dir = require_path(self.root / seq, f"CMU Panoptic sequence folder {seq!r}", PANOPTIC_LAYOUT)
-            cams, image_names = self._load_cameras(seq_dir, seq, cameras)
-            self.cameras.append(cams)
-            frames, people, joints = self._load_hands(seq_dir, skipped)
-            if not frames:
-                continue
-            joints = np.stack(joints)  # (N, 21, 3) world mm
-            views = np.zeros((len(frames), len(cams)), dtype=bool)
-            for c, cam in enumerate(cams):
-                has_image = np.array([f"{cam.name}_{frame:08d}.jpg" in image_names[c] for frame in frames])
-                views[:, c] = has_image & (self._in_view(joints, cam) if require_in_view else True)
-            skipped_views += int((~views).sum())
-            rows_seq += [seq_index] * len(frames)
-            rows_frame += frames
-            rows_person += people
-            rows_joints.append(joints)
-            rows_views += list(views)
-
-        self._seq = np.asarray(rows_seq, dtype=np.int64)
-        self._frame = np.asarray(rows_frame, dtype=np.int64)
-        self._person = np.asarray(rows_person, dtype=np.int64)
-        self._joints_world = (
-            np.concatenate(rows_joints) if rows_joints else np.zeros((0, NUM_JOINTS, 3), dtype=np.float64)
-        )
-        self._views: list[np.ndarray] = [np.flatnonzero(v) for v in rows_views]
-        reasons = {
-            "missing": f"no {hand} hand",
-            "low_score": f"mean averageScore < {self.min_score:g}",
-            "non_finite": "NaN/inf in the landmarks",
-        }
+        views = self.index.views
+        self._items = np.array([r for r, v in enumerate(views) if len(v) >= num_views], dtype=np.int64)
         warn_skipped(
-            self.name,
-            sum(skipped.values()),
-            "frames: " + ", ".join(f"{n} with {reasons[k]}" for k, n in skipped.items() if n),
+            self.name, len(views) - len(self._items), f"frames seen by fewer than {num_views} cameras"
         )
-        warn_skipped(self.name, skipped_views, "camera views: image file missing or hand not fully in view")
-
-        if multiview:
-            self._items = np.array(
-                [r for r, v in enumerate(self._views) if len(v) >= num_views], dtype=np.int64
-            )
-            warn_skipped(
-                self.name,
-                len(self._views) - len(self._items),
-                f"frames seen by fewer than {num_views} cameras",
-            )
-        else:
-            self._items = np.array([(r, c) for r, v in enumerate(self._views) for c in v], dtype=np.int64)
-        if len(self._items) == 0:
-            raise DatasetError(
-                f"CMU Panoptic under {self.root} (sequences {self.sequences}): no usable {hand}-hand "
-                f"{'multi-view frame' if multiview else 'camera view'} after filtering (see the warnings)"
-            )
-
-    # ----------------------------------------------------------------------------------------- indexing
-
-    def _load_cameras(
-        self, seq_dir: Path, seq: str, wanted: Sequence[str | int] | None
-    ) -> tuple[list[PanopticCamera], list[set[str]]]:
-        calib_path = require_path(
-            seq_dir / f"calibration_{seq}.json", "CMU Panoptic calibration file", PANOPTIC_LAYOUT
-        )
-        calib = _read_json(calib_path)
-        try:
-            hd = {cam["name"]: cam for cam in calib["cameras"] if int(cam.get("panel", -1)) == 0}
-        except (KeyError, TypeError) as err:
-            raise DatasetError(
-                f"{calib_path}: expected {{'cameras': [{{'name', 'panel', ...}}]}} ({err})"
-            ) from err
-        if not hd:
-            raise DatasetError(f"{calib_path}: no HD camera (panel 0) in the calibration")
-        images_dir = seq_dir / "hdImgs"
-        if wanted is None:
-            names = [n for n in sorted(hd) if (images_dir / n).is_dir()]
-            if not names:
-                require_path(images_dir / sorted(hd)[0], "CMU Panoptic HD image folder", PANOPTIC_LAYOUT)
-        else:
-            names = [f"00_{c:02d}" if isinstance(c, int) else str(c) for c in wanted]
-            for n in names:
-                if n not in hd:
-                    raise DatasetError(f"{calib_path}: no HD camera named {n!r} (HD cameras: {sorted(hd)})")
-                require_path(images_dir / n, "CMU Panoptic HD image folder", PANOPTIC_LAYOUT)
-        cams, image_names = [], []
-        for n in names:
-            files = {e.name for e in os.scandir(images_dir / n) if e.name.endswith(".jpg")}
-            if not files:
-                raise DatasetError(f"CMU Panoptic HD image folder is empty: {images_dir / n}")
-            first = images_dir / n / min(files)
-            try:
-                with Image.open(first) as img:
-                    width, height = img.size
-            except (OSError, SyntaxError) as err:
-                raise DatasetError(f"corrupt or truncated image file: {first} ({err})") from err
-            cam = hd[n]
-            try:
-                cams.append(
-                    PanopticCamera(
-                        name=n,
-                        K=np.asarray(cam["K"], dtype=np.float64).reshape(3, 3),
-                        R=np.asarray(cam["R"], dtype=np.float64).reshape(3, 3),
-                        t=np.asarray(cam["t"], dtype=np.float64).reshape(3) * CM_TO_MM,
-                        dist=np.asarray(cam["distCoef"], dtype=np.float64).reshape(-1),
-                        width=width,
-                        height=height,
-                    )
-                )
-            except (KeyError, ValueError) as err:
-                raise DatasetError(f"{calib_path}: camera {n!r} lacks K, R, t or distCoef ({err})") from err
-            image_names.append(files)
-        return cams, image_names
-
-    def _load_hands(
-        self, seq_dir: Path, skipped: dict[str, int]
-    ) -> tuple[list[int], list[int], list[np.ndarray]]:
-        hand_dir = require_path(seq_dir / "hdHand3d", "CMU Panoptic hand annotation folder", PANOPTIC_LAYOUT)
-        files = sorted((int(m.group(1)), p) for p in hand_dir.iterdir() if (m := _HAND_FILE.match(p.name)))
-        if not files:
-            raise DatasetError(f"no handRecon3D_hd*.json in {hand_dir}\nExpected layout:\n{PANOPTIC_LAYOUT}")
-        key = f"{self.hand}_hand"
-        frames, people, joints = [], [], []
-        for frame, path in files[:: self.every_nth_frame]:
-            data = _read_json(path)
-            found = False
-            for person in data.get("people", []):
-                if person.get("id", 0) < 0 or key not in person:
-                    continue
-                found = True
-                hand = person[key]
-                try:
-                    landmarks = np.asarray(hand["landmarks"], dtype=np.float64).reshape(NUM_JOINTS, 3)
-                except (KeyError, ValueError) as err:
-                    raise DatasetError(f"{path}: {key} needs 63 'landmarks' values ({err})") from err
-                if not np.isfinite(landmarks).all():
-                    skipped["non_finite"] += 1
-                    continue
-                score = np.asarray(hand.get("averageScore", [1.0]), dtype=np.float64)
-                if not score.size or float(score.mean()) < self.min_score:
-                    skipped["low_score"] += 1
-                    continue
-                frames.append(frame)
-                people.append(int(person.get("id", 0)))
-                joints.append(landmarks * CM_TO_MM)
-            if not found:
-                skipped["missing"] += 1
-        return frames, people, joints
-
-    @staticmethod
-    def _in_view(joints_world: np.ndarray, cam: PanopticCamera) -> np.ndarray:
-        joints_cam = world_to_camera(joints_world, cam.R, cam.t)
-        uv = project(joints_cam, cam.K, cam.dist)
-        pinhole = project(joints_cam, cam.K)
-        inside = (
-            (joints_cam[..., 2] > 0)
-            & (uv[..., 0] >= -0.5)
-            & (uv[..., 0] <= cam.width - 0.5)
-            & (uv[..., 1] >= -0.5)
-            & (uv[..., 1] <= cam.height - 0.5)
-            & (np.abs(pinhole[..., 0] - cam.width / 2) < cam.width)
-            & (np.abs(pinhole[..., 1] - cam.height / 2) < cam.height)
-        )
-        return inside.all(-1)
-
-    # ---------------------------------------------------------------------------------------- samples
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def load_sample(self, index: int) -> Sample:
-        if self.multiview:
-            sample = self._load_multiview(index)
-        else:
-            sample = self._load_single(index)
-        if self.mirror_left and sample["meta"]["hand"] == "left":
-            sample = self._mirror(sample)
-        return sample
-
-    def _image_path(self, seq: int, cam: PanopticCamera, frame: int) -> Path:
-        return self.root / self.sequences[seq] / "hdImgs" / cam.name / f"{cam.name}_{frame:08d}.jpg"
-
-    def _meta(self, row: int) -> dict[str, Any]:
-        return {
-            "dataset": self.name,
-            "subject": str(int(self._person[row])),
-            "sequence": self.sequences[self._seq[row]],
-            "frame": int(self._frame[row]),
-            "hand": self.hand,
-            "unit": "cm",
-            "root_joint": "wrist",
-        }
-
-    def _load_single(self, index: int) -> Sample:
-        row, c = (int(i) for i in self._items[index])
-        cam = self.cameras[self._seq[row]][c]
-        world = self._joints_world[row]
-        joints3d = world_to_camera(world, cam.R, cam.t)
-        return {
-            "image": load_image(self._image_path(self._seq[row], cam, int(self._frame[row]))),
-            "joints3d": joints3d.astype(np.float32),
-            "joints2d": project(joints3d, cam.K, cam.dist).astype(np.float32),
-            "K": cam.K.astype(np.float32),
-            "valid": np.ones(NUM_JOINTS, dtype=bool),
-            "R": cam.R.astype(np.float32),
-            "t": cam.t.astype(np.float32),
-            "dist": _pad5(cam.dist).astype(np.float32),
-            "joints3d_world": world.astype(np.float32),
-            "meta": {**self._meta(row), "camera": cam.name, "distorted": True},
-        }
+        self._require_items("multi-view frame")
 
     def _choose(self, index: int) -> tuple[int, np.ndarray, int]:
         """The item's row, its cameras (local indices) and the row of frame t'."""
         row = int(self._items[index])
+        seq, person, frame, views = self.index.seq, self.index.person, self.index.frame, self.index.views
         rng = np.random.default_rng([self.seed, index])
-        cams = np.sort(rng.choice(self._views[row], size=self.num_views, replace=False))
+        cams = np.sort(rng.choice(views[row], size=self.num_views, replace=False))
         same_track = np.flatnonzero(
-            (self._seq == self._seq[row])
-            & (self._person == self._person[row])
-            & (np.arange(len(self._seq)) != row)
+            (seq == seq[row]) & (person == person[row]) & (np.arange(len(seq)) != row)
         )
-        seen = [r for r in same_track if np.isin(cams, self._views[r]).all()]
-        far = [r for r in seen if abs(int(self._frame[r]) - int(self._frame[row])) >= self.t2_min_gap]
+        seen = [r for r in same_track if np.isin(cams, views[r]).all()]
+        far = [r for r in seen if abs(int(frame[r]) - int(frame[row])) >= self.t2_min_gap]
         candidates = far or seen
         row_t2 = int(rng.choice(candidates)) if candidates else row
         return row, cams, row_t2
 
-    def _load_multiview(self, index: int) -> Sample:
+    def _load_item(self, index: int) -> Sample:
         row, cams, row_t2 = self._choose(index)
-        seq = int(self._seq[row])
-        world, world_t2 = self._joints_world[row], self._joints_world[row_t2]
+        seq = int(self.index.seq[row])
+        frame, frame_t2 = int(self.index.frame[row]), int(self.index.frame[row_t2])
+        world, world_t2 = self.index.joints_world[row], self.index.joints_world[row_t2]
         center, center_t2 = world.mean(0), world_t2.mean(0)
         out: dict[str, list[np.ndarray]] = {
             k: [] for k in ("image", "background", "image_t2", "K", "R", "t", "j3", "j2")
@@ -514,18 +700,12 @@ class PanopticMultiView(HandDataset):
             cam = self.cameras[seq][c]
             crop = crop_camera(cam.K, cam.R, cam.t, center, self.crop_size, self.crop_extent_mm)
             crop_t2 = crop_camera(cam.K, cam.R, cam.t, center_t2, self.crop_size, self.crop_extent_mm)
-            image = load_image(self._image_path(seq, cam, int(self._frame[row])))
-            image_t2 = load_image(self._image_path(seq, cam, int(self._frame[row_t2])))
-            background = self.background(seq, int(c))
-            out["image"].append(
-                remap_through_crop(image, cam.K, cam.dist, crop.K, crop.R_rot, self.crop_size)
-            )
-            out["background"].append(
-                remap_through_crop(background, cam.K, cam.dist, crop.K, crop.R_rot, self.crop_size)
-            )
-            out["image_t2"].append(
-                remap_through_crop(image_t2, cam.K, cam.dist, crop_t2.K, crop_t2.R_rot, self.crop_size)
-            )
+            for key, image, at in (
+                ("image", load_image(self._image_path(seq, cam, frame)), crop),
+                ("background", self.background(seq, int(c)), crop),
+                ("image_t2", load_image(self._image_path(seq, cam, frame_t2)), crop_t2),
+            ):
+                out[key].append(remap_through_crop(image, cam.K, cam.dist, at.K, at.R_rot, self.crop_size))
             joints3d = world_to_camera(world, crop.R, crop.t)
             out["K"].append(crop.K)
             out["R"].append(crop.R)
@@ -533,8 +713,7 @@ class PanopticMultiView(HandDataset):
             out["j3"].append(joints3d)
             out["j2"].append(project(joints3d, crop.K))
         names = [self.cameras[seq][c].name for c in cams]
-        meta = {**self._meta(row), "camera": ",".join(names), "cameras": names}
-        meta["frame_t2"] = int(self._frame[row_t2])
+        meta = {**self._meta(row), "camera": ",".join(names), "cameras": names, "frame_t2": frame_t2}
 
         def images(key: str) -> torch.Tensor:
             return torch.from_numpy(np.stack(out[key]).transpose(0, 3, 1, 2).copy()).float() / 255.0
@@ -555,24 +734,6 @@ class PanopticMultiView(HandDataset):
             "joints3d_world": torch.from_numpy(world).float(),
             "meta": meta,
         }
-
-    @staticmethod
-    def _mirror(sample: Sample) -> Sample:
-        """:func:`~handssl.data.base.mirror_sample` plus the extra camera keys: ``R``, ``t``, ``dist``, crops."""
-        out = mirror_sample(sample)
-        if isinstance(sample["R"], torch.Tensor):
-            flip = torch.from_numpy(_MIRROR_X).float()
-            out["R"] = flip @ sample["R"]
-            out["t"] = sample["t"] @ flip
-            for key in ("background", "image_t2"):
-                out[key] = sample[key].flip(-1)
-        else:
-            out["R"] = (_MIRROR_X @ sample["R"]).astype(np.float32)
-            out["t"] = (sample["t"] @ _MIRROR_X).astype(np.float32)
-            dist = np.array(sample["dist"], copy=True)
-            dist[3] = -dist[3]  # x -> -x flips the sign of the tangential p2 term
-            out["dist"] = dist
-        return out
 
     # ------------------------------------------------------------------------------------- background
 
@@ -649,3 +810,6 @@ def _pad5(dist: np.ndarray) -> np.ndarray:
     out = np.zeros(5, dtype=np.float64)
     out[: min(5, dist.size)] = dist[:5]
     return out
+
+
+_SINGLE_VIEW_ARGUMENTS = tuple(p for p in inspect.signature(Panoptic.__init__).parameters if p != "self")
