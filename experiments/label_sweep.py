@@ -1,25 +1,34 @@
-"""Label sweep: the three NVS regimes at several label fractions on SynthHands; N-MPJPE against the fraction.
+"""NVS benchmark: supervised vs pretrained vs semi at 1 and 2 labeled subjects on SynthHands v2 (issue 11's gates).
 
-For each fraction it trains ``supervised`` (encoder + pose head on the labeled frames), ``pretrained`` (stage 1
-synthesis on all frames, run once and shared by every fraction; stage 2 the pose head on the frozen encoder)
-and ``semi`` (everything jointly, labeled frames oversampled into every batch), then evaluates MPJPE,
-N-MPJPE and PA-MPJPE on the test subjects. Wall time is recorded per run (training only, validation
-excluded, batch loading included), as wall time and as this process's CPU time (steadier than wall time on a
-shared machine); ``total_wall_s`` / ``total_cpu_s`` of ``pretrained`` add stage 1. A ``mean_pose`` row per
-fraction gives the error of predicting the labeled subset's mean pose for every image. Every ``--eval-every`` steps the N-MPJPE on a
-small validation set is recorded with the training time spent so far (``curves.csv``), which shows how long
-each regime takes to reach a given accuracy.
+For every number of labeled subjects ``k`` (whole subjects of the 32 training subjects, as Rhodin et al.,
+"Unsupervised Geometry-Aware Representation for 3D Human Pose Estimation", ECCV'18, label them) it trains
 
-    python experiments/label_sweep.py --fractions 0.01 0.05 --max-steps 300 --out experiments/results/label_sweep
+* ``supervised``: encoder + pose head on the labeled subjects (``L`` labeled items per step);
+* ``pretrained``: stage 1 (synthesis only, ``2 L`` unlabeled items per step, all subjects), run **once** and
+  shared by every ``k``; stage 2 the pose head on the frozen encoder (``L`` labeled items per step);
+* ``semi``: everything jointly, ``L`` labeled + ``L`` unlabeled items per step;
 
-Writes ``<out>/label_sweep.csv``, ``<out>/curves.csv``, ``<out>/label_sweep.png``, ``<out>/label_sweep.md``
-and the stage-1 and semi checkpoints (for ``experiments/bench_nvs.py``).
+with the :class:`~handssl.models.NVSModule` recipe defaults, and evaluates on the test subjects: N-MPJPE,
+MPJPE, PA-MPJPE, and for the models with a decoder the hand-pixel L1 of the synthesized target view against
+copying the input view and against the background alone, and the IoU of the predicted mask with the hand. A
+``mean_pose`` row per ``k`` predicts the labeled subjects' mean pose. Every run's training wall and CPU time
+(validation excluded) and its validation N-MPJPE against training time (``curves.jsonl``) are recorded.
+
+Resumable: each finished row is appended to ``<out>/rows.jsonl`` at once (and ``results.md`` / ``gates.md``
+rewritten); a rerun with the same ``--out`` skips rows already there and reuses stage 1's checkpoint.
+
+    python experiments/nvs_benchmark.py --quick                 # smoke test, about a minute
+    python experiments/nvs_benchmark.py --minutes 20 --stage2-minutes 4 --threads 2 \\
+        --out experiments/results/nvs_benchmark
+
+Gates (``gates.md``): semi N-MPJPE <= 0.85 x supervised at each k; pretrained <= 0.9 x supervised at k = 1;
+semi reaches pretrained's final validation N-MPJPE within pretrained's stage 1 + stage 2 wall time; synthesized
+hand pixels L1 <= 0.8 x background-only and <= 0.9 x copy-input (semi at the smallest k).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import time
@@ -29,32 +38,42 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from handssl.data.multiview import MultiViewDataModule
-from handssl.data.synthhands.multi_view import SynthHandsMultiView
+from handssl.data import MultiViewDataModule, SynthHandsMultiView
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe
-from handssl.models.nvs import NVSModule
-from handssl.viz import new_figure
+from handssl.models import NVSModule
 
 REGIMES = ("supervised", "pretrained", "semi")
-BASELINE = "mean_pose"
-SHARE = {"supervised": 1.0, "stage1": 0.0, "stage2": 1.0, "semi": 0.5}
+TEST_KEYS = (
+    "mpjpe",
+    "n_mpjpe",
+    "pa_mpjpe",
+    "synthesis_l1_hand",
+    "copy_input_l1_hand",
+    "background_l1_hand",
+    "mask_iou",
+    "synthesis_l1",
+    "copy_input_l1",
+)
 
 
-class TrainClock(pl.Callback):
-    """Training wall and CPU time without validation, and the validation N-MPJPE at each check.
+class BudgetClock(pl.Callback):
+    """Training wall and CPU time (validation excluded), the validation N-MPJPE curve, and a time budget.
 
-    Batch loading happens between ``on_train_batch_end`` and the next ``on_train_batch_start``, so it is
-    counted too (as the gap since the previous batch ended).
+    Batch loading counts (the gap since the previous batch ended). Training stops once ``budget_s`` seconds
+    of training time are spent.
     """
 
-    def __init__(self, offset_s: float = 0.0) -> None:
+    def __init__(self, budget_s: float | None = None, offset_s: float = 0.0) -> None:
+        self.budget_s = budget_s
         self.offset_s = offset_s
         self.train_s = 0.0
         self.cpu_s = 0.0
+        self.steps = 0
         self.curve: list[tuple[int, float, float]] = []
         self._mark: tuple[float, float] | None = None
 
-    def _now(self) -> tuple[float, float]:
+    @staticmethod
+    def _now() -> tuple[float, float]:
         return time.perf_counter(), time.process_time()
 
     def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -66,58 +85,82 @@ class TrainClock(pl.Callback):
             self.train_s += now[0] - self._mark[0]
             self.cpu_s += now[1] - self._mark[1]
         self._mark = now
+        self.steps = trainer.global_step
+        if self.budget_s is not None and self.train_s >= self.budget_s:
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._mark = self._now()  # validation time is not training time
+        self._mark = self._now()
         value = trainer.callback_metrics.get("val/n_mpjpe")
         if value is not None and not trainer.sanity_checking:
-            self.curve.append((trainer.global_step, self.offset_s + self.train_s, float(value)))
+            self.curve.append((trainer.global_step, round(self.offset_s + self.train_s, 1), float(value)))
 
 
-def datasets(args: argparse.Namespace) -> dict[str, SynthHandsMultiView]:
+def make_datasets(args: argparse.Namespace) -> dict[str, SynthHandsMultiView]:
     common = {
         "image_size": args.image_size,
         "style": args.style,
         "seed": args.seed,
         "cache_mb": args.cache_mb,
     }
+    if args.quick:
+        small = {"sequences_per_subject": 2, "frames_per_sequence": 8}
+        return {
+            "train": SynthHandsMultiView(split="train", num_subjects=4, **small, **common),
+            "val": SynthHandsMultiView(split="val", num_subjects=2, **small, **common),
+            "test": SynthHandsMultiView(split="test", num_subjects=2, **small, **common),
+        }
     return {
-        "train": SynthHandsMultiView(split="train", num_subjects=args.train_subjects, **common),
-        "val": SynthHandsMultiView(split="val", sequences_per_subject=1, frames_per_sequence=16, **common),
+        "train": SynthHandsMultiView(split="train", **common),
+        "val": SynthHandsMultiView(split="val", sequences_per_subject=2, frames_per_sequence=16, **common),
         "test": SynthHandsMultiView(split="test", sequences_per_subject=2, frames_per_sequence=32, **common),
     }
 
 
-def run(
-    args: argparse.Namespace,
-    data: dict[str, SynthHandsMultiView],
-    regime: str,
-    fraction: float,
-    share: float,
-    steps: int,
-    offset_s: float = 0.0,
-    **model_args: Any,
-) -> tuple[NVSModule, TrainClock, dict[str, float]]:
-    pl.seed_everything(args.seed, verbose=False)
-    module = NVSModule(
-        regime=regime,
-        image_size=args.image_size,
-        lr=args.lr,
-        scheduler="cosine",
-        warmup_steps=min(50, steps // 10),
-        **model_args,
-    )
-    dm = MultiViewDataModule(
+def make_datamodule(
+    args: argparse.Namespace, data: dict, subjects: int, labeled: int, unlabeled: int
+) -> MultiViewDataModule:
+    batch = labeled + unlabeled
+    return MultiViewDataModule(
         train=data["train"],
         val=data["val"],
         test=data["test"],
-        label_fraction=max(fraction, 1e-9),
-        labeled_share=share,
-        batch_size=args.batch_size,
+        labeled_subjects=max(subjects, 1),  # stage 1 hides every label (labeled_share 0) anyway
+        labeled_share=labeled / batch,
+        batch_size=batch,
+        statistics_items=args.statistics_items,
         num_workers=args.num_workers,
         seed=args.seed,
     )
-    clock = TrainClock(offset_s)
+
+
+def model_args(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "image_size": args.image_size,
+        "lr": args.lr,
+        "pose_weight": args.pose_weight,
+        "synthesis_warmup_steps": args.warmup_steps,
+        "silhouette_threshold": args.silhouette_threshold,
+    }
+    if args.pose_hidden:
+        out["pose_hidden"] = tuple(args.pose_hidden)
+    if args.decoder_latent_channels:
+        out["decoder_latent_channels"] = args.decoder_latent_channels
+    if args.quick:
+        out.update(pose_hidden=(256, 256), num_points=64)
+    return out
+
+
+def train(
+    args: argparse.Namespace,
+    module: NVSModule,
+    dm: MultiViewDataModule,
+    minutes: float | None,
+    steps: int,
+    offset_s: float = 0.0,
+) -> tuple[BudgetClock, dict[str, float]]:
+    pl.seed_everything(args.seed, verbose=False)
+    clock = BudgetClock(None if minutes is None else 60.0 * minutes, offset_s)
     trainer = pl.Trainer(
         max_steps=steps,
         accelerator=args.accelerator,
@@ -129,26 +172,16 @@ def run(
         num_sanity_val_steps=0,
         val_check_interval=min(args.eval_every, steps),
         check_val_every_n_epoch=None,
+        limit_val_batches=args.val_batches,
         callbacks=[clock],
     )
     trainer.fit(module, datamodule=dm)
     metrics = trainer.test(module, datamodule=dm, verbose=False)[0]
-    metrics["num_labeled"] = len(dm.labeled_indices)
-    return module, clock, metrics
+    return clock, {k: float(metrics[f"test/{k}"]) for k in TEST_KEYS if f"test/{k}" in metrics}
 
 
-def mean_pose_metrics(
-    args: argparse.Namespace, data: dict[str, SynthHandsMultiView], fraction: float
-) -> dict:
-    """Test errors of predicting the labeled subset's mean root-relative pose for every image (no model)."""
-    dm = MultiViewDataModule(
-        train=data["train"],
-        test=data["test"],
-        label_fraction=fraction,
-        labeled_share=1.0,
-        seed=args.seed,
-        batch_size=args.batch_size,
-    )
+def mean_pose_metrics(dm: MultiViewDataModule) -> dict[str, float]:
+    """Test errors of predicting the labeled subjects' mean root-relative pose for every image."""
     mean, _ = dm.pose_statistics()
     preds, targets, valids = [], [], []
     for batch in dm.test_dataloader():
@@ -158,181 +191,257 @@ def mean_pose_metrics(
         preds.append(mean.expand_as(joints))
     pred, target, valid = torch.cat(preds), torch.cat(targets), torch.cat(valids)
     return {
-        "test/mpjpe": float(mpjpe(pred, target, valid)),
-        "test/n_mpjpe": float(n_mpjpe(pred, target, valid)),
-        "test/pa_mpjpe": float(pa_mpjpe(pred, target, valid)),
-        "num_labeled": len(dm.labeled_indices),
+        "mpjpe": float(mpjpe(pred, target, valid)),
+        "n_mpjpe": float(n_mpjpe(pred, target, valid)),
+        "pa_mpjpe": float(pa_mpjpe(pred, target, valid)),
     }
+
+
+class Store:
+    """``rows.jsonl`` / ``curves.jsonl`` under ``out``, appended row by row; finished rows are skipped on resume."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.rows = self._read("rows.jsonl")
+
+    def _read(self, name: str) -> list[dict[str, Any]]:
+        path = self.out / name
+        return (
+            [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if path.exists()
+            else []
+        )
+
+    def find(self, regime: str, subjects: int) -> dict[str, Any] | None:
+        return next((r for r in self.rows if r["regime"] == regime and r["subjects"] == subjects), None)
+
+    def add(self, row: dict[str, Any], curve: list[tuple[int, float, float]] = ()) -> None:
+        row = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+        with open(self.out / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        with open(self.out / "curves.jsonl", "a") as f:
+            for step, seconds, value in curve:
+                f.write(
+                    json.dumps(
+                        {
+                            "regime": row["regime"],
+                            "subjects": row["subjects"],
+                            "step": step,
+                            "train_s": seconds,
+                            "val_n_mpjpe": round(value, 2),
+                        }
+                    )
+                    + "\n"
+                )
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        self.write_tables()
+
+    def curves(self) -> list[dict[str, Any]]:
+        return self._read("curves.jsonl")
+
+    def write_tables(self) -> None:
+        keys = ["regime", "subjects", "steps", "wall_s", "cpu_s", "total_wall_s", *TEST_KEYS]
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        for r in self.rows:
+            lines.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
+        (self.out / "results.md").write_text("\n".join(lines) + "\n")
+        (self.out / "gates.md").write_text(gates(self.rows, self.curves()))
+
+
+def gates(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
+    """The issue's gates from the rows measured so far (missing rows: 'not measured')."""
+
+    def row(regime: str, k: int) -> dict | None:
+        return next((r for r in rows if r["regime"] == regime and r["subjects"] == k), None)
+
+    lines = ["| gate | value | bar | pass |", "|---|---|---|---|"]
+
+    def add(name: str, value: float | None, bar: float) -> None:
+        if value is None or not math.isfinite(value):
+            lines.append(f"| {name} | not measured | <= {bar} | |")
+        else:
+            lines.append(f"| {name} | {value:.3f} | <= {bar} | {'yes' if value <= bar else 'no'} |")
+
+    levels = sorted({r["subjects"] for r in rows if r["regime"] in REGIMES})
+    for k in levels:
+        sup, semi, pre = row("supervised", k), row("semi", k), row("pretrained", k)
+        ratio = semi["n_mpjpe"] / sup["n_mpjpe"] if sup and semi else None
+        add(f"semi / supervised N-MPJPE, {k} subject(s)", ratio, 0.85)
+        ratio = pre["n_mpjpe"] / sup["n_mpjpe"] if sup and pre else None
+        add(f"pretrained / supervised N-MPJPE, {k} subject(s)", ratio, 0.9)
+        if pre and semi:
+            final = [c for c in curves if c["regime"] == "pretrained" and c["subjects"] == k]
+            semi_curve = [c for c in curves if c["regime"] == "semi" and c["subjects"] == k]
+            reach = None
+            if final:
+                goal = final[-1]["val_n_mpjpe"]
+                hit = [c["train_s"] for c in semi_curve if c["val_n_mpjpe"] <= goal]
+                reach = hit[0] / pre["total_wall_s"] if hit else math.inf
+            lines.append(
+                f"| semi time to pretrained's final val N-MPJPE / pretrained stage 1+2 wall, {k} subject(s) | "
+                f"{'never' if reach == math.inf else ('not measured' if reach is None else f'{reach:.3f}')} "
+                f"| <= 1.0 (seed: ~0.5) | {'' if reach is None else ('yes' if reach <= 1.0 else 'no')} |"
+            )
+    for regime in ("semi", "stage1"):
+        candidates = [r for r in rows if r["regime"] == regime and "synthesis_l1_hand" in r]
+        if candidates:
+            r = min(candidates, key=lambda x: x["subjects"])
+            add(f"{regime} hand L1 / background-only", r["synthesis_l1_hand"] / r["background_l1_hand"], 0.8)
+            add(f"{regime} hand L1 / copy-input", r["synthesis_l1_hand"] / r["copy_input_l1_hand"], 0.9)
+    return "\n".join(lines) + "\n"
+
+
+def save_weights(module: NVSModule, path: Path) -> None:
+    """The trained module's weights and hyper-parameters (what ``experiments/ship_weights.py`` packs)."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.1, 1.0])
+    parser.add_argument("--subjects", type=int, nargs="+", default=[1, 2], help="labeled subjects of 32")
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
-    parser.add_argument("--max-steps", type=int, default=300, help="steps of supervised, semi and stage 1")
     parser.add_argument(
-        "--stage2-steps", type=int, default=None, help="steps of stage 2 (default --max-steps)"
+        "--minutes", type=float, default=20.0, help="training minutes of supervised, semi, stage 1"
+    )
+    parser.add_argument("--stage2-minutes", type=float, default=4.0, help="training minutes of stage 2")
+    parser.add_argument("--steps", type=int, default=100_000, help="step cap of every run (with --minutes)")
+    parser.add_argument(
+        "--labeled-per-step", type=int, default=8, help="L: labeled items per step (16 on a GPU)"
+    )
+    parser.add_argument("--pose-weight", type=float, default=0.1)
+    parser.add_argument(
+        "--pose-hidden", type=int, nargs="+", default=None, help="pose MLP widths (default: NVSModule's)"
     )
     parser.add_argument(
-        "--eval-every", type=int, default=100, help="validation N-MPJPE every this many steps"
+        "--decoder-latent-channels",
+        type=int,
+        default=None,
+        help="decoder input channels (default: NVSModule's)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--warmup-steps", type=int, default=0, help="semi: synthesis-only steps first")
+    parser.add_argument("--silhouette-threshold", type=float, default=0.02)
+    parser.add_argument(
+        "--eval-every", type=int, default=250, help="validation N-MPJPE every this many steps"
+    )
+    parser.add_argument("--val-batches", type=int, default=4)
+    parser.add_argument("--statistics-items", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--train-subjects", type=int, default=None, help="SynthHands training subjects")
-    parser.add_argument("--style", default="synthetic")
+    parser.add_argument("--style", default="synthetic", help="synthetic: clean renders (threshold 0.02)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--cache-mb", type=float, default=1024.0)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/label_sweep"))
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny data, a few steps")
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
-        "--replot", action="store_true", help="only redraw <out>/label_sweep.png from its CSV"
+        "--work-dir", type=Path, default=None, help="checkpoints (default: runs/<name of --out>)"
     )
     args = parser.parse_args(argv)
-    if args.replot:
-        with open(args.out / "label_sweep.csv") as f:
-            rows = [
-                {**r, "label_fraction": float(r["label_fraction"]), "test_n_mpjpe": float(r["test_n_mpjpe"])}
-                for r in csv.DictReader(f)
-            ]
-        plot(args.out, rows)
-        return
+    if args.quick:
+        args.minutes, args.stage2_minutes = None, None
+        args.steps, args.eval_every, args.val_batches = 3, 2, 1
+        args.labeled_per_step, args.statistics_items = 2, 4
+        args.out = args.out or Path("experiments/results/nvs_benchmark_quick")
+    args.out = args.out or Path("experiments/results/nvs_benchmark")
+    args.work_dir = args.work_dir or Path("runs") / args.out.name
+    args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    stage2_steps = args.stage2_steps or args.max_steps
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = datasets(args)
-    rows: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
+    store = Store(args.out)
+    (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
+    data = make_datasets(args)
+    L = args.labeled_per_step
+    common = model_args(args)
 
-    def record(
-        regime: str,
-        fraction: float,
-        steps: int,
-        clock: TrainClock,
-        metrics: dict,
-        total: float,
-        total_cpu: float,
-    ) -> None:
-        row = {
-            "regime": regime,
-            "label_fraction": fraction,
-            "num_labeled": metrics["num_labeled"],
-            "steps": steps,
-            "wall_s": round(clock.train_s, 1),
-            "cpu_s": round(clock.cpu_s, 1),
-            "total_wall_s": round(total, 1),
-            "total_cpu_s": round(total_cpu, 1),
-            "test_mpjpe": round(metrics.get("test/mpjpe", math.nan), 2),
-            "test_n_mpjpe": round(metrics.get("test/n_mpjpe", math.nan), 2),
-            "test_pa_mpjpe": round(metrics.get("test/pa_mpjpe", math.nan), 2),
-            "test_synthesis_l1": round(metrics.get("test/synthesis_l1", math.nan), 4),
-            "test_copy_input_l1": round(metrics.get("test/copy_input_l1", math.nan), 4),
-        }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        curves.extend(
-            {
-                "regime": regime,
-                "label_fraction": fraction,
-                "step": s,
-                "train_s": round(t, 1),
-                "val_n_mpjpe": round(v, 2),
+    # Gradient balance of the semi loss at initialisation (the reason for pose_weight 0.1).
+    if "semi" in args.regimes and not (args.out / "gradient_ratio.json").exists():
+        dm = make_datamodule(args, data, args.subjects[0], L, L)
+        batch = next(iter(dm.train_dataloader()))
+        ratios = {}
+        for weight in (1.0, args.pose_weight):
+            pl.seed_everything(args.seed, verbose=False)
+            module = NVSModule(regime="semi", **{**common, "pose_weight": weight})
+            module.pose_head.set_statistics(*dm.pose_statistics())
+            norms = module.encoder_gradient_norms(batch)
+            ratios[f"pose_weight={weight:g}"] = {
+                **norms,
+                "pose/synthesis": norms["pose"] / norms["synthesis"],
             }
-            for s, t, v in clock.curve
-        )
-        write(args.out, rows, curves)
+        (args.out / "gradient_ratio.json").write_text(json.dumps(ratios, indent=1))
+        print(json.dumps({"gradient_ratio": ratios}), flush=True)
 
-    stage1_path, stage1_s, stage1_cpu = None, 0.0, 0.0
-    if "pretrained" in args.regimes:
-        stage1, clock, metrics = run(args, data, "pretrained", 0.0, SHARE["stage1"], args.max_steps, stage=1)
-        stage1_path = args.out / "stage1.ckpt"
-        torch.save({"state_dict": stage1.state_dict(), "hyper_parameters": dict(stage1.hparams)}, stage1_path)
-        stage1_s, stage1_cpu = clock.train_s, clock.cpu_s
-        print(
-            json.dumps(
+    stage1_path, stage1_json = args.work_dir / "stage1.ckpt", args.out / "stage1.json"
+    if "pretrained" in args.regimes and not (stage1_path.exists() and stage1_json.exists()):
+        module = NVSModule(regime="pretrained", stage=1, **common)
+        clock, metrics = train(
+            args, module, make_datamodule(args, data, 0, 0, 2 * L), args.minutes, args.steps
+        )
+        save_weights(module, stage1_path)
+        stage1 = {"steps": clock.steps, "wall_s": clock.train_s, "cpu_s": clock.cpu_s}
+        stage1_json.write_text(json.dumps(stage1))
+        store.add({"regime": "stage1", "subjects": 0, **stage1, "total_wall_s": clock.train_s, **metrics})
+    stage1 = json.loads(stage1_json.read_text()) if stage1_json.exists() else None
+
+    for k in args.subjects:
+        if store.find("mean_pose", k) is None:
+            store.add(
                 {
-                    "stage1_wall_s": round(stage1_s, 1),
-                    "stage1_cpu_s": round(stage1_cpu, 1),
-                    "test_synthesis_l1": metrics.get("test/synthesis_l1"),
-                    "test_copy_input_l1": metrics.get("test/copy_input_l1"),
+                    "regime": "mean_pose",
+                    "subjects": k,
+                    "steps": 0,
+                    **mean_pose_metrics(make_datamodule(args, data, k, L, 0)),
                 }
-            ),
-            flush=True,
-        )
-    for fraction in args.fractions:
-        record(BASELINE, fraction, 0, TrainClock(), mean_pose_metrics(args, data, fraction), 0.0, 0.0)
-        if "supervised" in args.regimes:
-            _, clock, metrics = run(args, data, "supervised", fraction, SHARE["supervised"], args.max_steps)
-            record("supervised", fraction, args.max_steps, clock, metrics, clock.train_s, clock.cpu_s)
-        if "pretrained" in args.regimes:
-            _, clock, metrics = run(
-                args,
-                data,
-                "pretrained",
-                fraction,
-                SHARE["stage2"],
-                stage2_steps,
-                offset_s=stage1_s,
-                stage=2,
-                pretrained_checkpoint=str(stage1_path),
             )
-            record(
-                "pretrained",
-                fraction,
-                args.max_steps + stage2_steps,
-                clock,
-                metrics,
-                stage1_s + clock.train_s,
-                stage1_cpu + clock.cpu_s,
+        for regime in args.regimes:
+            if store.find(regime, k) is not None:
+                continue
+            if regime == "supervised":
+                module = NVSModule(regime="supervised", **common)
+                clock, metrics = train(
+                    args, module, make_datamodule(args, data, k, L, 0), args.minutes, args.steps
+                )
+                total = (clock.train_s, clock.cpu_s)
+            elif regime == "semi":
+                module = NVSModule(regime="semi", **common)
+                clock, metrics = train(
+                    args, module, make_datamodule(args, data, k, L, L), args.minutes, args.steps
+                )
+                total = (clock.train_s, clock.cpu_s)
+            else:
+                module = NVSModule(
+                    regime="pretrained", stage=2, pretrained_checkpoint=str(stage1_path), **common
+                )
+                clock, metrics = train(
+                    args,
+                    module,
+                    make_datamodule(args, data, k, L, 0),
+                    args.stage2_minutes,
+                    args.steps,
+                    offset_s=stage1["wall_s"],
+                )
+                total = (stage1["wall_s"] + clock.train_s, stage1["cpu_s"] + clock.cpu_s)
+            save_weights(module, args.work_dir / f"{regime}_{k}.ckpt")
+            store.add(
+                {
+                    "regime": regime,
+                    "subjects": k,
+                    "steps": clock.steps,
+                    "wall_s": clock.train_s,
+                    "cpu_s": clock.cpu_s,
+                    "total_wall_s": total[0],
+                    "total_cpu_s": total[1],
+                    **metrics,
+                },
+                clock.curve,
             )
-        if "semi" in args.regimes:
-            semi, clock, metrics = run(args, data, "semi", fraction, SHARE["semi"], args.max_steps)
-            torch.save(
-                {"state_dict": semi.state_dict(), "hyper_parameters": dict(semi.hparams)},
-                args.out / f"semi_{fraction:g}.ckpt",
-            )
-            record("semi", fraction, args.max_steps, clock, metrics, clock.train_s, clock.cpu_s)
-    plot(args.out, rows)
-    print(f"wrote {args.out}/label_sweep.csv, curves.csv, label_sweep.md, label_sweep.png")
-
-
-def write(out: Path, rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> None:
-    for name, table in (("label_sweep.csv", rows), ("curves.csv", curves)):
-        if table:
-            with open(out / name, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(table[0]))
-                writer.writeheader()
-                writer.writerows(table)
-    if rows:
-        keys = list(rows[0])
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-        (out / "label_sweep.md").write_text("\n".join(lines) + "\n")
-
-
-def plot(out: Path, rows: list[dict[str, Any]]) -> None:
-    figure = new_figure(6.0, 4.0)
-    ax = figure.add_subplot()
-    for regime in (*REGIMES, BASELINE):
-        points = sorted((r["label_fraction"], r["test_n_mpjpe"]) for r in rows if r["regime"] == regime)
-        if points:
-            style = {"linestyle": "--", "color": "grey"} if regime == BASELINE else {}
-            ax.plot([100 * p[0] for p in points], [p[1] for p in points], marker="o", label=regime, **style)
-    ax.set_xscale("log")
-    ticks = sorted({100 * r["label_fraction"] for r in rows})
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("labeled frames (%)")
-    ax.set_ylabel("test N-MPJPE (mm)")
-    ax.set_title("SynthHands: NVS regimes against the label fraction")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    figure.savefig(out / "label_sweep.png")
+    print((args.out / "gates.md").read_text())
+    print(f"wrote {args.out}/rows.jsonl, curves.jsonl, results.md, gates.md")
 
 
 if __name__ == "__main__":

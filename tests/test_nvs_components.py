@@ -204,12 +204,18 @@ def test_perceptual_loss_from_user_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloads"):
         ReconstructionLoss(perceptual_checkpoint=str(tmp_path / "missing.pth"))
     reference = ResNet18Features()
-    state = dict(reference.state_dict())
+    # torchvision names the projection shortcut "downsample"; the shared BasicBlock calls it "shortcut".
+    state = {k.replace(".shortcut.", ".downsample."): v for k, v in reference.state_dict().items()}
+    assert "layer2.0.downsample.0.weight" in state
     state["layer3.0.conv1.weight"] = torch.zeros(1)  # later layers are ignored
     path = tmp_path / "resnet18.pth"
     torch.save(state, path)
     loaded = load_resnet18_features(path)
     assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+    assert torch.equal(loaded.layer2[0].shortcut[1].running_var, reference.layer2[0].shortcut[1].running_var)
+    again = ResNet18Features()  # a module state dict with the old names (checkpoints of NVS runs) loads too
+    again.load_state_dict({k: v for k, v in state.items() if not k.startswith("layer3")})
+    assert torch.equal(again.layer2[0].shortcut[0].weight, reference.layer2[0].shortcut[0].weight)
 
     loss = ReconstructionLoss(
         structural="none", perceptual_checkpoint=str(path), perceptual_weight=2.0

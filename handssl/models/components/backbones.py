@@ -19,8 +19,16 @@ def norm_layer(channels: int, kind: str = "batch") -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'group' or 'none'")
 
 
+TORCHVISION_SHORTCUT = "downsample"
+"""torchvision's name for :class:`BasicBlock`'s projection shortcut (``shortcut`` here)."""
+
+
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convolutions with a residual connection.
+
+    With ``norm="batch"`` it is torchvision's ``BasicBlock`` (same layers and parameter names) except that the
+    projection shortcut is called ``shortcut`` where torchvision says ``downsample``; ``load_state_dict`` reads
+    either name (torchvision ResNet checkpoints, and checkpoints that held the perceptual loss's own copy).
 
     Args:
         in_channels: Input channels.
@@ -46,6 +54,12 @@ class BasicBlock(nn.Module):
         out = self.act(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.act(out + self.shortcut(x))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        torchvision = prefix + TORCHVISION_SHORTCUT + "."
+        for key in [k for k in state_dict if k.startswith(torchvision)]:
+            state_dict[prefix + "shortcut." + key[len(torchvision) :]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ResNetBackbone(nn.Module):

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from handssl.models.components.backbones import TORCHVISION_SHORTCUT, BasicBlock
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STRUCTURAL_LOSSES = ("ssim", "gradient", "none")
@@ -82,30 +84,11 @@ def gradient_loss(x: Tensor, y: Tensor) -> Tensor:
     return 0.5 * ((gx_x - gx_y).abs().mean() + (gy_x - gy_y).abs().mean())
 
 
-class _BasicBlock(nn.Module):
-    """torchvision's ResNet ``BasicBlock`` with its parameter names (``conv1``, ``bn1``, ``downsample``)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
 class ResNet18Features(nn.Module):
     """The first layers of a ResNet-18 (``conv1``, ``bn1``, ``layer1``, ``layer2``), torchvision-named.
+
+    The blocks are :class:`~handssl.models.components.backbones.BasicBlock`, whose projection shortcut is
+    ``shortcut`` where torchvision says ``downsample`` (both names load).
 
     ``forward`` returns Rhodin et al.'s three perceptual levels: ``relu(bn1(conv1(x)))`` at 1/2,
     ``layer1`` at 1/4 (after the max-pool) and ``layer2`` at 1/8.
@@ -116,8 +99,8 @@ class ResNet18Features(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = nn.Sequential(_BasicBlock(64, 64, 1), _BasicBlock(64, 64, 1))
-        self.layer2 = nn.Sequential(_BasicBlock(64, 128, 2), _BasicBlock(128, 128, 1))
+        self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
+        self.layer2 = nn.Sequential(BasicBlock(64, 128, stride=2), BasicBlock(128, 128))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x0 = F.relu(self.bn1(self.conv1(x)))
@@ -155,6 +138,8 @@ def load_resnet18_features(checkpoint_path: str | Path) -> ResNet18Features:
         raise ValueError(
             f"perceptual-loss checkpoint {path} does not hold a state dict (got {type(state).__name__})"
         )
+    shortcut = f".{TORCHVISION_SHORTCUT}."
+    state = {k.replace(shortcut, ".shortcut."): v for k, v in state.items()}
     model = ResNet18Features()
     needed = model.state_dict()
     missing = [k for k in needed if k not in state]
