@@ -424,8 +424,17 @@ def similarity_procrustes(
 
 @_numpy_compatible
 def procrustes_align(source: Array, target: Array, valid: Array | None = None) -> Array:
-    """Align ``source`` to ``target`` by :func:`similarity_procrustes`; ``(..., N, 3)``."""
-    s, R, t = similarity_procrustes(source, target, valid)
+    """Align ``source`` to ``target`` by :func:`similarity_procrustes` fitted on the valid points; ``(..., N, 3)``.
+
+    Every point of ``source`` is transformed; only valid ones enter the fit, and invalid ones may be NaN in
+    either input (they are zeroed for the fit, since ``NaN * 0`` is NaN).
+    """
+    fit_source, fit_target = source, target
+    if valid is not None:
+        keep = torch.as_tensor(valid, device=source.device).bool().unsqueeze(-1)
+        fit_source = torch.where(keep, source, torch.zeros_like(source))
+        fit_target = torch.where(keep, target, torch.zeros_like(target))
+    s, R, t = similarity_procrustes(fit_source, fit_target, valid)
     return s[..., None, None] * (source @ R.transpose(-1, -2)) + t.unsqueeze(-2)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from handssl.geometry import similarity_procrustes
+from handssl.geometry import procrustes_align
 
 __all__ = [
     "MIN_PROCRUSTES_JOINTS",
@@ -186,7 +186,8 @@ def align_procrustes(pred: Tensor, target: Tensor, valid: Tensor | None = None) 
     """Align each predicted pose to its target by a similarity transform fitted on valid joints.
 
     Rotation (``det = +1``, reflections are not allowed), translation and scale come from
-    :func:`handssl.geometry.similarity_procrustes` (Umeyama). Note the official FreiHAND ``eval.py`` uses
+    :func:`handssl.geometry.procrustes_align` (Umeyama); this adds the input checks, and NaN for a sample
+    whose prediction is not finite at a valid joint. Note the official FreiHAND ``eval.py`` uses
     ``scipy.linalg.orthogonal_procrustes``, which does allow reflections.
 
     Args:
@@ -200,12 +201,9 @@ def align_procrustes(pred: Tensor, target: Tensor, valid: Tensor | None = None) 
     valid = check_pose_inputs(pred, target, valid, "align_procrustes")
     if pred.shape[-1] != 3:
         raise ValueError(f"align_procrustes: needs 3D joints (B, J, 3), got {tuple(pred.shape)}")
-    # A non-finite prediction would make the SVD raise; fit on zeros instead and return NaN for that sample.
+    # A non-finite prediction would make the SVD raise; fit on nothing instead and return NaN for that sample.
     broken = ~(torch.isfinite(pred).all(-1) | ~valid).all(-1)
-    fit_valid = valid & ~broken[:, None]
-    fit_pred, fit_target = _zero_invalid(pred, fit_valid), _zero_invalid(target, fit_valid)
-    scale, rotation, translation = similarity_procrustes(fit_pred, fit_target, fit_valid)
-    aligned = scale[:, None, None] * (pred @ rotation.transpose(-1, -2)) + translation[:, None, :]
+    aligned = procrustes_align(pred, target, valid & ~broken[:, None])
     return torch.where(broken[:, None, None], torch.full_like(aligned, float("nan")), aligned)
 
 
