@@ -8,7 +8,7 @@ For every test pair (view i -> view j of one frame) it compares the target view 
 as mean absolute error over all pixels and over the target's foreground (hand + sleeve mask) pixels, and saves
 a grid of test pairs (input | target | synthesized | turntable) as PNG.
 
-    python experiments/bench_nvs.py --checkpoint runs/nvs_benchmark/semi_1.ckpt --out experiments/results/bench_nvs
+    python experiments/bench_nvs.py --checkpoint runs/label_sweep/semi_1.ckpt --out experiments/results/bench_nvs
     python experiments/bench_nvs.py --pretrained nvs-semi-synthhands     # the shipped semi network
 """
 

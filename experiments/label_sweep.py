@@ -1,25 +1,28 @@
-"""NVS benchmark: supervised vs pretrained vs semi at 1 and 2 labeled subjects on SynthHands v2 (issue 11's gates).
+"""Label sweep of the NVS regimes by labelled subjects on SynthHands v2 (issue 11's table and gates).
 
-For every number of labeled subjects ``k`` (whole subjects of the 32 training subjects, as Rhodin et al.,
+For every number of labelled subjects ``k`` (whole subjects of the 32 training subjects, as Rhodin et al.,
 "Unsupervised Geometry-Aware Representation for 3D Human Pose Estimation", ECCV'18, label them) it trains
 
-* ``supervised``: encoder + pose head on the labeled subjects (``L`` labeled items per step);
-* ``pretrained``: stage 1 (synthesis only, ``2 L`` unlabeled items per step, all subjects), run **once** and
-  shared by every ``k``; stage 2 the pose head on the frozen encoder (``L`` labeled items per step);
-* ``semi``: everything jointly, ``L`` labeled + ``L`` unlabeled items per step;
+* ``supervised``: encoder + pose head on the labelled subjects (``L`` labelled items per step);
+* ``pretrained``: stage 1 (synthesis only, ``2 L`` unlabelled items per step, all subjects), run **once** and
+  shared by every ``k``; stage 2 the pose head on the frozen encoder (``L`` labelled items per step);
+* ``semi``: everything jointly, ``L`` labelled + ``L`` unlabelled items per step;
 
-with the :class:`~handssl.models.NVSModule` recipe defaults, and evaluates on the test subjects: N-MPJPE,
-MPJPE, PA-MPJPE, and for the models with a decoder the hand-pixel L1 of the synthesized target view against
-copying the input view and against the background alone, and the IoU of the predicted mask with the hand. A
-``mean_pose`` row per ``k`` predicts the labeled subjects' mean pose. Every run's training wall and CPU time
-(validation excluded) and its validation N-MPJPE against training time (``curves.jsonl``) are recorded.
+and, with ``--upper-bound`` (default), ``supervised`` on all training subjects. Every run uses the
+:class:`~handssl.models.NVSModule` recipe defaults unless a flag overrides one, and is evaluated on the test
+subjects: N-MPJPE, MPJPE, PA-MPJPE, and for the models with a decoder the hand-pixel L1 of the synthesized
+target view against copying the input view and against the background alone, and the IoU of the predicted
+mask with the hand. A ``mean_pose`` row per ``k`` predicts the labelled subjects' mean pose. Every run's
+training wall and CPU time (validation excluded) and its validation N-MPJPE against training time
+(``curves.jsonl``) are recorded; ``label_sweep.png`` plots both.
 
-Resumable: each finished row is appended to ``<out>/rows.jsonl`` at once (and ``results.md`` / ``gates.md``
-rewritten); a rerun with the same ``--out`` skips rows already there and reuses stage 1's checkpoint.
+Resumable: each finished row is appended to ``<out>/rows.jsonl`` at once (and ``results.md`` / ``gates.md`` /
+``label_sweep.png`` rewritten); a rerun with the same ``--out`` skips rows already there and reuses stage 1's
+checkpoint (``runs/<name of --out>/stage1.ckpt``), so one command may span sessions.
 
-    python experiments/nvs_benchmark.py --quick                 # smoke test, about a minute
-    python experiments/nvs_benchmark.py --minutes 20 --stage2-minutes 4 --threads 2 \\
-        --out experiments/results/nvs_benchmark
+    python experiments/label_sweep.py --quick                 # smoke test, about two minutes
+    python experiments/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2 \\
+        --out experiments/results/label_sweep                 # ~3 h of 2 CPU cores, resumable
 
 Gates (``gates.md``): semi N-MPJPE <= 0.85 x supervised at each k; pretrained <= 0.9 x supervised at k = 1;
 semi reaches pretrained's final validation N-MPJPE within pretrained's stage 1 + stage 2 wall time; synthesized
@@ -41,6 +44,7 @@ import torch
 from handssl.data import MultiViewDataModule, SynthHandsMultiView
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe
 from handssl.models import NVSModule
+from handssl.viz import new_figure
 
 REGIMES = ("supervised", "pretrained", "semi")
 TEST_KEYS = (
@@ -135,17 +139,18 @@ def make_datamodule(
 
 
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "image_size": args.image_size,
+    """NVSModule arguments: the image size and the recipe flags given on the command line (else its defaults)."""
+    out: dict[str, Any] = {"image_size": args.image_size}
+    overrides = {
         "lr": args.lr,
         "pose_weight": args.pose_weight,
         "synthesis_warmup_steps": args.warmup_steps,
         "silhouette_threshold": args.silhouette_threshold,
+        "pose_hidden": tuple(args.pose_hidden) if args.pose_hidden else None,
+        "decoder_latent_channels": args.decoder_latent_channels,
+        "structural_loss": args.structural_loss,
     }
-    if args.pose_hidden:
-        out["pose_hidden"] = tuple(args.pose_hidden)
-    if args.decoder_latent_channels:
-        out["decoder_latent_channels"] = args.decoder_latent_channels
+    out.update({k: v for k, v in overrides.items() if v is not None})
     if args.quick:
         out.update(pose_hidden=(256, 256), num_points=64)
     return out
@@ -248,6 +253,7 @@ class Store:
             lines.append("| " + " | ".join(str(r.get(k, "")) for k in keys) + " |")
         (self.out / "results.md").write_text("\n".join(lines) + "\n")
         (self.out / "gates.md").write_text(gates(self.rows, self.curves()))
+        plot(self.out / "label_sweep.png", self.rows, self.curves())
 
 
 def gates(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
@@ -293,6 +299,60 @@ def gates(rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(path: Path, rows: list[dict[str, Any]], curves: list[dict[str, Any]]) -> None:
+    """Test N-MPJPE against labelled subjects, and validation N-MPJPE against training time at the smallest k."""
+    figure = new_figure(11.0, 4.0)
+    left, right = figure.subplots(1, 2)
+    for regime in (*REGIMES, "mean_pose"):
+        points = sorted((r["subjects"], r["n_mpjpe"]) for r in rows if r["regime"] == regime)
+        if points:
+            style = {"linestyle": "--", "color": "grey"} if regime == "mean_pose" else {"marker": "o"}
+            left.plot(*zip(*points), label=regime.replace("_", " "), **style)
+    left.set_xscale("log", base=2)
+    ticks = sorted({r["subjects"] for r in rows if r["subjects"] > 0})
+    left.set_xticks(ticks, [str(t) for t in ticks])
+    left.minorticks_off()
+    left.set(xlabel="labelled subjects (of 32)", ylabel="test N-MPJPE (mm)", title="NVS regimes by labels")
+    levels = [r["subjects"] for r in rows if r["regime"] in REGIMES and r["subjects"] > 0]
+    if levels:
+        k = min(levels)
+        for regime in REGIMES:
+            curve = [
+                (c["train_s"] / 60, c["val_n_mpjpe"])
+                for c in curves
+                if (c["regime"], c["subjects"]) == (regime, k)
+            ]
+            if curve:
+                right.plot(*zip(*curve), label=regime)
+        right.set(
+            xlabel="training minutes (pretrained: from stage 1's start)", ylabel="validation N-MPJPE (mm)"
+        )
+        right.set_title(f"{k} labelled subject(s): accuracy against time")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    figure.savefig(path)
+
+
+def stage1_checkpoint(
+    args: argparse.Namespace, data: dict, store: Store, common: dict[str, Any]
+) -> tuple[Path, dict[str, float]]:
+    """Stage 1 of the pretrained regime (trained once, on first need, and shared by every k): path and times."""
+    path, info = args.work_dir / "stage1.ckpt", args.out / "stage1.json"
+    if not (path.exists() and info.exists()):
+        L = args.labeled_per_step
+        module = NVSModule(regime="pretrained", stage=1, **common)
+        clock, metrics = train(
+            args, module, make_datamodule(args, data, 0, 0, 2 * L), args.minutes, args.steps
+        )
+        save_weights(module, path)
+        stage1 = {"steps": clock.steps, "wall_s": clock.train_s, "cpu_s": clock.cpu_s}
+        info.write_text(json.dumps(stage1))
+        store.add({"regime": "stage1", "subjects": 0, **stage1, "total_wall_s": clock.train_s, **metrics})
+    return path, json.loads(info.read_text())
+
+
 def save_weights(module: NVSModule, path: Path) -> None:
     """The trained module's weights and hyper-parameters (what ``experiments/ship_weights.py`` packs)."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
@@ -302,7 +362,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--subjects", type=int, nargs="+", default=[1, 2], help="labeled subjects of 32")
+    parser.add_argument(
+        "--subjects", type=int, nargs="+", default=[1, 2, 4], help="labelled subjects of the 32"
+    )
+    parser.add_argument(
+        "--upper-bound",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also train supervised on all training subjects",
+    )
     parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES)
     parser.add_argument(
         "--minutes", type=float, default=20.0, help="training minutes of supervised, semi, stage 1"
@@ -312,7 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--labeled-per-step", type=int, default=8, help="L: labeled items per step (16 on a GPU)"
     )
-    parser.add_argument("--pose-weight", type=float, default=0.1)
+    parser.add_argument(
+        "--pose-weight", type=float, default=None, help="semi: pose loss weight (default: NVSModule's)"
+    )
     parser.add_argument(
         "--pose-hidden", type=int, nargs="+", default=None, help="pose MLP widths (default: NVSModule's)"
     )
@@ -322,16 +392,29 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="decoder input channels (default: NVSModule's)",
     )
-    parser.add_argument("--warmup-steps", type=int, default=0, help="semi: synthesis-only steps first")
-    parser.add_argument("--silhouette-threshold", type=float, default=0.02)
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="semi: synthesis-only steps first (default: NVSModule's)",
+    )
+    parser.add_argument("--silhouette-threshold", type=float, default=None)
+    parser.add_argument(
+        "--structural-loss",
+        choices=("ssim", "gradient", "none"),
+        default=None,
+        help="structural term of the synthesis loss (default: NVSModule's)",
+    )
     parser.add_argument(
         "--eval-every", type=int, default=250, help="validation N-MPJPE every this many steps"
     )
-    parser.add_argument("--val-batches", type=int, default=4)
+    parser.add_argument(
+        "--val-batches", type=int, default=16, help="validation batches per evaluation (16: all 256 items)"
+    )
     parser.add_argument("--statistics-items", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--style", default="synthetic", help="synthetic: clean renders (threshold 0.02)")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: NVSModule's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -347,8 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         args.minutes, args.stage2_minutes = None, None
         args.steps, args.eval_every, args.val_batches = 3, 2, 1
         args.labeled_per_step, args.statistics_items = 2, 4
-        args.out = args.out or Path("experiments/results/nvs_benchmark_quick")
-    args.out = args.out or Path("experiments/results/nvs_benchmark")
+        args.out = args.out or Path("experiments/results/label_sweep_quick")
+    args.out = args.out or Path("experiments/results/label_sweep")
     args.work_dir = args.work_dir or Path("runs") / args.out.name
     args.work_dir.mkdir(parents=True, exist_ok=True)
     if args.threads:
@@ -376,72 +459,34 @@ def main(argv: list[str] | None = None) -> None:
         (args.out / "gradient_ratio.json").write_text(json.dumps(ratios, indent=1))
         print(json.dumps({"gradient_ratio": ratios}), flush=True)
 
-    stage1_path, stage1_json = args.work_dir / "stage1.ckpt", args.out / "stage1.json"
-    if "pretrained" in args.regimes and not (stage1_path.exists() and stage1_json.exists()):
-        module = NVSModule(regime="pretrained", stage=1, **common)
-        clock, metrics = train(
-            args, module, make_datamodule(args, data, 0, 0, 2 * L), args.minutes, args.steps
-        )
-        save_weights(module, stage1_path)
-        stage1 = {"steps": clock.steps, "wall_s": clock.train_s, "cpu_s": clock.cpu_s}
-        stage1_json.write_text(json.dumps(stage1))
-        store.add({"regime": "stage1", "subjects": 0, **stage1, "total_wall_s": clock.train_s, **metrics})
-    stage1 = json.loads(stage1_json.read_text()) if stage1_json.exists() else None
-
-    for k in args.subjects:
+    # Per k: supervised and semi first, pretrained last (its stage 1 is trained on first need).
+    order = [r for r in ("supervised", "semi", "pretrained") if r in args.regimes]
+    runs = [(k, regime) for k in args.subjects for regime in order]
+    if args.upper_bound:
+        runs.append((len(set(data["train"].item_subjects())), "supervised"))
+    for k, regime in runs:
         if store.find("mean_pose", k) is None:
-            store.add(
-                {
-                    "regime": "mean_pose",
-                    "subjects": k,
-                    "steps": 0,
-                    **mean_pose_metrics(make_datamodule(args, data, k, L, 0)),
-                }
-            )
-        for regime in args.regimes:
-            if store.find(regime, k) is not None:
-                continue
-            if regime == "supervised":
-                module = NVSModule(regime="supervised", **common)
-                clock, metrics = train(
-                    args, module, make_datamodule(args, data, k, L, 0), args.minutes, args.steps
-                )
-                total = (clock.train_s, clock.cpu_s)
-            elif regime == "semi":
-                module = NVSModule(regime="semi", **common)
-                clock, metrics = train(
-                    args, module, make_datamodule(args, data, k, L, L), args.minutes, args.steps
-                )
-                total = (clock.train_s, clock.cpu_s)
-            else:
-                module = NVSModule(
-                    regime="pretrained", stage=2, pretrained_checkpoint=str(stage1_path), **common
-                )
-                clock, metrics = train(
-                    args,
-                    module,
-                    make_datamodule(args, data, k, L, 0),
-                    args.stage2_minutes,
-                    args.steps,
-                    offset_s=stage1["wall_s"],
-                )
-                total = (stage1["wall_s"] + clock.train_s, stage1["cpu_s"] + clock.cpu_s)
-            save_weights(module, args.work_dir / f"{regime}_{k}.ckpt")
-            store.add(
-                {
-                    "regime": regime,
-                    "subjects": k,
-                    "steps": clock.steps,
-                    "wall_s": clock.train_s,
-                    "cpu_s": clock.cpu_s,
-                    "total_wall_s": total[0],
-                    "total_cpu_s": total[1],
-                    **metrics,
-                },
-                clock.curve,
-            )
+            dm = make_datamodule(args, data, k, L, 0)
+            store.add({"regime": "mean_pose", "subjects": k, "steps": 0, **mean_pose_metrics(dm)})
+        if store.find(regime, k) is not None:
+            continue
+        if regime == "pretrained":
+            stage1_path, stage1 = stage1_checkpoint(args, data, store, common)
+            module = NVSModule(regime="pretrained", stage=2, pretrained_checkpoint=str(stage1_path), **common)
+            dm, minutes, offset = make_datamodule(args, data, k, L, 0), args.stage2_minutes, stage1["wall_s"]
+        else:
+            module = NVSModule(regime=regime, **common)
+            dm = make_datamodule(args, data, k, L, L if regime == "semi" else 0)
+            minutes, offset = args.minutes, 0.0
+        clock, metrics = train(args, module, dm, minutes, args.steps, offset_s=offset)
+        stage1_cpu = stage1["cpu_s"] if regime == "pretrained" else 0.0
+        total = (offset + clock.train_s, stage1_cpu + clock.cpu_s)
+        save_weights(module, args.work_dir / f"{regime}_{k}.ckpt")
+        row = {"regime": regime, "subjects": k, "steps": clock.steps, "wall_s": clock.train_s}
+        row.update(cpu_s=clock.cpu_s, total_wall_s=total[0], total_cpu_s=total[1], **metrics)
+        store.add(row, clock.curve)
     print((args.out / "gates.md").read_text())
-    print(f"wrote {args.out}/rows.jsonl, curves.jsonl, results.md, gates.md")
+    print(f"wrote {args.out}/rows.jsonl, curves.jsonl, results.md, gates.md, label_sweep.png")
 
 
 if __name__ == "__main__":

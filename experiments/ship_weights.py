@@ -183,13 +183,13 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"results file not found: {args.results} (run experiments/semihand_ablation.py)")
         ship_semihand(args)
     else:
-        args.run_dir = args.run_dir or "runs/nvs_benchmark"
-        args.results = args.results or "experiments/results/nvs_benchmark/rows.jsonl"
+        args.run_dir = args.run_dir or "runs/label_sweep"
+        args.results = args.results or "experiments/results/label_sweep/rows.jsonl"
         args.trained_by = args.trained_by or (
-            "python experiments/nvs_benchmark.py --subjects 1 2 --minutes 24 --stage2-minutes 4 --threads 2"
+            "python experiments/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2"
         )
         if not Path(args.results).is_file():
-            raise SystemExit(f"results file not found: {args.results} (run experiments/nvs_benchmark.py)")
+            raise SystemExit(f"results file not found: {args.results} (run experiments/label_sweep.py)")
         ship_nvs(args)
 
 

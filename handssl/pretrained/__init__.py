@@ -16,7 +16,7 @@ The names (``NAMES``; a name not shipped in this install says how to produce it)
   source-only, full SemiHand (mean teacher) and target-oracle rows of ``experiments/semihand_ablation.py``
   (SynthHands v2, synthetic-style labels -> real-style images, 64 px);
 * ``nvs-semi-synthhands``, ``nvs-supervised-synthhands``: the semi and supervised rows of
-  ``experiments/nvs_benchmark.py`` at one labelled subject (64 px).
+  ``experiments/label_sweep.py`` at one labelled subject (64 px).
 """
 
 from __future__ import annotations
