@@ -348,12 +348,11 @@ def test_missing_image_views_are_skipped(tmp_path):
 def test_old_single_view_name_still_builds_the_single_view_loader(fake_root):
     # Configs and notebooks wrote PanopticMultiView(root) for single-view items (multiview=False was the default).
     with pytest.warns(DeprecationWarning, match="use handssl.data.Panoptic"):
-        old = PanopticMultiView(fake_root, hand="right", require_in_view=False, num_views=3)
-    new = Panoptic(fake_root, hand="right", require_in_view=False)
-    assert type(old) is Panoptic and len(old) == len(new)
-    np.testing.assert_array_equal(old[4]["joints2d"], new[4]["joints2d"])
-    with pytest.warns(DeprecationWarning):
-        assert type(PanopticMultiView(fake_root, None, None, "right", 0.001, 1, False, False)) is Panoptic
+        old = PanopticMultiView(fake_root, hand="left", require_in_view=False, num_views=3, mirror_left=True)
+    new = Panoptic(fake_root, hand="left", require_in_view=False, mirror_left=True)
+    assert not old.multiview and len(old) == len(new)
+    for key in ("image", "joints2d", "R", "dist"):
+        np.testing.assert_array_equal(old[4][key], new[4][key])
 
 
 def test_multiview_dataset_pickles(fake_root):

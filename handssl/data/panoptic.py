@@ -16,7 +16,6 @@ whole hand are skipped too (a second warning).
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
@@ -454,6 +453,30 @@ class _PanopticDataset(HandDataset):
     def _load_item(self, index: int) -> Sample:
         raise NotImplementedError
 
+    def _index_camera_views(self) -> None:
+        """One item per (row, camera that sees it): the single-view items."""
+        self._items = np.array([(r, c) for r, v in enumerate(self.index.views) for c in v], dtype=np.int64)
+        self._require_items("camera view")
+
+    def _load_camera_view(self, index: int) -> Sample:
+        row, c = (int(i) for i in self._items[index])
+        seq = int(self.index.seq[row])
+        cam = self.cameras[seq][c]
+        world = self.index.joints_world[row]
+        joints3d = world_to_camera(world, cam.R, cam.t)
+        return {
+            "image": load_image(self._image_path(seq, cam, int(self.index.frame[row]))),
+            "joints3d": joints3d.astype(np.float32),
+            "joints2d": project(joints3d, cam.K, cam.dist).astype(np.float32),
+            "K": cam.K.astype(np.float32),
+            "valid": np.ones(NUM_JOINTS, dtype=bool),
+            "R": cam.R.astype(np.float32),
+            "t": cam.t.astype(np.float32),
+            "dist": _pad5(cam.dist).astype(np.float32),
+            "joints3d_world": world.astype(np.float32),
+            "meta": {**self._meta(row), "camera": cam.name, "distorted": True},
+        }
+
     @staticmethod
     def _mirror(sample: Sample) -> Sample:
         """:func:`~handssl.data.base.mirror_sample` plus the extra camera keys: ``R``, ``t``, ``dist``, crops."""
@@ -536,27 +559,10 @@ class Panoptic(_PanopticDataset):
             transform,
             mirror_left,
         )
-        self._items = np.array([(r, c) for r, v in enumerate(self.index.views) for c in v], dtype=np.int64)
-        self._require_items("camera view")
+        self._index_camera_views()
 
     def _load_item(self, index: int) -> Sample:
-        row, c = (int(i) for i in self._items[index])
-        seq = int(self.index.seq[row])
-        cam = self.cameras[seq][c]
-        world = self.index.joints_world[row]
-        joints3d = world_to_camera(world, cam.R, cam.t)
-        return {
-            "image": load_image(self._image_path(seq, cam, int(self.index.frame[row]))),
-            "joints3d": joints3d.astype(np.float32),
-            "joints2d": project(joints3d, cam.K, cam.dist).astype(np.float32),
-            "K": cam.K.astype(np.float32),
-            "valid": np.ones(NUM_JOINTS, dtype=bool),
-            "R": cam.R.astype(np.float32),
-            "t": cam.t.astype(np.float32),
-            "dist": _pad5(cam.dist).astype(np.float32),
-            "joints3d_world": world.astype(np.float32),
-            "meta": {**self._meta(row), "camera": cam.name, "distorted": True},
-        }
+        return self._load_camera_view(index)
 
 
 class PanopticMultiView(_PanopticDataset):
@@ -578,13 +584,13 @@ class PanopticMultiView(_PanopticDataset):
     ``t`` become ``F R`` and ``F t`` with ``F = diag(-1, 1, 1)`` (relative rotations between views stay
     proper rotations).
 
-    For backward compatibility ``PanopticMultiView(..., multiview=False)``, the default, is the single-view
-    loader: it returns a :class:`Panoptic` (with a ``DeprecationWarning``; its multi-view arguments are
+    For backward compatibility ``PanopticMultiView(..., multiview=False)``, the default, still gives the
+    single-view items of :class:`Panoptic` (with a ``DeprecationWarning``; the multi-view arguments are then
     ignored). Pass ``multiview=True`` for multi-view items.
 
     Args:
         root, sequences, cameras, hand, min_score, every_nth_frame, require_in_view: As in :class:`Panoptic`.
-        multiview: ``True`` for multi-view items; ``False`` (deprecated) builds a :class:`Panoptic` instead.
+        multiview: ``True`` for multi-view items; ``False`` (deprecated) for :class:`Panoptic`'s items.
         num_views: Views per item.
         crop_size: Side of the crops in pixels.
         crop_extent_mm: Side of the square (at the hand centre's depth) a crop covers, mm.
@@ -596,26 +602,6 @@ class PanopticMultiView(_PanopticDataset):
         transform: Applied to every item after loading.
         mirror_left: Mirror left hands into right hands.
     """
-
-    multiview = True
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        # Unpickling calls __new__ without arguments: only a call that names multiview=False is redirected.
-        if cls is PanopticMultiView and (args or kwargs):
-            try:
-                bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
-            except TypeError:
-                return super().__new__(cls)  # __init__ raises the proper error
-            bound.apply_defaults()
-            arguments = dict(bound.arguments)
-            if not arguments["multiview"]:
-                warnings.warn(
-                    "PanopticMultiView(multiview=False) is the single-view loader: use handssl.data.Panoptic",
-                    DeprecationWarning,
-                    stacklevel=2,
-                )
-                return Panoptic(**{k: arguments[k] for k in _SINGLE_VIEW_ARGUMENTS})
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -665,6 +651,15 @@ class PanopticMultiView(_PanopticDataset):
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.seed = seed
         self._backgrounds: dict[tuple[int, int], np.ndarray] = {}
+        self.multiview = multiview
+        if not multiview:
+            warnings.warn(
+                "PanopticMultiView(multiview=False) gives single-view items: use handssl.data.Panoptic",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            self._index_camera_views()
+            return
         views = self.index.views
         self._items = np.array([r for r, v in enumerate(views) if len(v) >= num_views], dtype=np.int64)
         warn_skipped(
@@ -688,6 +683,8 @@ class PanopticMultiView(_PanopticDataset):
         return row, cams, row_t2
 
     def _load_item(self, index: int) -> Sample:
+        if not self.multiview:
+            return self._load_camera_view(index)
         row, cams, row_t2 = self._choose(index)
         seq = int(self.index.seq[row])
         frame, frame_t2 = int(self.index.frame[row]), int(self.index.frame[row_t2])
@@ -810,6 +807,3 @@ def _pad5(dist: np.ndarray) -> np.ndarray:
     out = np.zeros(5, dtype=np.float64)
     out[: min(5, dist.size)] = dist[:5]
     return out
-
-
-_SINGLE_VIEW_ARGUMENTS = tuple(p for p in inspect.signature(Panoptic.__init__).parameters if p != "self")
