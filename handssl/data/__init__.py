@@ -1,6 +1,6 @@
 """Datasets (SynthHands and the public hand datasets), transforms and DataModules.
 
-Every dataset returns the sample dict described in :mod:`handssl.data.base`.
+Every dataset returns the sample dict of the data contract, :mod:`handssl.data.contract`.
 """
 
 from handssl._lazy import lazy_exports
@@ -10,6 +10,8 @@ _EXPORTS = {
     "HandDataset": "base",
     "mirror_sample": "base",
     "check_sample": "base",
+    "pack_sample": "contract",
+    "unpack_sample": "contract",
     "SynthHands": "synthhands.single_view",
     "SynthHandsMultiView": "synthhands.multi_view",
     "RHD": "rhd",

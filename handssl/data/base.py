@@ -1,26 +1,10 @@
-"""The sample contract shared by every handssl dataset, and the base class that enforces it.
+"""The base class of every handssl dataset, the one mirroring of samples, and file helpers.
 
-A *sample* is a dict:
-
-``image``
-    ``float32`` tensor ``3 x H x W`` in ``[0, 1]`` after the default transform; with ``transform=None``
-    real datasets return the original ``uint8`` ``H x W x 3`` numpy image.
-``joints3d``
-    ``float32 (21, 3)`` canonical joints in the camera frame of ``image``, millimetres
-    (NaN where not annotated).
-``joints2d``
-    ``float32 (21, 2)`` pixels of ``image``.
-``K``
-    ``float32 (3, 3)`` intrinsics of ``image``.
-``valid``
-    ``bool (21,)`` joints that carry an annotation.
-``mask`` (optional)
-    ``float32 1 x H x W`` hand mask (``uint8 H x W`` before the transform).
-``meta``
-    dict with ``dataset``, ``subject``, ``sequence``, ``frame``, ``camera``, ``hand`` (``"left"``/``"right"``)
-    and, where a dataset converts, anything worth recording (e.g. ``root_joint``).
-
-Multi-view items stack views (``V x ...``) and add world-to-camera ``R (V, 3, 3)`` and ``t (V, 3)``.
+Samples follow the data contract of :mod:`handssl.data.contract` (keys, dtypes, shapes and units, documented
+there once). :meth:`HandDataset.load_sample` returns a *raw* sample (numpy: ``uint8 H x W x 3`` image,
+``float32`` joints and ``K``, ``bool`` ``valid``, ``meta``); the default transform
+(:class:`~handssl.data.transforms.CropResize`) crops it and packs it into tensors
+(:func:`~handssl.data.contract.pack_sample`).
 """
 
 from __future__ import annotations
@@ -39,7 +23,8 @@ from torch.utils.data import Dataset
 from handssl.skeleton import NUM_JOINTS
 
 Sample = dict[str, Any]
-"""A sample dict (see the module docstring)."""
+"""A sample dict, raw or packed (keys in :data:`handssl.data.contract.FIELDS`; typed as
+:class:`handssl.data.contract.HandSample` once packed)."""
 
 Transform = Callable[[Sample], Sample]
 """A transform maps a sample dict to a sample dict, keeping ``joints2d`` and ``K`` in step with ``image``."""
@@ -128,11 +113,19 @@ def _clone(x: Any) -> Any:
 def check_sample(sample: Sample, where: str = "sample") -> None:
     """Validate a sample against the contract; raise :class:`DatasetError` naming the first problem.
 
-    Checks keys, shapes, that ``valid`` joints have finite 2D/3D values, and that ``K`` is finite.
+    Checks keys (the required ones present, no key outside :data:`~handssl.data.contract.FIELDS`), shapes,
+    that ``valid`` joints have finite 2D/3D values, and that ``K`` is finite. Takes raw and packed samples.
     """
+    from handssl.data.contract import FIELDS
+
     for key in ("image", "joints3d", "joints2d", "K", "valid", "meta"):
         if key not in sample:
             raise DatasetError(f"{where}: missing key {key!r}")
+    unknown = sorted(set(sample) - set(FIELDS))
+    if unknown:
+        raise DatasetError(
+            f"{where}: keys {unknown} are not part of the data contract (handssl.data.contract)"
+        )
     j3, j2, valid = (np.asarray(sample[k]) for k in ("joints3d", "joints2d", "valid"))
     if j3.shape[-2:] != (NUM_JOINTS, 3) or j2.shape[-2:] != (NUM_JOINTS, 2) or valid.shape[-1] != NUM_JOINTS:
         raise DatasetError(
@@ -151,7 +144,7 @@ class HandDataset(Dataset):
 
     Subclasses index their files in ``__init__`` (raising :class:`DatasetError` for a wrong root or a
     missing annotation file), implement ``__len__`` and ``load_sample(index)`` returning the raw sample
-    (numpy image and annotations, see the module docstring).
+    (numpy image and annotations, :mod:`handssl.data.contract`).
 
     Args:
         transform: Applied to every sample after loading (and mirroring); ``None`` keeps the raw sample.

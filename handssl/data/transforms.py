@@ -1,19 +1,19 @@
-"""Default sample transforms: crop around the hand, resize, convert to tensors.
+"""Default sample transforms: crop around the hand, resize, pack into tensors.
 
-Every transform maps a sample dict to a sample dict and keeps ``joints2d`` and ``K`` in step with
-``image`` (a crop or resize is an affine map ``A`` of pixels: ``uv' = A uv`` and ``K' = A K``; camera-frame
-3D joints do not change).
+Every transform maps a sample dict to a sample dict (:mod:`handssl.data.contract`) and keeps ``joints2d`` and
+``K`` in step with ``image`` (a crop or resize is an affine map ``A`` of pixels: ``uv' = A uv`` and
+``K' = A K``; camera-frame 3D joints do not change). The crop works on raw (numpy) samples; the conversion to
+tensors is :func:`~handssl.data.contract.pack_sample`, the pipeline's one conversion point.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from handssl.data.base import DatasetError, Sample
+from handssl.data.contract import pack_sample
 
 
 def affine_crop_matrix(center: np.ndarray, side: float, out_size: int) -> np.ndarray:
@@ -48,14 +48,17 @@ def box_square(box: np.ndarray, margin: float) -> tuple:
 
 
 class CropResize:
-    """Crop a square around the hand (from the valid 2D joints), resize it, and convert to tensors.
+    """Crop a square around the hand (from the valid 2D joints), resize it, and pack the sample into tensors.
 
     A sample with a ``box`` (``x0, y0, x1, y1`` of the hand, e.g. from a detector or
     :class:`~handssl.data.ImageFolder`) is cropped around the box instead, with the same margin.
+    Calling it is :meth:`crop` (raw numpy in, raw numpy out, with the ``crop`` matrix recorded) followed by
+    :func:`~handssl.data.contract.pack_sample`; pipelines with more numpy steps after the crop (the SemiHand
+    views) call :meth:`crop` and pack at their end.
 
-    Samples whose ``image`` is already a tensor (e.g. SynthHands, rendered at the right size) only get
-    their numpy fields converted. Cropping from ground-truth 2D joints is the usual "GT crop" protocol of
-    RHD / STB evaluation.
+    Samples whose ``image`` is already a tensor (SynthHands, rendered at the right size) are not cropped;
+    their size is checked. Cropping from ground-truth 2D joints is the usual "GT crop" protocol of RHD / STB
+    evaluation.
 
     Args:
         image_size: Side of the output image in pixels.
@@ -71,6 +74,10 @@ class CropResize:
         self.margin = margin
 
     def __call__(self, sample: Sample) -> Sample:
+        return pack_sample(self.crop(sample))
+
+    def crop(self, sample: Sample) -> Sample:
+        """The cropped raw sample (numpy in the raw layout); a packed sample is only checked for its size."""
         image = sample["image"]
         if isinstance(image, torch.Tensor):
             if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
@@ -78,7 +85,7 @@ class CropResize:
                     f"sample image is {tuple(image.shape[-2:])} but image_size={self.image_size}; "
                     "render the dataset at the DataModule's image_size"
                 )
-            return to_tensors(sample)
+            return sample
         image = np.asarray(image)
         joints2d = np.asarray(sample["joints2d"], dtype=np.float64)
         if sample.get("box") is not None:
@@ -107,35 +114,16 @@ class CropResize:
         out["joints2d"] = (joints2d @ A[:2, :2].T + A[:2, 2]).astype(np.float32)
         out["K"] = (A @ np.asarray(sample["K"], dtype=np.float64)).astype(np.float32)
         out["crop"] = A.astype(np.float32)
-        return to_tensors(out)
+        return out
 
 
 class ToTensor:
-    """Convert a sample's numpy fields to tensors (``uint8`` images to ``float32`` in ``[0, 1]``, CHW)."""
+    """Pack a raw sample into tensors (:func:`~handssl.data.contract.pack_sample`), without cropping."""
 
     def __call__(self, sample: Sample) -> Sample:
-        return to_tensors(sample)
+        return pack_sample(sample)
 
 
 def to_tensors(sample: Sample) -> Sample:
-    """Convert numpy fields of a sample to tensors with the contract's dtypes and layouts."""
-    out: dict[str, Any] = {}
-    for key, value in sample.items():
-        if key == "meta" or not isinstance(value, np.ndarray):
-            out[key] = value
-            continue
-        if key in ("image", "background") and value.ndim == 3:
-            tensor = torch.from_numpy(np.ascontiguousarray(value.transpose(2, 0, 1)))
-            out[key] = tensor.float() / 255.0 if value.dtype == np.uint8 else tensor.float()
-        elif key in ("mask", "depth") and value.ndim == 2:
-            tensor = torch.from_numpy(np.ascontiguousarray(value)).float()
-            if key == "mask" and value.dtype == np.uint8 and value.max(initial=0) > 1:
-                tensor = tensor / 255.0
-            out[key] = tensor.unsqueeze(0)
-        elif value.dtype == np.bool_:
-            out[key] = torch.from_numpy(value.copy())
-        elif np.issubdtype(value.dtype, np.floating):
-            out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-        else:
-            out[key] = torch.from_numpy(np.ascontiguousarray(value))
-    return out
+    """Former name of :func:`~handssl.data.contract.pack_sample` (without its key and dtype check)."""
+    return pack_sample(sample, check=False)
