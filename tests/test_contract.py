@@ -12,6 +12,7 @@ from handssl.data import (
     FreiHAND,
     PanopticHandDB,
     PanopticMultiView,
+    mirror_sample,
 )
 from handssl.data.contract import (
     FIELDS,
@@ -33,6 +34,7 @@ from handssl.data.fakes import (
     make_fake_stb,
 )
 from handssl.data.transforms import CropResize
+from handssl.geometry import project, world_to_camera
 
 SIZE = 32
 TINY = {
@@ -175,6 +177,56 @@ def test_a_non_contract_key_or_a_wrong_dtype_is_one_clear_line():
         check_packed({"K": [[1.0]]})
     with pytest.raises(DatasetError, match="not part of"):
         check_packed(pack_sample(sample), keys=["image", "meta"])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_mirror_sample_keeps_the_world_and_the_projection(packed):
+    rng = np.random.default_rng(1)
+    angle = 0.3
+    R = np.array([[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]])
+    t = np.array([20.0, -10.0, 500.0])
+    world = rng.normal(size=(21, 3)) * 40
+    K = np.array([[300.0, 0.5, 60.0], [0, 310.0, 50.0], [0, 0, 1]])
+    joints3d = world_to_camera(world, R, t)
+    raw = {
+        "image": rng.integers(0, 256, (100, 120, 3), dtype=np.uint8),
+        "joints3d": joints3d.astype(np.float32),
+        "joints2d": project(joints3d, K).astype(np.float32),
+        "K": K.astype(np.float32),
+        "valid": np.ones(21, bool),
+        "R": R.astype(np.float32),
+        "t": t.astype(np.float32),
+        "dist": np.array([0.1, 0.01, 0.002, 0.003, 0.0], np.float32),
+        "joints3d_world": world.astype(np.float32),
+        "box": np.array([10.0, 20.0, 50.0, 70.0], np.float32),
+        "meta": {"dataset": "fake", "hand": "left"},
+    }
+    sample = pack_sample(raw) if packed else raw
+    out = mirror_sample(sample)
+    as_np = unpack_sample(out)
+    width = 120
+    assert out["meta"]["hand"] == "right" and out["meta"]["mirrored"]
+    assert np.allclose(
+        project(as_np["joints3d"].astype(np.float64), as_np["K"].astype(np.float64)),
+        as_np["joints2d"],
+        atol=1e-3,
+    )
+    # The world is kept: the mirrored camera (F R, F t) sees the same world joints at the mirrored 3D.
+    assert np.allclose(
+        world_to_camera(world, as_np["R"].astype(np.float64), as_np["t"].astype(np.float64)),
+        as_np["joints3d"],
+        atol=1e-3,
+    )
+    assert np.array_equal(as_np["joints3d_world"], raw["joints3d_world"])
+    assert np.allclose(as_np["box"], [width - 1 - 50, 20, width - 1 - 10, 70])
+    assert as_np["dist"][3] == -raw["dist"][3] and as_np["dist"][2] == raw["dist"][2]
+    image = as_np["image"] if packed else out["image"]
+    expected = raw["image"][:, ::-1].astype(np.float32) / np.float32(255) if packed else raw["image"][:, ::-1]
+    assert np.array_equal(image, expected)
+    twice = unpack_sample(mirror_sample(out))
+    for key in ("joints3d", "joints2d", "K", "R", "t", "dist", "box"):
+        assert np.allclose(twice[key], raw[key], atol=1e-4), key
+    assert twice["meta"]["hand"] == "left"
 
 
 def test_zero_dimensional_arrays_stay_scalars():

@@ -72,27 +72,57 @@ def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
 
 
 def mirror_sample(sample: Sample) -> Sample:
-    """Mirror a sample left-right: image, mask, depth, 2D, 3D and ``K`` consistently; flips ``meta['hand']``.
+    """Mirror a sample left-right, every geometric key consistently; flips ``meta['hand']``.
 
-    The camera-frame 3D joints get ``x -> -x`` and ``cx -> W - 1 - cx``, so projecting the mirrored 3D
-    with the mirrored ``K`` gives the mirrored 2D (``u -> W - 1 - u``).
+    The one mirroring of handssl (datasets with ``mirror_left``, ImageFolder, Panoptic's single- and multi-view
+    items). It takes raw samples (numpy, ``H x W (x C)`` images) and packed ones (tensors, ``(V x) C x H x W``
+    images, e.g. multi-view items built as tensors), before any crop (a ``crop`` matrix is not updated).
+
+    * images and maps (``image``, ``mask``, ``hand_mask``, ``depth``, ``background``, ``image_t2``): flipped
+      along their width;
+    * ``joints2d``: ``u -> W - 1 - u``; ``box``: ``x0, x1 -> W - 1 - x1, W - 1 - x0``;
+    * camera-frame 3D (``joints3d``, ``joints3d_t2``): ``x -> -x``; ``K``: ``cx -> W - 1 - cx`` and the skew
+      changes sign, so projecting the mirrored 3D with the mirrored ``K`` gives the mirrored 2D;
+    * the world stays: ``R -> F R`` and ``t -> F t`` with ``F = diag(-1, 1, 1)`` (a reflection; relative
+      rotations between views stay proper rotations), ``joints3d_world`` unchanged;
+    * ``dist``: ``p2`` (index 3) changes sign (``x -> -x`` flips the tangential ``p2`` term);
+    * ``meta``: ``hand`` swapped (``"left"`` / ``"right"`` only), ``mirrored`` set.
     """
     out = dict(sample)
     image = sample["image"]
     width = image.shape[-1] if isinstance(image, torch.Tensor) else image.shape[1]
-    for key in ("image", "mask", "depth", "background"):
+    for key in ("image", "mask", "hand_mask", "depth", "background", "image_t2"):
         if sample.get(key) is not None:
             out[key] = _flip_width(sample[key])
     j2 = _clone(sample["joints2d"])
     j2[..., 0] = (width - 1) - j2[..., 0]
     out["joints2d"] = j2
-    j3 = _clone(sample["joints3d"])
-    j3[..., 0] = -j3[..., 0]
-    out["joints3d"] = j3
+    for key in ("joints3d", "joints3d_t2"):
+        if sample.get(key) is not None:
+            j3 = _clone(sample[key])
+            j3[..., 0] = -j3[..., 0]
+            out[key] = j3
     K = _clone(sample["K"])
     K[..., 0, 2] = (width - 1) - K[..., 0, 2]
     K[..., 0, 1] = -K[..., 0, 1]
     out["K"] = K
+    if sample.get("R") is not None:
+        R = _clone(sample["R"])
+        R[..., 0, :] = -R[..., 0, :]
+        out["R"] = R
+    if sample.get("t") is not None:
+        t = _clone(sample["t"])
+        t[..., 0] = -t[..., 0]
+        out["t"] = t
+    if sample.get("dist") is not None:
+        dist = _clone(sample["dist"])
+        dist[..., 3] = -dist[..., 3]
+        out["dist"] = dist
+    if sample.get("box") is not None:
+        box, flipped = sample["box"], _clone(sample["box"])
+        flipped[..., 0] = (width - 1) - box[..., 2]
+        flipped[..., 2] = (width - 1) - box[..., 0]
+        out["box"] = flipped
     meta = dict(sample.get("meta", {}))
     if meta.get("hand") in ("left", "right"):
         meta["hand"] = "right" if meta["hand"] == "left" else "left"

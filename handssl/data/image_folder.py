@@ -150,8 +150,6 @@ class ImageFolder(Dataset):
         }
         if self.mirror_left and hand == "left":
             sample = mirror_sample(sample)
-            x0, y0, x1, y1 = sample["box"]
-            sample["box"] = np.array([w - 1 - x1, y0, w - 1 - x0, y1], dtype=np.float32)
         return self.transform(sample) if self.transform is not None else sample
 
 
