@@ -29,11 +29,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A
 import numpy as np
-import torch
 from albumentations.augmentations.dropout.transforms import BaseDropout
-from torch import Tensor
 
 from handssl.data.base import Sample
+from handssl.data.contract import is_packed, pack_sample, unpack_sample
 from handssl.geometry import invert_matrix, optical_axis_rotation, transform_intrinsics, transform_points
 
 __all__ = [
@@ -190,81 +189,58 @@ def applied_matrix(applied_transforms: list[tuple[str, dict[str, Any]]]) -> np.n
     return matrix
 
 
-def _to_numpy_image(image: Any) -> tuple[np.ndarray, bool]:
-    if isinstance(image, Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3):
-            raise ValueError(f"image tensor must be C x H x W with 1 or 3 channels, got {tuple(image.shape)}")
-        return image.detach().permute(1, 2, 0).cpu().numpy().astype(np.float32), True
-    array = np.asarray(image)
-    if array.ndim != 3:
-        raise ValueError(f"numpy image must be H x W x C, got shape {array.shape}")
-    return array, False
-
-
 def augment_sample(sample: Sample, pipeline: A.Compose, seed: int | None = None) -> Sample:
     """Augment one sample dict and move its labels along; record the matrix in ``transform_matrix``.
 
+    Works on raw samples (numpy, :mod:`handssl.data.contract`); a packed sample (tensors) is unpacked, augmented
+    and packed again, so its output is packed too.
+
     Args:
-        sample: A sample dict (``image`` C x H x W tensor in ``[0, 1]`` or H x W x C numpy; ``joints2d``,
-            ``K``, ``joints3d``, optional ``mask``). Keys that cannot follow the transform (``depth``,
+        sample: A sample dict (``image`` H x W x C numpy, uint8 or float in ``[0, 1]``; ``joints2d``, ``K``,
+            optional ``joints3d`` and ``mask``). Keys that cannot follow the transform (``depth``,
             ``background``, ``image_t2``) are dropped.
         pipeline: A pipeline from :func:`make_pipeline` (``save_applied_params=True``).
         seed: If given, re-seeds the pipeline first (deterministic augmentation).
 
     Returns:
-        A new sample dict with the augmented ``image`` (same type and layout as the input), ``mask``,
-        ``joints2d``, ``K``, ``joints3d`` (rotated about the optical axis), ``in_bounds`` (21,) bool
-        (augmented 2D inside the image) and ``transform_matrix`` (3, 3) float32 (original -> augmented px).
+        A new sample dict with the augmented ``image`` (same dtype), ``mask``, ``joints2d``, ``K``, ``joints3d``
+        (rotated about the optical axis), ``in_bounds`` (21,) bool (augmented 2D inside the image) and
+        ``transform_matrix`` (3, 3) float32 (original -> augmented px).
     """
+    if is_packed(sample):
+        return pack_sample(augment_sample(unpack_sample(sample), pipeline, seed), check=False)
     if seed is not None:
         pipeline.set_random_seed(seed)
-    image, was_tensor = _to_numpy_image(sample["image"])
+    image = np.asarray(sample["image"])
+    if image.ndim != 3:
+        raise ValueError(f"image must be H x W x C, got shape {image.shape}")
     height, width = image.shape[:2]
     joints2d = np.asarray(sample["joints2d"], dtype=np.float64)
     finite = np.isfinite(joints2d).all(-1)
     keypoints = np.where(finite[:, None], joints2d, 0.0)
     inputs: dict[str, Any] = {"image": image, "keypoints": keypoints}
-    mask = sample.get("mask")
-    if mask is not None:
-        mask_np = mask.detach().cpu().numpy() if isinstance(mask, Tensor) else np.asarray(mask)
-        inputs["mask"] = mask_np[0] if mask_np.ndim == 3 else mask_np
+    if sample.get("mask") is not None:
+        inputs["mask"] = np.asarray(sample["mask"])
     out = pipeline(**inputs)
     matrix = applied_matrix(out["applied_transforms"])
     new2d = np.asarray(out["keypoints"], dtype=np.float64).reshape(-1, 2)
     new2d[~finite] = np.nan
 
     result = {k: v for k, v in sample.items() if k not in _DROPPED_KEYS}
-    aug = out["image"]
-    result["image"] = (
-        torch.from_numpy(np.ascontiguousarray(aug)).permute(2, 0, 1).float() if was_tensor else aug
-    )
-    if mask is not None:
-        new_mask = out["mask"]
-        if isinstance(mask, Tensor):
-            new_mask = torch.from_numpy(np.ascontiguousarray(new_mask)).to(mask.dtype)
-            result["mask"] = new_mask.unsqueeze(0) if mask.ndim == 3 else new_mask
-        else:
-            result["mask"] = new_mask[None] if np.asarray(mask).ndim == 3 else new_mask
-    as_tensor = isinstance(sample["joints2d"], Tensor)
-    result["joints2d"] = torch.from_numpy(new2d).float() if as_tensor else new2d.astype(np.float32)
-    rz = optical_axis_rotation(matrix)
-    K = np.asarray(sample["K"], dtype=np.float64)
-    new_k = transform_intrinsics(K, matrix)
-    result["K"] = (
-        torch.from_numpy(new_k).float() if isinstance(sample["K"], Tensor) else new_k.astype(np.float32)
-    )
+    result["image"] = out["image"]
+    if sample.get("mask") is not None:
+        result["mask"] = out["mask"]
+    result["joints2d"] = new2d.astype(np.float32)
+    result["K"] = transform_intrinsics(np.asarray(sample["K"], dtype=np.float64), matrix).astype(np.float32)
     if "joints3d" in sample:
-        j3 = np.asarray(sample["joints3d"], dtype=np.float64) @ rz.T
-        result["joints3d"] = (
-            torch.from_numpy(j3).float() if isinstance(sample["joints3d"], Tensor) else j3.astype(np.float32)
-        )
-    in_bounds = (
+        rz = optical_axis_rotation(matrix)
+        result["joints3d"] = (np.asarray(sample["joints3d"], dtype=np.float64) @ rz.T).astype(np.float32)
+    result["in_bounds"] = (
         finite
         & (new2d[:, 0] >= -0.5)
         & (new2d[:, 0] <= width - 0.5)
         & (new2d[:, 1] >= -0.5)
         & (new2d[:, 1] <= height - 0.5)
     )
-    result["in_bounds"] = torch.from_numpy(in_bounds) if as_tensor else in_bounds
-    result["transform_matrix"] = torch.from_numpy(matrix).float() if as_tensor else matrix.astype(np.float32)
+    result["transform_matrix"] = matrix.astype(np.float32)
     return result

@@ -5,18 +5,15 @@ in ``"max_size_cycle"`` mode: a dict ``{"labeled": ..., "unlabeled": ...}`` whos
 set by ``batch_size`` and ``unlabeled_fraction``; an epoch lasts as long as the longer loader and the
 shorter one cycles. Under DDP Lightning gives each inner loader its own distributed sampler.
 
-Labelled items (:class:`LabeledView`) get the "diversity" augmentation with their labels moved along
-(:func:`handssl.data.augment.augment_sample`). Unlabelled items (:class:`UnlabeledView`) carry
-
-* ``image`` (the original crop) and its ``K``,
-* ``image_perturbed`` ``(P, 3, H, W)`` with ``perturb_matrix`` ``(P, 3, 3)``: ``P`` "perturbation" copies
-  (for the pseudo-label views and the consistency loss),
-* ``image_strong`` with ``strong_matrix`` ``(3, 3)`` and ``K_strong``: a "diversity" copy, on which the
-  student learns from the (transformed) pseudo-label,
-* ``index``: the item's position in the concatenated unlabelled set (pseudo-label storage and export),
-* ``eval_joints3d`` / ``eval_joints2d`` / ``eval_valid``: the dataset's annotation where it has one, only
-  for monitoring pseudo-label error (and for the paper's "known root and scale" lifting); training never
-  uses them as labels.
+Labelled items (:class:`LabeledView`, :class:`~handssl.data.contract.SemiLabeledSample`) get the "diversity"
+augmentation with their labels moved along (:func:`handssl.data.augment.augment_sample`). Unlabelled items
+(:class:`UnlabeledView`, :class:`~handssl.data.contract.SemiUnlabeledSample`) carry the original crop, ``P``
+"perturbation" copies (for the pseudo-label views and the consistency loss), one "diversity" copy on which the
+student learns from the (transformed) pseudo-label, the matrices of all of them, the item's ``index`` (pseudo-label
+storage and export) and the dataset's annotation, if any, only as ``eval_*`` (for monitoring pseudo-label error and
+for the paper's "known root and scale" lifting; training never uses them as labels). Every key is documented in
+:data:`handssl.data.contract.FIELDS`. Both views crop and augment raw numpy samples (a rendered SynthHands
+sample is unpacked first) and convert to tensors once, at their end (:func:`~handssl.data.contract.pack_sample`).
 
 Validation and test run on the unlabelled domain's own validation / test sets, through the default crop.
 
@@ -38,6 +35,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from handssl.data.augment import augment_sample, make_pipeline
 from handssl.data.base import Sample
+from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
 from handssl.data.datamodules import HandDataModule, TransformedDataset
 from handssl.data.transforms import CropResize
 
@@ -55,43 +53,48 @@ def _seed_from(base: int, index: int, deterministic: bool) -> int:
 def _with_mask(sample: Sample, prefer_hand_mask: bool = True) -> Sample:
     """Every labelled item gets ``mask`` (zeros where absent) and ``has_mask``, so batches always collate.
 
-    With ``prefer_hand_mask`` a dataset's ``hand_mask`` (skin only, as SynthHands provides besides the
-    hand-plus-sleeve ``mask``) becomes the ``mask`` target: the capsule hand of the cross-modal loss has no
-    forearm.
+    Works on the raw sample (``float32 H x W`` mask). With ``prefer_hand_mask`` a dataset's ``hand_mask``
+    (skin only, as SynthHands provides besides the hand-plus-sleeve ``mask``) becomes the ``mask`` target:
+    the capsule hand of the cross-modal loss has no forearm.
     """
     out = dict(sample)
     if prefer_hand_mask and out.get("hand_mask") is not None:
         out["mask"] = out["hand_mask"]
     out.pop("hand_mask", None)
-    image = out["image"]
     if out.get("mask") is None:
-        out["mask"] = torch.zeros(1, *image.shape[-2:], dtype=torch.float32)
-        out["has_mask"] = torch.tensor(False)
+        out["mask"] = np.zeros(np.shape(out["image"])[:2], dtype=np.float32)
+        out["has_mask"] = np.array(False)
     else:
-        mask = torch.as_tensor(out["mask"], dtype=torch.float32)
-        out["mask"] = mask if mask.ndim == 3 else mask.unsqueeze(0)
-        out["has_mask"] = torch.tensor(True)
+        out["mask"] = float_map(out["mask"])
+        out["has_mask"] = np.array(True)
     return out
 
 
 class _CroppedView(TransformedDataset):
-    """Crop every sample (batched through :class:`TransformedDataset`), then apply a per-index finishing step.
+    """Crop every sample (batched through :class:`TransformedDataset`), finish it per index, pack it.
 
-    The finishing step is the augmentation of the labelled or unlabelled view.
+    The whole per-sample pipeline runs on raw numpy samples (a packed SynthHands sample is unpacked after
+    the crop, which only checks its size): crop, the finishing step (the labelled or unlabelled view's
+    augmentation), then :func:`~handssl.data.contract.pack_sample`, the one conversion to tensors.
     """
 
     def __init__(self, dataset: Dataset, image_size: int, crop_margin: float) -> None:
-        super().__init__(dataset, CropResize(image_size, crop_margin))
+        super().__init__(dataset, CropResize(image_size, crop_margin).crop)
 
     def _finish(self, sample: Sample, index: int) -> Sample:
         raise NotImplementedError
 
+    def _run(self, cropped: Sample, index: int) -> Sample:
+        sample = unpack_sample(cropped)
+        sample["image"] = float_image(sample["image"])
+        return pack_sample(self._finish(sample, index))
+
     def __getitem__(self, index: int) -> Sample:
-        return self._finish(self.transform(self.dataset[index]), index)
+        return self._run(self.transform(self.dataset[index]), index)
 
     def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
         cropped = super().__getitems__(list(indices))
-        return [self._finish(sample, i) for sample, i in zip(cropped, indices)]
+        return [self._run(sample, i) for sample, i in zip(cropped, indices)]
 
 
 class LabeledView(_CroppedView):
@@ -129,8 +132,8 @@ class LabeledView(_CroppedView):
         else:
             sample.pop("depth", None)
             sample.pop("background", None)
-            sample["in_bounds"] = torch.ones_like(torch.as_tensor(sample["valid"]), dtype=torch.bool)
-            sample["transform_matrix"] = torch.eye(3)
+            sample["in_bounds"] = np.ones(np.shape(sample["valid"]), dtype=bool)
+            sample["transform_matrix"] = np.eye(3, dtype=np.float32)
         return sample
 
 
@@ -173,10 +176,10 @@ class UnlabeledView(_CroppedView):
 
     def _finish(self, sample: Sample, index: int) -> Sample:
         base = {"image": sample["image"], "K": sample["K"], "joints2d": sample["joints2d"]}
-        out: dict[str, Any] = {"image": sample["image"], "K": sample["K"], "index": torch.tensor(index)}
+        out: dict[str, Any] = {"image": sample["image"], "K": sample["K"], "index": np.array(index, np.int64)}
         for key in _EVAL_KEYS:
             if key in sample:
-                out[f"eval_{key}"] = torch.as_tensor(sample[key])
+                out[f"eval_{key}"] = sample[key]
         if "meta" in sample:
             out["meta"] = sample["meta"]
         seed = _seed_from(self.seed, index, self.deterministic)
@@ -185,8 +188,8 @@ class UnlabeledView(_CroppedView):
             aug = augment_sample(base, self.perturbation, seed=seed + 1 + p)
             images.append(aug["image"])
             matrices.append(aug["transform_matrix"])
-        out["image_perturbed"] = torch.stack(images)
-        out["perturb_matrix"] = torch.stack(matrices)
+        out["image_perturbed"] = np.stack(images)
+        out["perturb_matrix"] = np.stack(matrices)
         if self.diversity is not None:
             aug = augment_sample(base, self.diversity, seed=seed)
             out["image_strong"] = aug["image"]
