@@ -2,28 +2,13 @@
 
 A multi-view dataset (:class:`~handssl.data.synthhands.multi_view.SynthHandsMultiView` by default, or
 :class:`~handssl.data.panoptic.PanopticMultiView`) gives, per item, ``V >= 2`` synchronized crop views of one
-frame plus the same cameras at another frame ``t'``. :class:`MultiViewPairs` turns an item into one training
-pair of its first two views (``i = 0, j = 1`` for even indices, ``i = 1, j = 0`` for odd ones):
-
-``image``  ``I_t^i`` (3, H, W), the input
-``target``  ``I_t^j`` (3, H, W), the view to synthesise
-``R_ij``  (3, 3) relative crop-camera rotation ``R_j R_i^T`` (points in camera *i* to camera *j*)
-``background``  ``bg_j`` (3, H, W), camera *j*'s background crop
-``background_input``  ``bg_i`` (3, H, W) (auto-encoding pairs composite over it)
-``image_t2``  ``I_t'^i`` (3, H, W), the appearance source from another frame of the same sequence
-``joints3d`` / ``joints2d`` / ``valid`` / ``K``  labels of view *i*; NaN and ``valid=False`` unless labeled
-``labeled``  bool, whether this item's labels are visible
-``target_mask``  (1, H, W) hand mask of view *j*, when the dataset has masks (diagnostics only)
-
-For the other direction ``j -> i`` (Rhodin et al. synthesise every encoded view) and for pose losses on every
-encoded image, items also hold:
-
-``image_t2_j``  ``I_t'^j`` (3, H, W), view *j*'s appearance image
-``joints3d_j`` / ``valid_j``  labels of view *j* (hidden like view *i*'s)
-``joints3d_t2`` / ``joints3d_t2_j``  joints of the appearance images in their crops' frames, when the dataset
-    has ``joints3d_t2`` (SynthHandsMultiView); NaN unless labeled
-``input_mask``  (1, H, W) hand mask of view *i*, when the dataset has masks (diagnostics only)
-``meta``  dataset, subject, sequence, frame, cameras of views *i* and *j*
+frame plus the same cameras at another frame ``t'`` (:class:`~handssl.data.contract.MultiViewItem`).
+:class:`MultiViewPairs` turns an item into one training pair of its first two views (``i = 0, j = 1`` for even
+indices, ``i = 1, j = 0`` for odd ones): :class:`~handssl.data.contract.MultiViewPair`, whose keys (input
+``image`` ``I_t^i``, ``target`` ``I_t^j``, ``R_ij``, both backgrounds, both appearance images ``I_t'^i`` and
+``I_t'^j``, the labels of both views, ``labeled``, ...) are documented in :data:`handssl.data.contract.FIELDS`.
+Both directions are there because Rhodin et al. synthesise every encoded view (``j -> i`` too) and the pose
+losses apply to every encoded image; labels are NaN with ``valid`` False unless the item is labeled.
 
 :class:`MultiViewDataModule` picks the labeled subset deterministically (whole subjects with
 ``labeled_subjects``, or frames with ``label_fraction`` or ``num_labeled``), and its training batches carry a fixed share of labeled items through
@@ -151,8 +136,8 @@ def labeled_subset(
 class MultiViewPairs(Dataset):
     """Training pairs ``(I_t^i, I_t^j, R_ij, bg_j, I_t'^i, labels where labeled)`` from a multi-view dataset.
 
-    Keys of an item are listed in the module docstring. An index may be a plain ``int`` (labels visible when
-    the item is in ``labeled``) or an ``(index, labels_visible[, epoch])`` key from
+    Items are :class:`~handssl.data.contract.MultiViewPair`. An index may be a plain ``int`` (labels visible
+    when the item is in ``labeled``) or an ``(index, labels_visible[, epoch])`` key from
     :class:`LabeledShareBatchSampler` (labels visible only in labeled slots, so the labeled share of a batch
     is exactly the configured one). Datasets whose items change with the epoch (``epoch_items = True``,
     e.g. SynthHandsMultiView draws fresh camera pairs) receive ``(index, epoch)``.
@@ -209,17 +194,17 @@ class MultiViewPairs(Dataset):
         # The input view alternates with the index parity, so a dataset that lists its cameras in sorted
         # order (Panoptic) does not always synthesise in the same direction.
         i, j = (0, 1) if index % 2 == 0 else (1, 0)
-        R = torch.as_tensor(item["R"], dtype=torch.float32)
-        joints3d = torch.as_tensor(item["joints3d"][i], dtype=torch.float32).clone()
-        joints2d = torch.as_tensor(item["joints2d"][i], dtype=torch.float32).clone()
-        valid = torch.as_tensor(item["valid"][i]).bool().clone()
-        joints3d_j = torch.as_tensor(item["joints3d"][j], dtype=torch.float32).clone()
-        valid_j = torch.as_tensor(item["valid"][j]).bool().clone()
+        # Items are packed (handssl.data.contract.MultiViewItem): float32 / bool tensors with a view axis.
+        R = item["R"]
+        joints3d = item["joints3d"][i].clone()
+        joints2d = item["joints2d"][i].clone()
+        valid = item["valid"][i].clone()
+        joints3d_j = item["joints3d"][j].clone()
+        valid_j = item["valid"][j].clone()
         extra: Sample = {}
         if "joints3d_t2" in item:
-            joints_t2 = torch.as_tensor(item["joints3d_t2"], dtype=torch.float32)
-            extra["joints3d_t2"] = joints_t2[i].clone()
-            extra["joints3d_t2_j"] = joints_t2[j].clone()
+            extra["joints3d_t2"] = item["joints3d_t2"][i].clone()
+            extra["joints3d_t2_j"] = item["joints3d_t2"][j].clone()
         if not visible:
             for tensor in (joints3d, joints2d, joints3d_j, *extra.values()):
                 tensor.fill_(math.nan)
@@ -241,7 +226,7 @@ class MultiViewPairs(Dataset):
             **extra,
             "joints2d": joints2d,
             "valid": valid,
-            "K": torch.as_tensor(item["K"][i], dtype=torch.float32),
+            "K": item["K"][i],
             "labeled": torch.tensor(visible),
             "meta": {
                 "dataset": meta.get("dataset", "unknown"),
@@ -254,8 +239,8 @@ class MultiViewPairs(Dataset):
             },
         }
         if "mask" in item:  # for diagnostics only (e.g. hand-region L1); training never reads it
-            pair["target_mask"] = torch.as_tensor(item["mask"][j], dtype=torch.float32)
-            pair["input_mask"] = torch.as_tensor(item["mask"][i], dtype=torch.float32)
+            pair["target_mask"] = item["mask"][j]
+            pair["input_mask"] = item["mask"][i]
         return pair
 
 

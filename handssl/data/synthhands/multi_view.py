@@ -27,13 +27,11 @@ class SynthHandsMultiView(SynthHandsBase):
     :class:`~handssl.data.multiview.MultiViewDataModule` does; a plain index means epoch 0). The appearance
     images (``image_t2``, the appearance source of novel-view synthesis, Rhodin et al.) show the same
     subject through the same cameras in **another sequence** by default, so their pose is unrelated to the
-    pose at t and cannot pass through the appearance code. Keys:
-    ``image``, ``mask``, ``hand_mask``, ``background`` (``V x 3|1 x S x S``), ``depth`` (``V x 1 x S x S``),
-    ``joints3d`` ``(V, 21, 3)`` (each view's crop frame), ``joints2d`` ``(V, 21, 2)``, ``K``/``R`` ``(V, 3, 3)``,
-    ``t`` ``(V, 3)``, ``valid`` ``(V, 21)``, ``joints3d_world`` ``(21, 3)``, ``image_t2`` ``(V, 3, S, S)`` (same
-    cameras at the appearance frame; their crops frame the hand there), ``joints3d_t2`` ``(V, 21, 3)`` (its
-    joints in those crops' frames, for diagnostics) and ``meta`` (``cameras``, ``sequence_t2``, ``frame_t2``,
-    ``epoch``).
+    pose at t and cannot pass through the appearance code. Items are packed
+    :class:`~handssl.data.contract.MultiViewItem` (every per-view key with a leading ``V``): the keys of
+    :class:`SynthHands` samples plus ``image_t2`` (same cameras at the appearance frame; their crops frame the
+    hand there) and ``joints3d_t2`` (its joints in those crops' frames, for diagnostics); ``meta`` adds
+    ``cameras``, ``sequence_t2``, ``frame_t2`` and ``epoch``.
     Crops of two views of a frame are related by the pure rotation ``R[j] @ R[i].T``.
 
     Args:

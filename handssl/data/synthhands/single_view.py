@@ -20,14 +20,13 @@ class SynthHands(SynthHandsBase):
     """Single-view SynthHands: one rendered crop (one camera of one frame) per item.
 
     Items enumerate the split's frames (subject-major, then sequence, then frame); with
-    ``camera="all"`` every camera of every frame is an item (camera fastest). Each sample holds ``image``
-    (float32 ``3 x S x S`` in ``[0, 1]``, ready to use), ``mask`` (float32 ``1 x S x S``: the rendered hand
-    *and* forearm sleeve; a ``real_object`` held object is in neither mask), ``hand_mask`` (the skin only,
-    sleeve excluded), ``depth`` (float32 ``1 x S x S`` z-depth in mm of the nearest surface, held object
-    included, 0 on the background), ``background`` (the view's static background crop, float32 ``3 x S x S``), ``joints3d`` (crop-camera frame, mm), ``joints2d``,
-    ``K`` (crop camera), ``valid`` (all True), ``R``/``t`` (world -> crop camera), ``joints3d_world`` and
-    ``meta`` (``dataset``, ``subject``, ``sequence``, ``frame``, ``camera``, ``hand="right"``, ``style``,
-    ``split``). Fingertip joints are the centres of the fingertips' end spheres.
+    ``camera="all"`` every camera of every frame is an item (camera fastest). Samples are packed
+    (:class:`~handssl.data.contract.HandSample`, rendered at ``image_size``: no transform is needed) and hold
+    ``image``, ``mask`` (the rendered hand *and* forearm sleeve; a ``real_object`` held object is in neither
+    mask), ``hand_mask`` (the skin only), ``depth`` (held object included), ``background`` (the view's static
+    background crop), ``joints3d``, ``joints2d``, ``K`` (crop camera), ``valid`` (all True), ``R``/``t``,
+    ``joints3d_world`` and ``meta`` (``style``, ``split`` besides the usual). Fingertip joints are the centres of
+    the fingertips' end spheres.
 
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; the splits' subjects are disjoint.
