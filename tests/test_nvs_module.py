@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from test_multiview_datamodule import FakeMultiView
 
 from handssl.data.multiview import MultiViewDataModule
@@ -40,16 +41,7 @@ def datamodule(share: float, batch_size: int = 4) -> MultiViewDataModule:
 
 
 def fit(module: NVSModule, share: float, steps: int = 2) -> pl.Trainer:
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule(share))
     return trainer
 
@@ -118,7 +110,7 @@ def test_pretrained_stage2_freezes_encoder_and_decoder(tmp_path):
 
 
 def test_semi_trains_everything():
-    module = tiny_module("semi")
+    module = tiny_module("semi", structural_loss="ssim")  # every synthesis term on, so each is logged
     enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
     dm_share = SHARE["semi"]
     trainer = fit(module, dm_share)
@@ -140,14 +132,7 @@ def test_semi_trains_everything():
 def test_pose_statistics_come_from_the_datamodule():
     module = tiny_module("supervised")
     dm = datamodule(1.0)
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
     mean, std = dm.pose_statistics()
     assert torch.allclose(module.pose_head.mean, mean)
@@ -258,7 +243,8 @@ def test_pose_loss_covers_every_labeled_encoded_image():
 def test_recipe_defaults():
     module = NVSModule(regime="semi")
     hp = module.hparams
-    assert hp.pose_weight == pytest.approx(0.1) and tuple(hp.decoder_widths) == (64, 32, 16)
+    assert hp.pose_weight == pytest.approx(0.01) and tuple(hp.decoder_widths) == (64, 32, 16)
+    assert tuple(hp.pose_hidden) == (512, 512) and hp.decoder_latent_channels == 16
     assert hp.appearance_dim <= 16 and hp.scheduler == "none" and hp.both_directions
     assert hp.normalize_mask and hp.silhouette_weight > 0 and hp.foreground_weight > 0
     assert module.decoder.normalize_mask
@@ -312,14 +298,7 @@ def test_statistics_need_a_multiview_datamodule_not_a_lookalike():
             return datamodule(1.0).train_dataloader()
 
     module = tiny_module("supervised")
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     with pytest.raises(ValueError, match="set_statistics"):
         trainer.fit(module, datamodule=Lookalike())
     module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
@@ -342,7 +321,7 @@ def test_api_shapes_and_turntable():
 
 
 def test_validation_logs_synthesis_and_pose_metrics(tmp_path):
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer()
     semi = tiny_module("semi")
     semi.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
     metrics = trainer.validate(semi, datamodule=datamodule(0.5), verbose=False)[0]
