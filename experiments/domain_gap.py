@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from handssl.data.datamodules import SupervisedDataModule
 from handssl.data.synthhands import SynthHands, SynthHandsMultiView
-from handssl.metrics.functional import mpjpe, pa_mpjpe, pck_auc
+from handssl.metrics.functional import masked_mean, mpjpe, pa_mpjpe, pck_auc
 from handssl.models import SupervisedModule
 from handssl.skeleton import ROOT
 
@@ -99,7 +99,7 @@ def stage_world(args: argparse.Namespace) -> dict:
         samples = ds.__getitems__(index)
         image, hand = stack(samples, "image"), stack(samples, "hand_mask")
         luma = 0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]
-        luminance[style] = (luma * hand[:, 0]).sum((1, 2)) / hand[:, 0].sum((1, 2)).clamp_min(1.0)
+        luminance[style] = masked_mean(luma, hand[:, 0], dim=(1, 2))
         out[f"hand_mask_share_{style}"] = float(hand.mean())
         out[f"mask_share_{style}"] = float(stack(samples, "mask").mean())
     ratio = luminance["real"] / luminance["synthetic"].clamp_min(1e-6)

@@ -276,3 +276,20 @@ def test_pose_metrics_members_stay_separate_after_identical_first_batch():
     metrics.update(pred, target)
     result = metrics.compute()
     assert result["mpjpe"].item() > result["pa_mpjpe"].item() > 0.0
+
+
+def test_masked_mean_is_the_one_weighted_mean():
+    from handssl.metrics.functional import masked_mean
+
+    values = torch.tensor([[1.0, 2.0, float("nan")], [4.0, 5.0, 6.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    assert masked_mean(values, mask).item() == pytest.approx(1.5)  # NaN at a masked entry never counts
+    per_row = masked_mean(values, mask, dim=-1)
+    assert per_row[0].item() == pytest.approx(1.5) and per_row[1].item() == 0.0  # empty: 0 by default
+    assert math.isnan(masked_mean(values, mask, dim=-1, empty=float("nan"))[1].item())
+    per_row.sum().backward()
+    assert torch.isfinite(values.grad).all() and values.grad[1].eq(0).all()
+    # A joint mask broadcast over coordinates averages over joints and coordinates; weights need not be 0/1.
+    coords = torch.arange(12.0).view(2, 2, 3)
+    assert masked_mean(coords, torch.tensor([[True, False], [False, False]])[..., None]).item() == 1.0
+    assert masked_mean(torch.tensor([1.0, 3.0]), torch.tensor([0.25, 0.75])).item() == pytest.approx(2.5)

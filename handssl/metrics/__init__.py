@@ -10,6 +10,7 @@ from handssl._lazy import lazy_exports
 
 _EXPORTS = {
     "joint_errors": "functional",
+    "masked_mean": "functional",
     "mpjpe": "functional",
     "n_mpjpe": "functional",
     "pa_mpjpe": "functional",

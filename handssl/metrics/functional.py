@@ -36,6 +36,7 @@ __all__ = [
     "check_pose_inputs",
     "error_sum_and_count",
     "joint_errors",
+    "masked_mean",
     "mpjpe",
     "n_mpjpe",
     "pa_mpjpe",
@@ -126,9 +127,36 @@ def error_sum_and_count(errors: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     return total, valid.sum()
 
 
-def _masked_mean(errors: Tensor, valid: Tensor) -> Tensor:
-    total, count = error_sum_and_count(errors, valid)
-    return total / count  # NaN when nothing is valid
+def masked_mean(
+    values: Tensor,
+    weight: Tensor,
+    dim: int | tuple[int, ...] | None = None,
+    empty: float = 0.0,
+) -> Tensor:
+    """Mean of ``values`` weighted by ``weight`` over ``dim`` (every dimension when ``None``).
+
+    The one masked mean of handssl: metrics (``empty=nan``) and losses (``empty=0``, which keeps the graph, as
+    DDP wants) use it.
+
+    Args:
+        values: Tensor to average.
+        weight: Bool mask or non-negative weights that broadcast to ``values`` (e.g. a ``(B, J, 1)`` joint mask
+            over ``(B, J, D)`` coordinates, which then averages over joints and coordinates). Entries with zero
+            weight never count, even NaN ones.
+        dim: Dimension(s) to reduce.
+        empty: The result where the total weight is zero.
+
+    Returns:
+        ``sum(weight * values) / sum(weight)`` over ``dim``.
+    """
+    weight = torch.broadcast_to(weight.to(values.dtype), values.shape)
+    weighted = torch.where(weight != 0, values * weight, torch.zeros_like(values))
+    if dim is None:
+        total, count = weighted.sum(), weight.sum()
+    else:
+        total, count = weighted.sum(dim), weight.sum(dim)
+    mean = total / count.clamp_min(torch.finfo(count.dtype).tiny)
+    return torch.where(count > 0, mean, torch.full_like(mean, empty))
 
 
 def mpjpe(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -143,7 +171,7 @@ def mpjpe(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
         0-dim tensor; NaN when no joint is valid.
     """
     valid = check_pose_inputs(pred, target, valid, "mpjpe")
-    return _masked_mean(joint_errors(pred, target), valid)
+    return masked_mean(joint_errors(pred, target), valid, empty=float("nan"))
 
 
 def align_scale(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -179,7 +207,7 @@ def n_mpjpe(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor
         0-dim tensor; NaN when no joint is valid.
     """
     valid = check_pose_inputs(pred, target, valid, "n_mpjpe")
-    return _masked_mean(joint_errors(align_scale(pred, target, valid), target), valid)
+    return masked_mean(joint_errors(align_scale(pred, target, valid), target), valid, empty=float("nan"))
 
 
 def align_procrustes(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -223,7 +251,7 @@ def pa_mpjpe(pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tenso
     """
     valid = check_pose_inputs(pred, target, valid, "pa_mpjpe")
     aligned = align_procrustes(pred, target, valid)
-    return _masked_mean(joint_errors(aligned, target), procrustes_valid(valid))
+    return masked_mean(joint_errors(aligned, target), procrustes_valid(valid), empty=float("nan"))
 
 
 def procrustes_valid(valid: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, to_float
 from handssl.models.components.consistency import (
     capsule_radii,
@@ -76,11 +77,6 @@ def _template_lengths() -> tuple[float, float]:
     lengths = template_bone_lengths(torch.float64)
     ref = float(lengths[BONES.index(REFERENCE_BONE)])
     return ref, float(lengths[BONES.index(_ROOT_BONE)]) / ref
-
-
-def _masked_mean(values: Tensor, weight: Tensor) -> Tensor:
-    weight = weight.to(values.dtype)
-    return (values * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def _default_corrector() -> Any:
@@ -445,7 +441,7 @@ class SemiHandModule(BaseHandTask):
         return min(1.0, (self.global_step - hp.unsupervised_start_step + 1) / hp.unsupervised_ramp_steps)
 
     def _uv_loss(self, uv: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        return _masked_mean(((uv - torch.nan_to_num(target)) / self.uv_unit_px).pow(2).sum(-1), weight)
+        return masked_mean(((uv - torch.nan_to_num(target)) / self.uv_unit_px).pow(2).sum(-1), weight)
 
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """``L_sup``: 2D (px^2 in 64-px units), depth (``lambda_d`` x squared bone units) and mask (``lambda_w`` x L1)."""
@@ -459,14 +455,14 @@ class SemiHandModule(BaseHandTask):
         depth = out["depth"] - out["depth"][:, hp.root_joint : hp.root_joint + 1]
         losses = {
             "sup_2d": self._uv_loss(out["uv"], joints2d, valid2d),
-            "sup_depth": hp.depth_weight * _masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
+            "sup_depth": hp.depth_weight * masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
         }
         if hp.use_mask:
             has_mask = batch.get(
                 "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
             ).bool()
             per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
-            losses["sup_mask"] = hp.mask_weight * (per_sample * has_mask).sum() / has_mask.sum().clamp_min(1)
+            losses["sup_mask"] = hp.mask_weight * masked_mean(per_sample, has_mask)
         return losses
 
     def _round_labels(self, index: Tensor) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, to_float, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
@@ -16,9 +17,7 @@ from handssl.skeleton import ROOT
 
 def masked_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
     """Mean L1 distance over the joints where ``valid`` is True (0 when none is)."""
-    weight = valid.unsqueeze(-1).to(pred.dtype)
-    diff = (pred - torch.nan_to_num(target)).abs() * weight
-    return diff.sum() / (weight.sum() * pred.shape[-1]).clamp_min(1.0)
+    return masked_mean((pred - torch.nan_to_num(target)).abs(), valid.unsqueeze(-1))
 
 
 class SupervisedModule(BaseHandTask):

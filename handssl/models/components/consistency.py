@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from handssl.geometry import transform_points
+from handssl.metrics.functional import masked_mean
 from handssl.models.components.pose25d import pose_distance
 from handssl.skeleton import BONES, MCPS
 
@@ -129,8 +130,7 @@ def mask_equivariance_loss(mask_perturbed: Tensor, mask_target: Tensor, matrices
         Scalar loss.
     """
     warped, inside = warp_images(mask_target, matrices)
-    diff = (mask_perturbed - warped).abs() * inside
-    return diff.sum() / inside.sum().clamp_min(1.0)
+    return masked_mean((mask_perturbed - warped).abs(), inside)
 
 
 def _segment_sq_distances(

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from handssl.geometry import unproject
+from handssl.metrics.functional import masked_mean
 from handssl.models.components.backbones import ResNetBackbone, norm_layer
 from handssl.skeleton import MIDDLE_MCP, NUM_JOINTS, REFERENCE_BONE, ROOT
 
@@ -275,6 +276,4 @@ def pose_distance(
     per_joint = ((uv_a - uv_b) / uv_unit_px).pow(2).sum(-1) + depth_weight * (depth_a - depth_b).pow(2)
     if weight is None:
         return per_joint.mean(-1)
-    weight = weight.to(per_joint.dtype)
-    per_joint = torch.where(weight > 0, per_joint, torch.zeros_like(per_joint))
-    return (per_joint * weight).sum(-1) / weight.sum(-1).clamp_min(1e-12)
+    return masked_mean(per_joint, weight, dim=-1)

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from handssl.geometry import invert_matrix, project, transform_points, unproject
+from handssl.metrics.functional import masked_mean
 from handssl.models.components.pose25d import lift_25d, pose_distance
 from handssl.skeleton import MIDDLE_MCP, ROOT
 
@@ -499,7 +500,5 @@ def pseudo_label_errors(
     out = {}
     for name, pred in (("error_final", labels.joints3d), ("error_raw", labels.joints3d_raw)):
         err = ((pred - pred[:, root : root + 1]) - target).norm(dim=-1)
-        count = valid.sum(-1)
-        total = torch.where(valid, err, torch.zeros_like(err)).sum(-1)
-        out[name] = torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, float("nan")))
+        out[name] = masked_mean(err, valid, dim=-1, empty=float("nan"))
     return out
