@@ -37,16 +37,14 @@ from handssl.geometry import project
 from handssl.kinematics import bone_lengths_of
 from handssl.models.components.pose25d import encode_25d, lift_25d
 from handssl.models.components.pseudo_labels import pseudo_label_errors
-from handssl.skeleton import MIDDLE_MCP, ROOT
+from handssl.skeleton import MIDDLE_MCP, root_relative
 
 NETWORKS = ("semihand-source-only-synthhands", "semihand-synthhands", "semihand-oracle-synthhands")
 
 
 def wrist_relative_error(joints: Tensor, target: Tensor) -> Tensor:
     """``(B,)`` mean joint error (mm) after moving both poses' wrists to the origin."""
-    return (
-        ((joints - joints[:, ROOT : ROOT + 1]) - (target - target[:, ROOT : ROOT + 1])).norm(dim=-1).mean(-1)
-    )
+    return (root_relative(joints) - root_relative(target)).norm(dim=-1).mean(-1)
 
 
 def noisy_ground_truth(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from handssl.data.datamodules import SupervisedDataModule
 from handssl.data.synthhands import SynthHands, SynthHandsMultiView
 from handssl.metrics.functional import masked_mean, mpjpe, pa_mpjpe, pck_auc
 from handssl.models import SupervisedModule
-from handssl.skeleton import ROOT
+from handssl.skeleton import root_relative
 
 STYLES = ("synthetic", "real", "real_object")
 STAGES = ("world", "leak", "speed", "mean_pose", "source_only", "oracle")
@@ -47,10 +47,6 @@ GATES = {
     "render_vs_training_step": 3.0,
     "hand_mask_share": 0.2,
 }
-
-
-def root_relative(joints: Tensor) -> Tensor:
-    return joints - joints[:, ROOT : ROOT + 1]
 
 
 def dataset(split: str, style: str, args: argparse.Namespace, **kwargs: Any) -> SynthHands:

@@ -20,12 +20,12 @@ from handssl.cli import HandSSLCLI
 from handssl.data.datamodules import HandDataModule
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe, pck_auc
 from handssl.models.base import BaseHandTask
-from handssl.skeleton import ROOT
+from handssl.skeleton import root_relative
 
 
-def root_relative(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def relative_targets(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     joints = batch["joints3d"]
-    return joints - joints[:, ROOT : ROOT + 1], batch["valid"].bool()
+    return root_relative(joints), batch["valid"].bool()
 
 
 def main() -> None:
@@ -47,13 +47,13 @@ def main() -> None:
     data = cli.datamodule
     total, count = torch.zeros(21, 3, dtype=torch.float64), torch.zeros(21, 1, dtype=torch.float64)
     for batch in tqdm(data.train_dataloader(), desc="mean training pose"):
-        rel, valid = root_relative(batch)
+        rel, valid = relative_targets(batch)
         total += (torch.nan_to_num(rel) * valid.unsqueeze(-1)).sum(0).double()
         count += valid.sum(0).unsqueeze(-1).double()
     mean_pose = (total / count.clamp_min(1)).float()
     preds, targets, valids = [], [], []
     for batch in tqdm(data.test_dataloader(), desc="test set"):
-        rel, valid = root_relative(batch)
+        rel, valid = relative_targets(batch)
         preds.append(mean_pose.expand_as(rel))
         targets.append(rel)
         valids.append(valid)

@@ -8,6 +8,8 @@ dataset, model and metric uses this order; datasets convert with the maps below
 
 from __future__ import annotations
 
+from typing import Any
+
 NUM_JOINTS = 21
 """Number of hand joints in the canonical skeleton."""
 
@@ -82,3 +84,20 @@ def joint_color(joint: int) -> str:
 def finger_of(joint: int) -> str | None:
     """Name of the finger a canonical joint belongs to, ``None`` for the wrist."""
     return None if joint == 0 else FINGER_NAMES[(joint - 1) // 4]
+
+
+def root_relative(joints: Any, root: int = ROOT, joint_axis: int = -2) -> Any:
+    """``joints`` minus their root joint: the root-relative pose (numpy or torch; the root becomes 0).
+
+    Args:
+        joints: ``(..., J, D)`` joints; with ``joint_axis=-1``, ``(..., J)`` per-joint values such as depths.
+        root: Index of the root joint (canonical :data:`ROOT`, the wrist).
+        joint_axis: The joints' axis, counted from the end (``-2`` or ``-1``).
+
+    Returns:
+        An array or tensor of the shape of ``joints``.
+    """
+    if joint_axis >= 0:
+        raise ValueError(f"root_relative: joint_axis counts from the end (-2, -1), got {joint_axis}")
+    index = (Ellipsis, slice(root, root + 1)) + (slice(None),) * (-1 - joint_axis)
+    return joints - joints[index]

@@ -29,3 +29,19 @@ def test_rhd_map_reverses_each_finger():
 def test_stb_map_puts_thumb_first():
     # STB: palm, little (1-4), ring, middle, index, thumb (17-20), each MCP -> tip
     assert sk.STB_TO_CANONICAL[1:5] == (17, 18, 19, 20) and sk.STB_TO_CANONICAL[17:21] == (1, 2, 3, 4)
+
+
+def test_root_relative_on_joints_and_depths_numpy_and_torch():
+    import numpy as np
+    import pytest
+    import torch
+
+    joints = torch.arange(2 * 21 * 3, dtype=torch.float64).view(2, 21, 3)
+    rel = sk.root_relative(joints)
+    assert torch.equal(rel, joints - joints[:, :1]) and torch.equal(rel[:, sk.ROOT], torch.zeros(2, 3))
+    assert torch.equal(sk.root_relative(joints, root=9)[:, 9], torch.zeros(2, 3))
+    depth = joints[..., 2]
+    assert torch.equal(sk.root_relative(depth, joint_axis=-1), depth - depth[:, :1])
+    np.testing.assert_array_equal(sk.root_relative(joints.numpy()), rel.numpy())
+    with pytest.raises(ValueError, match="joint_axis"):
+        sk.root_relative(joints, joint_axis=1)

@@ -29,7 +29,7 @@ from torch import Tensor
 from handssl.callbacks._state import task_state
 from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 from handssl.models.components.pseudo_labels import PseudoLabels
-from handssl.skeleton import ROOT
+from handssl.skeleton import root_relative
 
 __all__ = ["PseudoLabelExport"]
 
@@ -200,13 +200,13 @@ class PseudoLabelExport(Callback):
             from handssl.metrics.functional import pck_thresholds
 
             thresholds = pck_thresholds(*self.pck)
-            target = gt3d - gt3d[:, ROOT : ROOT + 1]
+            target = root_relative(gt3d)
             curves = {}
             for name, joints in (
                 ("before correction", labels.joints3d_raw),
                 ("after correction", labels.joints3d),
             ):
-                rel = joints - joints[:, ROOT : ROOT + 1]
+                rel = root_relative(joints)
                 curves[name] = (
                     thresholds,
                     pck_curve(rel, torch.nan_to_num(target), thresholds, valid.bool()),

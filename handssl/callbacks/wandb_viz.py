@@ -82,7 +82,7 @@ from handssl.callbacks._state import task_state
 from handssl.geometry import project
 from handssl.metrics.functional import pck_curve
 from handssl.metrics.protocols import get_protocol
-from handssl.skeleton import BONES, NUM_JOINTS, ROOT
+from handssl.skeleton import BONES, NUM_JOINTS, ROOT, root_relative
 
 __all__ = [
     "GT_COLOR",
@@ -187,8 +187,7 @@ def collect_visualization(
                 f"{name} must be ({image.shape[0]}, {NUM_JOINTS}, {dims}), got {tuple(value.shape)}"
             )
     gt_root = gt3d[:, ROOT : ROOT + 1]
-    pred_rel = pred3d - pred3d[:, ROOT : ROOT + 1]
-    gt_rel = gt3d - gt_root
+    pred_rel, gt_rel = root_relative(pred3d), root_relative(gt3d)
     if "joints2d" in outputs:
         pred2d = _cpu(outputs["joints2d"])
     else:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from handssl.geometry import procrustes_align
+from handssl.skeleton import root_relative
 
 __all__ = [
     "MIN_PROCRUSTES_JOINTS",
@@ -271,7 +272,7 @@ def align_root(joints: Tensor, root: int = 0) -> Tensor:
     """
     if not -joints.shape[-2] <= root < joints.shape[-2]:
         raise ValueError(f"align_root: root {root} is out of range for {joints.shape[-2]} joints")
-    return joints - joints[..., root : root + 1, :]
+    return root_relative(joints, root)
 
 
 def align_root_and_scale(

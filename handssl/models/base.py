@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from handssl.metrics import MPJPE, NMPJPE, PAMPJPE, ProtocolMetric, get_protocol
-from handssl.skeleton import ROOT
+from handssl.skeleton import ROOT, root_relative
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
@@ -223,7 +223,7 @@ class BaseHandTask(pl.LightningModule):
         pred, target, valid = self.evaluation_batch(batch)
         pred, target = to_float(pred), to_float(target)
         root_valid = valid[:, ROOT : ROOT + 1]
-        target_rel = target - target[:, ROOT : ROOT + 1]
+        target_rel = root_relative(target)
         rel_valid = valid & root_valid
         metrics = self.eval_metrics[stage]
         with self.full_precision():  # Procrustes alignment: SVD, no bfloat16 kernel

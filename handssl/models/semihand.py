@@ -62,7 +62,7 @@ from handssl.models.components.pseudo_labels import (
     pseudo_label_errors,
     pseudo_label_loss,
 )
-from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT
+from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
 
 MODES = ("mean_teacher", "rounds")
 LIFTINGS = ("known", "predicted")
@@ -352,7 +352,7 @@ class SemiHandModule(BaseHandTask):
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         _, joints = self._lift_batch(batch)
-        return joints - joints[:, ROOT : ROOT + 1]
+        return root_relative(joints)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Root-relative and camera-frame 3D joints, 2D joints and a per-joint confidence.
@@ -362,7 +362,7 @@ class SemiHandModule(BaseHandTask):
         """
         out, joints = self._lift_batch(batch)
         return {
-            "joints3d": joints - joints[:, ROOT : ROOT + 1],
+            "joints3d": root_relative(joints),
             "joints3d_camera": joints,
             "joints2d": out["uv"],
             "confidence": out["heatmaps"].flatten(2).amax(-1),
@@ -452,7 +452,7 @@ class SemiHandModule(BaseHandTask):
         depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), hp.root_joint, REFERENCE_BONE)
         needed = [hp.root_joint, *REFERENCE_BONE]
         valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
-        depth = out["depth"] - out["depth"][:, hp.root_joint : hp.root_joint + 1]
+        depth = root_relative(out["depth"], hp.root_joint, joint_axis=-1)
         losses = {
             "sup_2d": self._uv_loss(out["uv"], joints2d, valid2d),
             "sup_depth": hp.depth_weight * masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),

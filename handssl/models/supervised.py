@@ -12,7 +12,7 @@ from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, to_float, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
-from handssl.skeleton import ROOT
+from handssl.skeleton import ROOT, root_relative
 
 
 def masked_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -97,7 +97,7 @@ class SupervisedModule(BaseHandTask):
         check_batch(batch, "training batch")
         image, valid = batch["image"], batch["valid"].bool()
         pred3d, pred2d = self(image)
-        target3d = batch["joints3d"] - batch["joints3d"][:, ROOT : ROOT + 1]
+        target3d = root_relative(batch["joints3d"])
         valid3d = valid_joints(batch, "joints3d")
         valid3d = valid3d & valid3d[:, ROOT : ROOT + 1]
         scale = self.hparams.joint_scale_mm

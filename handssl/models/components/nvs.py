@@ -24,7 +24,7 @@ from handssl.geometry import rotation_about_axis
 from handssl.models.components.backbones import ResNetBackbone, norm_layer
 from handssl.models.components.heads import MLP
 from handssl.models.components.nvs_losses import normalize_mask_max
-from handssl.skeleton import NUM_JOINTS, ROOT
+from handssl.skeleton import NUM_JOINTS, root_relative
 
 MASK_FLOOR = 1e-4
 """Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
@@ -283,4 +283,4 @@ class PoseHead(nn.Module):
     def to_joints(self, normalized: Tensor) -> Tensor:
         """Normalised output to root-relative joints in mm (the root is set exactly to zero)."""
         joints = self.denormalize(normalized)
-        return joints - joints[:, ROOT : ROOT + 1]
+        return root_relative(joints)

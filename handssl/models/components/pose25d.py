@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from handssl.geometry import unproject
 from handssl.metrics.functional import masked_mean
 from handssl.models.components.backbones import ResNetBackbone, norm_layer
-from handssl.skeleton import MIDDLE_MCP, NUM_JOINTS, REFERENCE_BONE, ROOT
+from handssl.skeleton import MIDDLE_MCP, NUM_JOINTS, REFERENCE_BONE, ROOT, root_relative
 
 __all__ = [
     "Pose25DNet",
@@ -199,7 +199,7 @@ def lift_25d(
     Returns:
         ``(B, J, 3)`` camera-frame joints in mm.
     """
-    rel = depth - depth[..., root : root + 1]
+    rel = root_relative(depth, root, joint_axis=-1)
     z = root_depth_mm.unsqueeze(-1) + scale_mm.unsqueeze(-1) * rel
     return unproject(uv, z, K)
 
@@ -232,7 +232,7 @@ def recover_root_depth(
     """
     # K^-1 [u, v, 1] in closed form (intrinsics are upper triangular): unlike linalg.solve it exports to ONNX.
     rays = unproject(uv, torch.ones_like(uv[..., 0]), K)[..., :2]
-    d = depth - depth[..., root : root + 1]
+    d = root_relative(depth, root, joint_axis=-1)
     n, m = bone
     xn, xm = rays[:, n], rays[:, m]
     dn, dm = d[:, n], d[:, m]

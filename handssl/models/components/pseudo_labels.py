@@ -49,7 +49,7 @@ from torch import Tensor
 from handssl.geometry import invert_matrix, project, transform_points, unproject
 from handssl.metrics.functional import masked_mean
 from handssl.models.components.pose25d import lift_25d, pose_distance
-from handssl.skeleton import MIDDLE_MCP, ROOT
+from handssl.skeleton import MIDDLE_MCP, ROOT, root_relative
 
 __all__ = [
     "PseudoLabeler",
@@ -475,7 +475,7 @@ def pseudo_label_loss(
     """
     target = transform_points(label_uv, matrices)
     inside = ((target >= -0.5) & (target <= image_size - 0.5)).all(-1).to(uv.dtype)
-    rel = depth - depth[:, root : root + 1]
+    rel = root_relative(depth, root, joint_axis=-1)
     per_sample = pose_distance(uv, rel, target, label_depth, inside, depth_weight, uv_unit_px)
     return (per_sample * accepted.to(uv.dtype)).mean()
 
@@ -496,9 +496,9 @@ def pseudo_label_errors(
         without a valid root or joints.
     """
     valid = valid.bool() & valid[:, root : root + 1].bool()
-    target = torch.nan_to_num(joints3d - joints3d[:, root : root + 1])
+    target = torch.nan_to_num(root_relative(joints3d, root))
     out = {}
     for name, pred in (("error_final", labels.joints3d), ("error_raw", labels.joints3d_raw)):
-        err = ((pred - pred[:, root : root + 1]) - target).norm(dim=-1)
+        err = (root_relative(pred, root) - target).norm(dim=-1)
         out[name] = masked_mean(err, valid, dim=-1, empty=float("nan"))
     return out
