@@ -232,3 +232,23 @@ def test_mirror_sample_keeps_the_world_and_the_projection(packed):
 def test_zero_dimensional_arrays_stay_scalars():
     packed = pack_sample({"index": np.array(7, np.int64), "labeled": np.array(True), "meta": {}})
     assert packed["index"].shape == () and packed["labeled"].shape == ()
+
+
+def test_mirror_sample_flips_stacked_numpy_views_like_packed_ones():
+    rng = np.random.default_rng(2)
+    views = {
+        "image": rng.integers(0, 256, (2, 8, 10, 3), dtype=np.uint8),
+        "mask": rng.integers(0, 2, (2, 8, 10), dtype=np.uint8),
+        "joints3d": rng.normal(size=(2, 21, 3)).astype(np.float32) + [0, 0, 400],
+        "joints2d": rng.random((2, 21, 2)).astype(np.float32) * 8,
+        "K": np.tile(np.array([[50.0, 0, 4.5], [0, 50.0, 3.5], [0, 0, 1]], np.float32), (2, 1, 1)),
+        "valid": np.ones((2, 21), bool),
+        "R": np.tile(np.eye(3, dtype=np.float32), (2, 1, 1)),
+        "t": np.zeros((2, 3), np.float32),
+        "meta": {"dataset": "fake", "hand": "left"},
+    }
+    raw = unpack_sample(pack_sample(mirror_sample(views)))
+    packed = unpack_sample(mirror_sample(pack_sample(views)))
+    for key in ("image", "mask", "joints3d", "joints2d", "K", "R", "t"):
+        assert np.array_equal(raw[key], packed[key]), key
+    assert np.array_equal(mirror_sample(views)["image"][1], views["image"][1][:, ::-1])

@@ -75,8 +75,8 @@ def mirror_sample(sample: Sample) -> Sample:
     """Mirror a sample left-right, every geometric key consistently; flips ``meta['hand']``.
 
     The one mirroring of handssl (datasets with ``mirror_left``, ImageFolder, Panoptic's single- and multi-view
-    items). It takes raw samples (numpy, ``H x W (x C)`` images) and packed ones (tensors, ``(V x) C x H x W``
-    images, e.g. multi-view items built as tensors), before any crop (a ``crop`` matrix is not updated).
+    items). It takes raw samples (numpy, ``(V x) H x W x C`` images, ``(V x) H x W`` maps) and packed ones
+    (tensors, ``(V x) C x H x W``), before any crop (a ``crop`` matrix is not updated).
 
     * images and maps (``image``, ``mask``, ``hand_mask``, ``depth``, ``background``, ``image_t2``): flipped
       along their width;
@@ -90,10 +90,10 @@ def mirror_sample(sample: Sample) -> Sample:
     """
     out = dict(sample)
     image = sample["image"]
-    width = image.shape[-1] if isinstance(image, torch.Tensor) else image.shape[1]
-    for key in ("image", "mask", "hand_mask", "depth", "background", "image_t2"):
+    width = image.shape[-1] if isinstance(image, torch.Tensor) else image.shape[-2]
+    for key, channels_last in _FLIPPED.items():
         if sample.get(key) is not None:
-            out[key] = _flip_width(sample[key])
+            out[key] = _flip_width(sample[key], channels_last)
     j2 = _clone(sample["joints2d"])
     j2[..., 0] = (width - 1) - j2[..., 0]
     out["joints2d"] = j2
@@ -131,9 +131,22 @@ def mirror_sample(sample: Sample) -> Sample:
     return out
 
 
-def _flip_width(x: Any) -> Any:
-    """Flip an image-like array along its width: the last axis of a (C x) H x W tensor, axis 1 of numpy H x W (x C)."""
-    return x.flip(-1) if isinstance(x, torch.Tensor) else np.ascontiguousarray(np.asarray(x)[:, ::-1])
+_FLIPPED = {
+    "image": True,
+    "background": True,
+    "image_t2": True,
+    "mask": False,
+    "hand_mask": False,
+    "depth": False,
+}
+"""Keys :func:`mirror_sample` flips, and whether their raw (numpy) layout ends in channels (``... x H x W x C``)."""
+
+
+def _flip_width(x: Any, channels_last: bool) -> Any:
+    """Flip along the width: the last axis of a packed tensor, axis -2 (-1 for maps) of a raw numpy array."""
+    if isinstance(x, torch.Tensor):
+        return x.flip(-1)
+    return np.ascontiguousarray(np.flip(np.asarray(x), -2 if channels_last else -1))
 
 
 def _clone(x: Any) -> Any:

@@ -68,7 +68,8 @@ class Field:
         raw: Raw (numpy, before :func:`pack_sample`) layout, where it differs from the packed one.
         doc: Meaning and units.
         kind: How :func:`pack_sample` converts it: ``"image"`` (``... x H x W x C`` -> ``... x C x H x W``,
-            ``uint8`` / 255), ``"map"`` (``H x W`` -> ``1 x H x W``), ``"array"`` (dtype only) or ``"meta"``.
+            ``uint8`` / 255), ``"map"`` (``... x H x W`` -> ``... x 1 x H x W``), ``"array"`` (dtype only)
+            or ``"meta"``.
     """
 
     dtype: str
@@ -354,8 +355,8 @@ def _pack_value(key: str, value: np.ndarray) -> Tensor:
     # np.asarray(order="C") rather than np.ascontiguousarray, which turns 0-d arrays (``index``) into (1,).
     if kind == _IMAGE and value.ndim >= 3:
         return torch.from_numpy(np.asarray(np.moveaxis(float_image(value), -1, -3), order="C"))
-    if kind == _MAP and value.ndim == 2:
-        return torch.from_numpy(np.asarray(float_map(value), order="C")).unsqueeze(0)
+    if kind == _MAP and value.ndim >= 2:
+        return torch.from_numpy(np.asarray(np.expand_dims(float_map(value), -3), order="C"))
     if value.dtype == np.bool_:
         return torch.from_numpy(value.copy())
     if np.issubdtype(value.dtype, np.floating):
@@ -367,8 +368,8 @@ def pack_sample(sample: Mapping[str, Any], check: bool = True) -> dict[str, Any]
     """The one numpy -> tensor conversion: a raw sample to the packed layout of :data:`FIELDS`.
 
     Images ``(..., H, W, C)`` become ``float32 (..., C, H, W)`` (``uint8`` divided by 255), masks and depth
-    ``(H, W)`` become ``float32 (1, H, W)`` (a ``uint8`` 0/255 mask 0/1), other float arrays ``float32``,
-    bool and integer arrays keep their dtype. Tensors (an already packed sample, e.g. SynthHands') and
+    ``(..., H, W)`` become ``float32 (..., 1, H, W)`` (a ``uint8`` 0/255 mask 0/1), other float arrays
+    ``float32``, bool and integer arrays keep their dtype. Tensors (an already packed sample, e.g. SynthHands') and
     ``meta`` pass through unchanged, on their device.
 
     Args:
@@ -392,16 +393,16 @@ def _unpack_value(key: str, value: Tensor) -> np.ndarray:
     kind = field.kind if field is not None else "array"
     if kind == _IMAGE and array.ndim >= 3:
         return np.ascontiguousarray(np.moveaxis(array, -3, -1))
-    if kind == _MAP and array.ndim == 3 and array.shape[0] == 1:
-        return array[0].copy()
+    if kind == _MAP and array.ndim >= 3 and array.shape[-3] == 1:
+        return np.squeeze(array, -3).copy()
     return array.copy()
 
 
 def unpack_sample(sample: Mapping[str, Any]) -> dict[str, Any]:
     """The inverse of :func:`pack_sample` (for albumentations): tensors to numpy in the raw layout.
 
-    Images become ``float32 (..., H, W, C)`` (values unchanged, no scaling back to ``uint8``), ``1 x H x W``
-    masks and depth ``H x W``; numpy values and ``meta`` pass through.
+    Images become ``float32 (..., H, W, C)`` (values unchanged, no scaling back to ``uint8``),
+    ``... x 1 x H x W`` masks and depth ``... x H x W``; numpy values and ``meta`` pass through.
     """
     return {
         key: _unpack_value(key, value) if isinstance(value, Tensor) and key != "meta" else value
