@@ -1,4 +1,4 @@
-"""Test-wide settings: no network, quiet wandb, one thread per worker, deterministic seeds."""
+"""Test-wide settings: no network, quiet wandb, one thread per worker, deterministic seeds; the tests' trainer."""
 
 import os
 
@@ -17,3 +17,23 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+QUIET_TRAINER = {
+    "accelerator": "cpu",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+"""What every test trainer shares: CPU, and no logger, checkpoints, progress bar or model summary."""
+
+
+def quiet_trainer(**kwargs):
+    """``pl.Trainer`` with :data:`QUIET_TRAINER`, overridden and extended by ``kwargs`` (``from conftest import``).
+
+    A test that passes a ``ModelCheckpoint`` callback also passes ``enable_checkpointing=True``.
+    """
+    import pytorch_lightning as pl  # here, so that tests without a trainer do not import Lightning
+
+    return pl.Trainer(**{**QUIET_TRAINER, **kwargs})

@@ -8,6 +8,7 @@ meta) as the cached worker path.
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 
 from handssl.data import MultiViewDataModule, SupervisedDataModule, SynthHands, SynthHandsMultiView
 from handssl.data.synthhands.deferred import RENDER_REQUEST, decode_keys, encode_key
@@ -87,14 +88,7 @@ def test_fit_with_device_rendering_gives_the_same_weights():
         data = SupervisedDataModule(
             train=single_view("synthetic"), image_size=SIZE, batch_size=4, render_on=render_on
         )
-        trainer = pl.Trainer(
-            max_steps=3,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_trainer(max_steps=3)
         trainer.fit(module, datamodule=data)
         return module.state_dict()
 

@@ -4,8 +4,8 @@ import builtins
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 
 from handssl.cli import main
 from handssl.export import INSTALL_HINT, ExportError, to_onnx
@@ -19,7 +19,7 @@ def checkpoint(tmp_path):
     model.train()
     with torch.no_grad():
         model(torch.rand(8, 3, 32, 32) * 2)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer = quiet_trainer()
     trainer.strategy.connect(model)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)

@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from lightning_fabric.utilities.data import _replace_dunder_methods
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.data import _update_dataloader
@@ -351,17 +352,14 @@ class _MultiViewRecorder(pl.LightningModule):
 def _multiview_run(tmp_path, name, ckpt_path=None):
     pl.seed_everything(0)
     model = _MultiViewRecorder()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_steps=8,
-        accelerator="cpu",
         devices=1,
-        logger=False,
         limit_val_batches=0,
         callbacks=[
             ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=2, save_top_k=-1, filename="{step}")
         ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
     )
     # 24 items, 6 unlabelled + 2 labelled a batch: 4 batches an epoch.
     trainer.fit(model, datamodule=fake_datamodule(), ckpt_path=ckpt_path)

@@ -3,6 +3,7 @@
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from handssl.data import SupervisedDataModule, SynthHands
@@ -30,14 +31,11 @@ def make_run(tmp_path, name: str, every: int, max_steps: int = 10):
     ckpt = ModelCheckpoint(
         dirpath=tmp_path / name, every_n_train_steps=every, save_top_k=-1, filename="{step}"
     )
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_steps=max_steps,
-        accelerator="cpu",
         devices=1,
-        logger=False,
         callbacks=[ckpt],
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         num_sanity_val_steps=0,
         limit_val_batches=1,
     )
@@ -140,17 +138,14 @@ def semi_run(tmp_path, name: str, ckpt_path=None) -> BatchRecorder:
         labeled=[synth("train", 8)], unlabeled=[synth("val", 12)], image_size=32, batch_size=8
     )
     model = BatchRecorder()
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         max_steps=8,
-        accelerator="cpu",
         devices=1,
-        logger=False,
         limit_val_batches=0,
         callbacks=[
             ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=2, save_top_k=-1, filename="{step}")
         ],
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
     )
     trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
@@ -34,6 +33,7 @@ from handssl.models.components.pose25d import (
 from handssl.models.semihand import SemiHandModule
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import quiet_trainer
 from test_semi_datamodule import make_datamodule
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
@@ -47,18 +47,9 @@ def _joints(batch=2, seed=0):
 
 
 def _trainer(tmp_path=None, **kwargs):
-    options = dict(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
+    return quiet_trainer(
+        **{"num_sanity_val_steps": 0, "limit_val_batches": 0, "default_root_dir": tmp_path, **kwargs}
     )
-    options.update(kwargs)
-    return pl.Trainer(**options)
 
 
 def _fake_corrector(joints, template=None):

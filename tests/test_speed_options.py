@@ -11,6 +11,7 @@ from handssl.models import NVSModule, SemiHandModule, SupervisedModule
 from handssl.models.base import to_float
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import quiet_trainer
 from test_nvs_module import TINY as NVS_TINY
 from test_nvs_module import datamodule as nvs_datamodule
 from test_semi_datamodule import make_datamodule as semi_datamodule
@@ -93,17 +94,7 @@ def step_losses(module: pl.LightningModule, batch: dict, autocast: bool) -> dict
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    options = dict(
-        max_steps=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=1,
-    )
-    return pl.Trainer(**{**options, **kwargs})
+    return quiet_trainer(**{"max_steps": 2, "num_sanity_val_steps": 0, "limit_val_batches": 1, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------ mixed precision

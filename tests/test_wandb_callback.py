@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import torch
+from conftest import quiet_trainer
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from handssl.callbacks.wandb_viz import (
@@ -108,17 +108,13 @@ def _item_key(item) -> str:
 
 
 def trainer(logger, callback, max_steps):
-    return pl.Trainer(
+    return quiet_trainer(
         max_steps=max_steps,
         val_check_interval=1,
         limit_val_batches=1,
         num_sanity_val_steps=1,
         logger=logger,
         callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
         devices=1,
     )
 
