@@ -36,7 +36,6 @@ from handssl.data.base import (
     Sample,
     Transform,
     load_image,
-    mirror_sample,
     require_path,
     warn_skipped,
 )
@@ -64,7 +63,6 @@ PANOPTIC_LAYOUT = """\
 
 CM_TO_MM = 10.0
 _HAND_FILE = re.compile(r"handRecon3D_hd(\d+)\.json$")
-_MIRROR_X = np.diag([-1.0, 1.0, 1.0])
 
 
 @dataclass
@@ -394,9 +392,10 @@ def _in_view(joints_world: np.ndarray, cam: PanopticCamera) -> np.ndarray:
 
 
 class _PanopticDataset(HandDataset):
-    """What :class:`Panoptic` and :class:`PanopticMultiView` share: the index, image paths, meta and mirroring.
+    """What :class:`Panoptic` and :class:`PanopticMultiView` share: the index, image paths and meta.
 
-    Subclasses set ``self._items`` (what one item is) and implement ``_load_item``.
+    Subclasses set ``self._items`` (what one item is) and implement ``load_sample``; mirroring is
+    :func:`~handssl.data.base.mirror_sample`'s, applied by :class:`~handssl.data.base.HandDataset`.
     """
 
     name = "panoptic"
@@ -444,15 +443,6 @@ class _PanopticDataset(HandDataset):
     def __len__(self) -> int:
         return len(self._items)
 
-    def load_sample(self, index: int) -> Sample:
-        sample = self._load_item(index)
-        if self.mirror_left and sample["meta"]["hand"] == "left":
-            sample = self._mirror(sample)
-        return sample
-
-    def _load_item(self, index: int) -> Sample:
-        raise NotImplementedError
-
     def _index_camera_views(self) -> None:
         """One item per (row, camera that sees it): the single-view items."""
         self._items = np.array([(r, c) for r, v in enumerate(self.index.views) for c in v], dtype=np.int64)
@@ -476,24 +466,6 @@ class _PanopticDataset(HandDataset):
             "joints3d_world": world.astype(np.float32),
             "meta": {**self._meta(row), "camera": cam.name, "distorted": True},
         }
-
-    @staticmethod
-    def _mirror(sample: Sample) -> Sample:
-        """:func:`~handssl.data.base.mirror_sample` plus the extra camera keys: ``R``, ``t``, ``dist``, crops."""
-        out = mirror_sample(sample)
-        if isinstance(sample["R"], torch.Tensor):
-            flip = torch.from_numpy(_MIRROR_X).float()
-            out["R"] = flip @ sample["R"]
-            out["t"] = sample["t"] @ flip
-            for key in ("background", "image_t2"):
-                out[key] = sample[key].flip(-1)
-        else:
-            out["R"] = (_MIRROR_X @ sample["R"]).astype(np.float32)
-            out["t"] = (sample["t"] @ _MIRROR_X).astype(np.float32)
-            dist = np.array(sample["dist"], copy=True)
-            dist[3] = -dist[3]  # x -> -x flips the sign of the tangential p2 term
-            out["dist"] = dist
-        return out
 
     def _image_path(self, seq: int, cam: PanopticCamera, frame: int) -> Path:
         return self.root / self.sequences[seq] / "hdImgs" / cam.name / f"{cam.name}_{frame:08d}.jpg"
@@ -561,7 +533,7 @@ class Panoptic(_PanopticDataset):
         )
         self._index_camera_views()
 
-    def _load_item(self, index: int) -> Sample:
+    def load_sample(self, index: int) -> Sample:
         return self._load_camera_view(index)
 
 
@@ -682,7 +654,7 @@ class PanopticMultiView(_PanopticDataset):
         row_t2 = int(rng.choice(candidates)) if candidates else row
         return row, cams, row_t2
 
-    def _load_item(self, index: int) -> Sample:
+    def load_sample(self, index: int) -> Sample:
         if not self.multiview:
             return self._load_camera_view(index)
         row, cams, row_t2 = self._choose(index)
