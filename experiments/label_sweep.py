@@ -442,12 +442,12 @@ def main(argv: list[str] | None = None) -> None:
     L = args.labeled_per_step
     common = model_args(args)
 
-    # Gradient balance of the semi loss at initialisation (the reason for pose_weight 0.1).
+    # Gradient balance of the semi loss at initialisation: at pose_weight 1 and at the one used.
     if "semi" in args.regimes and not (args.out / "gradient_ratio.json").exists():
         dm = make_datamodule(args, data, args.subjects[0], L, L)
         batch = next(iter(dm.train_dataloader()))
         ratios = {}
-        for weight in (1.0, args.pose_weight):
+        for weight in (1.0, NVSModule(regime="semi", **common).hparams.pose_weight):
             pl.seed_everything(args.seed, verbose=False)
             module = NVSModule(regime="semi", **{**common, "pose_weight": weight})
             module.pose_head.set_statistics(*dm.pose_statistics())
