@@ -252,3 +252,12 @@ def test_mirror_sample_flips_stacked_numpy_views_like_packed_ones():
     for key in ("image", "mask", "joints3d", "joints2d", "K", "R", "t"):
         assert np.array_equal(raw[key], packed[key]), key
     assert np.array_equal(mirror_sample(views)["image"][1], views["image"][1][:, ::-1])
+
+
+def test_collate_refuses_raw_numpy_samples():
+    from handssl.data.datamodules import collate_samples
+
+    raw = {"image": np.zeros((4, 4, 3), np.uint8), "meta": {"dataset": "fake"}}
+    with pytest.raises(TypeError, match=r"'image'.*numpy.*pack_sample"):
+        collate_samples([raw, raw])
+    assert collate_samples([pack_sample(raw)] * 2)["image"].shape == (2, 3, 4, 4)

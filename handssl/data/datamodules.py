@@ -25,10 +25,12 @@ RENDER_ON = ("workers", "device")
 
 
 def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Collate sample dicts: tensors are stacked, ``meta`` becomes a dict of lists (values untouched).
+    """Collate packed sample dicts: tensors are stacked, ``meta`` becomes a dict of lists (values untouched).
 
     Keys missing from some samples (e.g. ``mask`` in a dataset that only has it for some items) are
-    dropped from the batch rather than failing the whole batch.
+    dropped from the batch rather than failing the whole batch. A numpy value is refused: samples arrive
+    packed (:func:`~handssl.data.contract.pack_sample` is the one conversion to tensors), so that collate
+    never converts layouts behind the contract's back.
     """
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
@@ -42,7 +44,13 @@ def collate_samples(samples: Sequence[Sample]) -> dict[str, Any]:
             meta_keys = set().union(*(m.keys() for m in metas))
             batch["meta"] = {k: [m.get(k) for m in metas] for k in sorted(meta_keys)}
         else:
-            batch[key] = default_collate([s[key] for s in samples])
+            values = [s[key] for s in samples]
+            if any(isinstance(v, np.ndarray) for v in values):
+                raise TypeError(
+                    f"cannot collate {key!r}: it is a numpy array, but samples reach collate packed "
+                    "(pass them through handssl.data.contract.pack_sample, e.g. with CropResize or ToTensor)"
+                )
+            batch[key] = default_collate(values)
     return batch
 
 
