@@ -149,6 +149,7 @@ def model_args(args: argparse.Namespace) -> dict[str, Any]:
         "pose_hidden": tuple(args.pose_hidden) if args.pose_hidden else None,
         "decoder_latent_channels": args.decoder_latent_channels,
         "structural_loss": args.structural_loss,
+        "synthesis_items": args.synthesis_items,
     }
     out.update({k: v for k, v in overrides.items() if v is not None})
     if args.quick:
@@ -399,6 +400,12 @@ def main(argv: list[str] | None = None) -> None:
         help="semi: synthesis-only steps first (default: NVSModule's)",
     )
     parser.add_argument("--silhouette-threshold", type=float, default=None)
+    parser.add_argument(
+        "--synthesis-items",
+        choices=("all", "unlabeled"),
+        default=None,
+        help="semi: items the synthesis loss covers",
+    )
     parser.add_argument(
         "--structural-loss",
         choices=("ssim", "gradient", "none"),

@@ -240,6 +240,28 @@ def test_pose_loss_covers_every_labeled_encoded_image():
     assert torch.isnan(batch["joints3d_t2"][~batch["labeled"]]).all()  # hidden outside the labeled slots
 
 
+def test_synthesis_on_unlabeled_items_ignores_the_labeled_ones():
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    labeled = batch["labeled"].bool()
+    assert labeled.any() and (~labeled).any()
+    repainted = {k: batch[k].clone() for k in ("image", "target", "image_t2", "image_t2_j")}
+    for image in repainted.values():
+        image[labeled] = 1.0 - image[labeled]
+    repainted = dict(batch, **repainted)
+    losses = {}
+    for items in ("all", "unlabeled"):
+        module = tiny_module("semi", synthesis_items=items, latent_dropout=0.0).eval()
+        for name, b in (("base", batch), ("repainted", repainted)):
+            torch.manual_seed(0)  # the same swaps and appearance picks for both batches
+            with torch.no_grad():
+                losses[items, name] = module._synthesis_losses(b, module._encode_training(b, pose=False))
+    unlabeled_only = [losses["unlabeled", n]["synthesis"] for n in ("base", "repainted")]
+    assert torch.allclose(*unlabeled_only, atol=1e-6)  # the labelled items take no part
+    assert not torch.allclose(losses["all", "base"]["synthesis"], losses["all", "repainted"]["synthesis"])
+    with pytest.raises(ValueError, match="synthesis_items"):
+        tiny_module("semi", synthesis_items="labeled")
+
+
 def test_recipe_defaults():
     module = NVSModule(regime="semi")
     hp = module.hparams

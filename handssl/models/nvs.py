@@ -120,6 +120,9 @@ class NVSModule(BaseHandTask):
             on 2 CPU cores, test N-MPJPE): 1 -> 72.1, 0.1 -> 68.5 (with 1,200 warm-up steps), 0.01 -> 66.1 mm;
             the less the labelled subject pulls the shared encoder, the better the pose head generalises.
         synthesis_warmup_steps: Semi regime: optimizer steps of synthesis only before the pose loss joins.
+        synthesis_items: Semi regime: the items the synthesis loss covers. ``"all"``; or ``"unlabeled"``, so
+            that the labelled subjects, which the batch sampler puts into ``labeled_share`` of every batch,
+            weigh no more in the synthesis loss than in stage 1 of the pretrained regime.
         normalize_mask: Divide each predicted mask by its maximum (NSD's ``scale_mask_max_to_1``).
         foreground_weight: Weight of the L1 over the target's silhouette pixels (hand-normalised L1).
         silhouette_weight: Weight of the BCE between the predicted mask and the label-free silhouette.
@@ -163,6 +166,7 @@ class NVSModule(BaseHandTask):
         pose_views: Literal["input", "all"] = "all",
         pose_weight: float = 0.01,
         synthesis_warmup_steps: int = 0,
+        synthesis_items: Literal["all", "unlabeled"] = "all",
         normalize_mask: bool = True,
         foreground_weight: float = 1.0,
         silhouette_weight: float = 1.0,
@@ -194,6 +198,8 @@ class NVSModule(BaseHandTask):
             raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability}")
         if pose_views not in POSE_VIEWS:
             raise ValueError(f"pose_views must be one of {POSE_VIEWS}, got {pose_views!r}")
+        if synthesis_items not in ("all", "unlabeled"):
+            raise ValueError(f"synthesis_items must be 'all' or 'unlabeled', got {synthesis_items!r}")
         if synthesis_warmup_steps < 0:
             raise ValueError(f"synthesis_warmup_steps must be >= 0, got {synthesis_warmup_steps}")
         if pose_weight < 0:
@@ -342,6 +348,10 @@ class NVSModule(BaseHandTask):
             raise ValueError("stage 1 of the pretrained regime uses no labels: set data labeled_share: 0.0")
         if self.regime == "semi" and share == 0.0:
             raise ValueError("the semi regime needs labeled items in every batch: set data labeled_share > 0")
+        if self.regime == "semi" and self.hparams.synthesis_items == "unlabeled" and share == 1.0:
+            raise ValueError(
+                "synthesis_items 'unlabeled' needs unlabeled items in every batch: labeled_share < 1"
+            )
 
     # ------------------------------------------------------------------------------------------ API
     def encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
@@ -485,6 +495,15 @@ class NVSModule(BaseHandTask):
     def _synthesis_losses(
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
     ) -> dict[str, Tensor]:
+        if self.hparams.synthesis_items == "unlabeled" and self.uses_pose:
+            keep = ~batch["labeled"].bool()
+            if bool(keep.any()):
+                size = keep.shape[0]
+                batch = {
+                    k: v[keep] if isinstance(v, Tensor) and v.shape[:1] == (size,) else v
+                    for k, v in batch.items()
+                }
+                encoded = {n: (points[keep], appearance[keep]) for n, (points, appearance) in encoded.items()}
         rows = self.synthesis_rows(batch, encoded)
         foreground, mask = to_float(self._require_decoder().layers(rows["points"], rows["appearance"]))
         with self.full_precision():  # the perceptual network, when there is one, runs in float32 too
