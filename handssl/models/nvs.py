@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from handssl.data.multiview import MultiViewDataModule
+from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, to_float
 from handssl.models.components.losses import per_image_l1
 from handssl.models.components.nvs import (
@@ -48,7 +49,7 @@ from handssl.models.components.nvs import (
     turntable_rotations,
 )
 from handssl.models.components.nvs_losses import SynthesisLoss, foreground_l1, mask_iou, silhouette_target
-from handssl.skeleton import ROOT
+from handssl.skeleton import ROOT, root_relative
 
 REGIMES = ("supervised", "pretrained", "semi")
 POSE_VIEWS = ("input", "all")
@@ -61,12 +62,6 @@ LABEL_KEYS = {
     "t2_j": ("joints3d_t2_j", None),
 }
 """Joints and validity keys of each encoded image (``None``: valid where finite)."""
-
-
-def masked_mse(pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-    """Mean squared error over the joints with ``weight`` 1 (0 when none; keeps the graph for DDP)."""
-    w = weight.unsqueeze(-1).to(pred.dtype)
-    return (((pred - torch.nan_to_num(target)) ** 2) * w).sum() / (w.sum() * pred.shape[-1]).clamp_min(1.0)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -526,12 +521,14 @@ class NVSModule(BaseHandTask):
             valid = valid & labeled
             valid = valid & valid[:, ROOT : ROOT + 1]
             points.append(points_n)
-            targets.append(self.pose_head.normalize(joints - joints[:, ROOT : ROOT + 1]))
+            targets.append(self.pose_head.normalize(root_relative(joints)))
             valids.append(valid)
         # The head runs on every image (BatchNorm statistics over the whole batch); only labeled ones count.
         pred = self.pose_head(torch.cat(points)).float()
         with self.full_precision():
-            return masked_mse(pred, torch.cat(targets), torch.cat(valids))
+            # Zero when no joint is labelled, keeping the graph (DDP wants every parameter used).
+            squared = (pred - torch.nan_to_num(torch.cat(targets))) ** 2
+            return masked_mean(squared, torch.cat(valids).unsqueeze(-1))
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms of one training step and their weighted sum under ``"loss"``."""
