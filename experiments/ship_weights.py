@@ -7,7 +7,7 @@ reads them.
 
     # SemiHand: the source-only, full and target-oracle rows of the ablation (synthetic -> real, seed 0)
     python experiments/ship_weights.py semihand
-    # NVS: the semi and supervised rows at one labelled subject of the NVS benchmark
+    # NVS: the semi and supervised rows at one labelled subject of the label sweep
     python experiments/ship_weights.py nvs
 
 Each file must stay under 10 MB (the network is refused otherwise).
@@ -148,7 +148,7 @@ def ship_nvs(args: argparse.Namespace) -> None:
             "background_l1_hand",
         )
         meta = {
-            "description": f"NVS benchmark, {regime} at {args.subjects} labelled subject(s)",
+            "description": f"NVS label sweep, {regime} at {args.subjects} labelled subject(s) of 32",
             "trained_by": args.trained_by,
             "results": str(args.results),
             "steps": row.get("steps"),
