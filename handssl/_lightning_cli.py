@@ -182,7 +182,7 @@ class HandSSLParser(LightningArgumentParser):
     #: a config, the command line or a checkpoint gave explicitly, before the links overwrite them.
     explicit_model_args: dict[str, Any] | None = None
 
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:  # type: ignore[override]
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if os.environ.get("HANDSSL_DEBUG"):
             super().error(message, ex)
         print(f"handssl: error: {one_line_parse_error(message)}", file=sys.stderr)
@@ -198,7 +198,7 @@ class HandSSLParser(LightningArgumentParser):
             sink.clear()
             if isinstance(init_args, Namespace):
                 sink.update({key: init_args[key] for key in LINKED_MODEL_ARGS if key in init_args})
-        return super()._parse_common(cfg, *args, **kwargs)  # type: ignore[misc]
+        return super()._parse_common(cfg, *args, **kwargs)
 
 
 _SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")

@@ -38,7 +38,7 @@ from handssl.data.datamodules import (
     collate_samples,
 )
 from handssl.geometry import relative_rotation
-from handssl.skeleton import NUM_JOINTS, ROOT
+from handssl.skeleton import NUM_JOINTS, ROOT, root_relative
 
 PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
 """Keys a multi-view item must hold (each with a leading view axis)."""
@@ -69,7 +69,7 @@ def pose_statistics(joints: Tensor, valid: Tensor | None = None) -> tuple[Tensor
     if not valid.any(0).all():
         missing = (~valid.any(0)).nonzero().flatten().tolist()
         raise ValueError(f"no valid labeled sample for joints {missing}; cannot normalise the pose head")
-    rel = torch.nan_to_num(joints - joints[:, ROOT : ROOT + 1]).double()
+    rel = torch.nan_to_num(root_relative(joints)).double()
     weight = valid.unsqueeze(-1).double()
     count = weight.sum(0)
     mean = (rel * weight).sum(0) / count

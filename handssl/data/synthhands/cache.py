@@ -335,7 +335,7 @@ class SynthHandsBase(HandDataset):
             raise IndexError(f"{self.name}: epoch must be >= 0, got {epoch}")
         return index % len(self), epoch
 
-    def __getitem__(self, key: int | tuple[int, int]) -> Sample:  # type: ignore[override]
+    def __getitem__(self, key: int | tuple[int, int]) -> Sample:
         """Item ``key``: an index, or ``(index, epoch)`` for datasets whose items vary by epoch."""
         return self._finish(self.load_sample(*self._parse_key(key)))
 
