@@ -433,6 +433,9 @@ def main(argv: list[str] | None = None) -> None:
         "--work-dir", type=Path, default=None, help="checkpoints (default: runs/<name of --out>)"
     )
     args = parser.parse_args(argv)
+    for name in ("minutes", "stage2_minutes", "steps", "labeled_per_step", "eval_every", "val_batches"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.quick:
         args.minutes, args.stage2_minutes = None, None
         args.steps, args.eval_every, args.val_batches = 3, 2, 1
@@ -446,6 +449,11 @@ def main(argv: list[str] | None = None) -> None:
     store = Store(args.out)
     (args.out / "args.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=1))
     data = make_datasets(args)
+    available = len(set(data["train"].item_subjects()))
+    if any(not 1 <= k <= available for k in args.subjects):
+        parser.error(
+            f"--subjects must be between 1 and {available} (the training subjects), got {args.subjects}"
+        )
     L = args.labeled_per_step
     common = model_args(args)
 
@@ -470,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     order = [r for r in ("supervised", "semi", "pretrained") if r in args.regimes]
     runs = [(k, regime) for k in args.subjects for regime in order]
     if args.upper_bound:
-        runs.append((len(set(data["train"].item_subjects())), "supervised"))
+        runs.append((available, "supervised"))
     for k, regime in runs:
         if store.find("mean_pose", k) is None:
             dm = make_datamodule(args, data, k, L, 0)
