@@ -8,7 +8,13 @@ dataset, model and metric uses this order; datasets convert with the maps below
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from numpy import ndarray
+    from torch import Tensor
+
+_Mask = TypeVar("_Mask", "Tensor", "ndarray")
 
 NUM_JOINTS = 21
 """Number of hand joints in the canonical skeleton."""
@@ -101,3 +107,23 @@ def root_relative(joints: Any, root: int = ROOT, joint_axis: int = -2) -> Any:
         raise ValueError(f"root_relative: joint_axis counts from the end (-2, -1), got {joint_axis}")
     index = (Ellipsis, slice(root, root + 1)) + (slice(None),) * (-1 - joint_axis)
     return joints - joints[index]
+
+
+def valid_with_root(valid: _Mask, root: int = ROOT, joint_axis: int = -1) -> _Mask:
+    """Joint validity for root-relative use: a joint counts only where the root joint is valid too.
+
+    Root-relative joints (:func:`root_relative`) are meaningless where the root is not annotated, so every
+    root-relative loss and metric masks with ``valid & valid[root]``.
+
+    Args:
+        valid: ``(..., J)`` boolean mask (numpy or torch); with ``joint_axis=-2``, ``(..., J, D)``.
+        root: Index of the root joint (canonical :data:`ROOT`, the wrist).
+        joint_axis: The joints' axis, counted from the end (``-1`` or ``-2``).
+
+    Returns:
+        A mask of the shape and type of ``valid``: all False for samples whose root is invalid, else ``valid``.
+    """
+    if joint_axis >= 0:
+        raise ValueError(f"valid_with_root: joint_axis counts from the end (-1, -2), got {joint_axis}")
+    index = (Ellipsis, slice(root, root + 1)) + (slice(None),) * (-1 - joint_axis)
+    return valid & valid[index]

@@ -45,3 +45,26 @@ def test_root_relative_on_joints_and_depths_numpy_and_torch():
     np.testing.assert_array_equal(sk.root_relative(joints.numpy()), rel.numpy())
     with pytest.raises(ValueError, match="joint_axis"):
         sk.root_relative(joints, joint_axis=1)
+
+
+def test_valid_with_root_needs_the_root_joint_numpy_and_torch():
+    import numpy as np
+    import pytest
+    import torch
+
+    valid = torch.ones(3, 21, dtype=torch.bool)
+    valid[0, sk.ROOT] = False  # root missing: nothing counts
+    valid[1, 5] = False  # another joint missing: only that one drops
+    valid[2, 9] = False  # the middle MCP missing: matters only with root=9
+    out = sk.valid_with_root(valid)
+    assert out.shape == valid.shape and out.dtype == torch.bool
+    assert not out[0].any()
+    assert torch.equal(out[1], valid[1]) and not out[1, 5]
+    assert torch.equal(out[2], valid[2])
+    assert not sk.valid_with_root(valid, root=9)[2].any() and sk.valid_with_root(valid, root=9)[0, 1:].all()
+    np.testing.assert_array_equal(sk.valid_with_root(valid.numpy()), out.numpy())
+    # (..., J, D): the joints on axis -2
+    per_coord = valid.unsqueeze(-1).expand(3, 21, 3)
+    assert torch.equal(sk.valid_with_root(per_coord, joint_axis=-2), out.unsqueeze(-1).expand(3, 21, 3))
+    with pytest.raises(ValueError, match="joint_axis"):
+        sk.valid_with_root(valid, joint_axis=1)
