@@ -1,7 +1,8 @@
 """BaseHandTask: the small base LightningModule every handssl method builds on.
 
-Subclasses declare their hyper-parameters as typed ``__init__`` arguments (they become the CLI), then
-override the hooks:
+Subclasses declare their hyper-parameters as typed ``__init__`` arguments (they become the CLI), keep the ones
+their hooks read as typed attributes (set *before* ``super().__init__()``, which runs the hooks; ``self.hparams``
+still records every argument for checkpoints), then override the hooks:
 
 * :meth:`configure_models` builds the ``nn.Module`` components,
 * :meth:`configure_losses` builds loss modules (optional),
@@ -24,8 +25,9 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from handssl.metrics import MPJPE, NMPJPE, PAMPJPE, ProtocolMetric, get_protocol
-from handssl.skeleton import ROOT, root_relative
+from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
+from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
+from handssl.skeleton import root_relative, valid_with_root
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
@@ -97,6 +99,30 @@ def _describe(batch: dict[str, Any], indices: list[int]) -> str:
     return "; ".join(parts)
 
 
+class StageMetrics(nn.ModuleDict):
+    """The evaluation metrics of one stage, as a ``ModuleDict`` keyed ``mpjpe``, ``n_mpjpe``, ``pa_mpjpe``, ``protocol``.
+
+    The keys are also typed attributes (``metrics.protocol`` is the :class:`ProtocolMetric`).
+    """
+
+    mpjpe: MPJPE
+    n_mpjpe: NMPJPE
+    pa_mpjpe: PAMPJPE
+    protocol: ProtocolMetric
+
+    def __init__(self, protocol: EvalProtocol) -> None:
+        super().__init__()
+        self.mpjpe = MPJPE()
+        self.n_mpjpe = NMPJPE()
+        self.pa_mpjpe = PAMPJPE()
+        self.protocol = ProtocolMetric(protocol)
+
+    @property
+    def errors(self) -> dict[str, MPJPE | NMPJPE | PAMPJPE]:
+        """The root-relative error metrics by name: ``mpjpe``, ``n_mpjpe``, ``pa_mpjpe``."""
+        return {"mpjpe": self.mpjpe, "n_mpjpe": self.n_mpjpe, "pa_mpjpe": self.pa_mpjpe}
+
+
 class BaseHandTask(pl.LightningModule):
     """Base class of handssl's LightningModules: hooks, shared evaluation, optimiser.
 
@@ -137,6 +163,11 @@ class BaseHandTask(pl.LightningModule):
         if compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
         self.save_hyperparameters()
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.scheduler = scheduler
+        self.warmup_steps = warmup_steps
+        self.eval_protocol = eval_protocol
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -155,20 +186,15 @@ class BaseHandTask(pl.LightningModule):
 
     def configure_metrics(self) -> None:
         """Build the validation and test metrics for ``eval_protocol``."""
-        protocol = get_protocol(self.hparams.eval_protocol)
-        self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "mpjpe": MPJPE(),
-                        "n_mpjpe": NMPJPE(),
-                        "pa_mpjpe": PAMPJPE(),
-                        "protocol": ProtocolMetric(protocol),
-                    }
-                )
-                for stage in ("val", "test")
-            }
-        )
+        protocol = get_protocol(self.eval_protocol)
+        self.eval_metrics = nn.ModuleDict({stage: StageMetrics(protocol) for stage in ("val", "test")})
+
+    def stage_metrics(self, stage: str) -> StageMetrics:
+        """The :class:`StageMetrics` of ``stage`` (``"val"`` or ``"test"``)."""
+        metrics = self.eval_metrics[stage]
+        if not isinstance(metrics, StageMetrics):
+            raise TypeError(f"eval_metrics[{stage!r}] is a {type(metrics).__name__}, not StageMetrics")
+        return metrics
 
     def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
         """What this task shows to the visualisation callbacks: the one interface they read.
@@ -187,7 +213,7 @@ class BaseHandTask(pl.LightningModule):
             ``confidence``, ``confidence_threshold``, ``confidence_keep`` (their spread ``C``, a cost kept
             ``"below"`` the threshold).
         """
-        state: dict[str, Any] = {"protocol_name": self.hparams.get("eval_protocol")}
+        state: dict[str, Any] = {"protocol_name": self.eval_protocol}
         metrics = getattr(self, "eval_metrics", None)
         if metrics is not None and stage in metrics:
             state["protocol"] = metrics[stage]["protocol"]
@@ -216,23 +242,25 @@ class BaseHandTask(pl.LightningModule):
     # ------------------------------------------------------------------------------------ evaluation
     def evaluation_batch(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         """Prediction, camera-frame target and validity for evaluation; override for multi-view batches."""
-        return self.predict_joints3d(batch), batch["joints3d"], valid_joints(batch, "joints3d")
+        valid = valid_joints(batch, "joints3d")
+        if valid is None:
+            raise KeyError("an evaluation batch needs 'valid' (which joints of 'joints3d' are annotated)")
+        return self.predict_joints3d(batch), batch["joints3d"], valid
 
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         check_batch(batch, f"{stage} batch")
         pred, target, valid = self.evaluation_batch(batch)
         pred, target = to_float(pred), to_float(target)
-        root_valid = valid[:, ROOT : ROOT + 1]
         target_rel = root_relative(target)
-        rel_valid = valid & root_valid
-        metrics = self.eval_metrics[stage]
+        rel_valid = valid_with_root(valid)
+        metrics = self.stage_metrics(stage)
         with self.full_precision():  # Procrustes alignment: SVD, no bfloat16 kernel
-            for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
-                metrics[name].update(pred, target_rel, rel_valid)
-            metrics["protocol"].update(pred, target, valid)
+            for error in metrics.errors.values():
+                error.update(pred, target_rel, rel_valid)
+            metrics.protocol.update(pred, target, valid)
         batch_size = pred.shape[0]
-        for name in ("mpjpe", "n_mpjpe", "pa_mpjpe"):
-            self.log(f"{stage}/{name}", metrics[name], batch_size=batch_size, prog_bar=name == "mpjpe")
+        for name, error in metrics.errors.items():
+            self.log(f"{stage}/{name}", error, batch_size=batch_size, prog_bar=name == "mpjpe")
 
     def on_validation_epoch_end(self) -> None:
         self._log_protocol("val")
@@ -241,7 +269,7 @@ class BaseHandTask(pl.LightningModule):
         self._log_protocol("test")
 
     def _log_protocol(self, stage: str) -> None:
-        metric = self.eval_metrics[stage]["protocol"]
+        metric = self.stage_metrics(stage).protocol
         if not metric.update_called:
             return
         result = metric.compute()
@@ -276,11 +304,11 @@ class BaseHandTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
+        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        if self.scheduler == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.hparams.warmup_steps, total // 4)
+        warmup = min(self.warmup_steps, total // 4)
 
         def factor(step: int) -> float:
             if step < warmup:

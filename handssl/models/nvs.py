@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +49,7 @@ from handssl.models.components.nvs import (
     turntable_rotations,
 )
 from handssl.models.components.nvs_losses import SynthesisLoss, foreground_l1, mask_iou, silhouette_target
-from handssl.skeleton import ROOT, root_relative
+from handssl.skeleton import root_relative, valid_with_root
 
 REGIMES = ("supervised", "pretrained", "semi")
 POSE_VIEWS = ("input", "all")
@@ -201,6 +201,33 @@ class NVSModule(BaseHandTask):
             raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
         self.regime = regime
         self.stage = stage if regime == "pretrained" else None
+        self.pretrained_checkpoint = pretrained_checkpoint
+        self.image_size = image_size
+        self.num_points = num_points
+        self.appearance_dim = appearance_dim
+        self.encoder_widths = encoder_widths
+        self.encoder_blocks = encoder_blocks
+        self.decoder_widths = decoder_widths
+        self.decoder_latent_channels = decoder_latent_channels
+        self.latent_dropout = latent_dropout
+        self.pose_hidden = pose_hidden
+        self.pose_dropout = pose_dropout
+        self.swap_probability = swap_probability
+        self.appearance_swap = appearance_swap
+        self.both_directions = both_directions
+        self.pose_views = pose_views
+        self.pose_weight = pose_weight
+        self.synthesis_warmup_steps = synthesis_warmup_steps
+        self.synthesis_items = synthesis_items
+        self.normalize_mask = normalize_mask
+        self.foreground_weight = foreground_weight
+        self.silhouette_weight = silhouette_weight
+        self.silhouette_threshold = silhouette_threshold
+        self.l1_weight = l1_weight
+        self.structural_loss = structural_loss
+        self.structural_weight = structural_weight
+        self.perceptual_checkpoint = perceptual_checkpoint
+        self.perceptual_weight = perceptual_weight
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -229,7 +256,7 @@ class NVSModule(BaseHandTask):
         if self.stage == 1:
             return [self.pose_head]
         if self.stage == 2:
-            return [self.encoder, self.decoder]
+            return [self.encoder, self._require_decoder()]
         return []
 
     @property
@@ -239,24 +266,24 @@ class NVSModule(BaseHandTask):
 
     # ---------------------------------------------------------------------------------- components
     def configure_models(self) -> None:
-        hp = self.hparams
         self.encoder = NVSEncoder(
-            hp.image_size, hp.num_points, hp.appearance_dim, hp.encoder_widths, hp.encoder_blocks
+            self.image_size, self.num_points, self.appearance_dim, self.encoder_widths, self.encoder_blocks
         )
         self.decoder: NVSDecoder | None = None
         if self.regime != "supervised":
             self.decoder = NVSDecoder(
-                hp.image_size,
-                hp.num_points,
-                hp.appearance_dim,
-                hp.decoder_latent_channels,
-                hp.decoder_widths,
-                hp.latent_dropout,
-                normalize_mask=hp.normalize_mask,
+                self.image_size,
+                self.num_points,
+                self.appearance_dim,
+                self.decoder_latent_channels,
+                self.decoder_widths,
+                self.latent_dropout,
+                normalize_mask=self.normalize_mask,
             )
-        self.pose_head = PoseHead(hp.num_points, hp.pose_hidden, hp.pose_dropout)
+        self.pose_head = PoseHead(self.num_points, self.pose_hidden, self.pose_dropout)
         if self.stage == 2:
-            self.load_pretrained(hp.pretrained_checkpoint)
+            assert self.pretrained_checkpoint, "__init__ refuses stage 2 without pretrained_checkpoint"
+            self.load_pretrained(self.pretrained_checkpoint)
         for module in self.frozen_modules:
             module.requires_grad_(False)
             module.eval()
@@ -269,18 +296,17 @@ class NVSModule(BaseHandTask):
         return targets
 
     def configure_losses(self) -> None:
-        hp = self.hparams
-        self.reconstruction = None
+        self.reconstruction: SynthesisLoss | None = None
         if self.uses_synthesis:
             self.reconstruction = SynthesisLoss(
-                hp.l1_weight,
-                hp.structural_loss,
-                hp.structural_weight,
-                hp.perceptual_checkpoint,
-                hp.perceptual_weight,
-                foreground_weight=hp.foreground_weight,
-                silhouette_weight=hp.silhouette_weight,
-                silhouette_threshold=hp.silhouette_threshold,
+                self.l1_weight,
+                self.structural_loss,
+                self.structural_weight,
+                self.perceptual_checkpoint,
+                self.perceptual_weight,
+                foreground_weight=self.foreground_weight,
+                silhouette_weight=self.silhouette_weight,
+                silhouette_threshold=self.silhouette_threshold,
             )
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -343,7 +369,7 @@ class NVSModule(BaseHandTask):
             raise ValueError("stage 1 of the pretrained regime uses no labels: set data labeled_share: 0.0")
         if self.regime == "semi" and share == 0.0:
             raise ValueError("the semi regime needs labeled items in every batch: set data labeled_share > 0")
-        if self.regime == "semi" and self.hparams.synthesis_items == "unlabeled" and share == 1.0:
+        if self.regime == "semi" and self.synthesis_items == "unlabeled" and share == 1.0:
             raise ValueError(
                 "synthesis_items 'unlabeled' needs unlabeled items in every batch: labeled_share < 1"
             )
@@ -357,6 +383,42 @@ class NVSModule(BaseHandTask):
         if self.decoder is None:
             raise RuntimeError("the supervised regime builds no decoder, so it cannot synthesise views")
         return self.decoder
+
+    def _require_reconstruction(self) -> SynthesisLoss:
+        if self.reconstruction is None:
+            raise RuntimeError(f"the {self.regime} regime builds no synthesis loss (it trains the pose only)")
+        return self.reconstruction
+
+    @overload
+    def synthesize(
+        self,
+        image: Tensor,
+        R: Tensor,
+        background: Tensor | None = None,
+        appearance_image: Tensor | None = None,
+        return_layers: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def synthesize(
+        self,
+        image: Tensor,
+        R: Tensor,
+        background: Tensor | None = None,
+        appearance_image: Tensor | None = None,
+        *,
+        return_layers: Literal[True],
+    ) -> dict[str, Tensor]: ...
+
+    @overload
+    def synthesize(
+        self,
+        image: Tensor,
+        R: Tensor,
+        background: Tensor | None = None,
+        appearance_image: Tensor | None = None,
+        return_layers: bool = False,
+    ) -> Tensor | dict[str, Tensor]: ...
 
     def synthesize(
         self,
@@ -421,16 +483,15 @@ class NVSModule(BaseHandTask):
         """Whether the pose loss counts at the current step (off during the semi regime's warm-up)."""
         if not self.uses_pose:
             return False
-        return not (self.regime == "semi" and self.global_step < self.hparams.synthesis_warmup_steps)
+        return not (self.regime == "semi" and self.global_step < self.synthesis_warmup_steps)
 
     def _images_to_encode(self, batch: dict[str, Any], pose: bool) -> list[str]:
-        hp = self.hparams
         names = ["i"]
         synthesis = self.uses_synthesis
-        pose_all = pose and hp.pose_views == "all"
-        if (synthesis and hp.both_directions) or pose_all:
+        pose_all = pose and self.pose_views == "all"
+        if (synthesis and self.both_directions) or pose_all:
             names.append("j")
-        if (synthesis and hp.appearance_swap) or (pose_all and "joints3d_t2" in batch):
+        if (synthesis and self.appearance_swap) or (pose_all and "joints3d_t2" in batch):
             names += ["t2", "t2_j"] if "image_t2_j" in batch else ["t2"]
         return names
 
@@ -458,26 +519,25 @@ class NVSModule(BaseHandTask):
         ``both_directions``; each row swaps views with probability ``swap_probability``. The appearance is
         that of a random one of the pair's appearance images (``appearance_swap``) or the input's own.
         """
-        hp = self.hparams
         image, target = batch["image"], batch["target"]
         size = image.shape[0]
         eye = torch.eye(3, dtype=image.dtype, device=image.device).expand(size, 3, 3)
         R_ij = batch["R_ij"].to(image.dtype)
         directions = [("i", R_ij, target, batch["background"], image, batch["background_input"])]
-        if hp.both_directions:
+        if self.both_directions:
             directions.append(
                 ("j", R_ij.transpose(-1, -2), image, batch["background_input"], target, batch["background"])
             )
         t2 = [n for n in ("t2", "t2_j") if n in encoded]
         rows: dict[str, list[Tensor]] = {"points": [], "appearance": [], "background": [], "target": []}
         for name, R, swap_target, swap_bg, own_target, own_bg in directions:
-            swap = torch.rand(size, device=image.device) < hp.swap_probability
+            swap = torch.rand(size, device=image.device) < self.swap_probability
             pick = swap[:, None, None, None]
             points = encoded[name][0]
             rows["points"].append(rotate_points(points, torch.where(swap[:, None, None], R, eye)))
             rows["target"].append(torch.where(pick, swap_target, own_target))
             rows["background"].append(torch.where(pick, swap_bg, own_bg))
-            if hp.appearance_swap and t2:
+            if self.appearance_swap and t2:
                 appearance = encoded[t2[0]][1]
                 if len(t2) == 2:
                     other = torch.rand(size, device=image.device) < 0.5
@@ -490,7 +550,7 @@ class NVSModule(BaseHandTask):
     def _synthesis_losses(
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
     ) -> dict[str, Tensor]:
-        if self.hparams.synthesis_items == "unlabeled" and self.uses_pose:
+        if self.synthesis_items == "unlabeled" and self.uses_pose:
             keep = ~batch["labeled"].bool()
             if bool(keep.any()):
                 size = keep.shape[0]
@@ -503,7 +563,7 @@ class NVSModule(BaseHandTask):
         foreground, mask = to_float(self._require_decoder().layers(rows["points"], rows["appearance"]))
         with self.full_precision():  # the perceptual network, when there is one, runs in float32 too
             rendered = composite(foreground, mask, rows["background"])
-            terms = self.reconstruction(rendered, mask, rows["target"], rows["background"])
+            terms = self._require_reconstruction()(rendered, mask, rows["target"], rows["background"])
         terms["synthesis"] = terms.pop("loss")
         return terms
 
@@ -512,14 +572,14 @@ class NVSModule(BaseHandTask):
         points, targets, valids = [], [], []
         for name, (points_n, _) in encoded.items():
             joints_key, valid_key = LABEL_KEYS[name]
-            if joints_key not in batch or (name != "i" and self.hparams.pose_views != "all"):
+            if joints_key not in batch or (name != "i" and self.pose_views != "all"):
                 continue
             joints = batch[joints_key]
             valid = torch.isfinite(joints).all(-1)
             if valid_key is not None:
                 valid = valid & batch[valid_key].bool()
             valid = valid & labeled
-            valid = valid & valid[:, ROOT : ROOT + 1]
+            valid = valid_with_root(valid)
             points.append(points_n)
             targets.append(self.pose_head.normalize(root_relative(joints)))
             valids.append(valid)
@@ -541,7 +601,7 @@ class NVSModule(BaseHandTask):
             total = total + losses["synthesis"]
         if pose:
             losses["pose"] = self._pose_loss(batch, encoded)
-            weight = self.hparams.pose_weight if self.uses_synthesis else 1.0
+            weight = self.pose_weight if self.uses_synthesis else 1.0
             total = total + weight * losses["pose"]
         losses["loss"] = total
         return losses
@@ -557,12 +617,13 @@ class NVSModule(BaseHandTask):
         encoded = self._encode_training(batch, pose=True)
         terms = {
             "synthesis": self._synthesis_losses(batch, encoded)["synthesis"],
-            "pose": self.hparams.pose_weight * self._pose_loss(batch, encoded),
+            "pose": self.pose_weight * self._pose_loss(batch, encoded),
         }
         norms = {}
         for name, loss in terms.items():
             grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+            squares = [(g.float() ** 2).sum() for g in grads if g is not None]
+            norms[name] = float(torch.sqrt(sum(squares, torch.zeros(()))))
         return norms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -583,7 +644,7 @@ class NVSModule(BaseHandTask):
             if "target_mask" in batch:
                 hand = (batch["target_mask"] > 0.5).to(target.dtype)
             else:
-                hand = silhouette_target(target, background, self.hparams.silhouette_threshold)
+                hand = silhouette_target(target, background, self.silhouette_threshold)
             values = {
                 "synthesis_l1": per_image_l1(rendered, target).mean(),
                 "copy_input_l1": per_image_l1(batch["image"], target).mean(),

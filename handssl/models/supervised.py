@@ -12,7 +12,7 @@ from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, to_float, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
-from handssl.skeleton import ROOT, root_relative
+from handssl.skeleton import root_relative, valid_with_root
 
 
 def masked_l1(pred: Tensor, target: Tensor, valid: Tensor) -> Tensor:
@@ -57,6 +57,12 @@ class SupervisedModule(BaseHandTask):
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
+        self.backbone_widths = backbone_widths
+        self.backbone_blocks = backbone_blocks
+        self.head_hidden = head_hidden
+        self.dropout = dropout
+        self.joint_scale_mm = joint_scale_mm
+        self.loss_2d_weight = loss_2d_weight
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -69,11 +75,10 @@ class SupervisedModule(BaseHandTask):
         )
 
     def configure_models(self) -> None:
-        hp = self.hparams
-        self.backbone = ResNetBackbone(widths=hp.backbone_widths, blocks=hp.backbone_blocks)
+        self.backbone = ResNetBackbone(widths=self.backbone_widths, blocks=self.backbone_blocks)
         self.pool = GlobalPool()
         self.head = JointRegressionHead(
-            self.backbone.out_channels, hp.head_hidden, hp.dropout, hp.joint_scale_mm
+            self.backbone.out_channels, self.head_hidden, self.dropout, self.joint_scale_mm
         )
 
     def compile_targets(self) -> list[nn.Module]:
@@ -99,13 +104,14 @@ class SupervisedModule(BaseHandTask):
         pred3d, pred2d = self(image)
         target3d = root_relative(batch["joints3d"])
         valid3d = valid_joints(batch, "joints3d")
-        valid3d = valid3d & valid3d[:, ROOT : ROOT + 1]
-        scale = self.hparams.joint_scale_mm
+        assert valid3d is not None, "valid_joints returns a mask: the batch has 'valid'"
+        valid3d = valid_with_root(valid3d)
+        scale = self.joint_scale_mm
         side = float(image.shape[-1])
         with self.full_precision():
             losses = {
                 "loss_3d": masked_l1(pred3d / scale, target3d / scale, valid3d),
                 "loss_2d": masked_l1(pred2d / side, batch["joints2d"] / side, valid),
             }
-        losses["loss"] = losses["loss_3d"] + self.hparams.loss_2d_weight * losses["loss_2d"]
+        losses["loss"] = losses["loss_3d"] + self.loss_2d_weight * losses["loss_2d"]
         return self.log_losses(losses, batch_size=image.shape[0])
