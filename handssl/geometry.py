@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar, overload
 
 import numpy as np
 import torch
 from torch import Tensor
 
+#: A torch tensor or a numpy array, the two kinds every function takes (and returns as given).
 Array = TypeVar("Array", Tensor, np.ndarray)
 
 __all__ = [
@@ -51,7 +52,11 @@ __all__ = [
 
 
 def _numpy_compatible(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Let a torch function take numpy arrays: convert in, convert every tensor out back to numpy."""
+    """Let a torch function take numpy arrays: convert in, convert every tensor out back to numpy.
+
+    The decorated body only ever sees tensors (its annotations say so); the ``@overload`` stubs in front of it
+    state the public torch-in-torch-out and numpy-in-numpy-out signatures.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -77,8 +82,14 @@ def _as_like(x: Any, ref: Tensor) -> Tensor:
     return torch.as_tensor(x, dtype=ref.dtype, device=ref.device)
 
 
+@overload
+def world_to_camera(points: Tensor, R: Tensor, t: Tensor) -> Tensor: ...
+@overload
+def world_to_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def world_to_camera(points: Array, R: Array, t: Array) -> Array:
+def world_to_camera(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
     """Map world points into a camera frame, ``x_cam = R @ x_world + t``.
 
     Args:
@@ -92,20 +103,38 @@ def world_to_camera(points: Array, R: Array, t: Array) -> Array:
     return points @ R.transpose(-1, -2) + t.unsqueeze(-2)
 
 
+@overload
+def camera_to_world(points: Tensor, R: Tensor, t: Tensor) -> Tensor: ...
+@overload
+def camera_to_world(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def camera_to_world(points: Array, R: Array, t: Array) -> Array:
+def camera_to_world(points: Tensor, R: Tensor, t: Tensor) -> Tensor:
     """Inverse of :func:`world_to_camera`: ``x_world = R.T @ (x_cam - t)``."""
     return (points - t.unsqueeze(-2)) @ R
 
 
+@overload
+def camera_center(R: Tensor, t: Tensor) -> Tensor: ...
+@overload
+def camera_center(R: np.ndarray, t: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def camera_center(R: Array, t: Array) -> Array:
+def camera_center(R: Tensor, t: Tensor) -> Tensor:
     """Camera centre in world coordinates, ``-R.T @ t``; ``(..., 3)``."""
     return -(R.transpose(-1, -2) @ t.unsqueeze(-1)).squeeze(-1)
 
 
+@overload
+def distort(xy: Tensor, dist: Tensor) -> Tensor: ...
+@overload
+def distort(xy: np.ndarray, dist: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def distort(xy: Array, dist: Array) -> Array:
+def distort(xy: Tensor, dist: Tensor) -> Tensor:
     """Apply OpenCV distortion ``[k1, k2, p1, p2, k3]`` to normalised image coordinates.
 
     Args:
@@ -125,8 +154,14 @@ def distort(xy: Array, dist: Array) -> Array:
     return torch.stack([xd, yd], dim=-1)
 
 
+@overload
+def undistort(xy_distorted: Tensor, dist: Tensor, iterations: int = 20) -> Tensor: ...
+@overload
+def undistort(xy_distorted: np.ndarray, dist: np.ndarray, iterations: int = 20) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def undistort(xy_distorted: Array, dist: Array, iterations: int = 20) -> Array:
+def undistort(xy_distorted: Tensor, dist: Tensor, iterations: int = 20) -> Tensor:
     """Invert :func:`distort` by fixed-point iteration (OpenCV's ``undistortPoints`` scheme).
 
     Args:
@@ -159,8 +194,16 @@ def _pad_dist(dist: Tensor, ref: Tensor) -> Tensor:
     return dist
 
 
+@overload
+def project(points: Tensor, K: Tensor, dist: Tensor | None = None, eps: float = 1e-6) -> Tensor: ...
+@overload
+def project(
+    points: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None, eps: float = 1e-6
+) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def project(points: Array, K: Array, dist: Array | None = None, eps: float = 1e-6) -> Array:
+def project(points: Tensor, K: Tensor, dist: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """Project camera-frame 3D points to pixels, with optional OpenCV distortion.
 
     Args:
@@ -183,14 +226,30 @@ def project(points: Array, K: Array, dist: Array | None = None, eps: float = 1e-
     return torch.stack([u, v], dim=-1)
 
 
+@overload
+def project_world(points: Tensor, K: Tensor, R: Tensor, t: Tensor, dist: Tensor | None = None) -> Tensor: ...
+@overload
+def project_world(
+    points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray, dist: np.ndarray | None = None
+) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def project_world(points: Array, K: Array, R: Array, t: Array, dist: Array | None = None) -> Array:
+def project_world(points: Tensor, K: Tensor, R: Tensor, t: Tensor, dist: Tensor | None = None) -> Tensor:
     """Project world points through a full camera ``(K, R, t, dist)``; ``(..., N, 2)`` pixels."""
     return project(world_to_camera(points, R, t), K, dist)
 
 
+@overload
+def unproject(uv: Tensor, depth: Tensor, K: Tensor, dist: Tensor | None = None) -> Tensor: ...
+@overload
+def unproject(
+    uv: np.ndarray, depth: np.ndarray, K: np.ndarray, dist: np.ndarray | None = None
+) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def unproject(uv: Array, depth: Array, K: Array, dist: Array | None = None) -> Array:
+def unproject(uv: Tensor, depth: Tensor, K: Tensor, dist: Tensor | None = None) -> Tensor:
     """Lift pixels with known depth back to camera-frame 3D points (inverse of :func:`project`).
 
     Args:
@@ -214,8 +273,14 @@ def unproject(uv: Array, depth: Array, K: Array, dist: Array | None = None) -> A
     return torch.cat([xy * depth.unsqueeze(-1), depth.unsqueeze(-1)], dim=-1)
 
 
+@overload
+def relative_rotation(R_i: Tensor, R_j: Tensor) -> Tensor: ...
+@overload
+def relative_rotation(R_i: np.ndarray, R_j: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def relative_rotation(R_i: Array, R_j: Array) -> Array:
+def relative_rotation(R_i: Tensor, R_j: Tensor) -> Tensor:
     """Rotation taking camera *i*'s frame to camera *j*'s frame: ``R_ij = R_j @ R_i.T``.
 
     A direction ``d_i`` in camera *i* coordinates is ``R_ij @ d_i`` in camera *j* coordinates.
@@ -223,8 +288,14 @@ def relative_rotation(R_i: Array, R_j: Array) -> Array:
     return R_j @ R_i.transpose(-1, -2)
 
 
+@overload
+def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor: ...
+@overload
+def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def axis_angle_to_matrix(axis_angle: Array) -> Array:
+def axis_angle_to_matrix(axis_angle: Tensor) -> Tensor:
     """Rodrigues' formula: ``(..., 3)`` axis-angle (radians) to ``(..., 3, 3)`` rotation matrices."""
     theta = axis_angle.norm(dim=-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
     k = axis_angle / axis_angle.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -241,8 +312,14 @@ def axis_angle_to_matrix(axis_angle: Array) -> Array:
     return eye + torch.sin(theta) * kx + (1 - torch.cos(theta)) * (kx @ kx)
 
 
+@overload
+def matrix_to_axis_angle(R: Tensor) -> Tensor: ...
+@overload
+def matrix_to_axis_angle(R: np.ndarray) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def matrix_to_axis_angle(R: Array) -> Array:
+def matrix_to_axis_angle(R: Tensor) -> Tensor:
     """Inverse of :func:`axis_angle_to_matrix`: ``(..., 3, 3)`` rotations to ``(..., 3)`` axis-angle.
 
     Accurate at every angle, in float32 too: the rotation goes through a unit quaternion built with
@@ -290,8 +367,14 @@ def matrix_to_axis_angle(R: Array) -> Array:
     return v * ratio.unsqueeze(-1)
 
 
+@overload
+def look_at_rotation(direction: Tensor, up: Tensor | None = None) -> Tensor: ...
+@overload
+def look_at_rotation(direction: np.ndarray, up: np.ndarray | None = None) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def look_at_rotation(direction: Array, up: Array | None = None) -> Array:
+def look_at_rotation(direction: Tensor, up: Tensor | None = None) -> Tensor:
     """World-to-camera rotation of a camera whose optical axis (+z) points along ``direction``.
 
     The camera's +y axis (image down) is aligned as well as possible with ``-up``; ``up`` defaults
@@ -318,8 +401,10 @@ def look_at_rotation(direction: Array, up: Array | None = None) -> Array:
 
 
 @dataclass
-class CropCamera:
+class CropCamera(Generic[Array]):
     """A virtual camera that shares a real camera's centre but looks straight at a target.
+
+    ``CropCamera[Tensor]`` or ``CropCamera[np.ndarray]``: :func:`crop_camera` returns the kind it was given.
 
     Attributes:
         K: ``(..., 3, 3)`` intrinsics of the crop image.
@@ -337,14 +422,29 @@ class CropCamera:
     homography: Array
 
 
+@overload
 def crop_camera(
-    K: Array,
-    R: Array,
-    t: Array,
-    center_world: Array,
+    K: Tensor, R: Tensor, t: Tensor, center_world: Tensor, size_px: int, extent_mm: float = 250.0
+) -> CropCamera[Tensor]: ...
+@overload
+def crop_camera(
+    K: np.ndarray,
+    R: np.ndarray,
+    t: np.ndarray,
+    center_world: np.ndarray,
     size_px: int,
     extent_mm: float = 250.0,
-) -> CropCamera:
+) -> CropCamera[np.ndarray]: ...
+
+
+def crop_camera(
+    K: Tensor | np.ndarray,
+    R: Tensor | np.ndarray,
+    t: Tensor | np.ndarray,
+    center_world: Tensor | np.ndarray,
+    size_px: int,
+    extent_mm: float = 250.0,
+) -> CropCamera[Tensor] | CropCamera[np.ndarray]:
     """Build the crop camera that looks at ``center_world`` and fits ``extent_mm`` into ``size_px``.
 
     Crops of different real cameras made this way are related by pure rotations
@@ -362,32 +462,42 @@ def crop_camera(
         The :class:`CropCamera`; numpy in, numpy out.
     """
     is_numpy = isinstance(K, np.ndarray)
-    K, R, t, c = (
+    K_, R_, t_, c = (
         torch.as_tensor(np.asarray(a) if isinstance(a, np.ndarray) else a) for a in (K, R, t, center_world)
     )
-    c_cam = (R @ c.unsqueeze(-1)).squeeze(-1) + t
+    c_cam = (R_ @ c.unsqueeze(-1)).squeeze(-1) + t_
     R_rot = look_at_rotation(c_cam)
     depth = c_cam.norm(dim=-1)
     focal = size_px * depth / extent_mm
-    K_crop = torch.zeros_like(K)
+    K_crop = torch.zeros_like(K_)
     K_crop[..., 0, 0] = focal
     K_crop[..., 1, 1] = focal
     K_crop[..., 0, 2] = (size_px - 1) / 2
     K_crop[..., 1, 2] = (size_px - 1) / 2
     K_crop[..., 2, 2] = 1.0
-    H = K_crop @ R_rot @ torch.linalg.inv(K)
+    H = K_crop @ R_rot @ torch.linalg.inv(K_)
     out = CropCamera(
-        K=K_crop, R=R_rot @ R, t=(R_rot @ t.unsqueeze(-1)).squeeze(-1), R_rot=R_rot, homography=H
+        K=K_crop, R=R_rot @ R_, t=(R_rot @ t_.unsqueeze(-1)).squeeze(-1), R_rot=R_rot, homography=H
     )
     if is_numpy:
-        out = CropCamera(**{k: v.numpy() for k, v in vars(out).items()})
+        return CropCamera(**{f.name: getattr(out, f.name).numpy() for f in fields(out)})
     return out
+
+
+@overload
+def similarity_procrustes(
+    source: Tensor, target: Tensor, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]: ...
+@overload
+def similarity_procrustes(
+    source: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @_numpy_compatible
 def similarity_procrustes(
-    source: Array, target: Array, valid: Array | None = None
-) -> tuple[Array, Array, Array]:
+    source: Tensor, target: Tensor, valid: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Least-squares similarity transform (Umeyama) with ``det(R) = +1``.
 
     Finds ``s, R, t`` minimising ``sum_i valid_i * ||s R source_i + t - target_i||^2``.
@@ -422,8 +532,16 @@ def similarity_procrustes(
     return scale, R, t
 
 
+@overload
+def procrustes_align(source: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor: ...
+@overload
+def procrustes_align(
+    source: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray: ...
+
+
 @_numpy_compatible
-def procrustes_align(source: Array, target: Array, valid: Array | None = None) -> Array:
+def procrustes_align(source: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
     """Align ``source`` to ``target`` by :func:`similarity_procrustes` fitted on the valid points; ``(..., N, 3)``.
 
     Every point of ``source`` is transformed; only valid ones enter the fit, and invalid ones may be NaN in
@@ -459,11 +577,23 @@ __all__ += ["rotation_about_axis"]
 # :mod:`handssl.data.augment` record theirs, and the models map predictions back through them.
 
 
+@overload
+def invert_matrix(matrix: Tensor) -> Tensor: ...
+@overload
+def invert_matrix(matrix: np.ndarray) -> np.ndarray: ...
+
+
 def invert_matrix(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """Inverse of a (batch of) 3x3 image-plane matrix; torch in, torch out; numpy in, numpy out."""
     if isinstance(matrix, Tensor):
         return torch.linalg.inv(matrix)
     return np.linalg.inv(np.asarray(matrix))
+
+
+@overload
+def transform_points(points: Tensor, matrix: Tensor | np.ndarray) -> Tensor: ...
+@overload
+def transform_points(points: np.ndarray, matrix: Tensor | np.ndarray) -> np.ndarray: ...
 
 
 def transform_points(points: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
@@ -475,6 +605,12 @@ def transform_points(points: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -
     return points @ np.swapaxes(matrix[..., :2, :2], -1, -2) + matrix[..., None, :2, 2]
 
 
+@overload
+def optical_axis_rotation(matrix: Tensor) -> Tensor: ...
+@overload
+def optical_axis_rotation(matrix: np.ndarray) -> np.ndarray: ...
+
+
 def optical_axis_rotation(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
     """The camera rotation about its optical axis that an image-plane matrix applies, ``(..., 3, 3)``.
 
@@ -483,8 +619,7 @@ def optical_axis_rotation(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
     Raises:
         ValueError: When the matrix mirrors or collapses the image (determinant <= 0).
     """
-    is_numpy = not isinstance(matrix, Tensor)
-    m = torch.as_tensor(np.asarray(matrix) if is_numpy else matrix, dtype=torch.float64)
+    m = torch.as_tensor(matrix if isinstance(matrix, Tensor) else np.asarray(matrix), dtype=torch.float64)
     block = m[..., :2, :2]
     if (torch.linalg.det(block) <= 0).any():
         raise ValueError("the augmentation mirrors or collapses the image; flips are not supported")
@@ -493,9 +628,15 @@ def optical_axis_rotation(matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
     rz = torch.zeros(*m.shape[:-2], 3, 3, dtype=torch.float64)
     rz[..., :2, :2] = r2
     rz[..., 2, 2] = 1.0
-    if is_numpy:
+    if not isinstance(matrix, Tensor):
         return rz.numpy()
     return rz.to(dtype=matrix.dtype, device=matrix.device)
+
+
+@overload
+def transform_intrinsics(K: Tensor, matrix: Tensor | np.ndarray) -> Tensor: ...
+@overload
+def transform_intrinsics(K: np.ndarray, matrix: Tensor | np.ndarray) -> np.ndarray: ...
 
 
 def transform_intrinsics(K: Tensor | np.ndarray, matrix: Tensor | np.ndarray) -> Tensor | np.ndarray:
