@@ -150,6 +150,8 @@ class SemiHandModule(BaseHandTask):
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
+    capsule_radii: Tensor  # buffer, registered in configure_models
+
     def __init__(
         self,
         mode: Literal["mean_teacher", "rounds"] = "mean_teacher",
@@ -213,6 +215,44 @@ class SemiHandModule(BaseHandTask):
             raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
         if epochs_per_round < 1:
             raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
+        self.semi_mode = mode  # not ``self.mode``: that is the monitored metric's direction
+        self.template_kind = template  # ``self.template`` is the running bone-length template
+        ref_mm, self.root_bone_ratio = _template_lengths()
+        self.template_scale_mm = float(template_scale_mm or ref_mm)
+        self.backbone_widths = backbone_widths
+        self.backbone_blocks = backbone_blocks
+        self.decoder_channels = decoder_channels
+        self.output_stride = output_stride
+        self.image_size = image_size
+        self.root_joint = root_joint
+        self.use_consistency = use_consistency
+        self.use_pseudo_labels = use_pseudo_labels
+        self.use_correction = use_correction
+        self.use_mask = use_mask
+        self.depth_weight = depth_weight
+        self.mask_weight = mask_weight
+        self.consistency_weight = consistency_weight
+        self.cross_modal_weight = cross_modal_weight
+        self.pseudo_label_weight = pseudo_label_weight
+        self.correction_weight = correction_weight
+        self.threshold = threshold
+        self.accept_fraction = accept_fraction
+        self.ray_tol_px = ray_tol_px
+        self.max_correction_mm = max_correction_mm
+        self.mirror_check = mirror_check
+        self.lifting = lifting
+        self.pseudo_label_lifting = pseudo_label_lifting
+        self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup
+        self.ema_buffer_mode = ema_buffer_mode
+        self.eval_network = eval_network
+        self.unsupervised_start_step = unsupervised_start_step
+        self.unsupervised_ramp_steps = unsupervised_ramp_steps
+        self.epochs_per_round = epochs_per_round
+        self.init_checkpoint = init_checkpoint
+        self.capsule_finger_fraction = capsule_finger_fraction
+        self.capsule_palm_fraction = capsule_palm_fraction
+        self.cross_modal_size = cross_modal_size
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -231,33 +271,31 @@ class SemiHandModule(BaseHandTask):
 
     # ----------------------------------------------------------------------------------------- build
     def configure_models(self) -> None:
-        hp = self.hparams
         self.student = Pose25DNet(
-            widths=hp.backbone_widths,
-            blocks=hp.backbone_blocks,
-            decoder_channels=hp.decoder_channels,
-            output_stride=hp.output_stride,
+            widths=self.backbone_widths,
+            blocks=self.backbone_blocks,
+            decoder_channels=self.decoder_channels,
+            output_stride=self.output_stride,
         )
         self._init_loaded = False
-        self.teacher = EMATeacher(self.student, hp.ema_buffer_mode) if hp.mode == "mean_teacher" else None
-        ref_mm, root_bone = _template_lengths()
-        self.template_scale_mm = float(hp.template_scale_mm or ref_mm)
-        self.root_bone_ratio = root_bone
-        self.uv_unit_px = hp.image_size / 64.0
-        radii = capsule_radii(hp.image_size, hp.capsule_finger_fraction, hp.capsule_palm_fraction)
+        self.teacher = (
+            EMATeacher(self.student, self.ema_buffer_mode) if self.semi_mode == "mean_teacher" else None
+        )
+        self.uv_unit_px = self.image_size / 64.0
+        radii = capsule_radii(self.image_size, self.capsule_finger_fraction, self.capsule_palm_fraction)
         self.register_buffer("capsule_radii", radii, persistent=False)
         self.template = BoneLengthTemplate()
         self.pseudo_labeler = PseudoLabeler(
-            corrector=_default_corrector() if hp.use_correction else None,
-            threshold=hp.threshold,
-            accept_fraction=hp.accept_fraction,
-            use_correction=hp.use_correction,
-            depth_weight=hp.depth_weight,
+            corrector=_default_corrector() if self.use_correction else None,
+            threshold=self.threshold,
+            accept_fraction=self.accept_fraction,
+            use_correction=self.use_correction,
+            depth_weight=self.depth_weight,
             uv_unit_px=self.uv_unit_px,
-            root=hp.root_joint,
-            ray_tol_px=hp.ray_tol_px,
-            max_correction_mm=hp.max_correction_mm,
-            mirror_check=hp.mirror_check,
+            root=self.root_joint,
+            ray_tol_px=self.ray_tol_px,
+            max_correction_mm=self.max_correction_mm,
+            mirror_check=self.mirror_check,
         )
 
     def compile_targets(self) -> list[torch.nn.Module]:
@@ -270,8 +308,8 @@ class SemiHandModule(BaseHandTask):
         Done here rather than in ``__init__`` so that ``load_from_checkpoint`` of a fine-tuned model never needs
         the initial checkpoint; resuming with ``ckpt_path`` restores its own weights after this.
         """
-        if stage == "fit" and self.hparams.init_checkpoint and not self._init_loaded:
-            self._load_init_checkpoint(self.hparams.init_checkpoint)
+        if stage == "fit" and self.init_checkpoint and not self._init_loaded:
+            self._load_init_checkpoint(self.init_checkpoint)
             self._init_loaded = True
 
     def _load_init_checkpoint(self, path: str) -> None:
@@ -305,7 +343,7 @@ class SemiHandModule(BaseHandTask):
     @property
     def eval_model(self) -> torch.nn.Module:
         """The network used for evaluation and prediction."""
-        if self.teacher is not None and self.hparams.eval_network == "teacher":
+        if self.teacher is not None and self.eval_network == "teacher":
             return self.teacher
         return self.student
 
@@ -322,7 +360,7 @@ class SemiHandModule(BaseHandTask):
 
         ``"known"`` falls back to ``"predicted"`` for samples whose root or reference bone is not annotated.
         """
-        root = self.hparams.root_joint
+        root = self.root_joint
         scale = torch.full_like(depth[:, 0], self.template_scale_mm)
         root_depth = recover_root_depth(uv, depth, K, _ROOT_BONE, self.root_bone_ratio, root) * scale
         if lifting == "known" and joints3d is not None:
@@ -343,11 +381,11 @@ class SemiHandModule(BaseHandTask):
                 out["uv"],
                 out["depth"],
                 batch["K"],
-                self.hparams.lifting,
+                self.lifting,
                 batch.get("joints3d"),
                 batch.get("valid"),
             )
-            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.hparams.root_joint)
+            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
         return out, joints
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
@@ -412,7 +450,7 @@ class SemiHandModule(BaseHandTask):
                 uv_views.mean(1),
                 depth_views.mean(1),
                 batch["K"],
-                self.hparams.pseudo_label_lifting,
+                self.pseudo_label_lifting,
                 batch.get("eval_joints3d"),
                 batch.get("eval_valid"),
             )
@@ -422,47 +460,45 @@ class SemiHandModule(BaseHandTask):
         return labels, first
 
     def correction_template(self, batch: dict[str, Any], scale_mm: Tensor) -> Tensor | None:
-        """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``hparams.template``)."""
-        hp = self.hparams
-        if not hp.use_correction or hp.template == "none":
+        """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``template``)."""
+        if not self.use_correction or self.template_kind == "none":
             return None
         mean = self.template.scaled(scale_mm)
-        if hp.template == "subject" and "eval_joints3d" in batch:
+        if self.template_kind == "subject" and "eval_joints3d" in batch:
             return subject_lengths(batch["eval_joints3d"], mean, batch.get("eval_valid"))
         return mean
 
     # ------------------------------------------------------------------------------------ training
     def _unsupervised_factor(self) -> float:
-        hp = self.hparams
-        if self.global_step < hp.unsupervised_start_step:
+        if self.global_step < self.unsupervised_start_step:
             return 0.0
-        if hp.unsupervised_ramp_steps <= 0:
+        if self.unsupervised_ramp_steps <= 0:
             return 1.0
-        return min(1.0, (self.global_step - hp.unsupervised_start_step + 1) / hp.unsupervised_ramp_steps)
+        return min(1.0, (self.global_step - self.unsupervised_start_step + 1) / self.unsupervised_ramp_steps)
 
     def _uv_loss(self, uv: Tensor, target: Tensor, weight: Tensor) -> Tensor:
         return masked_mean(((uv - torch.nan_to_num(target)) / self.uv_unit_px).pow(2).sum(-1), weight)
 
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """``L_sup``: 2D (px^2 in 64-px units), depth (``lambda_d`` x squared bone units) and mask (``lambda_w`` x L1)."""
-        hp = self.hparams
         valid = batch["valid"].bool()
         joints2d, joints3d = batch["joints2d"], batch["joints3d"]
         valid2d = valid & torch.isfinite(joints2d).all(-1) & batch.get("in_bounds", valid).bool()
-        depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), hp.root_joint, REFERENCE_BONE)
-        needed = [hp.root_joint, *REFERENCE_BONE]
+        depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), self.root_joint, REFERENCE_BONE)
+        needed = [self.root_joint, *REFERENCE_BONE]
         valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
-        depth = root_relative(out["depth"], hp.root_joint, joint_axis=-1)
+        depth = root_relative(out["depth"], self.root_joint, joint_axis=-1)
         losses = {
             "sup_2d": self._uv_loss(out["uv"], joints2d, valid2d),
-            "sup_depth": hp.depth_weight * masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
+            "sup_depth": self.depth_weight
+            * masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
         }
-        if hp.use_mask:
+        if self.use_mask:
             has_mask = batch.get(
                 "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
             ).bool()
             per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
-            losses["sup_mask"] = hp.mask_weight * masked_mean(per_sample, has_mask)
+            losses["sup_mask"] = self.mask_weight * masked_mean(per_sample, has_mask)
         return losses
 
     def _round_labels(self, index: Tensor) -> dict[str, Tensor]:
@@ -477,23 +513,23 @@ class SemiHandModule(BaseHandTask):
         return rows
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        hp = self.hparams
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
         factor = self._unsupervised_factor() if unlabeled is not None else 0.0
         want = {
-            "pseudo_label": hp.use_pseudo_labels and factor > 0,
-            "correction": hp.use_correction and hp.correction_weight > 0 and factor > 0,
-            "consistency": hp.use_consistency and factor > 0,
+            "pseudo_label": self.use_pseudo_labels and factor > 0,
+            "correction": self.use_correction and self.correction_weight > 0 and factor > 0,
+            "consistency": self.use_consistency and factor > 0,
         }
         parts: dict[str, Tensor] = {}
         if labeled is not None:
             parts["labeled"] = labeled["image"]
             with self.full_precision():
                 self.template.update(labeled["joints3d"], labeled.get("valid"))
-        if want["pseudo_label"] or want["correction"]:
-            parts["strong"] = unlabeled["image_strong"]
-        if want["consistency"]:
-            parts["perturbed"] = unlabeled["image_perturbed"][:, 0]
+        if unlabeled is not None:  # without an unlabelled part ``want`` is all False
+            if want["pseudo_label"] or want["correction"]:
+                parts["strong"] = unlabeled["image_strong"]
+            if want["consistency"]:
+                parts["perturbed"] = unlabeled["image_perturbed"][:, 0]
         if not parts:
             raise ValueError("training batch has neither a labeled part nor active unsupervised losses")
         sizes = [x.shape[0] for x in parts.values()]
@@ -507,7 +543,7 @@ class SemiHandModule(BaseHandTask):
                 sup = self.supervised_losses(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
-        if any(want.values()):
+        if unlabeled is not None and any(want.values()):
             total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want)
         losses["loss"] = total
         return self.log_losses(losses, batch_size=sum(sizes))
@@ -520,13 +556,14 @@ class SemiHandModule(BaseHandTask):
         The pseudo-label rows hold ``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted`` and
         ``refused``.
         """
-        if self.hparams.mode == "mean_teacher":
-            labels, target = self.compute_pseudo_labels(unlabeled, self.teacher)
+        if self.semi_mode == "mean_teacher":
+            labels, teacher_out = self.compute_pseudo_labels(unlabeled, self.teacher)
             self._stash(unlabeled, labels)
             with self.full_precision():
                 self._log_pseudo_label_stats(labels, unlabeled)
-            return labels.to_dict(), target
-        rows = target = None
+            return labels.to_dict(), teacher_out
+        rows: dict[str, Tensor] | None = None
+        target: dict[str, Tensor] | None = None
         if want["pseudo_label"] or want["correction"]:
             if self.round_table is None:  # the unsupervised losses started within an epoch
                 self.regenerate_pseudo_labels()
@@ -545,7 +582,6 @@ class SemiHandModule(BaseHandTask):
         want: dict[str, bool],
     ) -> Tensor:
         """The gated pseudo-label loss, Eq. 6's ``l(r, p)`` and the consistency losses (in float32)."""
-        hp = self.hparams
         rows, target = self._labels_and_targets(unlabeled, want)
         label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
             outs["strong"]["uv"],
@@ -554,23 +590,28 @@ class SemiHandModule(BaseHandTask):
             depth,
             unlabeled["strong_matrix"],
             keep,
-            hp.image_size,
-            hp.depth_weight,
+            self.image_size,
+            self.depth_weight,
             self.uv_unit_px,
-            hp.root_joint,
+            self.root_joint,
         )
         total = outs[next(iter(outs))]["uv"].new_zeros(())
         with self.full_precision():
             if want["pseudo_label"]:
+                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
                 losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
                 losses["accept_rate"] = rows["accepted"].float().mean().detach()
-                total = total + hp.pseudo_label_weight * losses["pseudo_label"]
+                total = total + self.pseudo_label_weight * losses["pseudo_label"]
             if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
+                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
                 usable = ~rows["refused"].bool()
                 losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
-                total = total + hp.correction_weight * losses["correction"]
+                total = total + self.correction_weight * losses["correction"]
             if want["consistency"]:
-                total = total + hp.consistency_weight * self._consistency_losses(
+                assert target is not None, (
+                    "_labels_and_targets gives consistency targets when they are wanted"
+                )
+                total = total + self.consistency_weight * self._consistency_losses(
                     outs, unlabeled, target, losses
                 )
         return total
@@ -583,8 +624,7 @@ class SemiHandModule(BaseHandTask):
         losses: dict[str, Tensor],
     ) -> Tensor:
         """``L_vc`` (pose and mask equivariance under the first perturbation) and ``L_cc`` (cross-modal)."""
-        hp = self.hparams
-        r = hp.root_joint
+        r = self.root_joint
         pert = outs["perturbed"]
         matrix = unlabeled["perturb_matrix"][:, 0]
         cons = losses["consistency_pose"] = pose_equivariance_loss(
@@ -593,29 +633,29 @@ class SemiHandModule(BaseHandTask):
             target["uv"],
             target["depth"] - target["depth"][:, r : r + 1],
             matrix,
-            hp.depth_weight,
+            self.depth_weight,
             self.uv_unit_px,
-            hp.image_size,
+            self.image_size,
         )
-        if not hp.use_mask:
+        if not self.use_mask:
             return cons
         losses["consistency_mask"] = mask_equivariance_loss(
             torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
         )
         cons = cons + losses["consistency_mask"]
-        if hp.cross_modal_weight > 0:
+        if self.cross_modal_weight > 0:
             cc = [
                 cross_modal_loss(
                     o["uv"],
                     torch.sigmoid(o["mask_logits"]),
                     self.capsule_radii,
                     uv_unit_px=self.uv_unit_px,
-                    size=hp.cross_modal_size,
+                    size=self.cross_modal_size,
                 )["total"]
                 for o in outs.values()
             ]
             losses["cross_modal"] = torch.stack(cc).mean()
-            cons = cons + hp.cross_modal_weight * losses["cross_modal"]
+            cons = cons + self.cross_modal_weight * losses["cross_modal"]
         return cons
 
     def _log_pseudo_label_stats(self, labels: PseudoLabels, unlabeled: dict[str, Any]) -> None:
@@ -647,7 +687,7 @@ class SemiHandModule(BaseHandTask):
             "eval_joints2d": unlabeled.get("eval_joints2d", torch.empty(0))[:keep].detach().cpu(),
             "eval_joints3d": unlabeled.get("eval_joints3d", torch.empty(0))[:keep].detach().cpu(),
             "eval_valid": unlabeled.get("eval_valid", torch.empty(0))[:keep].detach().cpu(),
-            "threshold": self.hparams.threshold,
+            "threshold": self.threshold,
         }
 
     def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
@@ -670,8 +710,8 @@ class SemiHandModule(BaseHandTask):
     # ---------------------------------------------------------------------------------------- EMA
     def current_momentum(self) -> float:
         """Momentum of the next teacher update (``ema_decay``, warmed up over the first updates)."""
-        m = self.hparams.ema_decay
-        if self.hparams.ema_warmup:
+        m = self.ema_decay
+        if self.ema_warmup:
             m = min(m, (1 + self.ema_updates) / (10 + self.ema_updates))
         return float(m)
 
@@ -686,12 +726,11 @@ class SemiHandModule(BaseHandTask):
 
     # ------------------------------------------------------------------------------------- rounds
     def on_train_epoch_start(self) -> None:
-        hp = self.hparams
-        if hp.mode != "rounds" or not hp.use_pseudo_labels:
+        if self.semi_mode != "rounds" or not self.use_pseudo_labels:
             return
-        if self.global_step < hp.unsupervised_start_step and self.round_table is None:
+        if self.global_step < self.unsupervised_start_step and self.round_table is None:
             return
-        if self.round_table is None or self.current_epoch % hp.epochs_per_round == 0:
+        if self.round_table is None or self.current_epoch % self.epochs_per_round == 0:
             self.regenerate_pseudo_labels()
 
     @torch.no_grad()
@@ -700,12 +739,13 @@ class SemiHandModule(BaseHandTask):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader"):
             raise ValueError("mode='rounds' needs a SemiSupervisedDataModule (with pseudo_label_dataloader)")
-        hp = self.hparams
         table = label_unlabeled_set(
             self, datamodule, self.trainer.global_rank, self.trainer.world_size, network=self.student
         )
         n = datamodule.num_unlabeled
-        self.round_table = round_table(table, n, hp.threshold, hp.accept_fraction)
+        if table is None:
+            raise ValueError("mode='rounds' found no unlabelled items to pseudo-label in the datamodule")
+        self.round_table = round_table(table, n, self.threshold, self.accept_fraction)
         self.rounds_done += 1
         rate = float(self.round_table["accepted"].float().mean()) if n else 0.0
         rank_zero_info(f"SemiHandModule: round {self.rounds_done}: {n} pseudo-labels, {rate:.0%} accepted")
