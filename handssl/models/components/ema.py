@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = [
     "EMATeacher",
@@ -79,7 +79,7 @@ def update_momentum(student: nn.Module, teacher: nn.Module, m: float, buffer_mod
     if buffer_mode not in BUFFER_MODES:
         raise ValueError(f"buffer_mode must be one of {BUFFER_MODES}, got {buffer_mode!r}")
     _check_pairs(student, teacher)
-    t_params = list(teacher.parameters())
+    t_params: list[Tensor] = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     if t_params:
         torch._foreach_mul_(t_params, m)

@@ -38,6 +38,9 @@ class BoneLengthTemplate(nn.Module):
     (older checkpoints load unchanged); owners save it themselves (:meth:`state`, :meth:`load_state`).
     """
 
+    lengths: Tensor
+    count: Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("lengths", template_bone_lengths(torch.float32), persistent=False)

@@ -165,6 +165,9 @@ class PerceptualLoss(nn.Module):
         checkpoint_path: ResNet-18 state dict on disk (see :func:`load_resnet18_features`).
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, checkpoint_path: str | Path) -> None:
         super().__init__()
         self.features = load_resnet18_features(checkpoint_path)

@@ -242,6 +242,10 @@ class PoseHead(nn.Module):
         min_std_mm: Floor of ``std`` (the root joint has zero spread once root-relative).
     """
 
+    mean: Tensor
+    std: Tensor
+    has_statistics: Tensor
+
     def __init__(
         self,
         num_points: int = 200,

@@ -52,6 +52,7 @@ def label_unlabeled_set(
         return None
     loader = datamodule.pseudo_label_dataloader(rank=rank, world_size=world_size)
     rows: dict[str, list[Tensor]] = {}
+    total: int | None
     try:
         total = len(loader) if max_batches is None else min(len(loader), max_batches)
     except TypeError:
