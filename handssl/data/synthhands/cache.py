@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from handssl.data.base import HandDataset, Sample, Transform, mirror_sample
+from handssl.data.synthhands._common import Crop, Style
 from handssl.data.synthhands.world import LABEL_HAND, LABEL_SLEEVE, SynthHandsWorld, check_int
 from handssl.skeleton import NUM_JOINTS
 
@@ -68,6 +69,14 @@ def _record_fields(s: int) -> tuple[tuple[str, torch.dtype, tuple[int, ...]], ..
 
 def _record_bytes(s: int) -> int:
     return sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in _record_fields(s))
+
+
+def _view_columns(
+    keys: Sequence[ViewKey],
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """``(subjects, sequences, frames, cameras)`` of view keys: the columns :meth:`SynthHandsWorld.render` takes."""
+    subjects, sequences, frames, cameras = (tuple(key[column] for key in keys) for column in range(4))
+    return subjects, sequences, frames, cameras
 
 
 def _split_records(rendered: dict[str, Tensor]) -> list[dict[str, Tensor]]:
@@ -150,14 +159,14 @@ class SynthHandsBase(HandDataset):
         self,
         *,
         split: str,
-        style: str,
+        style: Style,
         image_size: int,
         num_cameras: int,
         seed: int,
         num_subjects: int | None,
         sequences_per_subject: int,
         frames_per_sequence: int,
-        crop: str,
+        crop: Crop,
         crop_margin: float,
         crop_extent_mm: float,
         rig_radius_mm: float,
@@ -293,7 +302,7 @@ class SynthHandsBase(HandDataset):
             else:
                 found[key] = record
         if missing:
-            for key, record in zip(missing, _split_records(self.world.render(*zip(*missing)))):
+            for key, record in zip(missing, _split_records(self.world.render(*_view_columns(missing)))):
                 found[key] = record
                 store.put(self._slot(key), record)
                 if self.cache_dir is not None:
@@ -322,7 +331,9 @@ class SynthHandsBase(HandDataset):
     def _save_record(self, key: ViewKey, record: dict[str, Tensor]) -> None:
         path = self._record_path(key)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{name: value.numpy() for name, value in record.items()})
+        arrays = {name: value.numpy() for name, value in record.items()}
+        # allow_pickle is numpy's default, spelled out so that no ``**arrays`` entry can be taken for it.
+        np.savez(tmp, allow_pickle=True, **arrays)
         os.replace(tmp, path)
 
     def _parse_key(self, key: int | tuple[int, int]) -> tuple[int, int]:
@@ -367,7 +378,7 @@ class SynthHandsBase(HandDataset):
 
     def _render_views(self, keys: Sequence[ViewKey], device: torch.device) -> dict[str, Tensor]:
         """Sample tensors of ``keys`` rendered together on ``device``, uncached (as :meth:`_stack_views`)."""
-        rendered = self.world.render(*zip(*keys), device=device)
+        rendered = self.world.render(*_view_columns(keys), device=device)
         n = len(keys)
         geometry = torch.cat([rendered[name].reshape(n, -1) for name, _ in _GEOMETRY], 1).to(device)
         fields = {name: rendered[name] for name in ("image", "background", "label", "depth")}

@@ -9,6 +9,7 @@ from typing import Literal
 from torch import Tensor
 
 from handssl.data.base import Sample, Transform
+from handssl.data.synthhands._common import Crop, Style, base_arguments
 from handssl.data.synthhands.appearance import hash_ints
 from handssl.data.synthhands.cache import SynthHandsBase, ViewKey
 from handssl.data.synthhands.world import check_int
@@ -71,7 +72,7 @@ class SynthHandsMultiView(SynthHandsBase):
     def __init__(
         self,
         split: str = "train",
-        style: Literal["synthetic", "real", "real_object"] = "synthetic",
+        style: Style = "synthetic",
         image_size: int = 64,
         num_cameras: int = 8,
         num_views: int = 2,
@@ -81,7 +82,7 @@ class SynthHandsMultiView(SynthHandsBase):
         num_subjects: int | None = None,
         sequences_per_subject: int = 4,
         frames_per_sequence: int = 64,
-        crop: Literal["joints", "fixed"] = "joints",
+        crop: Crop = "joints",
         crop_margin: float = 1.25,
         crop_extent_mm: float = 240.0,
         rig_radius_mm: float = 600.0,
@@ -93,27 +94,7 @@ class SynthHandsMultiView(SynthHandsBase):
         transform: Transform | None = None,
         mirror_left: bool = False,
     ) -> None:
-        super().__init__(
-            split=split,
-            style=style,
-            image_size=image_size,
-            num_cameras=num_cameras,
-            seed=seed,
-            num_subjects=num_subjects,
-            sequences_per_subject=sequences_per_subject,
-            frames_per_sequence=frames_per_sequence,
-            crop=crop,
-            crop_margin=crop_margin,
-            crop_extent_mm=crop_extent_mm,
-            rig_radius_mm=rig_radius_mm,
-            chunk_size=chunk_size,
-            cache_mb=cache_mb,
-            cache_dir=cache_dir,
-            device=device,
-            extra_keys=extra_keys,
-            transform=transform,
-            mirror_left=mirror_left,
-        )
+        super().__init__(**base_arguments(locals()))
         self.num_views = check_int("num_views", num_views, 1)
         if self.num_views > self.num_cameras:
             raise ValueError(f"num_views={num_views} exceeds the rig's {self.num_cameras} cameras")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from torch import Tensor
 
 from handssl.data.base import Sample, Transform
+from handssl.data.synthhands._common import Crop, Style, base_arguments
 from handssl.data.synthhands.appearance import hash_ints
 from handssl.data.synthhands.cache import SynthHandsBase, ViewKey
 
@@ -65,7 +65,7 @@ class SynthHands(SynthHandsBase):
     def __init__(
         self,
         split: str = "train",
-        style: Literal["synthetic", "real", "real_object"] = "synthetic",
+        style: Style = "synthetic",
         image_size: int = 64,
         num_cameras: int = 8,
         camera: str | int = "random",
@@ -73,7 +73,7 @@ class SynthHands(SynthHandsBase):
         num_subjects: int | None = None,
         sequences_per_subject: int = 4,
         frames_per_sequence: int = 64,
-        crop: Literal["joints", "fixed"] = "joints",
+        crop: Crop = "joints",
         crop_margin: float = 1.25,
         crop_extent_mm: float = 240.0,
         rig_radius_mm: float = 600.0,
@@ -85,27 +85,7 @@ class SynthHands(SynthHandsBase):
         transform: Transform | None = None,
         mirror_left: bool = False,
     ) -> None:
-        super().__init__(
-            split=split,
-            style=style,
-            image_size=image_size,
-            num_cameras=num_cameras,
-            seed=seed,
-            num_subjects=num_subjects,
-            sequences_per_subject=sequences_per_subject,
-            frames_per_sequence=frames_per_sequence,
-            crop=crop,
-            crop_margin=crop_margin,
-            crop_extent_mm=crop_extent_mm,
-            rig_radius_mm=rig_radius_mm,
-            chunk_size=chunk_size,
-            cache_mb=cache_mb,
-            cache_dir=cache_dir,
-            device=device,
-            extra_keys=extra_keys,
-            transform=transform,
-            mirror_left=mirror_left,
-        )
+        super().__init__(**base_arguments(locals()))
         if camera not in ("random", "all"):
             if isinstance(camera, bool) or not isinstance(camera, (int, np.integer)):
                 raise ValueError(f"camera must be 'random', 'all' or a camera index, got {camera!r}")
@@ -126,9 +106,9 @@ class SynthHands(SynthHandsBase):
         else:
             frame_index = index
             camera = (
-                hash_ints(self.seed, 0xCA, index) % self.num_cameras
-                if self.camera == "random"
-                else self.camera
+                self.camera  # a camera index (checked in __init__)
+                if isinstance(self.camera, int)
+                else hash_ints(self.seed, 0xCA, index) % self.num_cameras
             )
         return [(*self.frame_key(frame_index), int(camera))]
 
