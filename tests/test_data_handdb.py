@@ -113,6 +113,10 @@ def test_errors_name_the_problem(tmp_path, fake_root):
         PanopticHandDB(tmp_path / "empty", "panopticdb")
     with pytest.raises(DatasetError, match=r"manual_test folder not found: .*hand_labels/manual_test"):
         PanopticHandDB(tmp_path / "empty", "manual_test")
+    (tmp_path / "empty" / "hand_labels").mkdir()
+    (tmp_path / "empty" / "hand_labels" / "manual_test").write_text("")  # a file where the folder belongs
+    with pytest.raises(DatasetError, match=r"manual_test: .*hand_labels/manual_test is not a folder"):
+        PanopticHandDB(tmp_path / "empty", "manual_test")
     with pytest.raises(ValueError, match="subset must be one of"):
         PanopticHandDB(fake_root, "synth2")
 

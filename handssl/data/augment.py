@@ -216,7 +216,7 @@ def augment_sample(sample: Sample, pipeline: A.Compose, seed: int | None = None)
         raise ValueError(f"image must be H x W x C, got shape {image.shape}")
     height, width = image.shape[:2]
     joints2d = np.asarray(sample["joints2d"], dtype=np.float64)
-    finite = np.isfinite(joints2d).all(-1)
+    finite = np.all(np.isfinite(joints2d), axis=-1)
     keypoints = np.where(finite[:, None], joints2d, 0.0)
     inputs: dict[str, Any] = {"image": image, "keypoints": keypoints}
     if sample.get("mask") is not None:

@@ -51,7 +51,7 @@ def require_path(path: str | Path, what: str, layout: str | None = None) -> Path
     return path
 
 
-def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
+def load_image(path: str | Path, mode: str | None = "RGB") -> np.ndarray:
     """Read an image file into a numpy array (``uint8``), with a clear error for missing or corrupt files.
 
     Args:
@@ -64,9 +64,8 @@ def load_image(path: str | Path, mode: str = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            if mode is not None:
-                img = img.convert(mode)
-            return np.asarray(img).copy()
+            converted = img if mode is None else img.convert(mode)
+            return np.asarray(converted).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetError(f"corrupt or truncated image file: {path} ({err})") from err
 

@@ -120,6 +120,8 @@ def inspect_dataset(name: str, root: str | Path | None, **options: Any) -> list[
     if spec.split_key is not None and spec.split_key in options:
         splits = [options.pop(spec.split_key)]
     elif callable(spec.splits):
+        if root_path is None:
+            raise ValueError(f"dataset {key!r} needs a root folder to find its splits")
         splits = spec.splits(root_path)
         if not splits:
             from handssl.data.panoptic import PANOPTIC_LAYOUT

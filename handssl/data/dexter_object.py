@@ -111,10 +111,10 @@ def read_dexter_object_3d(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             rows.append(tips)
     if not rows:
         raise DatasetError(f"D+O annotation file {path} has no annotation rows")
-    tips = np.asarray(rows, dtype=np.float64)
-    annotated = ~(np.abs(tips - DO_MISSING_VALUE) < 1e-3).any(-1)
-    tips[~annotated] = np.nan
-    return tips, annotated
+    all_tips = np.asarray(rows, dtype=np.float64)
+    annotated = ~np.any(np.abs(all_tips - DO_MISSING_VALUE) < 1e-3, axis=-1)
+    all_tips[~annotated] = np.nan
+    return all_tips, annotated
 
 
 def depth_to_color(raw_tips: np.ndarray) -> np.ndarray:

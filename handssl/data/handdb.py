@@ -149,7 +149,10 @@ class PanopticHandDB(HandDataset):
             candidates.insert(0, self.root)
         folder = next((c for c in candidates if c.is_dir()), None)
         if folder is None:
-            require_path(candidates[0], f"CMU HandDB {self.subset} folder", HANDDB_LAYOUT)
+            not_a_folder = require_path(candidates[0], f"CMU HandDB {self.subset} folder", HANDDB_LAYOUT)
+            raise DatasetError(
+                f"CMU HandDB {self.subset}: {not_a_folder} is not a folder\nExpected layout:\n{HANDDB_LAYOUT}"
+            )
         files = sorted(folder.glob("*.json"))
         if not files:
             raise DatasetError(

@@ -37,6 +37,7 @@ from handssl.data.datamodules import (
     _set_rng_state,
     collate_samples,
 )
+from handssl.data.synthhands._common import Style
 from handssl.geometry import relative_rotation
 from handssl.skeleton import NUM_JOINTS, ROOT, root_relative
 
@@ -117,18 +118,18 @@ def labeled_subset(
     Returns:
         Sorted ``int64`` indices of the labeled items.
     """
-    if (label_fraction is None) == (num_labeled is None):
-        raise ValueError("give exactly one of label_fraction and num_labeled")
-    if num_labeled is not None:
+    if num_labeled is not None and label_fraction is None:
         if not 0 <= num_labeled <= num_items:
             raise ValueError(
                 f"num_labeled must be in [0, {num_items}] (the training items), got {num_labeled}"
             )
         count = num_labeled
-    else:
+    elif label_fraction is not None and num_labeled is None:
         if not 0.0 <= label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in [0, 1], got {label_fraction}")
         count = 0 if label_fraction == 0 else max(1, round(label_fraction * num_items))
+    else:
+        raise ValueError("give exactly one of label_fraction and num_labeled")
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(num_items, generator=generator)[:count].sort().values
 
@@ -346,7 +347,8 @@ class LabeledShareBatchSampler(BatchSampler):
         else:
             self._skip = batches
 
-    def __iter__(self) -> Iterator[list[SlotKey]]:
+    # BatchSampler types its batches as lists of ints; these are lists of (index, labels_visible, epoch) keys.
+    def __iter__(self) -> Iterator[list[SlotKey]]:  # type: ignore[override]
         skip, self._skip = self._skip, 0
         for i, keys in enumerate(self._iter_batches()):
             if i >= skip:  # batches a resumed run already trained on: keys only, nothing is loaded
@@ -435,7 +437,7 @@ class ResumableBatchLoader(DataLoader):
             _set_rng_state(state_dict["rng"])
 
 
-def _default_multiview(split: str, image_size: int, style: str, seed: int) -> Dataset:
+def _default_multiview(split: str, image_size: int, style: Style, seed: int) -> Dataset:
     from handssl.data.synthhands.multi_view import SynthHandsMultiView
 
     return SynthHandsMultiView(split=split, style=style, image_size=image_size, num_views=2, seed=seed)
@@ -480,7 +482,7 @@ class MultiViewDataModule(HandDataModule):
         val: Dataset | None = None,
         test: Dataset | None = None,
         image_size: int = 64,
-        style: Literal["synthetic", "real", "real_object"] = "synthetic",
+        style: Style = "synthetic",
         label_fraction: float = 0.05,
         num_labeled: int | None = None,
         labeled_subjects: int | None = None,

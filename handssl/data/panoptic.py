@@ -232,16 +232,16 @@ def index_sequences(
         frames, people, joints = _load_hands(seq_dir, hand, min_score, every_nth_frame, skipped)
         if not frames:
             continue
-        joints = np.stack(joints)  # (N, 21, 3) world mm
+        poses = np.stack(joints)  # (N, 21, 3) world mm
         views = np.zeros((len(frames), len(cams)), dtype=bool)
         for c, cam in enumerate(cams):
             has_image = np.array([f"{cam.name}_{frame:08d}.jpg" in image_names[c] for frame in frames])
-            views[:, c] = has_image & (_in_view(joints, cam) if require_in_view else True)
+            views[:, c] = has_image & (_in_view(poses, cam) if require_in_view else True)
         skipped_views += int((~views).sum())
         rows_seq += [seq_index] * len(frames)
         rows_frame += frames
         rows_person += people
-        rows_joints.append(joints)
+        rows_joints.append(poses)
         rows_views += list(views)
 
     reasons = {
@@ -388,7 +388,7 @@ def _in_view(joints_world: np.ndarray, cam: PanopticCamera) -> np.ndarray:
         & (np.abs(pinhole[..., 0] - cam.width / 2) < cam.width)
         & (np.abs(pinhole[..., 1] - cam.height / 2) < cam.height)
     )
-    return inside.all(-1)
+    return np.all(inside, axis=-1)
 
 
 class _PanopticDataset(HandDataset):

@@ -206,7 +206,8 @@ def _read_annotations(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
                     f"got {value.shape if value.ndim else 'nothing'}"
                 )
             arrays[key].append(value)
-    return np.asarray(ids, dtype=np.int64), *(np.stack(arrays[key]) for key in expected)
+    xyz, uv_vis, K = (np.stack(arrays[key]) for key in expected)
+    return np.asarray(ids, dtype=np.int64), xyz, uv_vis, K
 
 
 def _finite_rows(xyz: np.ndarray, uv_vis: np.ndarray, K: np.ndarray, valid_from: str) -> np.ndarray:

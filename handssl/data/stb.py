@@ -217,7 +217,7 @@ class STB(HandDataset):
         else:
             joints = native
         joints = joints[:, list(STB_TO_CANONICAL)]
-        if self.root_joint == "wrist":
+        if self.palm_to_wrist is not None:  # set exactly when root_joint == "wrist"
             joints = palm_to_wrist(joints, self.palm_to_wrist)
         return joints
 
