@@ -54,6 +54,11 @@ def _wandb_logger(trainer: pl.Trainer) -> WandbLogger | None:
     return None
 
 
+def _fast_dev_run(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` runs a ``fast_dev_run`` (an attribute Lightning sets at runtime, so untyped)."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
 class PseudoLabelExport(Callback):
     """Export SemiHand pseudo-labels per unlabelled image, and log pseudo-label panels to wandb.
 
@@ -135,13 +140,13 @@ class PseudoLabelExport(Callback):
         return summary
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.fast_dev_run:
+        if _fast_dev_run(trainer):
             return
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._export_and_log(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.at_fit_end and not trainer.fast_dev_run:
+        if self.at_fit_end and not _fast_dev_run(trainer):
             self._export_and_log(trainer, pl_module)
 
     def _export_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -154,7 +159,11 @@ class PseudoLabelExport(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.fast_dev_run or not self.log_every_n_steps or trainer.global_step % self.log_every_n_steps:
+        if (
+            _fast_dev_run(trainer)
+            or not self.log_every_n_steps
+            or trainer.global_step % self.log_every_n_steps
+        ):
             return
         logger = _wandb_logger(trainer)
         stash = task_state(pl_module).get("pseudo_labels")
@@ -194,8 +203,9 @@ class PseudoLabelExport(Callback):
             labels.confidence,
             threshold=None if threshold is None else float(torch.exp(-torch.tensor(threshold))),
         )
-        gt3d, valid = stash.get("eval_joints3d"), stash.get("eval_valid")
+        gt3d = stash.get("eval_joints3d")
         if gt3d is not None and gt3d.numel():
+            valid = stash["eval_valid"]  # annotated pseudo-labels come with their validity
             from handssl.metrics import pck_curve
             from handssl.metrics.functional import pck_thresholds
 

@@ -82,7 +82,7 @@ from handssl.callbacks._state import task_state
 from handssl.geometry import project
 from handssl.metrics.functional import pck_curve
 from handssl.metrics.protocols import get_protocol
-from handssl.skeleton import BONES, NUM_JOINTS, ROOT, root_relative
+from handssl.skeleton import BONES, NUM_JOINTS, ROOT, root_relative, valid_with_root
 
 __all__ = [
     "GT_COLOR",
@@ -129,10 +129,11 @@ def _state_confidence(pl_module: Any) -> dict[str, Any]:
     if state.get("confidence") is None:
         return {}
     threshold = state.get("confidence_threshold")
-    finite = threshold is not None and math.isfinite(threshold)
+    if threshold is not None and not math.isfinite(threshold):
+        threshold = None  # an infinite threshold counts as none
     return {
         "confidence": state["confidence"],
-        "confidence_threshold": float(threshold) if finite else None,
+        "confidence_threshold": None if threshold is None else float(threshold),
         "confidence_keep": state.get("confidence_keep", "above"),
     }
 
@@ -198,7 +199,7 @@ def collect_visualization(
         "gt_joints2d": gt2d[:count],
         "pred_joints3d": pred_rel[:count],
         "gt_joints3d": gt_rel[:count],
-        "valid": valid[:count] & valid[:count, ROOT : ROOT + 1],
+        "valid": valid_with_root(valid[:count]),
     }
     confidence = outputs if "confidence" in outputs else _state_confidence(pl_module)
     if confidence.get("confidence") is not None:
@@ -289,7 +290,8 @@ def skeleton_scene(pred_joints3d: Any, gt_joints3d: Any, valid: Any = None) -> d
         ``{"type": "lidar/beta", "points": (P, 6) xyz-rgb array, "vectors": object array of bone dicts}``; pass
         it to ``wandb.Object3D``.
     """
-    points, vectors = [], []
+    points: list[list[float]] = []
+    vectors: list[dict[str, list[float]]] = []
     poses = (
         (np.asarray(gt_joints3d, dtype=np.float64), valid, GT_COLOR),
         (np.asarray(pred_joints3d, dtype=np.float64), None, PRED_COLOR),
@@ -298,7 +300,7 @@ def skeleton_scene(pred_joints3d: Any, gt_joints3d: Any, valid: Any = None) -> d
         if joints.shape != (NUM_JOINTS, 3):
             raise ValueError(f"skeleton_scene: joints must be ({NUM_JOINTS}, 3), got {joints.shape}")
         shown = np.stack([joints[:, 0], joints[:, 2], -joints[:, 1]], axis=-1)
-        keep = np.isfinite(shown).all(-1)
+        keep = np.asarray(np.isfinite(shown).all(-1))
         if mask is not None:
             keep &= np.asarray(mask, dtype=bool).reshape(-1)
         points.extend([*shown[j], *color] for j in np.flatnonzero(keep))
@@ -307,7 +309,7 @@ def skeleton_scene(pred_joints3d: Any, gt_joints3d: Any, valid: Any = None) -> d
             for a, b in BONES
             if keep[a] and keep[b]
         )
-    vector_array = np.empty(len(vectors), dtype=object)
+    vector_array = np.empty(len(vectors), dtype=np.object_)
     vector_array[:] = vectors
     return {
         "type": "lidar/beta",
@@ -584,7 +586,9 @@ class PoseVisualizationCallback(Callback):
                         values, first["confidence_threshold"], first["confidence_keep"]
                     )
                     payload[f"{key}/confidence_histogram"] = wandb.Image(viz.figure_to_array(figure))
-                    payload[f"{key}/confidence"] = wandb.Histogram(values.numpy())
+                    payload[f"{key}/confidence"] = wandb.Histogram(
+                        np_histogram=np.histogram(values.numpy(), bins=64)
+                    )
         return payload
 
     # ------------------------------------------------------------------------------------- config
