@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence, Sized
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -135,7 +135,10 @@ class ResumableSampler(DistributedSampler):
 def _rng_state() -> dict[str, Any]:
     """The global generators' states (torch, CUDA when initialised, numpy, random), in checkpoint-safe types."""
     # The legacy global generator is the state to save (code that calls np.random.* draws from it).
-    keys, pos, has_gauss, cached = np.random.get_state(legacy=True)[1:]  # noqa: NPY002
+    legacy = np.random.get_state(legacy=True)  # noqa: NPY002
+    if not isinstance(legacy, tuple):  # legacy=True always gives the tuple; the dict is legacy=False's
+        raise TypeError(f"numpy's legacy generator state is a {type(legacy).__name__}, not a tuple")
+    keys, pos, has_gauss, cached = legacy[1:]
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -157,6 +160,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _PassLoader(Protocol):
+    """What :class:`CountingIterator` needs of a loader."""
+
+    _batches: int
+
+    def __len__(self) -> int: ...
+
+    def _start_pass(self) -> Iterator: ...
+
+
 class CountingIterator:
     """Starts a resumable loader's pass at the first ``next`` (after Lightning's ``set_epoch``), counts batches.
 
@@ -164,7 +177,7 @@ class CountingIterator:
     provides ``_start_pass()`` and the ``_batches`` counter.
     """
 
-    def __init__(self, loader: ResumableDataLoader) -> None:
+    def __init__(self, loader: _PassLoader) -> None:
         self.loader = loader
         self.iterator: Iterator | None = None
 
@@ -198,6 +211,11 @@ class ResumableDataLoader(DataLoader):
     Exact with ``num_workers=0``; with workers it is exact as long as an item depends only on its index (as
     SynthHands' items do), since random draws inside worker processes are not saved.
     """
+
+    # Set by ``_start_pass`` (absent from ``__dict__`` until the first pass) and advanced by CountingIterator.
+    _epoch: int
+    _pass: int
+    _batches: int
 
     def __iter__(self) -> CountingIterator:  # type: ignore[override]
         return CountingIterator(self)

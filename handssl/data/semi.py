@@ -25,7 +25,7 @@ Rendered SynthHands crops need no crop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from handssl.data.augment import augment_sample, make_pipeline
 from handssl.data.base import Sample
 from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
 from handssl.data.datamodules import HandDataModule, TransformedDataset
+from handssl.data.synthhands._common import Style
 from handssl.data.transforms import CropResize
 
 __all__ = ["LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
@@ -209,7 +210,7 @@ def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 
-def _synthhands(split: str, style: str, image_size: int) -> Dataset:
+def _synthhands(split: str, style: Style, image_size: int) -> Dataset:
     from handssl.data.synthhands.single_view import SynthHands
 
     return SynthHands(split=split, style=style, image_size=image_size)
@@ -314,11 +315,17 @@ class SemiSupervisedDataModule(HandDataModule):
     @property
     def num_unlabeled(self) -> int:
         """Number of unlabelled items (0 when none is configured)."""
-        return 0 if self.unlabeled is None else len(self.unlabeled)
+        if self.unlabeled is None:
+            return 0
+        if not isinstance(self.unlabeled, Sized):
+            raise TypeError(f"the unlabeled dataset ({type(self.unlabeled).__name__}) must define __len__")
+        return len(self.unlabeled)
 
     def train_dataloader(self) -> CombinedLoader:
         loaders: dict[str, DataLoader] = {}
         if self.labeled_batch_size:
+            if self.labeled is None:
+                raise ValueError("no labeled dataset configured")
             view = LabeledView(
                 self.labeled,
                 self.image_size,
@@ -344,7 +351,7 @@ class SemiSupervisedDataModule(HandDataModule):
             world_size: Number of processes.
         """
         view = self.unlabeled_view(deterministic=True, strong=False)
-        sampler = None
+        sampler: DistributedSampler | None = None
         if world_size > 1:
             sampler = DistributedSampler(view, num_replicas=world_size, rank=rank, shuffle=False)
         return self._dataloader(view, False, sampler=sampler, batch_size=self.eval_batch_size)

@@ -40,7 +40,7 @@ def find_synthhands(dataset: Any) -> SynthHandsBase | None:
     return None
 
 
-def encode_key(key: int | Sequence[int]) -> Tensor:
+def encode_key(key: int | tuple[int, ...] | list[int]) -> Tensor:
     """One dataset key (an index, or a tuple of up to three ints such as ``(index, labeled, epoch)``)."""
     if isinstance(key, (tuple, list)):
         if len(key) > 3:
