@@ -391,8 +391,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--render-on",
         choices=("workers", "device"),
         default="workers",
-        help="SynthHands rendered in the DataLoader (cached) or in the step on --device (supervised, nvs; "
-        "SemiHand's augmentations need the workers)",
+        help="SynthHands rendered in the DataLoader (cached) or in the step on --device (SemiHand's "
+        "augmentations then run on the CPU in the main process)",
     )
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: the config's)")
     parser.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: config's)")
@@ -439,7 +439,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
         workdir = Path(tmp)
         timer_path = workdir / "epochs.json"
         for task in args.tasks:
-            render_on = "workers" if task == "semihand" else args.render_on
             for size in args.sizes:
                 config = task_config(
                     task,
@@ -452,10 +451,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> list[di
                     args.workers,
                     options,
                     timer_path,
-                    render_on=render_on,
+                    render_on=args.render_on,
                 )
                 row: dict[str, Any] = {"task": task, "size": size, "device": args.device}
-                row["render_on"] = render_on
+                row["render_on"] = args.render_on
                 row["precision"] = args.precision
                 row.update(bench_step(copy.deepcopy(config), device, args.precision, args.steps, args.warmup))
                 if args.no_fit:

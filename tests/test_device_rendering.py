@@ -10,7 +10,13 @@ import pytorch_lightning as pl
 import torch
 from conftest import quiet_trainer
 
-from handssl.data import MultiViewDataModule, SupervisedDataModule, SynthHands, SynthHandsMultiView
+from handssl.data import (
+    MultiViewDataModule,
+    SemiSupervisedDataModule,
+    SupervisedDataModule,
+    SynthHands,
+    SynthHandsMultiView,
+)
 from handssl.data.synthhands.deferred import RENDER_REQUEST, decode_keys, encode_key
 from handssl.models import SupervisedModule
 
@@ -74,6 +80,56 @@ def test_multiview_device_rendering_equals_the_workers():
     assert not torch.equal(rendered["image"], rendered["target"])  # two cameras
 
 
+def make_semi(render_on: str, labeled=None) -> SemiSupervisedDataModule:
+    return SemiSupervisedDataModule(
+        labeled=[labeled if labeled is not None else single_view("synthetic")],
+        unlabeled=[single_view("real"), single_view("real_object")],  # a concatenation: both re-targeted
+        image_size=SIZE,
+        batch_size=6,
+        render_on=render_on,
+    )
+
+
+def test_semi_device_rendering_equals_the_workers():
+    # Augmentation seeds come from torch's generator in the main process: the same draws on both paths.
+    torch.manual_seed(0)
+    expected, _, _ = next(iter(make_semi("workers").train_dataloader()))
+    deferred = make_semi("device")
+    requests, _, _ = next(iter(deferred.train_dataloader()))
+    assert {part: list(batch) for part, batch in requests.items()} == {
+        "labeled": [RENDER_REQUEST],
+        "unlabeled": [RENDER_REQUEST],
+    }
+    torch.manual_seed(0)
+    rendered = deferred.on_after_batch_transfer(requests, 0)
+    assert rendered.keys() == expected.keys()
+    for part in expected:
+        assert_same_batch(rendered[part], expected[part])
+    assert rendered["labeled"]["image"].std() > 0.05 and rendered["unlabeled"]["image_perturbed"].std() > 0.05
+    assert rendered["labeled"]["has_mask"].all()
+
+
+def test_semi_device_rendering_keeps_other_datasets_in_the_workers():
+    class NotSynthHands(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, index: int) -> dict:
+            return single_view("synthetic")[index]
+
+    data = make_semi("device", labeled=NotSynthHands())
+    batch, _, _ = next(iter(data.train_dataloader()))
+    assert "image" in batch["labeled"] and list(batch["unlabeled"]) == [RENDER_REQUEST]
+    rendered = data.on_after_batch_transfer(batch, 0)
+    assert rendered["labeled"] is batch["labeled"] and "image_perturbed" in rendered["unlabeled"]
+
+    only_other = SemiSupervisedDataModule(
+        labeled=[NotSynthHands()], unlabeled=[NotSynthHands()], image_size=SIZE, render_on="device"
+    )
+    with pytest.raises(ValueError, match="neither training set holds SynthHands"):
+        only_other.train_dataloader()
+
+
 def test_request_keys_round_trip():
     keys = [7, (3, 1, 2), (5, 0), (0,)]
     assert decode_keys(torch.stack([encode_key(k) for k in keys])) == keys
@@ -102,6 +158,8 @@ def test_bad_render_on_is_one_clear_error():
         SupervisedDataModule(train=single_view(), image_size=SIZE, render_on="gpu")
     with pytest.raises(ValueError, match="render_on must be one of"):
         MultiViewDataModule(train=multi_view(), labeled_subjects=1, render_on="cuda")
+    with pytest.raises(ValueError, match="render_on must be one of"):
+        SemiSupervisedDataModule(image_size=SIZE, render_on="gpu")
 
     class NotSynthHands(torch.utils.data.Dataset):
         def __len__(self) -> int:

@@ -286,25 +286,46 @@ class HandDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
-        self._deferred: Any = None  # DeferredRendering of the training set with render_on="device"
+        # DeferredRendering of the training set (key "") or of a combined batch's parts, with render_on="device"
+        self._deferred: dict[str, Any] = {}
 
-    def _deferred_training_set(self, dataset: Dataset, render_on: str) -> Dataset:
-        """``dataset`` itself, or its render requests (rendered in :meth:`on_after_batch_transfer`)."""
-        if render_on == "workers":
-            self._deferred = None
+    def _deferred_training_set(
+        self, dataset: Dataset, render_on: str, part: str = "", required: bool = True
+    ) -> Dataset:
+        """``dataset`` itself, or its render requests (rendered in :meth:`on_after_batch_transfer`).
+
+        Args:
+            dataset: The training set the DataLoader would use.
+            render_on: ``"workers"`` (return ``dataset``) or ``"device"``.
+            part: Key of this loader's batch in a combined batch (``""``: the batch is this loader's own).
+            required: Raise when ``dataset`` holds no SynthHands; otherwise such a part stays in the workers.
+        """
+        from handssl.data.synthhands.deferred import DeferredRendering, find_synthhands
+
+        self._deferred.pop(part, None)
+        if render_on == "workers" or (not required and find_synthhands(dataset) is None):
             return dataset
-        from handssl.data.synthhands.deferred import DeferredRendering
-
-        self._deferred = DeferredRendering(dataset, collate_samples)
-        return self._deferred
+        self._deferred[part] = DeferredRendering(dataset, collate_samples)
+        return self._deferred[part]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Render a batch of SynthHands render requests on its device (``render_on="device"``)."""
+        """Render a batch of SynthHands render requests on its device (``render_on="device"``).
+
+        A combined batch (a dict of the loaders' batches, as :class:`~handssl.data.SemiSupervisedDataModule`
+        makes) has each deferred part rendered in place.
+        """
         from handssl.data.synthhands.deferred import RENDER_REQUEST
 
-        if self._deferred is not None and isinstance(batch, dict) and RENDER_REQUEST in batch:
-            return self._deferred.render(batch)
-        return batch
+        if not self._deferred or not isinstance(batch, dict):
+            return batch
+        if RENDER_REQUEST in batch and "" in self._deferred:
+            return self._deferred[""].render(batch)
+        rendered = dict(batch)
+        for part, deferred in self._deferred.items():
+            inner = batch.get(part)
+            if isinstance(inner, dict) and RENDER_REQUEST in inner:
+                rendered[part] = deferred.render(inner)
+        return rendered
 
     def _dataloader(
         self,

@@ -26,7 +26,7 @@ Rendered SynthHands crops need no crop.
 from __future__ import annotations
 
 from collections.abc import Sequence, Sized
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from handssl.data.augment import augment_sample, make_pipeline
 from handssl.data.base import Sample
 from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
-from handssl.data.datamodules import HandDataModule, TransformedDataset
+from handssl.data.datamodules import RENDER_ON, HandDataModule, TransformedDataset
 from handssl.data.synthhands._common import Style
 from handssl.data.transforms import CropResize
 
@@ -240,6 +240,11 @@ class SemiSupervisedDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of shuffling and of the deterministic perturbations.
+        render_on: Where the SynthHands training sets are rendered: ``"workers"`` (in the DataLoader, cached)
+            or ``"device"`` (uncached, the whole labelled and unlabelled parts of a batch at once on the
+            training device, in ``on_after_batch_transfer``; a part with no SynthHands stays in the
+            workers). The crops and augmentations (albumentations, numpy) then run on the CPU in the main
+            process, so the batch equals the workers' one with ``num_workers: 0``.
     """
 
     def __init__(
@@ -260,8 +265,12 @@ class SemiSupervisedDataModule(HandDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        render_on: Literal["workers", "device"] = "workers",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
+        if render_on not in RENDER_ON:
+            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
+        self.render_on = render_on
         if not 0.0 <= unlabeled_fraction <= 1.0:
             raise ValueError(f"unlabeled_fraction must be in [0, 1], got {unlabeled_fraction}")
         if num_perturbations < 1:
@@ -326,7 +335,7 @@ class SemiSupervisedDataModule(HandDataModule):
         if self.labeled_batch_size:
             if self.labeled is None:
                 raise ValueError("no labeled dataset configured")
-            view = LabeledView(
+            labeled = LabeledView(
                 self.labeled,
                 self.image_size,
                 self.augment_labeled,
@@ -335,11 +344,23 @@ class SemiSupervisedDataModule(HandDataModule):
                 self.seed,
             )
             loaders["labeled"] = self._dataloader(
-                view, True, batch_size=self.labeled_batch_size, drop_last=True
+                self._deferred_training_set(labeled, self.render_on, "labeled", required=False),
+                True,
+                batch_size=self.labeled_batch_size,
+                drop_last=True,
             )
         if self.unlabeled_batch_size:
+            unlabeled = self.unlabeled_view()
             loaders["unlabeled"] = self._dataloader(
-                self.unlabeled_view(), True, batch_size=self.unlabeled_batch_size, drop_last=True
+                self._deferred_training_set(unlabeled, self.render_on, "unlabeled", required=False),
+                True,
+                batch_size=self.unlabeled_batch_size,
+                drop_last=True,
+            )
+        if self.render_on == "device" and not self._deferred:
+            raise ValueError(
+                "render_on='device' renders SynthHands in the training step, but neither training set "
+                "holds SynthHands; use render_on='workers'"
             )
         return CombinedLoader(loaders, mode="max_size_cycle")
 

@@ -7,8 +7,9 @@ dataset code as the worker path (the wrappers' ``__getitems__``: pairs, transfor
 ray-casting and shading the whole batch on that device, uncached. A batch rendered this way equals the one the
 workers would have made (``tests/test_synthhands.py`` checks it pixel for pixel on the CPU).
 
-Used by :class:`~handssl.data.SupervisedDataModule` and :class:`~handssl.data.MultiViewDataModule` with
-``render_on="device"``.
+Used by :class:`~handssl.data.SupervisedDataModule`, :class:`~handssl.data.MultiViewDataModule` and
+:class:`~handssl.data.SemiSupervisedDataModule` (each SynthHands part of its combined batch; SemiHand's
+albumentations augmentations then run on the CPU in the main process) with ``render_on="device"``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from handssl.data.synthhands.cache import SynthHandsBase
 
-__all__ = ["RENDER_REQUEST", "DeferredRendering", "find_synthhands"]
+__all__ = ["RENDER_REQUEST", "DeferredRendering", "find_synthhands", "synthhands_inside"]
 
 RENDER_REQUEST = "synthhands_render_request"
 """Batch key of the render requests: ``(B, 4)`` long, one encoded dataset key per row."""
@@ -30,14 +31,24 @@ RENDER_REQUEST = "synthhands_render_request"
 _INT_KEY = -1  # first column of a request whose key is a plain index (else: the tuple's length)
 
 
+def synthhands_inside(dataset: Any) -> list[SynthHandsBase]:
+    """Every :class:`SynthHandsBase` in ``dataset``'s tree of ``.dataset`` / ``.datasets`` (concatenation) wrappers."""
+    found: list[SynthHandsBase] = []
+    stack, seen = [dataset], 0
+    while stack and seen < 64:
+        node, seen = stack.pop(), seen + 1
+        if isinstance(node, SynthHandsBase):
+            found.append(node)
+        elif node is not None:
+            stack.extend(reversed(list(getattr(node, "datasets", None) or [])))
+            stack.append(getattr(node, "dataset", None))
+    return found
+
+
 def find_synthhands(dataset: Any) -> SynthHandsBase | None:
-    """The :class:`SynthHandsBase` inside ``dataset``'s chain of ``.dataset`` wrappers, if there is one."""
-    seen = 0
-    while dataset is not None and seen < 16:
-        if isinstance(dataset, SynthHandsBase):
-            return dataset
-        dataset, seen = getattr(dataset, "dataset", None), seen + 1
-    return None
+    """The first :class:`SynthHandsBase` inside ``dataset`` (see :func:`synthhands_inside`), if there is one."""
+    found = synthhands_inside(dataset)
+    return found[0] if found else None
 
 
 def encode_key(key: int | tuple[int, ...] | list[int]) -> Tensor:
@@ -81,8 +92,8 @@ class DeferredRendering(Dataset):
     """
 
     def __init__(self, dataset: Dataset, collate: Callable[[list[Any]], Any]) -> None:
-        synthhands = find_synthhands(dataset)
-        if synthhands is None:
+        synthhands = synthhands_inside(dataset)
+        if not synthhands:
             raise ValueError(
                 f"render_on='device' renders SynthHands in the training step, but the training set is "
                 f"{type(dataset).__name__} with no SynthHands inside; use render_on='workers'"
@@ -105,10 +116,13 @@ class DeferredRendering(Dataset):
         requests = batch[RENDER_REQUEST]
         device = requests.device
         keys = decode_keys(requests)
-        previous, self.synthhands.render_device = self.synthhands.render_device, device
+        previous = [synthhands.render_device for synthhands in self.synthhands]
+        for synthhands in self.synthhands:
+            synthhands.render_device = device
         try:
             fetch = getattr(self.dataset, "__getitems__", None)
             samples = fetch(keys) if fetch is not None else [self.dataset[k] for k in keys]
         finally:
-            self.synthhands.render_device = previous
+            for synthhands, before in zip(self.synthhands, previous):
+                synthhands.render_device = before
         return _to_device(self.collate(samples), device)  # wrappers may add small CPU tensors (flags)
