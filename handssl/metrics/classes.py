@@ -51,6 +51,10 @@ class _JointErrorMetric(Metric):
     full_state_update = False
     plot_lower_bound = 0.0
 
+    # Sum states (``add_state``), declared for type checkers.
+    error_sum: Tensor
+    count: Tensor
+
     def __init__(self, protocol: str | EvalProtocol | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.protocol = _resolve(protocol)
@@ -145,6 +149,11 @@ class PCK(Metric):
     full_state_update = False
     plot_lower_bound = 0.0
     plot_upper_bound = 1.0
+
+    # Sum states (``add_state``) and the threshold buffer, declared for type checkers.
+    hits: Tensor
+    counts: Tensor
+    thresholds: Tensor
 
     def __init__(
         self,

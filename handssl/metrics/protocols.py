@@ -157,6 +157,10 @@ class EvalProtocol:
         else:
             relative_pred, relative_target = pred, target
         if self.alignment == "root_and_scale":
+            if self.root_joint is None or self.reference_bone is None:  # __post_init__ rules this out
+                raise ValueError(
+                    f"protocol {self.name!r}: 'root_and_scale' needs a root_joint and a reference_bone"
+                )
             a, b = self.reference_bone
             usable &= valid[:, a] & valid[:, b]
             aligned_pred, aligned_target = align_root_and_scale(
@@ -254,6 +258,20 @@ class ProtocolMetric(Metric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+
+    # Sum states (``add_state``) and the threshold buffer, declared for type checkers.
+    error_sum: Tensor
+    n_error_sum: Tensor
+    pa_error_sum: Tensor
+    error_count: Tensor
+    n_count: Tensor
+    pa_count: Tensor
+    frames_seen: Tensor
+    frames_evaluated: Tensor
+    joint_error_sum: Tensor
+    joint_count: Tensor
+    hits: Tensor
+    thresholds: Tensor
 
     def __init__(self, protocol: str | EvalProtocol, **kwargs: Any) -> None:
         super().__init__(**kwargs)
