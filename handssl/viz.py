@@ -15,7 +15,7 @@ colours come from :func:`handssl.skeleton.joint_color` (one colour per finger, w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -23,10 +23,14 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from mpl_toolkits.mplot3d import Axes3D
 
 from handssl.geometry import camera_to_world, unproject
 from handssl.metrics.functional import auc_from_curve
 from handssl.skeleton import BONES, NUM_JOINTS, joint_color
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType
 
 __all__ = [
     "draw_skeleton_2d",
@@ -47,7 +51,7 @@ __all__ = [
 
 # Single colours for extra skeletons (ground truth, other models) drawn next to a finger-coloured one.
 _OVERLAY_COLORS: tuple[str, ...] = ("#ffffff", "#000000", "#00e5ff", "#ffe119", "#f032e6", "#aaffc3")
-_LINESTYLES: tuple[str, ...] = ("-", "--", ":", "-.")
+_LINESTYLES: tuple[Literal["-", "--", ":", "-."], ...] = ("-", "--", ":", "-.")
 _NEUTRAL = "#404040"
 
 
@@ -100,11 +104,21 @@ def _axes(ax: Axes | None, projection: str | None = None, size_in: tuple[float, 
     return new_figure(*size_in, constrained=projection != "3d").add_subplot(projection=projection)
 
 
+def _axes_3d(ax: Axes | None, where: str, size_in: tuple[float, float] = (5.0, 5.0)) -> Axes3D:
+    """``ax`` (which must be a ``projection="3d"`` axes) or a new figure's 3D axes."""
+    ax = _axes(ax, projection="3d", size_in=size_in)
+    if not isinstance(ax, Axes3D):
+        raise ValueError(f"{where}: ax must be a projection='3d' axes, got {type(ax).__name__}")
+    return ax
+
+
 def _figure(ax: Axes) -> Figure:
     figure = ax.get_figure()
     while figure is not None and not isinstance(figure, Figure):  # a SubFigure
         figure = figure.get_figure()
-    return figure if figure is not None else ax.figure
+    if figure is None:
+        raise ValueError("the axes belong to no figure")
+    return figure
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
@@ -161,7 +175,7 @@ def image_to_numpy(image: Any) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def _legend_handle(color: str | None, linestyle: str, label: str) -> Line2D:
+def _legend_handle(color: str | None, linestyle: LineStyleType, label: str) -> Line2D:
     return Line2D([], [], color=color or _NEUTRAL, linestyle=linestyle, marker="o", markersize=4, label=label)
 
 
@@ -170,7 +184,7 @@ def _plot_space(points: np.ndarray) -> np.ndarray:
     return np.stack([points[..., 0], points[..., 2], -points[..., 1]], axis=-1)
 
 
-def _set_equal_3d(ax: Axes, plotted_points: np.ndarray) -> None:
+def _set_equal_3d(ax: Axes3D, plotted_points: np.ndarray) -> None:
     points = plotted_points[np.isfinite(plotted_points).all(-1)]
     if not len(points):
         return
@@ -224,7 +238,7 @@ def draw_skeleton_2d(
         )
         lines.append(line)
     if mask.any():
-        colors = [color or joint_color(j) for j in np.flatnonzero(mask)]
+        colors = [color or joint_color(int(j)) for j in np.flatnonzero(mask)]
         ax.scatter(joints[mask, 0], joints[mask, 1], c=colors, s=12, zorder=3, edgecolors="none")
     return lines
 
@@ -295,6 +309,7 @@ def draw_skeleton_3d(
     Returns:
         The bone lines drawn (20 for a fully valid skeleton).
     """
+    ax3d = _axes_3d(ax, "draw_skeleton_3d")
     joints = _joints(joints3d, 3, "draw_skeleton_3d")
     mask = _valid(valid, joints)
     shown = _plot_space(joints)
@@ -303,7 +318,7 @@ def draw_skeleton_3d(
         if not (mask[parent] and mask[child]):
             continue
         segment = shown[[parent, child]]
-        (line,) = ax.plot(
+        (line,) = ax3d.plot(
             segment[:, 0],
             segment[:, 1],
             segment[:, 2],
@@ -314,8 +329,8 @@ def draw_skeleton_3d(
         )
         lines.append(line)
     if mask.any():
-        colors = [color or joint_color(j) for j in np.flatnonzero(mask)]
-        ax.scatter(shown[mask, 0], shown[mask, 1], shown[mask, 2], c=colors, s=10, depthshade=False)
+        colors = [color or joint_color(int(j)) for j in np.flatnonzero(mask)]
+        ax3d.scatter(shown[mask, 0], shown[mask, 1], shown[mask, 2], c=colors, s=10, depthshade=False)
     return lines
 
 
@@ -344,19 +359,19 @@ def plot_skeleton_3d(
     if labels is not None and len(labels) != len(poses):
         raise ValueError(f"plot_skeleton_3d: {len(labels)} labels for {len(poses)} skeletons")
     masks = _mask_list(valid, len(poses))
-    ax = _axes(ax, projection="3d")
+    ax3d = _axes_3d(ax, "plot_skeleton_3d")
     handles = []
     for index, (pose, mask) in enumerate(zip(poses, masks)):
         linestyle = _LINESTYLES[index % len(_LINESTYLES)]
-        draw_skeleton_3d(ax, pose, mask, linestyle=linestyle)
+        draw_skeleton_3d(ax3d, pose, mask, linestyle=linestyle)
         if labels is not None:
             handles.append(_legend_handle(None, linestyle, labels[index]))
-    _set_equal_3d(ax, _plot_space(np.stack(poses)).reshape(-1, 3))
+    _set_equal_3d(ax3d, _plot_space(np.stack(poses)).reshape(-1, 3))
     if handles:
-        ax.legend(handles=handles, loc="upper right", fontsize=8)
+        ax3d.legend(handles=handles, loc="upper right", fontsize=8)
     if title:
-        ax.set_title(title)
-    return _figure(ax)
+        ax3d.set_title(title)
+    return _figure(ax3d)
 
 
 def _pose_list(joints3d: Any) -> list[np.ndarray]:
@@ -416,7 +431,7 @@ def plot_camera_rig(
         raise ValueError(
             f"plot_camera_rig: K, R and t must describe the same cameras, got {len(K_all)}, {len(R_all)}, {len(t_all)}"
         )
-    ax = _axes(ax, projection="3d", size_in=(6.0, 6.0))
+    ax3d = _axes_3d(ax, "plot_camera_rig", size_in=(6.0, 6.0))
     shown_points = []
     for index, (k, r, tt) in enumerate(zip(K_all, R_all, t_all)):
         width, height = image_size if image_size is not None else (2 * k[0, 2] + 1, 2 * k[1, 2] + 1)
@@ -429,20 +444,20 @@ def plot_camera_rig(
         shown_points.append(shown)
         color = f"C{index % 10}"
         for corner in range(1, 5):
-            ax.plot(*shown[[0, corner]].T, color=color, linewidth=1.0)
+            ax3d.plot(*shown[[0, corner]].T, color=color, linewidth=1.0)
         for corner in range(1, 5):
             following = corner % 4 + 1
-            ax.plot(*shown[[corner, following]].T, color=color, linewidth=2.5 if corner == 1 else 1.0)
-        ax.text(*shown[0], str(index), color=color, fontsize=8)
+            ax3d.plot(*shown[[corner, following]].T, color=color, linewidth=2.5 if corner == 1 else 1.0)
+        ax3d.text(*shown[0], str(index), color=color, fontsize=8)
     if joints_world is not None:
         poses = _pose_list(joints_world)
         for pose in poses:
-            draw_skeleton_3d(ax, pose)
+            draw_skeleton_3d(ax3d, pose)
             shown_points.append(_plot_space(pose))
-    _set_equal_3d(ax, np.concatenate(shown_points))
+    _set_equal_3d(ax3d, np.concatenate(shown_points))
     if title:
-        ax.set_title(title)
-    return _figure(ax)
+        ax3d.set_title(title)
+    return _figure(ax3d)
 
 
 # ---------------------------------------------------------------------------------------------- grids
