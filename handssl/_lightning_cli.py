@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.loggers.logger import DummyLogger
@@ -350,13 +350,14 @@ class HandSSLCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("overlays"):
-            for callback in trainer.callbacks:
+            for callback in getattr(trainer, "callbacks", []):  # set by Lightning at runtime, untyped
                 if isinstance(callback, PredictionWriter):
                     callback.overlays = True
         if fast_dev_run:
             # Lightning skips checkpoints in a fast_dev_run except ``save_last`` at train end.
             for callback in trainer.checkpoint_callbacks:
-                callback.save_last = False
+                if isinstance(callback, ModelCheckpoint):
+                    callback.save_last = False
         return trainer
 
     def after_fit(self) -> None:
@@ -364,7 +365,8 @@ class HandSSLCLI(LightningCLI):
         if not cfg.get("test_after_fit"):
             return
         ckpt = self.trainer.checkpoint_callback
-        ckpt_path = "best" if ckpt is not None and getattr(ckpt, "best_model_path", "") else None
+        best = getattr(ckpt, "best_model_path", "") if ckpt is not None else ""
+        ckpt_path = "best" if best else None
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
 
 
