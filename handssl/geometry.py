@@ -424,7 +424,12 @@ class CropCamera(Generic[Array]):
 
 @overload
 def crop_camera(
-    K: Tensor, R: Tensor, t: Tensor, center_world: Tensor, size_px: int, extent_mm: float = 250.0
+    K: Tensor,
+    R: Tensor,
+    t: Tensor,
+    center_world: Tensor,
+    size_px: int,
+    extent_mm: float | Tensor = 250.0,
 ) -> CropCamera[Tensor]: ...
 @overload
 def crop_camera(
@@ -443,7 +448,7 @@ def crop_camera(
     t: Tensor | np.ndarray,
     center_world: Tensor | np.ndarray,
     size_px: int,
-    extent_mm: float = 250.0,
+    extent_mm: float | Tensor = 250.0,
 ) -> CropCamera[Tensor] | CropCamera[np.ndarray]:
     """Build the crop camera that looks at ``center_world`` and fits ``extent_mm`` into ``size_px``.
 
@@ -456,7 +461,8 @@ def crop_camera(
         t: ``(..., 3)`` original world-to-camera translation in mm.
         center_world: ``(..., 3)`` point to centre in the crop (e.g. the hand's centre), mm.
         size_px: Side of the square crop in pixels.
-        extent_mm: Side of the square, at the target's depth, that the crop covers.
+        extent_mm: Side of the square, at the target's depth, that the crop covers (mm): one for all
+            crops, or a ``(...)`` tensor of one per crop (torch inputs).
 
     Returns:
         The :class:`CropCamera`; numpy in, numpy out.

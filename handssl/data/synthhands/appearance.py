@@ -287,7 +287,7 @@ class Appearance:
             self._stacked = padded.permute(1, 0, 2, 3).reshape(1, 3, -1, self.texture_size).to(device)
         return self._stacked
 
-    def _grid(self) -> tuple[Tensor, Tensor]:
+    def _grid(self) -> tuple[np.ndarray, np.ndarray]:
         axis = torch.linspace(-self.coverage, self.coverage, self.texture_size, dtype=torch.float64)
         Y, X = torch.meshgrid(axis, axis, indexing="ij")
         return X.numpy(), Y.numpy()

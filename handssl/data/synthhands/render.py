@@ -509,7 +509,8 @@ def raycast(shape: HandShape, K: Tensor, image_size: int, max_candidates: int = 
     zbuffer = torch.full((n * sp * sp,), (inf_bits << 8) | 255, dtype=torch.long, device=device)
     lane_offset = lane_v * sp + lane_u
     lane_u, lane_v = lane_u.to(torch.float32), lane_v.to(torch.float32)
-    per_image = sum(counts.view(n, count).sum(1) for _, _, counts, count, _, _, _ in kinds) * (tile * tile)
+    per_image = torch.stack([counts.view(n, count).sum(1) for _, _, counts, count, _, _, _ in kinds]).sum(0)
+    per_image = per_image * (tile * tile)
     cumulative = torch.cumsum(per_image, 0).tolist()
     fg_parts: list[tuple[Tensor, ...]] = []
     start = 0

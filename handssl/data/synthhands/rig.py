@@ -49,7 +49,7 @@ class Rig:
         return camera_center(self.R, self.t)
 
     def crop_cameras(
-        self, cameras: Tensor, center_world: Tensor, size_px: int, extent_mm: float
+        self, cameras: Tensor, center_world: Tensor, size_px: int, extent_mm: Tensor | float
     ) -> CropCamera:
         """Crop cameras of the given rig cameras looking at ``center_world`` (float64, batched).
 
@@ -57,7 +57,8 @@ class Rig:
             cameras: ``(N,)`` integer camera indices.
             center_world: ``(N, 3)`` world points (mm) to centre, one per crop.
             size_px: Side of the square crop image in pixels.
-            extent_mm: Side of the square (at the centre's depth) that the crop covers, in mm.
+            extent_mm: Side of the square (at the centre's depth) that the crop covers, in mm: one for
+                every crop, or ``(N,)`` float64, one per crop.
 
         Returns:
             The batched :class:`~handssl.geometry.CropCamera` (``(N, ...)`` float64 tensors).
