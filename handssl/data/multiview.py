@@ -39,7 +39,7 @@ from handssl.data.datamodules import (
 )
 from handssl.data.synthhands._common import Style
 from handssl.geometry import relative_rotation
-from handssl.skeleton import NUM_JOINTS, ROOT, root_relative
+from handssl.skeleton import NUM_JOINTS, root_relative, valid_with_root
 
 PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
 """Keys a multi-view item must hold (each with a leading view axis)."""
@@ -66,7 +66,7 @@ def pose_statistics(joints: Tensor, valid: Tensor | None = None) -> tuple[Tensor
         raise ValueError(f"joints must be (M, 21, 3), got {tuple(joints.shape)}")
     if valid is None:
         valid = torch.isfinite(joints).all(-1)
-    valid = valid.bool() & valid[:, ROOT : ROOT + 1].bool()
+    valid = valid_with_root(valid.bool())
     if not valid.any(0).all():
         missing = (~valid.any(0)).nonzero().flatten().tolist()
         raise ValueError(f"no valid labeled sample for joints {missing}; cannot normalise the pose head")
@@ -582,7 +582,7 @@ class MultiViewDataModule(HandDataModule):
                     valid.append(torch.as_tensor(item["valid"]).bool().reshape(-1, 21))
             joints_all, valid_all = torch.cat(joints), torch.cat(valid)
             valid_all &= torch.isfinite(joints_all).all(-1)
-            self._statistics = pose_statistics(joints_all, valid_all & valid_all[:, ROOT : ROOT + 1])
+            self._statistics = pose_statistics(joints_all, valid_with_root(valid_all))
         return self._statistics
 
     def train_pairs(self) -> MultiViewPairs:
