@@ -450,12 +450,14 @@ class Appearance:
             colour = self._shade(hits, shape, views).clamp(0.0, 1.0)
             if self.real:  # the camera's white balance (the room textures carry it already)
                 gains = self._gains.to(device=device, dtype=torch.float32)[views.cameras.to(device)]
-                colour = colour * gains[torch.div(hits.fg_index, s * s, rounding_mode="floor")]
+                colour = colour * gains.index_select(
+                    0, torch.div(hits.fg_index, s * s, rounding_mode="floor")
+                )
             # fg_index runs over (N, S*S); the image is (N, 3, S*S).
             flat = hits.fg_index + torch.div(hits.fg_index, s * s, rounding_mode="floor") * (2 * s * s)
             image_flat = image.view(-1)
             for c in range(3):
-                image_flat[flat + c * s * s] = colour[:, c]
+                image_flat.index_copy_(0, flat + c * s * s, colour[:, c])
         if self.real:
             image, background = self._camera(image, background, falloff, views)
         return _to_uint8(image), _to_uint8(background)
@@ -584,23 +586,28 @@ class Appearance:
         device = hits.fg_point.device
         f32 = torch.float32
         image = torch.div(hits.fg_primitive, m, rounding_mode="floor")
-        part = shape.part.to(device)[hits.fg_primitive - image * m]
-        dorsal = shape.dorsal.reshape(n * m, 3).to(device=device, dtype=f32)[hits.fg_primitive]
+        # index_select rather than advanced indexing: the same values, several times faster on CPU.
+        part = shape.part.to(device).index_select(0, hits.fg_primitive - image * m)
+        dorsal = (
+            shape.dorsal.reshape(n * m, 3).to(device=device, dtype=f32).index_select(0, hits.fg_primitive)
+        )
         normal, point = hits.fg_normal, hits.fg_point
         nx, ny, nz = normal.unbind(1)
         n_dorsal = nx * dorsal[:, 0] + ny * dorsal[:, 1] + nz * dorsal[:, 2]
 
-        skin = views.skin_rgb.to(device=device, dtype=f32)[image]
+        skin = views.skin_rgb.to(device=device, dtype=f32).index_select(0, image)
         sleeve = views.sleeve_rgb.to(device=device, dtype=f32)
         if self.real:  # the same person's everyday clothes: muted
             sleeve = 0.45 * sleeve + 0.55 * sleeve.mean(-1, keepdim=True) * 0.8
-        sleeve = sleeve[image]
+        sleeve = sleeve.index_select(0, image)
         is_sleeve = (part == PART_SLEEVE)[:, None]
         is_object = (part == PART_OBJECT)[:, None]
         albedo = torch.where(is_sleeve, sleeve, skin)
         if self.style == "real_object":
             pick = (_key(self.seed, 0x0B, views.subjects, views.sequences) % len(_HELD_OBJECT_RGB)).to(device)
-            object_rgb = torch.as_tensor(_HELD_OBJECT_RGB, dtype=f32, device=device)[pick][image]
+            object_rgb = torch.as_tensor(_HELD_OBJECT_RGB, dtype=f32, device=device)[pick].index_select(
+                0, image
+            )
             albedo = torch.where(is_object, object_rgb, albedo)
         palmar = ((part == PART_PALM) | (part == PART_FINGER) | (part == PART_FINGERTIP)) & (n_dorsal < 0)
         tint = torch.tensor(_PALMAR_RGB, dtype=f32, device=device)
@@ -610,7 +617,9 @@ class Appearance:
         nail_rgb = 0.45 * albedo + 0.55 * torch.tensor(_NAIL_RGB, dtype=f32, device=device)
         albedo = torch.where(nail[:, None], nail_rgb, albedo)
 
-        light = {k: v.to(device=device, dtype=f32)[image] for k, v in self.lights(views).items()}
+        light = {
+            k: v.to(device=device, dtype=f32).index_select(0, image) for k, v in self.lights(views).items()
+        }
 
         def facing(direction: Tensor) -> Tensor:
             cosine = nx * direction[:, 0] + ny * direction[:, 1] + nz * direction[:, 2]
@@ -663,8 +672,8 @@ class Appearance:
         textures = [self.subject_texture(int(s)) for s in views.subjects.tolist()]
         waves = torch.stack([w for w, _ in textures]) @ frame.transpose(1, 2)  # (N, 6, 3) camera frame
         phases = torch.stack([p for _, p in textures]) - (waves @ wrist.unsqueeze(-1)).squeeze(-1)
-        waves = waves.to(device=device, dtype=torch.float32)[image]
-        phases = phases.to(device=device, dtype=torch.float32)[image]
+        waves = waves.to(device=device, dtype=torch.float32).index_select(0, image)
+        phases = phases.to(device=device, dtype=torch.float32).index_select(0, image)
         px, py, pz = point.unbind(1)
         total = torch.zeros_like(px)
         for k in range(waves.shape[1]):

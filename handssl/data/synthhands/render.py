@@ -575,8 +575,8 @@ def _surface(
     """
     depth_all = (zbuffer >> 8).to(torch.int32).view(torch.float32)
     index = torch.nonzero(~torch.isinf(depth_all)).squeeze(1)
-    k = 255 - (zbuffer[index] & 255)
-    t = depth_all[index]
+    k = 255 - (zbuffer.index_select(0, index) & 255)
+    t = depth_all.index_select(0, index)
     image = torch.div(index, s * s, rounding_mode="floor") + start
     rem = index % (s * s)
     v = torch.div(rem, s, rounding_mode="floor")
@@ -586,25 +586,26 @@ def _surface(
     normal = torch.empty_like(point)
     axial = torch.zeros(index.shape[0], dtype=torch.float32, device=zbuffer.device)
 
+    # index_select / index_copy_ rather than advanced indexing: the same values, several times faster on CPU.
     on_capsule = torch.nonzero(k < m).squeeze(1)
+    image_c, k_c, u_c, v_c, tc = (x.index_select(0, on_capsule) for x in (image, k, u, v, t))
     ax, ay, az, bax, bay, baz, baba, _, _, _, _, _, ifx, ox, ify, oy = capsules.index_select(
-        1, image[on_capsule] * m + k[on_capsule]
+        1, image_c * m + k_c
     )
-    x, y = _rays(u[on_capsule], v[on_capsule], ifx, ox, ify, oy)
-    tc = t[on_capsule]
+    x, y = _rays(u_c, v_c, ifx, ox, ify, oy)
     cx, cy = tc * x, tc * y
     rel_x, rel_y, rel_z = cx - ax, cy - ay, tc - az
     along = ((rel_x * bax + rel_y * bay + rel_z * baz) / baba.clamp_min(1e-12)).clamp(0.0, 1.0)
     nx, ny, nz = rel_x - along * bax, rel_y - along * bay, rel_z - along * baz
     length = torch.sqrt(nx * nx + ny * ny + nz * nz).clamp_min(1e-6)
-    point[on_capsule] = torch.stack([cx, cy, tc], 1)
-    normal[on_capsule] = torch.stack([nx / length, ny / length, nz / length], 1)
-    axial[on_capsule] = along
+    point.index_copy_(0, on_capsule, torch.stack([cx, cy, tc], 1))
+    normal.index_copy_(0, on_capsule, torch.stack([nx / length, ny / length, nz / length], 1))
+    axial.index_copy_(0, on_capsule, along)
 
     on_triangle = torch.nonzero(k >= m).squeeze(1)
-    params = triangles.index_select(1, image[on_triangle] * nt + k[on_triangle] - m)
-    _, x, y, side = _triangle_face(params, u[on_triangle], v[on_triangle])
-    tt = t[on_triangle]
-    point[on_triangle] = torch.stack([tt * x, tt * y, tt], 1)
-    normal[on_triangle] = torch.stack([side * params[0], side * params[1], side * params[2]], 1)
+    image_t, k_t, u_t, v_t, tt = (x.index_select(0, on_triangle) for x in (image, k, u, v, t))
+    params = triangles.index_select(1, image_t * nt + k_t - m)
+    _, x, y, side = _triangle_face(params, u_t, v_t)
+    point.index_copy_(0, on_triangle, torch.stack([tt * x, tt * y, tt], 1))
+    normal.index_copy_(0, on_triangle, torch.stack([side * params[0], side * params[1], side * params[2]], 1))
     return index, point, normal, axial, image * (m + nt) + k

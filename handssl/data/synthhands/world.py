@@ -352,7 +352,8 @@ class SynthHandsWorld:
             views_g = ViewBatch(**{k: v[rows] for k, v in vars(views).items()})
             hits = raycast(shape_g.to(device=target), crop.K[rows].to(target), s)
             image, background = self.appearance.render(hits, shape_g, views_g)
-            label = labels.to(hits.primitive.device)[hits.primitive + 1]
+            label = labels.to(hits.primitive.device).index_select(0, (hits.primitive + 1).flatten())
+            label = label.view_as(hits.primitive)
             depth = torch.where(torch.isinf(hits.depth), 0.0, hits.depth)
             pixels = (image, background, label, depth)
             parts.append(pixels if keep else tuple(p.cpu() for p in pixels))
