@@ -16,6 +16,7 @@ from handssl.data.synthhands.render import (
     NUM_PRIMITIVES,
     PRIMITIVE_PART,
     HandShape,
+    _select,
     hand_shape,
     raycast,
 )
@@ -163,6 +164,23 @@ def test_raycast_occlusion_and_rounded_triangle_face():
     # Bottom row (y = 31 / 500 * 592 = 36.7 mm): the triangle spans |x| <= 60 - (36.7 + 60) / 2 = 11.6 mm.
     assert prim[63, 40] == 1  # x = 9.5 mm
     assert prim[63, 44] == BACKGROUND  # x = 14.2 mm
+
+
+def test_bitwise_select_equals_torch_where_bit_for_bit():
+    generator = torch.Generator().manual_seed(0)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-40, -3.5])
+    a = torch.cat([torch.randn(200, 16, generator=generator), special.expand(200, 7)], 1)
+    b = torch.randn(200, 23, generator=generator)
+    condition = torch.rand(200, 23, generator=generator) < 0.5
+    pairs = [(a, b), (a[:, :1], b), (a, float("inf")), (a, -0.0), (b, a[:, 3:4])]
+    for x, y in pairs:
+        got, expected = _select(condition, x, y), torch.where(condition, x, y)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert torch.equal(got.view(torch.int32), expected.view(torch.int32))  # NaN payloads and -0.0 too
+    doubles = a.double()  # other dtypes take torch.where
+    torch.testing.assert_close(
+        _select(condition, doubles, 1.0), torch.where(condition, doubles, 1.0), rtol=0, atol=0, equal_nan=True
+    )
 
 
 def test_raycast_is_batch_invariant_and_validates():
