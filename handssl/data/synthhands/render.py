@@ -607,7 +607,7 @@ def _surface(
 
     # index_select / index_copy_ rather than advanced indexing: the same values, several times faster on CPU.
     on_capsule = torch.nonzero(k < m).squeeze(1)
-    image_c, k_c, u_c, v_c, tc = (x.index_select(0, on_capsule) for x in (image, k, u, v, t))
+    image_c, k_c, u_c, v_c, tc = (column.index_select(0, on_capsule) for column in (image, k, u, v, t))
     ax, ay, az, bax, bay, baz, baba, _, _, _, _, _, ifx, ox, ify, oy = capsules.index_select(
         1, image_c * m + k_c
     )
@@ -622,7 +622,7 @@ def _surface(
     axial.index_copy_(0, on_capsule, along)
 
     on_triangle = torch.nonzero(k >= m).squeeze(1)
-    image_t, k_t, u_t, v_t, tt = (x.index_select(0, on_triangle) for x in (image, k, u, v, t))
+    image_t, k_t, u_t, v_t, tt = (column.index_select(0, on_triangle) for column in (image, k, u, v, t))
     params = triangles.index_select(1, image_t * nt + k_t - m)
     _, x, y, side = _triangle_face(params, u_t, v_t)
     point.index_copy_(0, on_triangle, torch.stack([tt * x, tt * y, tt], 1))
