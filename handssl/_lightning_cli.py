@@ -27,6 +27,7 @@ from handssl.callbacks.predictions import PredictionWriter
 from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
+from handssl.pretrained import PretrainedError, is_shipped, load_weights_into, resolve_ckpt_path
 
 WANDB_MODES = ("offline", "online", "disabled")
 FAST_DEV_RUN_DIR = "fast_dev_run"
@@ -291,11 +292,38 @@ class HandSSLCLI(LightningCLI):
         else:
             self.config = parser.parse_args(args)
 
+    def _parse_ckpt_path(self) -> None:
+        # ``--ckpt_path semihand-synthhands`` names shipped weights (handssl.pretrained): Lightning reads the
+        # model's class and hyper-parameters from their materialised checkpoint, the saved config keeps the name.
+        subcommand = self.config.get("subcommand")
+        value = self.config[subcommand].get("ckpt_path") if subcommand else None
+        try:
+            path = resolve_ckpt_path(value)
+        except PretrainedError as err:
+            raise ConfigError(str(err)) from None
+        if path == value:
+            return super()._parse_ckpt_path()
+        self.config[subcommand]["ckpt_path"] = path
+        super()._parse_ckpt_path()
+        self.config[subcommand]["ckpt_path"] = value
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        name = kwargs.get("ckpt_path")
+        if is_shipped(name):
+            if subcommand == "fit":
+                # Fine-tuning, not resuming: the shipped weights, then step 0 with a fresh optimizer.
+                load_weights_into(self.model, name)
+                kwargs["ckpt_path"] = None
+            else:
+                kwargs["ckpt_path"] = resolve_ckpt_path(name)
+        return kwargs
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         # Lightning merged --ckpt_path's hyper-parameters into the config before the data links overwrote the
         # model's image_size: read the checkpoint's own value to check it.
-        hparams = checkpoint_hparams(cfg.get("ckpt_path"))
+        hparams = checkpoint_hparams(resolve_ckpt_path(cfg.get("ckpt_path")))
         apply_explicit_model_args(cfg, self.explicit_model_args, hparams)
 
     def instantiate_classes(self) -> None:

@@ -21,6 +21,8 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
   shows the traceback);
 * ``handssl data check DATASET --root PATH`` validates a dataset folder.
 * ``handssl export --ckpt_path X --output model.onnx`` exports the inference network (needs ``handssl[export]``).
+* ``--ckpt_path`` also takes a shipped name (``semihand-synthhands``; see :mod:`handssl.pretrained`); with ``fit``
+  it fine-tunes from the shipped weights (fresh optimizer, step 0) instead of resuming.
 """
 
 from __future__ import annotations

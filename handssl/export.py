@@ -62,8 +62,16 @@ def example_inputs(task: BaseHandTask, batch: int, image_size: int) -> dict[str,
 
 
 def load_task(ckpt_path: str | Path) -> BaseHandTask:
-    """The task saved in a handssl checkpoint (its class is read from the checkpoint), in eval mode on CPU."""
-    path = Path(ckpt_path)
+    """The task saved in a handssl checkpoint or shipped as ``ckpt_path`` (a name of :mod:`handssl.pretrained`).
+
+    The class is read from the checkpoint; the task comes back in eval mode on CPU.
+    """
+    from handssl.pretrained import PretrainedError, resolve_ckpt_path
+
+    try:
+        path = Path(resolve_ckpt_path(ckpt_path) or "")
+    except PretrainedError as err:
+        raise ExportError(str(err)) from None
     if not path.is_file():
         raise ExportError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
@@ -118,7 +126,11 @@ def to_onnx(task: BaseHandTask, path: str | Path, image_size: int = 64, opset: i
 def main(argv: list[str] | None = None) -> int:
     """``handssl export``: checkpoint to ONNX; errors end in one ``handssl: error:`` line (exit code 2)."""
     parser = argparse.ArgumentParser(prog="handssl export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by handssl fit")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        help="checkpoint written by handssl fit, or a shipped name (handssl models)",
+    )
     parser.add_argument("--output", default="model.onnx", help="ONNX file to write (default: model.onnx)")
     parser.add_argument("--image_size", type=int, default=64, help="input crop side (the data's image_size)")
     fmt: tuple[Literal["onnx"], ...] = ("onnx",)

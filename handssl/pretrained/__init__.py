@@ -10,6 +10,11 @@ written by ``experiments/ship_weights.py`` from a benchmark's checkpoints; nothi
     >>> model = handssl.pretrained.load("semihand-synthhands")  # a SemiHandModule in eval mode
     >>> handssl.pretrained.info("semihand-synthhands")["metrics"]
 
+On the command line a shipped name goes wherever a checkpoint does (``handssl predict|test|validate|fit
+--ckpt_path semihand-synthhands``, ``handssl export --ckpt_path semihand-synthhands``): :func:`resolve_ckpt_path`
+turns it into a Lightning checkpoint written once into a cache (:func:`lightning_checkpoint`), and ``fit``
+starts from its weights with a fresh optimizer (:func:`load_weights_into`) instead of resuming.
+
 The names (``NAMES``; a name not shipped in this install says how to produce it):
 
 * ``semihand-source-only-synthhands``, ``semihand-synthhands``, ``semihand-oracle-synthhands``: the
@@ -24,12 +29,27 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
-__all__ = ["NAMES", "WEIGHTS_DIR", "available", "info", "load", "pack"]
+__all__ = [
+    "NAMES",
+    "WEIGHTS_DIR",
+    "PretrainedError",
+    "available",
+    "cache_dir",
+    "info",
+    "is_shipped",
+    "lightning_checkpoint",
+    "load",
+    "load_weights_into",
+    "pack",
+    "resolve_ckpt_path",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 FORMAT = 1
@@ -87,18 +107,8 @@ def info(name: str, weights_dir: str | Path | None = None) -> dict[str, Any]:
         raise PretrainedError(f"cannot read {meta}: {type(error).__name__}: {error}") from None
 
 
-def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> Any:
-    """The shipped LightningModule ``name`` in eval mode, with its weights and extra state restored.
-
-    Args:
-        name: One of :data:`NAMES` (:func:`available` lists those shipped in this install).
-        map_location: Device to load the tensors onto.
-        weights_dir: Folder of ``<name>.pt`` / ``<name>.json`` (default: the package's ``weights``).
-
-    Raises:
-        PretrainedError: Unknown name, weights not shipped, a corrupt or truncated file (its SHA-256 does
-            not match the metadata, or it cannot be unpickled), or weights that do not fit their class.
-    """
+def _payload(name: str, map_location: str | torch.device, weights_dir: str | Path | None) -> dict[str, Any]:
+    """The checked contents of ``<name>.pt`` (see :func:`pack`); raises :class:`PretrainedError` as ``load``."""
     weights, _ = _check_name(name, weights_dir)
     meta = info(name, weights_dir)
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
@@ -119,6 +129,24 @@ def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str |
         or payload.get("class") not in CLASSES
     ):
         raise PretrainedError(f"{weights} is not a handssl weights file of format {FORMAT}")
+    payload["sha256"] = digest
+    return payload
+
+
+def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str | Path | None = None) -> Any:
+    """The shipped LightningModule ``name`` in eval mode, with its weights and extra state restored.
+
+    Args:
+        name: One of :data:`NAMES` (:func:`available` lists those shipped in this install).
+        map_location: Device to load the tensors onto.
+        weights_dir: Folder of ``<name>.pt`` / ``<name>.json`` (default: the package's ``weights``).
+
+    Raises:
+        PretrainedError: Unknown name, weights not shipped, a corrupt or truncated file (its SHA-256 does
+            not match the metadata, or it cannot be unpickled), or weights that do not fit their class.
+    """
+    weights, _ = _paths(name, weights_dir)
+    payload = _payload(name, map_location, weights_dir)
     cls = getattr(importlib.import_module("handssl.models"), payload["class"])
     module = cls(**payload["hparams"])
     try:
@@ -128,6 +156,138 @@ def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str |
         raise PretrainedError(f"{weights} does not fit {payload['class']}: {first}") from None
     module.on_load_checkpoint(payload.get("extra", {}))
     return module.to(map_location).eval()
+
+
+def load_weights_into(module: Any, name: str, weights_dir: str | Path | None = None) -> Any:
+    """Start ``module`` from the shipped weights ``name``: its state dict and extra state, nothing else.
+
+    What ``handssl fit --ckpt_path <name>`` does: fine-tuning starts at step 0 with a fresh optimizer and
+    learning-rate schedule (shipped weights carry neither), from the shipped network's weights (for SemiHand
+    also its teacher, EMA count and template).
+
+    Args:
+        module: A task of the shipped network's class, built with its hyper-parameters.
+        name: A shipped name (:func:`available`).
+        weights_dir: Folder of ``<name>.pt`` / ``<name>.json`` (default: the package's ``weights``).
+
+    Returns:
+        ``module``.
+
+    Raises:
+        PretrainedError: As :func:`load`, or ``module`` is not of the shipped class.
+    """
+    payload = _payload(name, "cpu", weights_dir)
+    if type(module).__name__ != payload["class"]:
+        raise PretrainedError(f"{name!r} is a {payload['class']}, not a {type(module).__name__}")
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise PretrainedError(f"{name!r} does not fit this {payload['class']}: {first}") from None
+    module.on_load_checkpoint(payload.get("extra", {}))
+    return module
+
+
+def cache_dir() -> Path:
+    """The folder of materialised checkpoints' parent: ``$HANDSSL_CACHE``, ``$XDG_CACHE_HOME/handssl`` or ``~/.cache/handssl``."""
+    if os.environ.get("HANDSSL_CACHE"):
+        return Path(os.environ["HANDSSL_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "handssl"
+
+
+def lightning_checkpoint(
+    name: str, cache: str | Path | None = None, weights_dir: str | Path | None = None
+) -> Path:
+    """The shipped network ``name`` as a Lightning checkpoint file, so that ``--ckpt_path <name>`` works.
+
+    The file holds what ``handssl fit`` would have saved for the model alone: ``state_dict``,
+    ``hyper_parameters`` (with ``_class_path``, so the CLI rebuilds the model from it), the extra state of
+    the task's ``on_load_checkpoint`` and the Lightning version; no optimizer or loop state, so it cannot be
+    resumed, only evaluated, predicted with, exported or fine-tuned from. It is written once per weights file
+    (named by its SHA-256) into ``cache`` (default :func:`cache_dir`, falling back to a temporary folder
+    when that is not writable) and reused.
+
+    Args:
+        name: A shipped name (:func:`available`).
+        cache: Folder of the materialised checkpoints.
+        weights_dir: Folder of ``<name>.pt`` / ``<name>.json`` (default: the package's ``weights``).
+
+    Returns:
+        The checkpoint's path.
+
+    Raises:
+        PretrainedError: As :func:`load`.
+    """
+    weights, _ = _check_name(name, weights_dir)
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    folders = [Path(cache)] if cache is not None else [cache_dir() / "checkpoints"]
+    folders.append(Path(tempfile.gettempdir()) / "handssl-checkpoints")
+    for folder in folders:
+        path = folder / f"{name}-{digest[:16]}.ckpt"
+        if path.is_file():
+            return path
+    payload = _payload(name, "cpu", weights_dir)
+    checkpoint = _checkpoint_of(payload)
+    errors = []
+    for folder in folders:
+        path = folder / f"{name}-{digest[:16]}.ckpt"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Write-then-rename: concurrent runs (DDP ranks, two shells) never see a half-written file.
+            with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+                torch.save(checkpoint, handle)
+            os.replace(handle.name, path)
+            return path
+        except OSError as error:
+            errors.append(f"{folder}: {error.strerror or error}")
+    raise PretrainedError(f"cannot write the checkpoint of {name!r}: {'; '.join(errors)}")
+
+
+def _checkpoint_of(payload: dict[str, Any]) -> dict[str, Any]:
+    import pytorch_lightning as pl
+
+    return {
+        "pytorch-lightning_version": pl.__version__,
+        "epoch": 0,
+        "global_step": 0,
+        "state_dict": payload["state_dict"],
+        "hyper_parameters": {**payload["hparams"], "_class_path": f"handssl.models.{payload['class']}"},
+        **payload.get("extra", {}),
+        "handssl_pretrained": {"sha256": payload["sha256"]},
+    }
+
+
+#: ``--ckpt_path`` values Lightning resolves itself (the run's own checkpoints, SLURM, its model registry).
+LIGHTNING_CKPT_VALUES = ("best", "last", "hpc", "registry")
+
+
+def resolve_ckpt_path(value: str | Path | None, weights_dir: str | Path | None = None) -> str | None:
+    """A ``--ckpt_path`` value as a checkpoint file: a shipped name becomes :func:`lightning_checkpoint`'s file.
+
+    A file, a value Lightning resolves itself (``best``, ``last``, ``hpc``, ``registry...``) and a URL
+    (``s3://...``) are returned as they are.
+
+    Raises:
+        PretrainedError: ``value`` is neither an existing file nor a shipped name (the message lists the
+            shipped names), or the shipped weights cannot be read.
+    """
+    if value is None:
+        return None
+    text = str(value)
+    if Path(text).is_file() or "://" in text or text.startswith(LIGHTNING_CKPT_VALUES):
+        return text
+    if text in available(weights_dir):
+        return str(lightning_checkpoint(text, weights_dir=weights_dir))
+    raise PretrainedError(
+        f"checkpoint not found: {text!r} is neither a checkpoint file nor a shipped network; "
+        f"shipped: {', '.join(available(weights_dir)) or 'none'} (`handssl models` describes them)"
+    )
+
+
+def is_shipped(value: Any, weights_dir: str | Path | None = None) -> TypeGuard[str]:
+    """Whether ``value`` names shipped weights (and is not also an existing file, which takes precedence)."""
+    return isinstance(value, str) and not Path(value).is_file() and value in available(weights_dir)
 
 
 def pack(
