@@ -11,3 +11,15 @@ import os as _os
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
+
+from handssl._lazy import lazy_getattr as _lazy_getattr
+
+# ``infer`` lives in handssl.inference, not handssl.infer: importing a submodule named like the function would
+# replace the function by the module on the package.
+_EXPORTS = {"infer": "inference", "InferError": "inference"}
+__all__ = ["InferError", "__version__", "infer"]
+__getattr__ = _lazy_getattr(__name__, _EXPORTS)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -50,7 +50,7 @@ from torch import Tensor
 from handssl.models.base import valid_joints
 from handssl.skeleton import ROOT
 
-__all__ = ["PredictionWriter"]
+__all__ = ["PredictionWriter", "prediction_rows", "result_row"]
 
 ARRAY_KEYS = ("joints3d", "joints3d_camera", "joints2d", "confidence", "crop", "joints2d_image")
 
@@ -100,40 +100,7 @@ class PredictionWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        if not isinstance(prediction, dict) or "joints3d" not in prediction:
-            raise TypeError(
-                f"PredictionWriter expects predict_step to return a dict with 'joints3d', got {type(prediction)}"
-            )
-        arrays = {
-            k: prediction[k].detach().float().cpu() for k in ARRAY_KEYS if prediction.get(k) is not None
-        }
-        n = arrays["joints3d"].shape[0]
-        if batch_indices is None or len(batch_indices) != n:
-            raise RuntimeError(
-                "PredictionWriter needs the predict loop's batch indices (a map-style dataset)"
-            )
-        if "joints3d_camera" not in arrays and isinstance(batch, dict):
-            root = _known_root(batch, n)
-            if root is not None:  # the sample's labels give the root: root-relative prediction + that root
-                arrays["joints3d_camera"] = torch.where(
-                    torch.isfinite(root)[:, None], arrays["joints3d"] + root[:, None], torch.nan
-                )
-        crop = batch.get("crop") if isinstance(batch, dict) else None
-        if isinstance(crop, Tensor) and crop.shape == (n, 3, 3):
-            arrays["crop"] = crop.detach().float().cpu()
-            if "joints2d" in arrays:
-                inverse = torch.linalg.inv(arrays["crop"].double())
-                uv = arrays["joints2d"].double()
-                arrays["joints2d_image"] = (
-                    uv @ inverse[:, :2, :2].transpose(1, 2) + inverse[:, None, :2, 2]
-                ).float()
-        meta = _split_meta(prediction.get("meta"), n)
-        for i in range(n):
-            row = {k: v[i] for k, v in arrays.items()}
-            if meta[i].get("mirrored"):
-                row = _unmirror(row, meta[i])
-            row["index"] = int(batch_indices[i])
-            row["meta"] = meta[i]
+        for i, row in enumerate(prediction_rows(prediction, batch, batch_indices)):
             if self.overlays and isinstance(batch, dict) and isinstance(batch.get("image"), Tensor):
                 row["input_image"] = batch["image"][i].detach().float().cpu()
             self._rows.append(row)
@@ -167,6 +134,80 @@ class PredictionWriter(BasePredictionWriter):
             for row in ordered:
                 write_overlay(row, folder, Path(root) if root is not None else None)
             rank_zero_info(f"handssl: wrote {len(ordered)} overlays to {folder}")
+
+
+def prediction_rows(prediction: Any, batch: Any, batch_indices: Sequence[int] | None) -> list[dict[str, Any]]:
+    """One predict batch as per-item rows in the original images (shared by the writer and :func:`handssl.infer`).
+
+    Args:
+        prediction: What the task's ``predict_step`` returned (a dict with ``joints3d``).
+        batch: The batch it was given (its ``crop`` maps 2D joints back; its labels may give the root).
+        batch_indices: The items' indices in the dataset.
+
+    Returns:
+        Per item, CPU float tensors (``joints3d``, and where known ``joints3d_camera``, ``joints2d``,
+        ``confidence``, ``crop``, ``joints2d_image``; mirrored items mirrored back), ``index`` and ``meta``.
+    """
+    if not isinstance(prediction, dict) or "joints3d" not in prediction:
+        raise TypeError(
+            f"PredictionWriter expects predict_step to return a dict with 'joints3d', got {type(prediction)}"
+        )
+    arrays = {k: prediction[k].detach().float().cpu() for k in ARRAY_KEYS if prediction.get(k) is not None}
+    n = arrays["joints3d"].shape[0]
+    if batch_indices is None or len(batch_indices) != n:
+        raise RuntimeError("PredictionWriter needs the predict loop's batch indices (a map-style dataset)")
+    if "joints3d_camera" not in arrays and isinstance(batch, dict):
+        root = _known_root(batch, n)
+        if root is not None:  # the sample's labels give the root: root-relative prediction + that root
+            arrays["joints3d_camera"] = torch.where(
+                torch.isfinite(root)[:, None], arrays["joints3d"] + root[:, None], torch.nan
+            )
+    crop = batch.get("crop") if isinstance(batch, dict) else None
+    if isinstance(crop, Tensor) and crop.shape == (n, 3, 3):
+        arrays["crop"] = crop.detach().float().cpu()
+        if "joints2d" in arrays:
+            inverse = torch.linalg.inv(arrays["crop"].double())
+            uv = arrays["joints2d"].double()
+            arrays["joints2d_image"] = (
+                uv @ inverse[:, :2, :2].transpose(1, 2) + inverse[:, None, :2, 2]
+            ).float()
+    meta = _split_meta(prediction.get("meta"), n)
+    rows = []
+    for i in range(n):
+        row = {k: v[i] for k, v in arrays.items()}
+        if meta[i].get("mirrored"):
+            row = _unmirror(row, meta[i])
+        row["index"] = int(batch_indices[i])
+        row["meta"] = meta[i]
+        rows.append(row)
+    return rows
+
+
+def result_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The public fields of one prediction row, as tensors: what a ``predictions.jsonl`` line holds.
+
+    ``index``; ``path`` (image files) or ``id`` (``<dataset>/<frame>``); ``joints2d`` (original image pixels,
+    ``None`` when the model predicts none); ``joints3d``; ``joints3d_camera`` only when finite; ``confidence``
+    where the model has one; ``calibrated`` where the data says.
+    """
+    meta = row["meta"]
+    out: dict[str, Any] = {"index": row["index"]}
+    if meta.get("path") is not None:
+        out["path"] = str(meta["path"])
+    else:
+        out["id"] = f"{meta.get('dataset', 'item')}/{meta.get('frame', row['index'])}"
+    joints2d = row.get("joints2d_image")
+    if joints2d is None and "crop" not in row:
+        joints2d = row.get("joints2d")  # uncropped input: its pixels are the original image's
+    out["joints2d"] = joints2d
+    out["joints3d"] = row["joints3d"]
+    if "joints3d_camera" in row and torch.isfinite(row["joints3d_camera"]).all():
+        out["joints3d_camera"] = row["joints3d_camera"]
+    if "confidence" in row:
+        out["confidence"] = row["confidence"]
+    if "calibrated" in meta:
+        out["calibrated"] = bool(meta["calibrated"])
+    return out
 
 
 def _unmirror(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -245,25 +286,8 @@ def _numbers(x: Tensor) -> Any:
 
 
 def _json_row(row: dict[str, Any]) -> dict[str, Any]:
-    """One ``predictions.jsonl`` line: the item's path or id, joints in the original image, confidence."""
-    meta = row["meta"]
-    out: dict[str, Any] = {"index": row["index"]}
-    if meta.get("path") is not None:
-        out["path"] = str(meta["path"])
-    else:
-        out["id"] = f"{meta.get('dataset', 'item')}/{meta.get('frame', row['index'])}"
-    joints2d = row.get("joints2d_image")
-    if joints2d is None and "crop" not in row:
-        joints2d = row.get("joints2d")  # uncropped input: its pixels are the original image's
-    out["joints2d"] = _numbers(joints2d) if joints2d is not None else None
-    out["joints3d"] = _numbers(row["joints3d"])
-    if "joints3d_camera" in row and torch.isfinite(row["joints3d_camera"]).all():
-        out["joints3d_camera"] = _numbers(row["joints3d_camera"])
-    if "confidence" in row:
-        out["confidence"] = _numbers(row["confidence"])
-    if "calibrated" in meta:
-        out["calibrated"] = bool(meta["calibrated"])
-    return out
+    """One ``predictions.jsonl`` line (:func:`result_row`, numbers rounded to 4 decimals, NaN as ``null``)."""
+    return {k: _numbers(v) if isinstance(v, Tensor) else v for k, v in result_row(row).items()}
 
 
 def _split_meta(meta: Any, n: int) -> list[dict[str, Any]]:

@@ -8,8 +8,8 @@ around the joints' box) and resizes it to the network's input size; the crop mat
 sample, so :class:`~handssl.callbacks.PredictionWriter` can write 2D joints in the original image's pixels.
 
 The optional JSON file maps an image's path relative to ``root`` to either a box ``[x0, y0, x1, y1]``
-(pixels of the original image) or an object with any of ``box``, ``hand`` (``"left"`` / ``"right"``) and
-``K`` (3×3 intrinsics)::
+(pixels of the original image; it must overlap the image) or an object with any of ``box``, ``hand``
+(``"left"`` / ``"right"``) and ``K`` (3×3 intrinsics)::
 
     {"a.jpg": [120, 80, 360, 320], "b.png": {"box": [10, 10, 200, 220], "hand": "left", "K": [[...]]}}
 """
@@ -27,7 +27,7 @@ from handssl.data.base import DatasetError, Sample, Transform, load_image, mirro
 from handssl.data.datamodules import SupervisedDataModule
 from handssl.skeleton import NUM_JOINTS
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderDataModule"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderDataModule", "annotation_entry", "image_sample"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -91,21 +91,7 @@ class ImageFolder(Dataset):
         for name, entry in raw.items():
             if name not in names:
                 raise DatasetError(f"boxes file {path}: {name!r} is not an image in {self.root}")
-            entry = {"box": entry} if isinstance(entry, list) else dict(entry)
-            where = f"boxes file {path}, {name!r}"
-            if "box" in entry:
-                box = np.asarray(entry["box"], dtype=np.float64)
-                if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
-                    raise DatasetError(f"{where}: box must be [x0, y0, x1, y1] with x1 > x0, y1 > y0")
-                entry["box"] = box
-            if entry.get("hand", "right") not in ("left", "right"):
-                raise DatasetError(f"{where}: hand must be 'left' or 'right', got {entry['hand']!r}")
-            if "K" in entry:
-                K = np.asarray(entry["K"], dtype=np.float64)
-                if K.shape != (3, 3) or not np.isfinite(K).all():
-                    raise DatasetError(f"{where}: K must be a finite 3x3 matrix")
-                entry["K"] = K
-            out[name] = entry
+            out[name] = annotation_entry(entry, f"boxes file {path}, {name!r}")
         return out
 
     def __len__(self) -> int:
@@ -114,43 +100,114 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> Sample:
         path = self.files[index]
         name = path.relative_to(self.root).as_posix()
-        image = load_image(path)
-        h, w = image.shape[:2]
         entry = self.annotations.get(name, {})
-        if "box" in entry:
-            box = entry["box"]
-        else:  # the centred square
-            side = min(h, w)
-            x0, y0 = (w - side) / 2, (h - side) / 2
-            box = np.array([x0, y0, x0 + side, y0 + side])
-        if "K" in entry:
-            K = entry["K"]
-        else:
-            f = float(max(h, w))
-            K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
-        hand = entry.get("hand")
-        sample: Sample = {
-            "image": image,
-            "joints3d": np.full((NUM_JOINTS, 3), np.nan, dtype=np.float32),
-            "joints2d": np.full((NUM_JOINTS, 2), np.nan, dtype=np.float32),
-            "valid": np.zeros(NUM_JOINTS, dtype=bool),
-            "K": K.astype(np.float32),
-            "box": box.astype(np.float32),
-            "meta": {
-                "dataset": "image_folder",
-                "path": name,
-                "frame": index,
-                "hand": hand,
-                "image_width": w,
-                "image_height": h,
-                "box_source": "file" if "box" in entry else "center",
-                "calibrated": "K" in entry,
-                "mirrored": False,
-            },
-        }
-        if self.mirror_left and hand == "left":
-            sample = mirror_sample(sample)
+        sample = image_sample(load_image(path), entry, name, index, self.mirror_left)
         return self.transform(sample) if self.transform is not None else sample
+
+
+def annotation_entry(entry: Any, where: str) -> dict[str, Any]:
+    """One image's checked annotation: a box ``[x0, y0, x1, y1]`` or a dict of ``box``, ``hand``, ``K``.
+
+    Shared by :class:`ImageFolder` (its boxes file) and :func:`handssl.infer`.
+
+    Args:
+        entry: The value of the boxes file for one image.
+        where: Names the entry in error messages (e.g. ``"boxes file b.json, 'a.jpg'"``).
+
+    Returns:
+        ``{"box": float64 (4,), "hand": "left" | "right", "K": float64 (3, 3)}``, each key only when given.
+
+    Raises:
+        DatasetError: A malformed box, hand or ``K``.
+    """
+    if isinstance(entry, (list, tuple, np.ndarray)):
+        entry = {"box": entry}
+    if not isinstance(entry, dict):
+        raise DatasetError(
+            f"{where}: expected a box [x0, y0, x1, y1] or an object, got {type(entry).__name__}"
+        )
+    entry = {k: v for k, v in entry.items() if v is not None}
+    if "box" in entry:
+        try:
+            box = np.asarray(entry["box"], dtype=np.float64)
+        except (TypeError, ValueError):
+            box = np.full(0, np.nan)
+        if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+            raise DatasetError(
+                f"{where}: box must be [x0, y0, x1, y1] with x1 > x0, y1 > y0, got {entry['box']!r}"
+            )
+        entry["box"] = box
+    if entry.get("hand", "right") not in ("left", "right"):
+        raise DatasetError(f"{where}: hand must be 'left' or 'right', got {entry['hand']!r}")
+    if "K" in entry:
+        try:
+            K = np.asarray(entry["K"], dtype=np.float64)
+        except (TypeError, ValueError):
+            K = np.full(0, np.nan)
+        if K.shape != (3, 3) or not np.isfinite(K).all():
+            raise DatasetError(f"{where}: K must be a finite 3x3 matrix")
+        entry["K"] = K
+    return entry
+
+
+def image_sample(
+    image: np.ndarray, entry: dict[str, Any], name: str | None, index: int, mirror_left: bool = False
+) -> Sample:
+    """The unlabelled sample of one image, as :class:`ImageFolder` returns it (before its transform).
+
+    Shared by :class:`ImageFolder` and :func:`handssl.infer`, so that both crop the same way.
+
+    Args:
+        image: ``uint8 (H, W, 3)``.
+        entry: Its checked annotation (:func:`annotation_entry`; ``{}``: centred square, nominal ``K``).
+        name: ``meta['path']`` (``None`` for an image that is no file).
+        index: ``meta['frame']``.
+        mirror_left: Mirror the sample when ``entry`` says ``"hand": "left"``.
+
+    Raises:
+        DatasetError: The box does not overlap the image.
+    """
+    h, w = image.shape[:2]
+    if "box" in entry:
+        box = entry["box"]
+        # Pixel centres are integers, so the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5].
+        if box[2] <= -0.5 or box[3] <= -0.5 or box[0] >= w - 0.5 or box[1] >= h - 0.5:
+            where = f"{name!r}" if name is not None else f"image {index}"
+            raise DatasetError(
+                f"{where}: box {[round(float(v), 2) for v in box]} lies outside the image ({w}x{h} pixels)"
+            )
+    else:  # the centred square
+        side = min(h, w)
+        x0, y0 = (w - side) / 2, (h - side) / 2
+        box = np.array([x0, y0, x0 + side, y0 + side])
+    if "K" in entry:
+        K = entry["K"]
+    else:
+        f = float(max(h, w))
+        K = np.array([[f, 0.0, (w - 1) / 2], [0.0, f, (h - 1) / 2], [0.0, 0.0, 1.0]])
+    hand = entry.get("hand")
+    sample: Sample = {
+        "image": image,
+        "joints3d": np.full((NUM_JOINTS, 3), np.nan, dtype=np.float32),
+        "joints2d": np.full((NUM_JOINTS, 2), np.nan, dtype=np.float32),
+        "valid": np.zeros(NUM_JOINTS, dtype=bool),
+        "K": K.astype(np.float32),
+        "box": box.astype(np.float32),
+        "meta": {
+            "dataset": "image_folder",
+            "path": name,
+            "frame": index,
+            "hand": hand,
+            "image_width": w,
+            "image_height": h,
+            "box_source": "file" if "box" in entry else "center",
+            "calibrated": "K" in entry,
+            "mirrored": False,
+        },
+    }
+    if mirror_left and hand == "left":
+        sample = mirror_sample(sample)
+    return sample
 
 
 class ImageFolderDataModule(SupervisedDataModule):
