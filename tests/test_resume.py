@@ -1,5 +1,7 @@
 """Exact mid-epoch resume: a run stopped at a checkpoint and resumed ends where the uninterrupted run ends."""
 
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -164,3 +166,108 @@ def test_semi_supervised_resume_sees_the_same_batches(tmp_path, step):
     resumed = semi_run(tmp_path, "resumed", ckpt_path=ckpt)
     assert sorted(resumed.seen) == list(range(step, 8))
     assert {k: straight.seen[k] for k in resumed.seen} == resumed.seen
+
+
+# ------------------------------------------------------------------------------------ through the CLI
+CONF = Path(__file__).parent / "conf"
+# max_epochs set (as the shipped model configs do): with it, configure_optimizers' estimated_stepping_batches
+# makes Lightning build the training loaders before it reads the checkpoint, and drop their saved states.
+EPOCHS = "--trainer.max_epochs=10"
+SUPERVISED = [
+    EPOCHS,
+    "--model.init_args.dropout=0.3",
+    # 24 training crops, batch 4: 6 batches an epoch
+    "--data.init_args.train.init_args.frames_per_sequence=24",
+    "--data.init_args.train.init_args.chunk_size=24",
+]
+
+
+def cli_fit(tmp_path, config: str, options: list[str], every: int, name: str, ckpt=None) -> Path:
+    """``handssl fit`` with a checkpoint every ``every`` steps and one at every validation; the run folder."""
+    from handssl.cli import main
+
+    args = [
+        "fit",
+        "-c",
+        str(CONF / config),
+        *options,
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--wandb",
+        "disabled",
+        "--run_name",
+        name,
+        "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.every_n_train_steps={every}",
+        "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.filename=s-{step}",
+        "--trainer.callbacks+=pytorch_lightning.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.monitor=val/mpjpe",
+        "--trainer.callbacks.save_top_k=-1",
+        "--trainer.callbacks.filename=v-{step}",
+    ]
+    main([*args, "--ckpt_path", str(ckpt)] if ckpt else args)
+    (run,) = (tmp_path / "runs" / name).glob("version_*")
+    return run / "checkpoints"
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "every", "steps", "resume_from"),
+    [
+        # validation after batch 4 of every epoch (steps 4, 10), checkpoints at steps 3, 6, 9, 12
+        (
+            "supervised_tiny.yaml",
+            ["--trainer.val_check_interval=4", *SUPERVISED],
+            3,
+            12,
+            ["s-step=3", "v-step=4"],
+        ),
+        # validation twice an epoch, every second epoch; saved at the validation step
+        (
+            "supervised_tiny.yaml",
+            ["--trainer.val_check_interval=0.5", "--trainer.check_val_every_n_epoch=2", *SUPERVISED],
+            3,
+            15,
+            ["s-step=9", "s-step=6"],
+        ),
+        # validation every 5 steps across epochs (check_val_every_n_epoch null), checkpoints at the same steps
+        (
+            "supervised_tiny.yaml",
+            ["--trainer.val_check_interval=5", "--trainer.check_val_every_n_epoch=null", *SUPERVISED],
+            5,
+            15,
+            ["s-step=5", "v-step=10"],
+        ),
+        # SemiHand: EMA teacher, labelled loader cycling under the unlabelled one, validation at step 4
+        ("semihand_tiny.yaml", ["--trainer.val_check_interval=4", EPOCHS], 2, 8, ["s-step=2", "s-step=4"]),
+        # NVS: labelled-share batch sampler, validation every 3 steps
+        (
+            "nvs_tiny.yaml",
+            ["--trainer.val_check_interval=3", "--model.init_args.scheduler=cosine", EPOCHS],
+            2,
+            8,
+            ["s-step=2", "v-step=3"],
+        ),
+    ],
+    ids=[
+        "supervised-val-int",
+        "supervised-val-fraction-every-2-epochs",
+        "supervised-val-by-step",
+        "semihand",
+        "nvs",
+    ],
+)
+def test_cli_resume_with_validation_inside_the_epoch_is_exact(
+    tmp_path, config, options, every, steps, resume_from
+):
+    options = [*options, f"--trainer.max_steps={steps}"]
+    straight = cli_fit(tmp_path, config, options, every, "straight")
+    expected = torch.load(straight / f"s-step={steps}.ckpt", weights_only=False)["state_dict"]
+    for i, start in enumerate(resume_from):
+        # a copy, as a pre-empted job would hand it over (the original run folder stays untouched)
+        ckpt = tmp_path / f"{start}.ckpt"
+        ckpt.write_bytes((straight / f"{start}.ckpt").read_bytes())
+        resumed = cli_fit(tmp_path, config, options, every, f"resumed{i}", ckpt=ckpt)
+        got = torch.load(resumed / f"s-step={steps}.ckpt", weights_only=False)["state_dict"]
+        diffs = {k: (got[k].double() - v.double()).abs().max().item() for k, v in expected.items()}
+        assert max(diffs.values()) == 0.0, (start, {k: d for k, d in diffs.items() if d > 0})

@@ -258,6 +258,31 @@ class ResumableDataLoader(DataLoader):
             _set_rng_state(state_dict["rng"])
 
 
+def load_pending_loader_states(trainer: pl.Trainer) -> bool:
+    """Give the training loaders the positions and RNG states of the checkpoint being resumed, if still pending.
+
+    Lightning restores a loader's ``load_state_dict`` only while it builds the training loaders after the
+    checkpoint was read. A model whose ``configure_optimizers`` asks for ``trainer.estimated_stepping_batches``
+    (every handssl task with the cosine schedule and a ``max_epochs``) makes Lightning build them earlier,
+    before the checkpoint is read, and the states are then dropped silently (Lightning issue #20550): the
+    resumed run starts the epoch over with the RNG of a fresh process. Called at ``on_train_start`` (after
+    both, before the first batch is drawn; handssl's resumable loaders start their pass at the first batch).
+
+    Args:
+        trainer: The trainer that is about to train.
+
+    Returns:
+        Whether states were pending (and are now loaded).
+    """
+    fit_loop = trainer.fit_loop
+    # Private Lightning state (2.2-2.6): the list ``_FitLoop.on_load_checkpoint`` stores and
+    # ``_load_combined_loader_states`` consumes (and empties), so this is a no-op where Lightning already did it.
+    if not getattr(fit_loop, "_combined_loader_states_to_load", None):
+        return False
+    fit_loop._load_combined_loader_states()
+    return not fit_loop._combined_loader_states_to_load
+
+
 class HandDataModule(pl.LightningDataModule):
     """Base DataModule: batch size, workers and a deterministic, DDP-shardable, resumable loader factory.
 

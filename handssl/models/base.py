@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from handssl.data.datamodules import load_pending_loader_states
 from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
 from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
 from handssl.skeleton import root_relative, valid_with_root
@@ -261,6 +262,22 @@ class BaseHandTask(pl.LightningModule):
         batch_size = pred.shape[0]
         for name, error in metrics.errors.items():
             self.log(f"{stage}/{name}", error, batch_size=batch_size, prog_bar=name == "mpjpe")
+
+    def on_train_start(self) -> None:
+        """Finish restoring a resumed run where Lightning leaves it short (a subclass overriding it calls super).
+
+        * The training loaders get their saved position and RNG states, which Lightning drops when
+          ``configure_optimizers`` asked for ``estimated_stepping_batches`` (see
+          :func:`~handssl.data.datamodules.load_pending_loader_states`).
+        * A checkpoint saved by a callback's ``on_train_batch_end`` (``ModelCheckpoint(every_n_train_steps=...)``)
+          was taken before the module's own ``on_train_batch_end`` of that batch ran (Lightning calls the
+          callbacks first), so that hook (SemiHand's teacher update) runs now, before the next batch, as it did
+          in the uninterrupted run; it gets ``outputs=None`` and ``batch=None``.
+        """
+        load_pending_loader_states(self.trainer)
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        if epoch_loop.restarted_on_train_batch_end:
+            self.on_train_batch_end(None, None, max(epoch_loop.batch_idx, 0))
 
     def on_validation_epoch_end(self) -> None:
         self._log_protocol("val")
