@@ -2,8 +2,10 @@
 
 Every shipped network gets ``<name>.pt`` (class, hyper-parameters, state dict, extra state; optimizer state
 and paths to other checkpoints dropped) and ``<name>.json`` (this command, the commit, the benchmark command
-and row that trained it with its measured metrics, the file's SHA-256 and size). ``handssl.pretrained.load``
-reads them.
+and row that trained it with its measured metrics and seed, the file's SHA-256 and size). ``handssl.pretrained.load``
+reads them; ``handssl models`` tabulates them. Two fields say how to make the file again: ``recipe``, the
+file under ``experiments/`` that trains it (the benchmark script, or ``--recipe``), and ``command``, the whole
+reproduction: the training command, then this one.
 
     # SemiHand: the source-only, full and target-oracle rows of the ablation (synthetic -> real, seed 0)
     python experiments/ship_weights.py semihand
@@ -21,6 +23,8 @@ import datetime
 import functools
 import hashlib
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -75,12 +79,15 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
     if size > MAX_BYTES:
         weights.unlink()
         raise SystemExit(f"{name}: {size / 2**20:.1f} MB is over the 10 MB limit of shipped weights")
+    ship_command = "python " + " ".join(sys.argv)
     meta = {
         "name": name,
         "class": payload["class"],
         "image_size": payload["hparams"].get("image_size"),
         **meta,
-        "ship_command": "python " + " ".join(sys.argv),
+        "recipe": meta.get("recipe") or recipe_of(meta["trained_by"]),
+        "command": f"{meta['trained_by']} && {ship_command}",
+        "ship_command": ship_command,
         "commit": git_commit(),
         "results_commit": last_commit(meta.get("results")),
         "date": datetime.date.today().isoformat(),
@@ -89,6 +96,26 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
     }
     (out / f"{name}.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"{weights}: {size / 2**20:.2f} MB, metrics {meta.get('metrics')}")
+
+
+def recipe_of(command: str) -> str | None:
+    """The file under ``experiments/`` that a training command runs (``python experiments/x.py ...``, or the
+    first ``-c experiments/...yaml`` of ``handssl fit``)."""
+    for token in shlex.split(command):
+        if token.startswith("experiments/") and token.endswith((".py", ".yaml", ".yml")):
+            return token
+    return None
+
+
+def seed_of(results: Path) -> int | None:
+    """The seed of a benchmark's results: ``args.json`` beside them, else ``seed<N>`` in their file name."""
+    args = results.with_name("args.json")
+    if args.is_file():
+        seed = json.loads(args.read_text()).get("seed")
+        if seed is not None:
+            return int(seed)
+    match = re.search(r"seed(\d+)", results.stem)
+    return int(match.group(1)) if match else None
 
 
 def hparams_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -115,8 +142,10 @@ def ship_semihand(args: argparse.Namespace) -> None:
         meta = {
             "description": f"SemiHand ablation row {row!r}: {rows[row]['title']}",
             "trained_by": args.trained_by,
+            "recipe": args.recipe,
             "results": str(args.results),
             "row": row,
+            "seed": seed_of(Path(args.results)),
             "steps": int(rows[row]["steps"]),
             "metrics": metrics,
             "metrics_note": "real-style SynthHands v2 test subjects, wrist-relative mm, root depth and scale known",
@@ -150,7 +179,9 @@ def ship_nvs(args: argparse.Namespace) -> None:
         meta = {
             "description": f"NVS label sweep, {regime} at {args.subjects} labelled subject(s) of 32",
             "trained_by": args.trained_by,
+            "recipe": args.recipe,
             "results": str(args.results),
+            "seed": seed_of(Path(args.results)),
             "steps": row.get("steps"),
             "wall_s": row.get("wall_s"),
             "metrics": {k: row[k] for k in keys if k in row},
@@ -169,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", default=None, help="the benchmark's results (CSV / rows.jsonl)")
     parser.add_argument("--subjects", type=int, default=1, help="nvs: labelled subjects of the shipped rows")
     parser.add_argument("--trained-by", default=None, help="the benchmark command that trained them")
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="the experiments/ file that trains them (default: the one --trained-by runs)",
+    )
     parser.add_argument("--out", default=str(WEIGHTS_DIR))
     args = parser.parse_args(argv)
     if args.method == "semihand":

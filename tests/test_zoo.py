@@ -1,0 +1,81 @@
+"""The model zoo: shipped metadata says how to reproduce each network (issue 22, item 4) and ``handssl models``."""
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import handssl.pretrained as pretrained
+
+REPO = Path(__file__).parents[1]
+
+
+def ship_weights():
+    spec = importlib.util.spec_from_file_location("ship_weights", REPO / "experiments" / "ship_weights.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", pretrained.available())
+def test_every_shipped_network_names_its_recipe_command_and_seed(name):
+    meta = pretrained.info(name)
+    assert meta["recipe"].startswith("experiments/") and (REPO / meta["recipe"]).is_file()
+    assert meta["command"] == f"{meta['trained_by']} && {meta['ship_command']}"
+    assert meta["recipe"] in meta["trained_by"]
+    assert isinstance(meta["seed"], int)
+
+
+def test_recipe_and_seed_are_read_from_the_command_and_the_results(tmp_path):
+    ship = ship_weights()
+    assert ship.recipe_of("python experiments/label_sweep.py --subjects 1") == "experiments/label_sweep.py"
+    assert (
+        ship.recipe_of("handssl fit -c experiments/semihand_full.yaml --x 1")
+        == "experiments/semihand_full.yaml"
+    )
+    assert ship.recipe_of("python train.py") is None
+    assert ship.seed_of(Path("experiments/results/semihand_ablation/semihand_ablation_real_seed1.csv")) == 1
+    (tmp_path / "args.json").write_text(json.dumps({"seed": "7"}))
+    assert ship.seed_of(tmp_path / "rows.jsonl") == 7
+    assert ship.seed_of(tmp_path / "other" / "rows.jsonl") is None
+
+
+def test_ship_weights_writes_recipe_command_and_seed_beside_the_weights(tmp_path, monkeypatch):
+    from handssl.models import SemiHandModule
+
+    ship = ship_weights()
+    module = SemiHandModule(backbone_widths=(8, 8, 8, 8), decoder_channels=8)
+    checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict(), "semihand": {}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = {"source_only": 2000, "full": 1000, "oracle": 3000}
+    for row in rows:
+        torch.save(checkpoint, run_dir / f"{row}.ckpt")
+    results = tmp_path / "ablation_real_seed3.csv"
+    with results.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "title", "mpjpe", "pa_mpjpe", "auc_20_50", "steps"])
+        for row, steps in rows.items():
+            writer.writerow([row, row, 60.0, 27.0, 0.3, steps])
+    argv = ["semihand", "--run-dir", str(run_dir), "--results", str(results), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", ["experiments/ship_weights.py", *argv])
+    ship.main(argv)
+    meta = json.loads((tmp_path / "out" / "semihand-synthhands.json").read_text())
+    assert meta["recipe"] == "experiments/semihand_ablation.py" and meta["seed"] == 3
+    assert meta["command"] == (
+        "python experiments/semihand_ablation.py --cache-dir runs/synthhands_cache && "
+        f"python experiments/ship_weights.py {' '.join(argv)}"
+    )
+    # The metadata still describes the file beside it: the weights load and their checksum is checked.
+    loaded = pretrained.load("semihand-synthhands", weights_dir=tmp_path / "out")
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # An explicit recipe wins over the one the command names.
+    ship.main([*argv, "--recipe", "experiments/semihand_full.yaml"])
+    meta = json.loads((tmp_path / "out" / "semihand-synthhands.json").read_text())
+    assert meta["recipe"] == "experiments/semihand_full.yaml"
