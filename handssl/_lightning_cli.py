@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
+from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
@@ -24,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 import handssl
 from handssl.callbacks.predictions import PredictionWriter
+from handssl.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
 from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
@@ -375,6 +377,14 @@ class HandSSLCLI(LightningCLI):
                 getattr(wandb_logger, "_wandb_init", {}).pop("anonymous", None)
                 loggers.append(wandb_logger)
             kwargs["logger"] = loggers
+        plugins = trainer_cfg.get("plugins")
+        plugins = (
+            [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        )
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            # Checkpoints written beside their target and renamed: a kill or a full disk never leaves a
+            # half-written last.ckpt (Lightning's own writer copies across filesystems into the target).
+            kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
         trainer = super().instantiate_trainer(**kwargs)
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("overlays"):
@@ -537,9 +547,9 @@ def main(args: ArgsType = None) -> None:
         sys.exit(2)
     try:
         make_cli(argv)
-    except (ValueError, FloatingPointError) as err:
+    except (ValueError, FloatingPointError, OSError) as err:
         # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
-        cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError))
+        cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError, CheckpointSaveError))
         if cause is None or os.environ.get("HANDSSL_DEBUG"):
             raise
         print(f"handssl: error: {cause}", file=sys.stderr)
