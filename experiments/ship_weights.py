@@ -40,6 +40,16 @@ SEMIHAND = {
     "oracle": "semihand-oracle-synthhands",
 }
 NVS = {"semi": "nvs-semi-synthhands", "supervised": "nvs-supervised-synthhands"}
+#: What each row trains on (``trained_on`` in the metadata): SynthHands renders only, never a real photo.
+SEMIHAND_TRAINED_ON = {
+    "source_only": "SynthHands v2 renders: labelled synthetic-style crops (no real image)",
+    "full": "SynthHands v2 renders: labelled synthetic-style + unlabelled real-style crops (no real image)",
+    "oracle": "SynthHands v2 renders: labelled real-style crops (no real image)",
+}
+NVS_TRAINED_ON = {
+    "semi": "SynthHands v2 multi-view renders: labels of {k} of 32 subjects + unlabelled view pairs (no real image)",
+    "supervised": "SynthHands v2 renders: labels of {k} of 32 subjects (no real image)",
+}
 PATH_HPARAMS = ("init_checkpoint", "pretrained_checkpoint")
 
 
@@ -141,6 +151,7 @@ def ship_semihand(args: argparse.Namespace) -> None:
         metrics = {k: float(rows[row][k]) for k in ("mpjpe", "pa_mpjpe", "auc_20_50") if rows[row].get(k)}
         meta = {
             "description": f"SemiHand ablation row {row!r}: {rows[row]['title']}",
+            "trained_on": SEMIHAND_TRAINED_ON[row],
             "trained_by": args.trained_by,
             "recipe": args.recipe,
             "results": str(args.results),
@@ -178,6 +189,7 @@ def ship_nvs(args: argparse.Namespace) -> None:
         )
         meta = {
             "description": f"NVS label sweep, {regime} at {args.subjects} labelled subject(s) of 32",
+            "trained_on": NVS_TRAINED_ON[regime].format(k=args.subjects),
             "trained_by": args.trained_by,
             "recipe": args.recipe,
             "results": str(args.results),

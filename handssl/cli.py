@@ -21,6 +21,7 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
   shows the traceback);
 * ``handssl data check DATASET --root PATH`` validates a dataset folder.
 * ``handssl export --ckpt_path X --output model.onnx`` exports the inference network (needs ``handssl[export]``).
+* ``handssl models [--markdown]`` lists the shipped networks (:mod:`handssl.zoo`).
 * ``--ckpt_path`` also takes a shipped name (``semihand-synthhands``; see :mod:`handssl.pretrained`); with ``fit``
   it fine-tunes from the shipped weights (fresh optimizer, step 0) instead of resuming.
 """
@@ -38,6 +39,7 @@ SUBCOMMANDS = (
     ("test", "Evaluate a checkpoint on the test set (writes test_metrics.json)."),
     ("predict", "Predict with a checkpoint (writes predictions.jsonl; -c experiments/predict_images.yaml)."),
     ("export", "Export a checkpoint's inference network: export --ckpt_path X --format onnx."),
+    ("models", "List the shipped networks (model zoo): models [--markdown]."),
     ("data check", "Check a dataset folder: data check DATASET --root PATH."),
 )
 
@@ -48,7 +50,7 @@ def top_level_help() -> str:
 
     width = max(len(name) for name, _ in SUBCOMMANDS) + 2
     lines = [
-        "usage: handssl [-h] [--version] {fit,validate,test,predict,export,data} ...",
+        "usage: handssl [-h] [--version] {fit,validate,test,predict,export,models,data} ...",
         "",
         f"handssl {handssl.__version__}: semi-supervised 3D hand pose estimation (PyTorch Lightning command line).",
         "",
@@ -79,6 +81,10 @@ def main(args: Any = None) -> None:
         from handssl.export import main as export_main
 
         sys.exit(export_main(argv[1:]))
+    if isinstance(argv, list) and argv[:1] == ["models"]:
+        from handssl.zoo import main as models_main
+
+        sys.exit(models_main(argv[1:]))
     from handssl._lightning_cli import main as lightning_main
 
     lightning_main(args)

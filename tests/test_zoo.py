@@ -79,3 +79,69 @@ def test_ship_weights_writes_recipe_command_and_seed_beside_the_weights(tmp_path
     ship.main([*argv, "--recipe", "experiments/semihand_full.yaml"])
     meta = json.loads((tmp_path / "out" / "semihand-synthhands.json").read_text())
     assert meta["recipe"] == "experiments/semihand_full.yaml"
+
+
+def test_readme_model_table_is_the_output_of_handssl_models_markdown(capsys):
+    from handssl.cli import main
+    from handssl.zoo import readme_table
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "--markdown"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out.strip("\n")
+    assert readme_table(REPO / "README.md") == printed, (
+        "README's model table is stale: run `handssl models --update_readme README.md`"
+    )
+    for name in pretrained.available():
+        meta = pretrained.info(name)
+        line = next(row for row in printed.splitlines() if row.startswith(f"| `{name}` |"))
+        for value in (meta["sha256"], meta["recipe"], meta["command"], f"seed {meta['seed']}"):
+            assert value in line, (name, value)
+        assert f"MPJPE {meta['metrics']['mpjpe']:.1f} mm" in line
+
+
+def test_a_missing_field_is_a_dash(tmp_path, capsys):
+    from handssl.zoo import MISSING, describe, main, markdown_table
+
+    (tmp_path / "bare.pt").write_bytes(b"")
+    (tmp_path / "bare.json").write_text(json.dumps({"class": "SemiHandModule", "metrics": {"mpjpe": 50.0}}))
+    row = describe("bare", tmp_path)
+    assert row["task"] == "3D pose from 2.5D heatmaps (SemiHand)"
+    assert row["test metrics"] == f"MPJPE 50.0 mm (seed {MISSING})"
+    for column in ("trained on", "input", "recipe", "command", "size", "SHA-256"):
+        assert row[column] == MISSING, column
+    assert markdown_table(tmp_path).splitlines()[-1].count(MISSING) == 7  # six columns and the seed
+    assert main(["--weights_dir", str(tmp_path)]) == 0
+    assert "bare  (3D pose from 2.5D heatmaps (SemiHand); —; —)" in capsys.readouterr().out
+    (tmp_path / "bare.json").write_text("{}")
+    assert set(describe("bare", tmp_path).values()) == {"bare", MISSING}
+
+
+def test_models_in_the_top_level_help_and_bad_options_are_one_line(tmp_path, capsys):
+    from handssl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "\n  models " in capsys.readouterr().out
+    for args, expected in (
+        (["models", "--markdwon"], "handssl: error: models: unrecognized arguments: --markdwon"),
+        (["models", "--weights_dir", str(tmp_path / "nope")], "is not a folder"),
+        (["models", "--update_readme", str(tmp_path / "x.md")], "handssl: error: "),
+    ):
+        if args[1] == "--update_readme":
+            (tmp_path / "x.md").write_text("no markers here\n")
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+
+
+def test_update_readme_rewrites_only_the_block_between_the_markers(tmp_path):
+    from handssl.zoo import MARKERS, markdown_table, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n\n{MARKERS[0]}\nold table\n{MARKERS[1]}\n\nafter\n")
+    assert update_readme(readme) is True
+    assert readme.read_text() == f"# x\n\nbefore\n\n{MARKERS[0]}\n{markdown_table()}\n{MARKERS[1]}\n\nafter\n"
+    assert update_readme(readme) is False
