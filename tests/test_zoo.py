@@ -145,3 +145,20 @@ def test_update_readme_rewrites_only_the_block_between_the_markers(tmp_path):
     assert update_readme(readme) is True
     assert readme.read_text() == f"# x\n\nbefore\n\n{MARKERS[0]}\n{markdown_table()}\n{MARKERS[1]}\n\nafter\n"
     assert update_readme(readme) is False
+
+
+def test_readme_try_it_section_names_a_shipped_network_and_says_what_it_was_trained_on():
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Try it on your own photos")
+    assert start < readme.index("## Two commands")  # near the top
+    section = readme[start : readme.index("\n## ", start + 1)]
+    command = next(line for line in section.splitlines() if line.startswith("handssl predict "))
+    args = command.split()
+    assert (REPO / args[args.index("-c") + 1]).is_file()
+    assert args[args.index("--ckpt_path") + 1] in pretrained.available()
+    assert "--overlays true" in command and "overlays/" in section and "handssl.infer(" in section
+    assert "SynthHands only" in section and "no real image" in section and "poor accuracy" in section
+    for key in ("joints2d", "joints3d", "joints3d_camera", "confidence", "calibrated"):
+        assert f"| `{key}` |" in section
+    for name in pretrained.available():
+        assert "no real image" in pretrained.info(name)["trained_on"]
