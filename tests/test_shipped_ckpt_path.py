@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,13 @@ from handssl.cli import main
 NAME = "semihand-synthhands"
 pytestmark = pytest.mark.skipif(NAME not in pretrained.available(), reason=f"{NAME} is not shipped")
 
-SYNTH = {"image_size": 64, "num_subjects": 1, "sequences_per_subject": 1, "frames_per_sequence": 4, "chunk_size": 4}
+SYNTH = {
+    "image_size": 64,
+    "num_subjects": 1,
+    "sequences_per_subject": 1,
+    "frames_per_sequence": 4,
+    "chunk_size": 4,
+}
 TINY_SEMI = {
     "seed_everything": 0,
     "trainer": {
@@ -80,7 +87,7 @@ def semi_config(tmp_path) -> Path:
     return path
 
 
-def test_materialised_checkpoint_is_written_once_and_holds_the_shipped_weights(tmp_path, cache):
+def test_materialised_checkpoint_is_written_once_and_holds_the_shipped_weights(tmp_path, cache, monkeypatch):
     path = pretrained.lightning_checkpoint(NAME)
     assert path.parent == cache / "checkpoints" and path.suffix == ".ckpt"
     assert pretrained.info(NAME)["sha256"].startswith(path.stem.rsplit("-", 1)[1])
@@ -97,6 +104,11 @@ def test_materialised_checkpoint_is_written_once_and_holds_the_shipped_weights(t
     blocked.write_text("not a folder")
     fallback = pretrained.lightning_checkpoint(NAME, cache=blocked)
     assert fallback.is_file() and blocked not in fallback.parents
+    # Nowhere to write: one line naming both places.
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(blocked))
+    with pytest.raises(pretrained.PretrainedError, match="cannot write the checkpoint") as info:
+        pretrained.lightning_checkpoint(NAME, cache=blocked / "sub")
+    assert "\n" not in str(info.value) and str(info.value).count(str(blocked)) == 2
 
 
 def test_resolve_ckpt_path_keeps_files_and_lightning_values_and_names_the_shipped_ones(tmp_path):

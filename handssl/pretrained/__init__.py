@@ -223,24 +223,28 @@ def lightning_checkpoint(
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     folders = [Path(cache)] if cache is not None else [cache_dir() / "checkpoints"]
     folders.append(Path(tempfile.gettempdir()) / "handssl-checkpoints")
-    for folder in folders:
+    checkpoint: dict[str, Any] | None = None
+    errors = []
+    for folder in folders:  # the cache, else (not writable) the temporary folder
         path = folder / f"{name}-{digest[:16]}.ckpt"
         if path.is_file():
             return path
-    payload = _payload(name, "cpu", weights_dir)
-    checkpoint = _checkpoint_of(payload)
-    errors = []
-    for folder in folders:
-        path = folder / f"{name}-{digest[:16]}.ckpt"
+        if checkpoint is None:
+            checkpoint = _checkpoint_of(_payload(name, "cpu", weights_dir))
+        temporary: str | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # Write-then-rename: concurrent runs (DDP ranks, two shells) never see a half-written file.
             with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+                temporary = handle.name
                 torch.save(checkpoint, handle)
-            os.replace(handle.name, path)
+            os.replace(temporary, path)
             return path
-        except OSError as error:
-            errors.append(f"{folder}: {error.strerror or error}")
+        except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            errors.append(f"{folder}: {reason.splitlines()[0] if reason else type(error).__name__}")
     raise PretrainedError(f"cannot write the checkpoint of {name!r}: {'; '.join(errors)}")
 
 
