@@ -19,9 +19,9 @@ from jsonargparse import Namespace, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.loggers.logger import DummyLogger
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 import handssl
 from handssl.callbacks.predictions import PredictionWriter
@@ -30,6 +30,7 @@ from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
 from handssl.pretrained import PretrainedError, is_shipped, load_weights_into, resolve_ckpt_path
+from handssl.run_dirs import RunCSVLogger, allocate_version, checkpoint_run_version, remove_if_disposable
 
 WANDB_MODES = ("offline", "online", "disabled")
 FAST_DEV_RUN_DIR = "fast_dev_run"
@@ -51,6 +52,13 @@ DEFAULT_EVAL_PROTOCOL = "synthhands"
 
 #: The key of a config file that lists the config files it stacks on (see :func:`expand_config_defaults`).
 DEFAULTS_KEY = "defaults"
+
+
+#: Environment variable through which DDP ranks started by Lightning learn rank 0's run version.
+RUN_VERSION_ENV = "HANDSSL_RUN_VERSION"
+
+#: Run folders this process created (removed by ``main`` when the command fails before writing into them).
+STARTED_RUN_DIRS: list[Path] = []
 
 
 class ConfigError(ValueError):
@@ -332,7 +340,7 @@ class HandSSLCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, TypeError) as err:
-            if _find_cause(err, (DatasetError, NonFiniteError)) is not None:
+            if _find_cause(err, (DatasetError, NonFiniteError, ConfigError)) is not None:
                 raise
             # jsonargparse wraps a constructor's own error ("unknown evaluation protocol 'stbb'; valid
             # names: ...") in "Does not validate against any of the Union subtypes ...": keep the root.
@@ -347,6 +355,35 @@ class HandSSLCLI(LightningCLI):
             raise ValueError(f"--wandb must be one of {WANDB_MODES}, got {mode!r}")
         return {"name": name, "runs_dir": cfg.get("runs_dir", "runs"), "wandb": mode}
 
+    def _run_version(self, root: Path) -> int:
+        """The ``version_<n>`` this command writes into (created here on rank 0; see :mod:`handssl.run_dirs`).
+
+        ``fit --ckpt_path`` with a checkpoint of one of ``root``'s runs continues in that run's folder;
+        otherwise a new version is taken atomically. DDP ranks started by Lightning inherit rank 0's choice.
+        """
+        if getattr(rank_zero_only, "rank", 0) > 0 and RUN_VERSION_ENV in os.environ:
+            return int(os.environ[RUN_VERSION_ENV])
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        ckpt_path = cfg.get("ckpt_path") if self.subcommand == "fit" else None
+        version = checkpoint_run_version(ckpt_path, root)
+        if version is not None:
+            rank_zero_info(f"handssl: resuming in the checkpoint's run folder {root / f'version_{version}'}")
+        else:
+            try:
+                version = allocate_version(root)
+            except OSError as err:
+                raise ConfigError(
+                    f"--runs_dir: cannot create a run folder in {root}: {err.strerror or err}"
+                ) from err
+            STARTED_RUN_DIRS.append(root / f"version_{version}")
+            if ckpt_path and Path(str(ckpt_path)).is_file():
+                rank_zero_info(
+                    f"handssl: resuming from {ckpt_path} in a new run folder {root / f'version_{version}'} "
+                    f"(the checkpoint is not in a run folder of {root})"
+                )
+        os.environ[RUN_VERSION_ENV] = str(version)
+        return version
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         opts = self._run_options()
@@ -359,9 +396,8 @@ class HandSSLCLI(LightningCLI):
             # What Lightning swaps any logger for in a fast_dev_run (``True`` would first warn about TensorBoard).
             kwargs.setdefault("logger", DummyLogger())
         if trainer_cfg.get("logger") in (None, True) and "logger" not in kwargs:
-            csv = CSVLogger(save_dir=opts["runs_dir"], name=opts["name"])
-            # Create the (empty) version folder now: wandb and the saved config fill it before the CSV
-            # logger's first write, which then warns that the folder "exists and is not empty".
+            version = self._run_version(Path(opts["runs_dir"]) / opts["name"])
+            csv = RunCSVLogger(save_dir=opts["runs_dir"], name=opts["name"], version=version)
             _ = csv.experiment
             loggers: list[Any] = [csv]
             if opts["wandb"] != "disabled":
@@ -545,9 +581,14 @@ def main(args: ArgsType = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    STARTED_RUN_DIRS.clear()
     try:
         make_cli(argv)
-    except (ValueError, FloatingPointError, OSError) as err:
+    except BaseException as err:
+        for run_dir in STARTED_RUN_DIRS:  # a failed start leaves no empty run folder behind
+            remove_if_disposable(run_dir)
+        if not isinstance(err, (ValueError, FloatingPointError, OSError)):
+            raise
         # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
         cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError, CheckpointSaveError))
         if cause is None or os.environ.get("HANDSSL_DEBUG"):
