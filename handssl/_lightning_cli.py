@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytorch_lightning as pl
-import torch
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
@@ -25,7 +24,12 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 import handssl
 from handssl.callbacks.predictions import PredictionWriter
-from handssl.checkpoint_io import AtomicCheckpointIO, CheckpointSaveError
+from handssl.checkpoint_io import (
+    AtomicCheckpointIO,
+    CheckpointReadError,
+    CheckpointSaveError,
+    read_checkpoint,
+)
 from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
@@ -151,11 +155,8 @@ def checkpoint_hparams(path: str | os.PathLike | None) -> dict[str, Any]:
     """The hyper-parameters stored in a Lightning checkpoint (``{}`` without one); tensors are not read."""
     if not path or not Path(path).is_file():
         return {}
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip-format checkpoint: mmap needs one
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hparams = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    ckpt = read_checkpoint(path, weights_only=True)
+    hparams = ckpt.get("hyper_parameters", {})
     return dict(hparams) if isinstance(hparams, Mapping) else {}
 
 
@@ -311,6 +312,8 @@ class HandSSLCLI(LightningCLI):
             path = resolve_ckpt_path(value)
         except PretrainedError as err:
             raise ConfigError(str(err)) from None
+        if path and Path(path).is_file():
+            read_checkpoint(path, weights_only=True)  # a damaged file is one line, before Lightning reads it
         if path == value:
             return super()._parse_ckpt_path()
         self.config[subcommand]["ckpt_path"] = path
@@ -590,7 +593,9 @@ def main(args: ArgsType = None) -> None:
         if not isinstance(err, (ValueError, FloatingPointError, OSError)):
             raise
         # jsonargparse wraps errors raised while instantiating datasets; show the dataset's own message.
-        cause = _find_cause(err, (DatasetError, NonFiniteError, ConfigError, CheckpointSaveError))
+        cause = _find_cause(
+            err, (DatasetError, NonFiniteError, ConfigError, CheckpointSaveError, CheckpointReadError)
+        )
         if cause is None or os.environ.get("HANDSSL_DEBUG"):
             raise
         print(f"handssl: error: {cause}", file=sys.stderr)

@@ -123,6 +123,54 @@ def _reason(err: OSError) -> str:
     return err.strerror or str(err) or type(err).__name__
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file cannot be read (empty, truncated, not a checkpoint); the message names the file."""
+
+
+def read_checkpoint(path: str | os.PathLike, weights_only: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU, memory-mapped where possible, or say in one line why it cannot be.
+
+    Args:
+        path: The checkpoint file.
+        weights_only: Passed to :func:`torch.load`.
+
+    Returns:
+        The checkpoint dict (tensors memory-mapped from the file when it is in torch's zip format).
+
+    Raises:
+        CheckpointReadError: The file is missing, empty, truncated or not a torch checkpoint holding a dict.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise CheckpointReadError(f"checkpoint not found: {target}")
+    size = target.stat().st_size
+    if size == 0:
+        raise CheckpointReadError(f"checkpoint {target} is empty (0 bytes): a save that never finished?")
+    try:
+        try:
+            checkpoint = torch.load(target, map_location="cpu", weights_only=weights_only, mmap=True)
+        except RuntimeError as err:
+            if "zip" not in str(err).lower() or _is_zip(target):
+                raise
+            # A legacy (non-zip) torch file cannot be memory-mapped: read it whole.
+            checkpoint = torch.load(target, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch reports a damaged file as EOFError, RuntimeError, UnpicklingError, ...
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
+        raise CheckpointReadError(
+            f"checkpoint {target} cannot be read ({size} bytes; truncated or not a checkpoint file?): {reason}"
+        ) from err
+    if not isinstance(checkpoint, dict):
+        raise CheckpointReadError(
+            f"checkpoint {target} holds a {type(checkpoint).__name__}, not a Lightning checkpoint dict"
+        )
+    return checkpoint
+
+
+def _is_zip(path: Path) -> bool:
+    with open(path, "rb") as file:
+        return file.read(4) == b"PK\x03\x04"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO``, saving local paths through :func:`atomic_write_checkpoint`.
 

@@ -66,15 +66,17 @@ def load_task(ckpt_path: str | Path) -> BaseHandTask:
 
     The class is read from the checkpoint; the task comes back in eval mode on CPU.
     """
+    from handssl.checkpoint_io import CheckpointReadError, read_checkpoint
     from handssl.pretrained import PretrainedError, resolve_ckpt_path
 
     try:
         path = Path(resolve_ckpt_path(ckpt_path) or "")
     except PretrainedError as err:
         raise ExportError(str(err)) from None
-    if not path.is_file():
-        raise ExportError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointReadError as err:
+        raise ExportError(str(err)) from None
     class_path = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if not class_path:
         raise ExportError(f"{path} does not name its model class (not written by `handssl fit`?)")
