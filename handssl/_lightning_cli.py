@@ -58,6 +58,9 @@ DEFAULT_EVAL_PROTOCOL = "synthhands"
 DEFAULTS_KEY = "defaults"
 
 
+#: Exit code of ``handssl predict`` when some items were skipped (their predictions are missing).
+PARTIAL_EXIT_CODE = 3
+
 #: Environment variable through which DDP ranks started by Lightning learn rank 0's run version.
 RUN_VERSION_ENV = "HANDSSL_RUN_VERSION"
 
@@ -289,6 +292,13 @@ class HandSSLCLI(LightningCLI):
             help="predict: also write overlays/<image>.png with the predicted skeleton in the run directory.",
         )
         parser.add_argument(
+            "--strict",
+            type=bool,
+            default=False,
+            help="predict: stop at the first unreadable image (default: skip it, name it, predict the others "
+            f"and exit with code {PARTIAL_EXIT_CODE}).",
+        )
+        parser.add_argument(
             "--test_after_fit",
             type=bool,
             default=False,
@@ -430,12 +440,23 @@ class HandSSLCLI(LightningCLI):
             for callback in getattr(trainer, "callbacks", []):  # set by Lightning at runtime, untyped
                 if isinstance(callback, PredictionWriter):
                     callback.overlays = True
+        if cfg.get("strict"):
+            for dataset in getattr(self.datamodule, "datasets", {}).values():
+                if hasattr(dataset, "skip_unreadable"):
+                    dataset.skip_unreadable = False
         if fast_dev_run:
             # Lightning skips checkpoints in a fast_dev_run except ``save_last`` at train end.
             for callback in trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint):
                     callback.save_last = False
         return trainer
+
+    def after_predict(self) -> None:
+        for callback in getattr(self.trainer, "callbacks", []):
+            if isinstance(callback, PredictionWriter) and callback.skipped:
+                sys.exit(
+                    PARTIAL_EXIT_CODE
+                )  # the predictions are written; the exit code says some are missing
 
     def after_fit(self) -> None:
         cfg = self.config[self.subcommand]
@@ -598,7 +619,7 @@ def main(args: ArgsType = None) -> None:
         )
         if cause is None or os.environ.get("HANDSSL_DEBUG"):
             raise
-        print(f"handssl: error: {cause}", file=sys.stderr)
+        print(f"handssl: error: {worker_message(cause)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -674,6 +695,20 @@ def _import_registered_classes() -> None:
     for package in (handssl.models, handssl.data):
         for name in package.__all__:
             getattr(package, name)
+
+
+def worker_message(err: BaseException) -> str:
+    """``err``'s own message, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process with the worker's whole traceback as its
+    message (``Caught DatasetError in DataLoader worker process 0. Original Traceback ...``); the last line
+    holds the original ``<type>: <message>``.
+    """
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", last)
 
 
 def _root_cause(err: BaseException) -> BaseException:

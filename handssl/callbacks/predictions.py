@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from torch import Tensor
 from handssl.models.base import valid_joints
 from handssl.skeleton import ROOT
 
-__all__ = ["PredictionWriter", "prediction_rows", "result_row"]
+__all__ = ["PredictionWriter", "overlay_names", "prediction_rows", "result_row", "split_skipped"]
 
 ARRAY_KEYS = ("joints3d", "joints3d_camera", "joints2d", "confidence", "crop", "joints2d_image")
 
@@ -86,9 +87,13 @@ class PredictionWriter(BasePredictionWriter):
         self.overlay_dir = overlay_dir
         self._rows: list[dict[str, Any]] = []
         self.path: Path | None = None
+        #: ``(path or id, reason)`` of every item left out of the last ``predict`` (``meta['skipped']``, e.g.
+        #: an unreadable image of :class:`~handssl.data.ImageFolder`).
+        self.skipped: list[tuple[str, str]] = []
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []
+        self.skipped = []
 
     def write_on_batch_end(
         self,
@@ -117,7 +122,9 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero:
             return
         by_index = {row["index"]: row for row in rows}  # the distributed sampler repeats items to even out
-        ordered = [by_index[i] for i in sorted(by_index)]
+        ordered, self.skipped = split_skipped([by_index[i] for i in sorted(by_index)])
+        for name, reason in self.skipped:
+            print(f"handssl: skipped {name}: {reason}", file=sys.stderr)
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / self.filename
         torch.save(_stack(ordered), self.path)
@@ -131,9 +138,49 @@ class PredictionWriter(BasePredictionWriter):
             root = getattr(getattr(trainer, "datamodule", None), "datasets", {}).get("predict")
             root = getattr(root, "root", None)
             folder = out_dir / self.overlay_dir
-            for row in ordered:
-                write_overlay(row, folder, Path(root) if root is not None else None)
-            rank_zero_info(f"handssl: wrote {len(ordered)} overlays to {folder}")
+            names = overlay_names([row["meta"].get("path") for row in ordered])
+            written = [
+                write_overlay(row, folder, Path(root) if root is not None else None, name=name)
+                for row, name in zip(ordered, names, strict=True)
+            ]
+            rank_zero_info(f"handssl: wrote {sum(w is not None for w in written)} overlays to {folder}")
+        if self.skipped:
+            print(
+                f"handssl: skipped {len(self.skipped)} of {len(ordered) + len(self.skipped)} items (listed "
+                f"above); wrote the other {len(ordered)}",
+                file=sys.stderr,
+            )
+
+
+def split_skipped(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Rows to write, and ``(path or id, reason)`` of the rows whose ``meta['skipped']`` says why they are not."""
+    kept, skipped = [], []
+    for row in rows:
+        reason = row["meta"].get("skipped")
+        if reason:
+            meta = row["meta"]
+            name = meta.get("path") or f"{meta.get('dataset', 'item')}/{meta.get('frame', row['index'])}"
+            skipped.append((str(name), str(reason)))
+        else:
+            kept.append(row)
+    return kept, skipped
+
+
+def overlay_names(paths: Sequence[str | None]) -> list[Path | None]:
+    """Overlay file names for images at ``paths``, one per image.
+
+    ``a.png`` for ``a.jpg``, or ``a.jpg.png`` when another image shares the stem (``a.png``), so no overlay
+    overwrites another; ``None`` for items that are no file.
+    """
+    stems = [str(Path(p).with_suffix("")) if p is not None else None for p in paths]
+    shared = {s for s in stems if s is not None and stems.count(s) > 1}
+    out: list[Path | None] = []
+    for path, stem in zip(paths, stems, strict=True):
+        if path is None:
+            out.append(None)
+        else:
+            out.append(Path(f"{path}.png") if stem in shared else Path(path).with_suffix(".png"))
+    return out
 
 
 def prediction_rows(prediction: Any, batch: Any, batch_indices: Sequence[int] | None) -> list[dict[str, Any]]:
@@ -225,11 +272,14 @@ def _unmirror(row: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_overlay(row: dict[str, Any], folder: Path, root: Path | None = None) -> Path | None:
+def write_overlay(
+    row: dict[str, Any], folder: Path, root: Path | None = None, name: Path | None = None
+) -> Path | None:
     """Draw one prediction row's 2D skeleton on its image and save ``folder/<name>.png`` (None: no 2D joints).
 
     The image is the original file ``root / meta['path']`` when both are known (with ``joints2d_image``),
-    else the network input kept in ``row['input_image']`` (with ``joints2d``).
+    else the network input kept in ``row['input_image']`` (with ``joints2d``). ``name`` overrides the
+    file name of an image file's overlay (see :func:`overlay_names`).
     """
     import matplotlib
 
@@ -242,7 +292,7 @@ def write_overlay(row: dict[str, Any], folder: Path, root: Path | None = None) -
     path = row["meta"].get("path")
     if root is not None and path is not None and "joints2d_image" in row:
         image, joints2d = load_image(root / path), row["joints2d_image"]
-        name = Path(path).with_suffix(".png")
+        name = name or Path(path).with_suffix(".png")
     elif "input_image" in row and "joints2d" in row:
         image, joints2d = image_to_numpy(row["input_image"]), row["joints2d"]
         name = Path(f"{row['index']:06d}.png")

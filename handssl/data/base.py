@@ -64,10 +64,42 @@ def load_image(path: str | Path, mode: str | None = "RGB") -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
+            if mode in ("RGB", "L") and img.mode in WIDE_MODES:
+                return to_uint8(img, mode)
             converted = img if mode is None else img.convert(mode)
             return np.asarray(converted).copy()
+    except Image.DecompressionBombError as err:
+        raise DatasetError(
+            f"image too large: {path} ({err}; PIL refuses images over Image.MAX_IMAGE_PIXELS; shrink it first)"
+        ) from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise DatasetError(f"corrupt or truncated image file: {path} ({err})") from err
+
+
+#: PIL modes of more than 8 bits per sample (16-bit PNG / TIFF gray, 32-bit integer and float TIFF), which
+#: ``Image.convert("RGB")`` clips to 255 instead of scaling.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
+
+
+def to_uint8(img: Image.Image, mode: str = "RGB") -> np.ndarray:
+    """A high-bit-depth gray image (:data:`WIDE_MODES`) scaled to ``uint8`` ``(H, W, 3)`` (``"RGB"``) or ``(H, W)``.
+
+    16-bit samples map ``0..65535`` to ``0..255`` (a 32-bit integer image holding 16-bit values, as PIL
+    opens some 16-bit PNGs, too); wider integer ranges and floats are scaled by their own maximum, floats in
+    ``[0, 1]`` by 1.
+    """
+    values = np.asarray(img).astype(np.float64)
+    finite = values[np.isfinite(values)]
+    low = float(finite.min()) if finite.size else 0.0
+    high = float(finite.max()) if finite.size else 0.0
+    if img.mode.startswith("I;16") or (img.mode == "I" and low >= 0 and high <= 65535):
+        scale = 65535.0
+    elif img.mode == "F" and low >= 0 and high <= 1:
+        scale = 1.0
+    else:
+        scale = high if high > 0 else 1.0
+    gray = np.round(np.clip(np.nan_to_num(values / scale), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1) if mode == "RGB" else gray
 
 
 def mirror_sample(sample: Sample) -> Sample:

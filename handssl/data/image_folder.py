@@ -1,6 +1,7 @@
 """A folder of the user's own images, for ``handssl predict`` (no labels).
 
-Each item is one image file (PNG / JPEG / BMP / WebP, sorted by path). The hand's box comes from an
+Each item is one image file (PNG / JPEG / BMP / WebP / TIFF, sorted by path; 16-bit and float images are
+scaled to 8 bits, not clipped). The hand's box comes from an
 optional JSON file; without one the hand is taken to fill the centred square of the image. The default
 transform of :class:`~handssl.data.SupervisedDataModule` (:class:`~handssl.data.transforms.CropResize`)
 then crops a square around the box (enlarged by the DataModule's ``crop_margin``, as training crops are
@@ -27,9 +28,16 @@ from handssl.data.base import DatasetError, Sample, Transform, load_image, mirro
 from handssl.data.datamodules import SupervisedDataModule
 from handssl.skeleton import NUM_JOINTS
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageFolderDataModule", "annotation_entry", "image_sample"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "ImageFolderDataModule",
+    "annotation_entry",
+    "image_sample",
+    "unreadable_sample",
+]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageFolder(Dataset):
@@ -48,6 +56,9 @@ class ImageFolder(Dataset):
         mirror_left: Mirror images marked ``"hand": "left"`` so a right-hand model sees a right hand
             (``meta['mirrored']``; the prediction writer mirrors the predictions back).
         transform: Sample transform (``None``: the original ``uint8`` image, as other datasets return it).
+        skip_unreadable: An image that cannot be read (corrupt, truncated, too large) becomes a blank
+            placeholder whose ``meta['skipped']`` holds the reason (the prediction writer leaves it out and
+            names it), instead of a :class:`~handssl.data.base.DatasetError` that ends the whole run.
     """
 
     def __init__(
@@ -57,6 +68,7 @@ class ImageFolder(Dataset):
         recursive: bool = False,
         mirror_left: bool = False,
         transform: Transform | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
@@ -73,6 +85,7 @@ class ImageFolder(Dataset):
         self.annotations = self._read_annotations(boxes) if boxes is not None else {}
         self.mirror_left = mirror_left
         self.transform = transform
+        self.skip_unreadable = skip_unreadable
 
     def _read_annotations(self, boxes: str | Path) -> dict[str, dict[str, Any]]:
         path = Path(boxes)
@@ -101,8 +114,31 @@ class ImageFolder(Dataset):
         path = self.files[index]
         name = path.relative_to(self.root).as_posix()
         entry = self.annotations.get(name, {})
-        sample = image_sample(load_image(path), entry, name, index, self.mirror_left)
+        try:
+            image = load_image(path)
+        except DatasetError as err:
+            if not self.skip_unreadable:
+                raise
+            sample = unreadable_sample(name, index, str(err))
+        else:
+            sample = image_sample(image, entry, name, index, self.mirror_left)
         return self.transform(sample) if self.transform is not None else sample
+
+
+#: Side of the blank placeholder that stands in for an unreadable image (see :func:`unreadable_sample`).
+PLACEHOLDER_SIZE = 32
+
+
+def unreadable_sample(name: str, index: int, reason: str) -> Sample:
+    """A blank stand-in for an image that cannot be read, marked ``meta['skipped'] = reason``.
+
+    It keeps a batch's shape (and a worker's error message) on its way to the prediction writer, which
+    drops it and names it, so that one bad file does not cost the others' predictions.
+    """
+    size = PLACEHOLDER_SIZE
+    sample = image_sample(np.zeros((size, size, 3), dtype=np.uint8), {}, name, index)
+    sample["meta"]["skipped"] = reason
+    return sample
 
 
 def annotation_entry(entry: Any, where: str) -> dict[str, Any]:
@@ -229,6 +265,8 @@ class ImageFolderDataModule(SupervisedDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of the shuffling order (unused for prediction).
+        skip_unreadable: Skip unreadable images (named in the log, left out of the predictions) instead of
+            stopping at the first (``handssl predict --strict true`` turns it off).
         train: Training dataset (only so a training config may come first).
         val: Validation dataset (idem).
         test: Test dataset (idem).
@@ -246,11 +284,14 @@ class ImageFolderDataModule(SupervisedDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
+        skip_unreadable: bool = True,
         train: Dataset | None = None,
         val: Dataset | None = None,
         test: Dataset | None = None,
     ) -> None:
-        images = ImageFolder(root, boxes=boxes, recursive=recursive, mirror_left=mirror_left)
+        images = ImageFolder(
+            root, boxes=boxes, recursive=recursive, mirror_left=mirror_left, skip_unreadable=skip_unreadable
+        )
         super().__init__(
             train=train,
             val=val,
