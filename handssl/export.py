@@ -23,7 +23,16 @@ from torch import Tensor, nn
 
 from handssl.models.base import BaseHandTask
 
-__all__ = ["ExportError", "example_inputs", "load_task", "main", "needs_intrinsics", "to_onnx"]
+__all__ = [
+    "ExportError",
+    "check_image_size",
+    "example_inputs",
+    "load_task",
+    "main",
+    "needs_intrinsics",
+    "task_image_size",
+    "to_onnx",
+]
 
 INSTALL_HINT = 'ONNX export needs the onnx package: pip install "handssl[export]"'
 
@@ -99,7 +108,12 @@ def to_onnx(task: BaseHandTask, path: str | Path, image_size: int = 64, opset: i
     except ImportError as err:
         raise ExportError(INSTALL_HINT) from err
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise ExportError(f"--output {path} is a folder: give a file name, e.g. {path / 'model.onnx'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"--output {path}: cannot create {path.parent}: {err.strerror or err}") from err
     network = _Inference(task).eval()
     example = example_inputs(task, 2, image_size)
     try:
@@ -111,18 +125,43 @@ def to_onnx(task: BaseHandTask, path: str | Path, image_size: int = 64, opset: i
         # The input side is fixed on purpose, so the tracer's "treated as a constant" warnings are noise.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The TorchScript exporter: the dynamo one would also need onnxscript.
-        torch.onnx.export(
-            network,
-            tuple(example.values()),
-            str(path),
-            input_names=list(example),
-            output_names=["joints3d"],
-            dynamic_axes={**{name: {0: "batch"} for name in example}, "joints3d": {0: "batch"}},
-            opset_version=opset,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                network,
+                tuple(example.values()),
+                str(path),
+                input_names=list(example),
+                output_names=["joints3d"],
+                dynamic_axes={**{name: {0: "batch"} for name in example}, "joints3d": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        except OSError as err:
+            raise ExportError(f"--output {path}: cannot write it: {err.strerror or err}") from err
     onnx.checker.check_model(str(path))
     return path
+
+
+def task_image_size(task: BaseHandTask) -> int | None:
+    """The crop side the task was built for (its ``image_size`` hyper-parameter), or ``None`` when it has none."""
+    size = getattr(task, "hparams", {}).get("image_size")
+    return int(size) if isinstance(size, int) else None
+
+
+def check_image_size(task: BaseHandTask, image_size: int) -> None:
+    """Refuse an export input side other than the one the task was built for (its heads expect those crops).
+
+    Raises:
+        ExportError: ``image_size`` is not positive, or differs from the task's ``image_size``.
+    """
+    if image_size < 1:
+        raise ExportError(f"--image_size must be a positive number of pixels, got {image_size}")
+    built = task_image_size(task)
+    if built is not None and built != image_size:
+        raise ExportError(
+            f"--image_size {image_size} differs from the {built}-pixel crops {type(task).__name__} was trained "
+            f"on: use --image_size {built} (or leave it out)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,17 +173,24 @@ def main(argv: list[str] | None = None) -> int:
         help="checkpoint written by handssl fit, or a shipped name (handssl models)",
     )
     parser.add_argument("--output", default="model.onnx", help="ONNX file to write (default: model.onnx)")
-    parser.add_argument("--image_size", type=int, default=64, help="input crop side (the data's image_size)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="input crop side (default: the checkpoint's image_size, else 64); must match the checkpoint's",
+    )
     fmt: tuple[Literal["onnx"], ...] = ("onnx",)
     parser.add_argument("--format", choices=fmt, default="onnx", help="export format")
     args = parser.parse_args(argv)
     try:
         task = load_task(args.ckpt_path)
-        path = to_onnx(task, args.output, image_size=args.image_size)
+        size = args.image_size if args.image_size is not None else task_image_size(task) or 64
+        check_image_size(task, size)
+        path = to_onnx(task, args.output, image_size=size)
     except ExportError as err:
         print(f"handssl: error: {err}", file=sys.stderr)
         return 2
-    inputs = f"image (B, 3, {args.image_size}, {args.image_size})"
+    inputs = f"image (B, 3, {size}, {size})"
     if needs_intrinsics(task):
         inputs += ", K (B, 3, 3)"
     print(f"handssl: wrote {path} ({inputs} -> joints3d (B, 21, 3) mm)")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
 
 from handssl.data.base import DatasetError, Sample, Transform, load_image, mirror_sample
@@ -94,9 +95,11 @@ class ImageFolder(Dataset):
         if not path.is_file():
             raise DatasetError(f"boxes file not found: {path}")
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise DatasetError(f"boxes file {path} is not valid JSON: {err}") from err
+        except UnicodeDecodeError as err:
+            raise DatasetError(f"boxes file {path} is not UTF-8 text: {err}") from err
         if not isinstance(raw, dict):
             raise DatasetError(f"boxes file {path} must map image paths to boxes, got {type(raw).__name__}")
         names = {p.relative_to(self.root).as_posix() for p in self.files}
@@ -105,6 +108,10 @@ class ImageFolder(Dataset):
             if name not in names:
                 raise DatasetError(f"boxes file {path}: {name!r} is not an image in {self.root}")
             out[name] = annotation_entry(entry, f"boxes file {path}, {name!r}")
+            if "box" in out[name]:
+                size = image_size_or_none(self.root / name)
+                if size is not None:  # checked now, before any prediction is made (unreadable: at load time)
+                    check_box(out[name]["box"], *size, f"boxes file {path}, {name!r}")
         return out
 
     def __len__(self) -> int:
@@ -182,8 +189,56 @@ def annotation_entry(entry: Any, where: str) -> dict[str, Any]:
             K = np.full(0, np.nan)
         if K.shape != (3, 3) or not np.isfinite(K).all():
             raise DatasetError(f"{where}: K must be a finite 3x3 matrix")
+        if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0.0, 0.0, 1.0], atol=1e-6):
+            raise DatasetError(
+                f"{where}: K must be camera intrinsics [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with focal lengths "
+                f"fx, fy > 0 (pixels), got {K.tolist()}"
+            )
         entry["K"] = K
     return entry
+
+
+#: The share of a given box that must lie inside its image: a hand at the border may stick out a little, but
+#: a box mostly outside (or ``1e30`` wide) is a mistake whose crop would be mostly padding.
+MIN_BOX_INSIDE = 0.5
+
+
+def box_inside_fraction(box: np.ndarray, width: int, height: int) -> float:
+    """The share of ``box`` (``x0, y0, x1, y1``) that lies inside an image of ``width`` x ``height`` pixels."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    area = (x1 - x0) * (y1 - y0)
+    if not np.isfinite(area) or area <= 0:
+        return 0.0
+    ix = max(0.0, min(x1, width - 0.5) - max(x0, -0.5))
+    iy = max(0.0, min(y1, height - 0.5) - max(y0, -0.5))
+    return ix * iy / area
+
+
+def check_box(box: np.ndarray, width: int, height: int, where: str) -> None:
+    """Refuse a box outside its image, or mostly outside (:data:`MIN_BOX_INSIDE`).
+
+    Raises:
+        DatasetError: Naming ``where`` (the image, and the boxes file where there is one).
+    """
+    shown = [round(float(v), 2) for v in box]
+    # Pixel centres are integers, so the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5].
+    if box[2] <= -0.5 or box[3] <= -0.5 or box[0] >= width - 0.5 or box[1] >= height - 0.5:
+        raise DatasetError(f"{where}: box {shown} lies outside the image ({width}x{height} pixels)")
+    inside = box_inside_fraction(box, width, height)
+    if inside < MIN_BOX_INSIDE:
+        raise DatasetError(
+            f"{where}: box {shown} lies mostly outside the image ({width}x{height} pixels; {inside:.0%} of it "
+            f"inside, at least {MIN_BOX_INSIDE:.0%} needed): give the hand's box in this image's pixels"
+        )
+
+
+def image_size_or_none(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from an image file's header, or ``None`` when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return int(img.size[0]), int(img.size[1])
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def image_sample(
@@ -206,12 +261,7 @@ def image_sample(
     h, w = image.shape[:2]
     if "box" in entry:
         box = entry["box"]
-        # Pixel centres are integers, so the image spans [-0.5, W - 0.5] x [-0.5, H - 0.5].
-        if box[2] <= -0.5 or box[3] <= -0.5 or box[0] >= w - 0.5 or box[1] >= h - 0.5:
-            where = f"{name!r}" if name is not None else f"image {index}"
-            raise DatasetError(
-                f"{where}: box {[round(float(v), 2) for v in box]} lies outside the image ({w}x{h} pixels)"
-            )
+        check_box(box, w, h, f"{name!r}" if name is not None else f"image {index}")
     else:  # the centred square
         side = min(h, w)
         x0, y0 = (w - side) / 2, (h - side) / 2
