@@ -16,6 +16,8 @@ import pytorch_lightning as pl
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning_fabric.plugins import CheckpointIO
+from lightning_fabric.utilities.exceptions import MisconfigurationException
+from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import ArgsType, LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
@@ -213,7 +215,17 @@ class HandSSLParser(LightningArgumentParser):
             sink.clear()
             if isinstance(init_args, Namespace):
                 sink.update({key: init_args[key] for key in LINKED_MODEL_ARGS if key in init_args})
-        return super()._parse_common(cfg, *args, **kwargs)
+        try:
+            return super()._parse_common(cfg, *args, **kwargs)
+        except InterpolationResolutionError as err:
+            # omegaconf resolves ${...} here, after every source was merged; its error is a long traceback.
+            key = str(getattr(err, "full_key", "") or "").split(".", 1)[-1]  # without the subcommand
+            message = str(getattr(err, "msg", err)).splitlines()[0]
+            # handssl turns absolute ${a.b} into relative paths (${.a.b}) for omegaconf; show the user's.
+            missing = re.match(r"Interpolation key '\.*([^']+)' not found", message)
+            if missing:
+                message = f"interpolation ${{{missing.group(1)}}} names a key that is not in the config"
+            self.error(f"{key}: {message}" if key else message)
 
 
 _SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
@@ -348,6 +360,13 @@ class HandSSLCLI(LightningCLI):
         # model's image_size: read the checkpoint's own value to check it.
         hparams = checkpoint_hparams(resolve_ckpt_path(cfg.get("ckpt_path")))
         apply_explicit_model_args(cfg, self.explicit_model_args, hparams)
+        model_class = _import_class(str(cfg.get("model.class_path") or ""))
+        if self.subcommand in ("predict", "test", "validate") and model_class is BaseHandTask:
+            # The config names no model (predict_images.yaml): it comes from the checkpoint.
+            raise ConfigError(
+                f"{self.subcommand} needs --ckpt_path: a checkpoint written by handssl fit, or a shipped name "
+                "(handssl models lists them); the model is rebuilt from it"
+            )
 
     def instantiate_classes(self) -> None:
         try:
@@ -434,7 +453,16 @@ class HandSSLCLI(LightningCLI):
             # Checkpoints written beside their target and renamed: a kill or a full disk never leaves a
             # half-written last.ckpt (Lightning's own writer copies across filesystems into the target).
             kwargs.setdefault("plugins", [*plugins, AtomicCheckpointIO()])
-        trainer = super().instantiate_trainer(**kwargs)
+        try:
+            trainer = super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:
+            accelerator = str({**trainer_cfg, **kwargs}.get("accelerator", ""))
+            hint = (
+                ": this machine has none; use --trainer.accelerator=cpu (or leave out experiments/trainer/gpu.yaml)"
+                if accelerator in ("gpu", "cuda", "mps", "tpu") and "found" in str(err)
+                else ""
+            )
+            raise ConfigError(f"trainer: {err}{hint}") from err
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         if cfg.get("overlays"):
             for callback in getattr(trainer, "callbacks", []):  # set by Lightning at runtime, untyped
@@ -546,8 +574,8 @@ def _expand_config(value: str, chain: tuple[Path, ...], data_classes: list[tuple
         raise ConfigError(f"config defaults form a cycle: {cycle}")
     try:
         content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        return ["-c", value]  # jsonargparse names the parse error
+    except yaml.YAMLError as err:
+        raise ConfigError(yaml_error_line(path, err)) from err
     if not isinstance(content, dict):
         return ["-c", value]
     has_defaults = DEFAULTS_KEY in content
@@ -572,6 +600,15 @@ def _expand_config(value: str, chain: tuple[Path, ...], data_classes: list[tuple
         # The file's own keys, without ``defaults``, as a config string (jsonargparse takes either).
         expanded += ["-c", yaml.safe_dump(content, sort_keys=False)]
     return expanded
+
+
+def yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
+    """``'<file>:<line>:<column>: <problem> (<context>)'`` for a YAML syntax error in a config file."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    return f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
 
 
 def _check_data_classes(data_classes: list[tuple[Path, str]]) -> None:

@@ -8,6 +8,7 @@ can win, and :class:`RunCSVLogger` continues an existing ``metrics.csv`` when a 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
@@ -95,6 +96,8 @@ def remove_if_disposable(run_dir: str | os.PathLike) -> bool:
     if not is_disposable(run_dir):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the run name's folder too, when this was its only run
+        Path(run_dir).parent.rmdir()
     return not Path(run_dir).exists()
 
 

@@ -167,6 +167,8 @@ def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
         array = array.reshape(0, *shape)
     if array.shape[1:] != shape:
         raise DatasetError(f"{path}: expected a list of {shape} arrays, got shape {array.shape}")
+    if len(array) == 0:
+        raise DatasetError(f"{path} is an empty list: no annotations (expected a list of {shape} arrays)")
     bad = np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(-1))
     if bad.size:
         rows = ", ".join(str(int(r)) for r in bad[:10]) + (" ..." if bad.size > 10 else "")
