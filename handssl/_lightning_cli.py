@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -59,6 +60,9 @@ DEFAULT_EVAL_PROTOCOL = "synthhands"
 #: The key of a config file that lists the config files it stacks on (see :func:`expand_config_defaults`).
 DEFAULTS_KEY = "defaults"
 
+
+#: The command line as given (before ``defaults:`` expansion), to say where an unknown option came from.
+SOURCE_ARGS: ContextVar[tuple[str, ...]] = ContextVar("handssl_source_args", default=())
 
 #: Exit code of ``handssl predict`` when some items were skipped (their predictions are missing).
 PARTIAL_EXIT_CODE = 3
@@ -202,7 +206,12 @@ class HandSSLParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if os.environ.get("HANDSSL_DEBUG"):
             super().error(message, ex)
-        print(f"handssl: error: {one_line_parse_error(message)}", file=sys.stderr)
+        line = one_line_parse_error(message)
+        unknown = re.search(r"Option '([^']+)' is not accepted", line)
+        where = locate_option(unknown.group(1), list(SOURCE_ARGS.get())) if unknown else None
+        if where:
+            line = f"{where}: {line.split(': ', 1)[-1] if line.startswith(where) else line}"
+        print(f"handssl: error: {line}", file=sys.stderr)
         sys.exit(2)
 
     def _parse_common(self, cfg: Namespace, *args: Any, **kwargs: Any) -> Namespace:
@@ -602,6 +611,52 @@ def _expand_config(value: str, chain: tuple[Path, ...], data_classes: list[tuple
     return expanded
 
 
+def locate_option(option: str, argv: list[str]) -> str | None:
+    """Where an option jsonargparse refused was given (``None``: not found).
+
+    ``--a.b.option`` on the command line, or ``<file>: a.b.option`` in a ``-c`` file or a file its
+    ``defaults:`` stack on.
+    """
+    for arg in argv:
+        name = arg.split("=", 1)[0] if isinstance(arg, str) else ""
+        if name.startswith("--") and name.rsplit(".", 1)[-1] == option:
+            return name
+    for _, _, value in _config_args(argv):
+        found = _find_key_in_config(Path(value), option, set())
+        if found:
+            return found
+    return None
+
+
+def _find_key_in_config(path: Path, option: str, seen: set[Path]) -> str | None:
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file() or path.resolve() in seen:
+        return None
+    seen.add(path.resolve())
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError):
+        return None
+    if not isinstance(content, dict):
+        return None
+    defaults = content.get(DEFAULTS_KEY, [])
+    for default in (
+        [defaults] if isinstance(defaults, str) else defaults if isinstance(defaults, list) else []
+    ):
+        found = _find_key_in_config(path.parent / str(default), option, seen)
+        if found:
+            return found
+    stack: list[tuple[str, Any]] = [("", content)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                dotted = f"{prefix}.{key}" if prefix else str(key)
+                if key == option and prefix:
+                    return f"{path}: {dotted}"
+                stack.append((dotted, value))
+    return None
+
+
 def yaml_error_line(path: Path, err: yaml.YAMLError) -> str:
     """``'<file>:<line>:<column>: <problem> (<context>)'`` for a YAML syntax error in a config file."""
     mark = getattr(err, "problem_mark", None)
@@ -676,6 +731,8 @@ def make_cli(args: list[str] | dict[str, Any], run: bool = True) -> HandSSLCLI:
         ConfigError: A config is inconsistent (see :func:`expand_config_defaults`, :func:`apply_explicit_model_args`).
     """
     default_run_name = _config_stem(args)
+    # Nested parsers (a class_path's own) report unknown options; they see the command line through this.
+    SOURCE_ARGS.set(tuple(args) if isinstance(args, list) else ())
     if isinstance(args, list):
         args = expand_config_defaults(args)
     _import_registered_classes()

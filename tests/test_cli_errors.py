@@ -64,3 +64,12 @@ def test_freihand_annotation_file_holding_an_empty_list_is_named(tmp_path, capsy
     out = capsys.readouterr()
     assert f"{tmp_path / 'training_K.json'} is an empty list" in out.out + out.err
     assert "cannot reshape" not in out.out + out.err
+
+
+def test_unknown_option_names_the_file_and_full_key(tmp_path, capsys):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("model:\n  init_args:\n    lrr: 0.1\n")
+    got = one_line(tmp_path, capsys, "fit", "-c", str(CONF), "-c", str(extra))
+    assert got == f"{extra}: model.init_args.lrr: Option 'lrr' is not accepted"
+    got = one_line(tmp_path, capsys, "fit", "-c", str(CONF), "--model.init_args.lrr=0.1")
+    assert got == "--model.init_args.lrr: Option 'lrr' is not accepted"
