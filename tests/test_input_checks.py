@@ -109,3 +109,19 @@ def test_export_unwritable_output_is_one_line(tmp_path, capsys, shipped_cache, w
     assert export("--output", str(output)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"handssl: error: --output {output}"), err
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("x", "expected a box [x0, y0, x1, y1] or an object, got str"),
+        (5, "expected a box [x0, y0, x1, y1] or an object, got int"),
+        (["a", 1, 2, 3], "box must be [x0, y0, x1, y1]"),
+    ],
+    ids=["string", "number", "non-numeric box"],
+)
+def test_a_malformed_boxes_entry_names_the_file_and_the_image(tmp_path, entry, says):
+    root = folder(tmp_path, {"a.png": entry})
+    with pytest.raises(DatasetError) as info:
+        ImageFolder(root, boxes="boxes.json")
+    assert str(info.value).startswith(f"boxes file {root / 'boxes.json'}, 'a.png': {says}")
