@@ -121,9 +121,10 @@ def test_every_task_exports_and_onnxruntime_matches_torch(tmp_path, make):
         with torch.no_grad():
             expected = model.predict_joints3d(inputs).numpy()
         assert got.shape == (batch, 21, 3)
-        # SemiHand's root depth (a quadratic solve) turns float32 rounding into ~2e-4 mm on ~300 mm (torch
-        # float32 itself is that far from float64), so there 1e-4 is relative to 100 mm of output.
-        tol = 1e-4 if make is _tiny_nvs else 1e-4 * max(1.0, np.abs(expected).max() / 100)
+        # SemiHand's root depth (a quadratic solve) amplifies float32 rounding: with the sharp 32 x 32 maps
+        # of the default network, ~5e-4 mm on ~125 mm (4e-6 relative; torch float32 itself is that far from
+        # float64), so there the bound is 1e-5 relative to the output's scale (at least 100 mm).
+        tol = 1e-4 if make is _tiny_nvs else 1e-5 * max(100.0, np.abs(expected).max())
         assert np.abs(got - expected).max() <= tol
         assert np.abs(expected).max() > 1.0
 

@@ -207,7 +207,9 @@ def test_switches_select_the_losses():
         "sup_2d",
         "sup_depth",
         "sup_mask",
+        "sup_heatmap",
         "pseudo_label",
+        "pseudo_label_heatmap",
         "consistency_pose",
         "consistency_mask",
         "cross_modal",
@@ -218,7 +220,7 @@ def test_switches_select_the_losses():
     trainer = _trainer(max_steps=1)
     trainer.fit(source_only, make_datamodule(unlabeled_fraction=0.0))
     keys = {k for k in trainer.callback_metrics if k.startswith("train/")}
-    assert keys == {"train/sup_2d", "train/sup_depth", "train/loss"}
+    assert keys == {"train/sup_2d", "train/sup_depth", "train/sup_heatmap", "train/loss"}
 
 
 def test_gated_pseudo_label_loss_is_zero_when_everything_is_rejected():

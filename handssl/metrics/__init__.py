@@ -4,6 +4,8 @@
   the alignments protocols compose.
 * :mod:`handssl.metrics.classes`: ``MPJPE``, ``NMPJPE``, ``PAMPJPE``, ``PCK``, ``PCKAUC``, ``PoseMetrics``.
 * :mod:`handssl.metrics.protocols`: ``EvalProtocol``, ``ProtocolMetric``, ``PROTOCOLS``, ``get_protocol``.
+* :mod:`handssl.metrics.health`: ``pose25d_health``, diagnostics of a 2.5D network (2D error, depth
+  correlation, bone-length ratio, heatmap peak, per-axis error).
 """
 
 from handssl._lazy import lazy_exports
@@ -31,5 +33,7 @@ _EXPORTS = {
     "ProtocolMetric": "protocols",
     "PROTOCOLS": "protocols",
     "get_protocol": "protocols",
+    "HEALTH_KEYS": "health",
+    "pose25d_health": "health",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -44,6 +44,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from handssl.metrics.functional import masked_mean
+from handssl.metrics.health import pose25d_health
 from handssl.models.base import BaseHandTask, to_float
 from handssl.models.components.consistency import (
     capsule_radii,
@@ -53,7 +54,14 @@ from handssl.models.components.consistency import (
 )
 from handssl.models.components.ema import EMATeacher, sync_buffers
 from handssl.models.components.hand_template import TEMPLATES, BoneLengthTemplate, subject_lengths
-from handssl.models.components.pose25d import Pose25DNet, encode_25d, lift_25d, recover_root_depth
+from handssl.models.components.pose25d import (
+    Pose25DNet,
+    PoseNorm,
+    encode_25d,
+    heatmap_loss,
+    lift_25d,
+    recover_root_depth,
+)
 from handssl.models.components.pseudo_label_pass import label_unlabeled_set, round_table
 from handssl.models.components.pseudo_labels import (
     PseudoLabeler,
@@ -61,6 +69,7 @@ from handssl.models.components.pseudo_labels import (
     map_back,
     pseudo_label_errors,
     pseudo_label_loss,
+    transformed_label,
 )
 from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
 
@@ -94,14 +103,22 @@ class SemiHandModule(BaseHandTask):
         backbone_widths: Channels of the ResNet stages.
         backbone_blocks: Basic blocks per stage.
         decoder_channels: Channels of the heatmap decoder.
-        output_stride: Input pixels per heatmap cell.
+        output_stride: Input pixels per heatmap cell (2: 32 x 32 maps at 64 px).
+        beta_init: Initial inverse temperature of the heatmap softmax (learned). Sharp from the start, so the
+            soft-argmax is a local read-out rather than a centre-biased average of a flat map.
         image_size: Input side in pixels (sets the capsule radii and the ``uv`` unit of the losses).
         root_joint: Root of the relative depth (the paper's: 9, the middle MCP).
         use_consistency: View consistency (pose + mask equivariance) and cross-modal consistency.
         use_pseudo_labels: Confidence-gated pseudo-label loss.
         use_correction: Biomechanical correction inside the pseudo-labels, and Eq. 6's ``l(r, p)``.
         use_mask: Train the mask head and use the mask terms of the consistency losses.
-        depth_weight: ``lambda_d`` of the pose distance (50 in the paper).
+        pose_loss: ``"l1"`` (absolute errors, Sun et al.'s integral loss; default) or ``"l2"`` (the paper's
+            squared distance) for ``L_sup``, the pseudo-label loss and the pose consistency; the confidence
+            ``C`` stays the paper's squared spread.
+        heatmap_weight: Weight of the Gaussian heatmap loss (:func:`~handssl.models.components.pose25d.heatmap_loss`)
+            on labelled joints and on accepted pseudo-labels (0: integral regression alone, as the paper).
+        heatmap_sigma: Standard deviation of its target Gaussians, in heatmap cells.
+        depth_weight: ``lambda_d`` of the pose distance (50 in the paper; ``sqrt`` of it under ``"l1"``).
         mask_weight: ``lambda_w`` of the supervised mask L1 (100 in the paper).
         consistency_weight: ``lambda_c`` (0.1 in the paper).
         cross_modal_weight: Weight of ``L_cc`` inside ``L_cons`` (0 disables it).
@@ -158,13 +175,17 @@ class SemiHandModule(BaseHandTask):
         backbone_widths: Sequence[int] = (32, 64, 128, 256),
         backbone_blocks: Sequence[int] = (1, 1, 1, 1),
         decoder_channels: int = 64,
-        output_stride: int = 4,
+        output_stride: int = 2,
+        beta_init: float = 5.0,
         image_size: int = 64,
         root_joint: int = MIDDLE_MCP,
         use_consistency: bool = True,
         use_pseudo_labels: bool = True,
         use_correction: bool = True,
         use_mask: bool = True,
+        pose_loss: PoseNorm = "l1",
+        heatmap_weight: float = 1.0,
+        heatmap_sigma: float = 1.0,
         depth_weight: float = 50.0,
         mask_weight: float = 100.0,
         consistency_weight: float = 0.1,
@@ -213,6 +234,12 @@ class SemiHandModule(BaseHandTask):
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
         if threshold is None and not 0.0 <= accept_fraction <= 1.0:
             raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
+        if pose_loss not in ("l1", "l2"):
+            raise ValueError(f"pose_loss must be 'l1' or 'l2', got {pose_loss!r}")
+        if heatmap_weight < 0 or heatmap_sigma <= 0:
+            raise ValueError(
+                f"heatmap_weight must be >= 0 and heatmap_sigma > 0, got {heatmap_weight}, {heatmap_sigma}"
+            )
         if epochs_per_round < 1:
             raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
         self.semi_mode = mode  # not ``self.mode``: that is the monitored metric's direction
@@ -223,12 +250,16 @@ class SemiHandModule(BaseHandTask):
         self.backbone_blocks = backbone_blocks
         self.decoder_channels = decoder_channels
         self.output_stride = output_stride
+        self.beta_init = beta_init
         self.image_size = image_size
         self.root_joint = root_joint
         self.use_consistency = use_consistency
         self.use_pseudo_labels = use_pseudo_labels
         self.use_correction = use_correction
         self.use_mask = use_mask
+        self.pose_loss = pose_loss
+        self.heatmap_weight = heatmap_weight
+        self.heatmap_sigma = heatmap_sigma
         self.depth_weight = depth_weight
         self.mask_weight = mask_weight
         self.consistency_weight = consistency_weight
@@ -268,6 +299,7 @@ class SemiHandModule(BaseHandTask):
         self.ema_updates = 0
         self.last_momentum: float | None = None
         self.last_pseudo_labels: dict[str, Any] | None = None
+        self._last_eval_out: dict[str, Tensor] | None = None
 
     # ----------------------------------------------------------------------------------------- build
     def configure_models(self) -> None:
@@ -276,6 +308,7 @@ class SemiHandModule(BaseHandTask):
             blocks=self.backbone_blocks,
             decoder_channels=self.decoder_channels,
             output_stride=self.output_stride,
+            beta_init=self.beta_init,
         )
         self._init_loaded = False
         self.teacher = (
@@ -389,8 +422,45 @@ class SemiHandModule(BaseHandTask):
         return out, joints
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
-        _, joints = self._lift_batch(batch)
+        out, joints = self._lift_batch(batch)
+        self._last_eval_out = out  # validation_step reads it for the health diagnostics: no second pass
         return root_relative(joints)
+
+    def health(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """:func:`~handssl.metrics.health.pose25d_health` of network outputs on an annotated batch.
+
+        3D is lifted with the annotated root depth and scale (``"known"``), whatever ``lifting`` says, so that
+        depth and size are judged on their own.
+        """
+        with torch.no_grad(), self.full_precision():
+            out = to_float(out)
+            root_depth, scale = self.lifting_params(
+                out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
+            )
+            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
+            return pose25d_health(
+                out["uv"],
+                out["heatmaps"],
+                joints,
+                batch["joints2d"],
+                batch["joints3d"],
+                batch["valid"],
+                self.root_joint,
+            )
+
+    def _log_health(self, stage: str, out: dict[str, Tensor], batch: dict[str, Any]) -> None:
+        if "joints2d" not in batch or "K" not in batch:
+            return
+        for name, value in self.health(out, batch).items():
+            if torch.isfinite(value):
+                self.log(f"{stage}/health_{name}", value, batch_size=out["uv"].shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """The base task's metrics plus the network's health (``val/health_*``) from the same forward pass."""
+        self._evaluate(batch, "val")
+        if self._last_eval_out is not None:
+            self._log_health("val", self._last_eval_out, batch)
+            self._last_eval_out = None
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Root-relative and camera-frame 3D joints, 2D joints and a per-joint confidence.
@@ -476,11 +546,18 @@ class SemiHandModule(BaseHandTask):
             return 1.0
         return min(1.0, (self.global_step - self.unsupervised_start_step + 1) / self.unsupervised_ramp_steps)
 
-    def _uv_loss(self, uv: Tensor, target: Tensor, weight: Tensor) -> Tensor:
-        return masked_mean(((uv - torch.nan_to_num(target)) / self.uv_unit_px).pow(2).sum(-1), weight)
+    def _per_joint(self, error: Tensor, weight: float = 1.0) -> Tensor:
+        """``weight |e|^2`` or ``sqrt(weight) |e|_1`` per joint of an error ``(..., D)`` (``pose_loss``)."""
+        if self.pose_loss == "l1":
+            return weight**0.5 * error.abs().sum(-1)
+        return weight * error.pow(2).sum(-1)
 
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """``L_sup``: 2D (px^2 in 64-px units), depth (``lambda_d`` x squared bone units) and mask (``lambda_w`` x L1)."""
+        """``L_sup``: 2D (64-px units), depth (``lambda_d``, bone units), heatmap and mask (``lambda_w`` x L1).
+
+        2D and depth errors are squared or absolute (``pose_loss``); the heatmap term (``heatmap_weight``)
+        pulls each labelled joint's map towards a Gaussian at its annotated ``uv``.
+        """
         valid = batch["valid"].bool()
         joints2d, joints3d = batch["joints2d"], batch["joints3d"]
         valid2d = valid & torch.isfinite(joints2d).all(-1) & batch.get("in_bounds", valid).bool()
@@ -488,11 +565,16 @@ class SemiHandModule(BaseHandTask):
         needed = [self.root_joint, *REFERENCE_BONE]
         valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
         depth = root_relative(out["depth"], self.root_joint, joint_axis=-1)
+        uv_error = (out["uv"] - torch.nan_to_num(joints2d)) / self.uv_unit_px
+        depth_error = (depth - torch.nan_to_num(depth_gt)).unsqueeze(-1)
         losses = {
-            "sup_2d": self._uv_loss(out["uv"], joints2d, valid2d),
-            "sup_depth": self.depth_weight
-            * masked_mean((depth - torch.nan_to_num(depth_gt)).pow(2), valid3d),
+            "sup_2d": masked_mean(self._per_joint(uv_error), valid2d),
+            "sup_depth": masked_mean(self._per_joint(depth_error, self.depth_weight), valid3d),
         }
+        if self.heatmap_weight > 0:
+            losses["sup_heatmap"] = self.heatmap_weight * heatmap_loss(
+                out["log_heatmaps"], joints2d, valid2d, self._stride(out), self.heatmap_sigma
+            )
         if self.use_mask:
             has_mask = batch.get(
                 "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
@@ -500,6 +582,9 @@ class SemiHandModule(BaseHandTask):
             per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
             losses["sup_mask"] = self.mask_weight * masked_mean(per_sample, has_mask)
         return losses
+
+    def _stride(self, out: dict[str, Tensor]) -> int:
+        return self.image_size // out["heatmaps"].shape[-1]
 
     def _round_labels(self, index: Tensor) -> dict[str, Tensor]:
         if self.round_table is None:
@@ -543,10 +628,16 @@ class SemiHandModule(BaseHandTask):
                 sup = self.supervised_losses(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
+            if self._should_log_health():
+                self._log_health("train", outs["labeled"], labeled)
         if unlabeled is not None and any(want.values()):
             total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want)
         losses["loss"] = total
         return self.log_losses(losses, batch_size=sum(sizes))
+
+    def _should_log_health(self) -> bool:
+        every = getattr(self._trainer, "log_every_n_steps", 1)  # Lightning sets it untyped
+        return (self.global_step + 1) % max(1, int(every)) == 0
 
     def _labels_and_targets(
         self, unlabeled: dict[str, Any], want: dict[str, bool]
@@ -594,6 +685,7 @@ class SemiHandModule(BaseHandTask):
             self.depth_weight,
             self.uv_unit_px,
             self.root_joint,
+            self.pose_loss,
         )
         total = outs[next(iter(outs))]["uv"].new_zeros(())
         with self.full_precision():
@@ -602,6 +694,24 @@ class SemiHandModule(BaseHandTask):
                 losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
                 losses["accept_rate"] = rows["accepted"].float().mean().detach()
                 total = total + self.pseudo_label_weight * losses["pseudo_label"]
+                if self.heatmap_weight > 0:  # accepted labels supervise the maps as annotations do
+                    label_uv, inside = transformed_label(
+                        rows["uv"], unlabeled["strong_matrix"], self.image_size
+                    )
+                    strong = outs["strong"]
+                    # mean over accepted joints times the accepted share: rejected items count as 0, as in
+                    # the gated pose term
+                    losses["pseudo_label_heatmap"] = rows["accepted"].float().mean() * heatmap_loss(
+                        strong["log_heatmaps"],
+                        label_uv,
+                        inside & rows["accepted"].bool().unsqueeze(-1),
+                        self._stride(strong),
+                        self.heatmap_sigma,
+                    )
+                    total = (
+                        total
+                        + self.pseudo_label_weight * self.heatmap_weight * losses["pseudo_label_heatmap"]
+                    )
             if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
                 assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
                 usable = ~rows["refused"].bool()
@@ -636,6 +746,7 @@ class SemiHandModule(BaseHandTask):
             self.depth_weight,
             self.uv_unit_px,
             self.image_size,
+            self.pose_loss,
         )
         if not self.use_mask:
             return cons

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from handssl.geometry import transform_points
 from handssl.metrics.functional import masked_mean
-from handssl.models.components.pose25d import pose_distance
+from handssl.models.components.pose25d import PoseNorm, pose_distance
 from handssl.skeleton import BONES, MCPS
 
 __all__ = [
@@ -92,6 +92,7 @@ def pose_equivariance_loss(
     depth_weight: float = 50.0,
     uv_unit_px: float = 1.0,
     image_size: int | None = None,
+    norm: PoseNorm = "l2",
 ) -> Tensor:
     """``l(f(T x), T(f(x)))``: the prediction on the perturbed image against the transformed target.
 
@@ -104,6 +105,7 @@ def pose_equivariance_loss(
         depth_weight: ``lambda_d``.
         uv_unit_px: Pixels per ``uv`` unit.
         image_size: When given, joints whose transformed target leaves the image are ignored.
+        norm: ``"l2"`` or ``"l1"`` (see :func:`~handssl.models.components.pose25d.pose_distance`).
 
     Returns:
         Scalar loss (mean over the batch).
@@ -113,7 +115,7 @@ def pose_equivariance_loss(
     if image_size is not None:
         weight = ((target >= -0.5) & (target <= image_size - 0.5)).all(-1).to(uv_target.dtype)
     dist = pose_distance(
-        uv_perturbed, depth_perturbed, target, depth_target, weight, depth_weight, uv_unit_px
+        uv_perturbed, depth_perturbed, target, depth_target, weight, depth_weight, uv_unit_px, norm
     )
     return dist.mean()
 

@@ -15,7 +15,9 @@ paper's protocol, "global hand scale and hand root position are known") or predi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +30,18 @@ from handssl.skeleton import MIDDLE_MCP, NUM_JOINTS, REFERENCE_BONE, ROOT, root_
 
 __all__ = [
     "Pose25DNet",
+    "PoseNorm",
     "encode_25d",
+    "gaussian_heatmaps",
+    "heatmap_loss",
     "lift_25d",
     "pose_distance",
     "recover_root_depth",
     "soft_argmax_2d",
 ]
+
+PoseNorm = Literal["l2", "l1"]
+"""Error of a pose distance: squared (SemiHand's ``l``) or absolute (Sun et al.'s integral L1)."""
 
 
 def soft_argmax_2d(logits: Tensor, beta: Tensor | float, stride: int) -> tuple[Tensor, Tensor]:
@@ -134,7 +142,8 @@ class Pose25DNet(nn.Module):
         Returns:
             ``uv`` ``(B, J, 2)`` input pixels, ``depth`` ``(B, J)`` root-relative depth in reference-bone units
             (relative to whichever joint the targets used as root), ``mask_logits`` ``(B, 1, H, W)``,
-            ``heatmaps`` ``(B, J, h, w)`` softmax probabilities.
+            ``heatmaps`` ``(B, J, h, w)`` softmax probabilities and ``log_heatmaps`` their logarithms (computed
+            stably, for :func:`heatmap_loss`).
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
@@ -149,11 +158,19 @@ class Pose25DNet(nn.Module):
         stride = image.shape[-1] // x.shape[-1]
         # The heads' outputs in float32 (they are half precision under mixed-precision autocast): the
         # soft-argmax needs float32 to place a joint to a fraction of a pixel.
-        uv, probs = soft_argmax_2d(self.heatmap(x).float(), self.beta, stride)
+        logits = self.heatmap(x).float()
+        uv, probs = soft_argmax_2d(logits, self.beta, stride)
         depth = (self.depth(x).float() * probs).flatten(2).sum(-1)
+        log_probs = F.log_softmax(self.beta * logits.flatten(2), dim=-1).view_as(probs)
         mask_logits = F.interpolate(self.mask(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
         mask_logits = mask_logits.float()
-        return {"uv": uv, "depth": depth, "mask_logits": mask_logits, "heatmaps": probs}
+        return {
+            "uv": uv,
+            "depth": depth,
+            "mask_logits": mask_logits,
+            "heatmaps": probs,
+            "log_heatmaps": log_probs,
+        }
 
 
 def encode_25d(
@@ -254,12 +271,18 @@ def pose_distance(
     weight: Tensor | None = None,
     depth_weight: float = 50.0,
     uv_unit_px: float = 1.0,
+    norm: PoseNorm = "l2",
 ) -> Tensor:
     """SemiHand's pose distance ``l(p1, p2) = |uv1 - uv2|^2 + lambda_d |d1 - d2|^2``, per sample.
 
     Averaged over joints (weighted by ``weight``), with ``uv`` measured in units of ``uv_unit_px`` pixels (the
     paper works on 64 px maps: pass ``image_size / 64`` to keep its units at any resolution) and ``d`` in
     reference-bone units.
+
+    ``norm="l1"`` is the absolute-error version ``|du| + |dv| + sqrt(lambda_d) |d1 - d2|`` (Sun et al. ECCV'18:
+    an L1 integral loss learns faster and ends better than L2, which pulls towards the conditional mean).
+    ``sqrt(lambda_d)`` keeps one ``lambda_d`` for both: a depth error costs what a 2D error of the same
+    size in ``uv`` units costs under either norm.
 
     Args:
         uv_a: ``(B, J, 2)`` pixels.
@@ -269,11 +292,71 @@ def pose_distance(
         weight: Optional ``(B, J)`` joint weights (e.g. validity); samples with zero total weight give 0.
         depth_weight: ``lambda_d`` (50 in the paper).
         uv_unit_px: Pixels per ``uv`` unit.
+        norm: ``"l2"`` (squared errors, the paper's) or ``"l1"`` (absolute errors).
 
     Returns:
         ``(B,)`` distances.
     """
-    per_joint = ((uv_a - uv_b) / uv_unit_px).pow(2).sum(-1) + depth_weight * (depth_a - depth_b).pow(2)
+    duv = (uv_a - uv_b) / uv_unit_px
+    dd = depth_a - depth_b
+    if norm == "l2":
+        per_joint = duv.pow(2).sum(-1) + depth_weight * dd.pow(2)
+    elif norm == "l1":
+        per_joint = duv.abs().sum(-1) + math.sqrt(depth_weight) * dd.abs()
+    else:
+        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}")
     if weight is None:
         return per_joint.mean(-1)
     return masked_mean(per_joint, weight, dim=-1)
+
+
+def gaussian_heatmaps(uv: Tensor, height: int, width: int, stride: int, sigma_cells: float = 1.0) -> Tensor:
+    """Normalised Gaussian target distributions centred on ``uv``, on the heatmap grid of :func:`soft_argmax_2d`.
+
+    Args:
+        uv: ``(B, J, 2)`` target joints in input pixels (non-finite entries give a uniform map; mask them out).
+        height: Heatmap rows.
+        width: Heatmap columns.
+        stride: Input pixels per heatmap cell.
+        sigma_cells: Standard deviation of the Gaussian in heatmap cells.
+
+    Returns:
+        ``(B, J, height, width)`` maps that sum to 1 over each joint's cells.
+    """
+    if sigma_cells <= 0:
+        raise ValueError(f"sigma_cells must be positive, got {sigma_cells}")
+    xs = torch.arange(width, dtype=uv.dtype, device=uv.device) * stride + (stride - 1) / 2
+    ys = torch.arange(height, dtype=uv.dtype, device=uv.device) * stride + (stride - 1) / 2
+    sigma = sigma_cells * stride
+    uv = torch.nan_to_num(uv)
+    gx = -((xs - uv[..., 0:1]) ** 2) / (2 * sigma**2)  # (B, J, w)
+    gy = -((ys - uv[..., 1:2]) ** 2) / (2 * sigma**2)  # (B, J, h)
+    logits = gy.unsqueeze(-1) + gx.unsqueeze(-2)
+    return F.softmax(logits.flatten(2), dim=-1).view_as(logits)
+
+
+def heatmap_loss(
+    log_heatmaps: Tensor, uv: Tensor, weight: Tensor, stride: int, sigma_cells: float = 1.0
+) -> Tensor:
+    """Cross-entropy of the predicted heatmaps to Gaussians at ``uv``, averaged over the weighted joints.
+
+    The supervision integral regression lacks (Iqbal et al. ECCV'18 train their latent heatmaps only
+    through the soft-argmax; Sun et al. note its slow convergence): without it the softmax maps stay flat,
+    the soft-argmax is biased towards the map centre, and the depth read-out ``sum_g h_d(g) P(g)`` is a global
+    average instead of a local one. The target's own entropy is subtracted, so a perfect map scores 0 (a KL
+    divergence, with the cross-entropy's gradients).
+
+    Args:
+        log_heatmaps: ``(B, J, h, w)`` log-probabilities of the predicted maps.
+        uv: ``(B, J, 2)`` target joints in input pixels.
+        weight: ``(B, J)`` joint weights (0 for invalid or unaccepted joints).
+        stride: Input pixels per heatmap cell.
+        sigma_cells: Standard deviation of the target Gaussian, in cells.
+
+    Returns:
+        Scalar loss in nats (0 when every weight is 0).
+    """
+    h, w = log_heatmaps.shape[-2:]
+    target = gaussian_heatmaps(uv.to(log_heatmaps.dtype), h, w, stride, sigma_cells)
+    per_joint = (target * (target.clamp_min(1e-12).log() - log_heatmaps)).flatten(2).sum(-1)
+    return masked_mean(per_joint, weight.to(per_joint.dtype))

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from handssl.geometry import invert_matrix, project, transform_points, unproject
 from handssl.metrics.functional import masked_mean
-from handssl.models.components.pose25d import lift_25d, pose_distance
+from handssl.models.components.pose25d import PoseNorm, lift_25d, pose_distance
 from handssl.skeleton import MIDDLE_MCP, ROOT, root_relative
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "pseudo_label_errors",
     "pseudo_label_loss",
     "spread",
+    "transformed_label",
 ]
 
 Corrector = Callable[..., Tensor]
@@ -443,6 +444,22 @@ def onto_rays(joints: Tensor, uv: Tensor, K: Tensor) -> Tensor:
     return rays * t.clamp_min(1e-6)
 
 
+def transformed_label(label_uv: Tensor, matrices: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
+    """Pseudo-label joints moved into the augmented image, and which of them land inside it.
+
+    Args:
+        label_uv: ``(B, J, 2)`` pseudo-label in the original frame.
+        matrices: ``(B, 3, 3)`` augmentation matrices (original -> augmented pixels).
+        image_size: Image side.
+
+    Returns:
+        ``(B, J, 2)`` joints in augmented pixels and a ``(B, J)`` bool mask of those inside the image.
+    """
+    target = transform_points(label_uv, matrices)
+    inside = ((target >= -0.5) & (target <= image_size - 0.5)).all(-1)
+    return target, inside
+
+
 def pseudo_label_loss(
     uv: Tensor,
     depth: Tensor,
@@ -454,6 +471,7 @@ def pseudo_label_loss(
     depth_weight: float = 50.0,
     uv_unit_px: float = 1.0,
     root: int = MIDDLE_MCP,
+    norm: PoseNorm = "l2",
 ) -> Tensor:
     """The gated pseudo-label loss ``mean_b 1(C_b <= tau) l(p_b, T_b(p_hat_b))`` on augmented images.
 
@@ -469,14 +487,16 @@ def pseudo_label_loss(
         depth_weight: ``lambda_d``.
         uv_unit_px: Pixels per ``uv`` unit.
         root: Root joint of the relative depth.
+        norm: ``"l2"`` or ``"l1"`` (see :func:`~handssl.models.components.pose25d.pose_distance`).
 
     Returns:
         Scalar loss, averaged over the whole batch (rejected samples count as 0, as the indicator does).
     """
-    target = transform_points(label_uv, matrices)
-    inside = ((target >= -0.5) & (target <= image_size - 0.5)).all(-1).to(uv.dtype)
+    target, inside = transformed_label(label_uv, matrices, image_size)
     rel = root_relative(depth, root, joint_axis=-1)
-    per_sample = pose_distance(uv, rel, target, label_depth, inside, depth_weight, uv_unit_px)
+    per_sample = pose_distance(
+        uv, rel, target, label_depth, inside.to(uv.dtype), depth_weight, uv_unit_px, norm
+    )
     return (per_sample * accepted.to(uv.dtype)).mean()
 
 
