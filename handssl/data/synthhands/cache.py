@@ -39,6 +39,9 @@ DEFAULT_NUM_SUBJECTS: dict[str, int] = {"train": 32, "val": 8, "test": 8}
 SPLIT_SUBJECT_OFFSET: dict[str, int] = {"train": 0, "val": 100_000, "test": 200_000}
 """Global index of a split's first subject (``make_subject(seed, offset + i)``): disjoint by construction."""
 
+SUBJECTS_PER_SPLIT = 100_000
+"""Room for subjects in each split: ``first_subject + num_subjects`` stays below the next split's offset."""
+
 EXTRA_KEYS: tuple[str, ...] = ("mask", "hand_mask", "depth", "background")
 """Optional per-view sample keys (see ``extra_keys``)."""
 
@@ -164,6 +167,7 @@ class SynthHandsBase(HandDataset):
         num_cameras: int,
         seed: int,
         num_subjects: int | None,
+        first_subject: int,
         sequences_per_subject: int,
         frames_per_sequence: int,
         crop: Crop,
@@ -193,6 +197,12 @@ class SynthHandsBase(HandDataset):
         self.num_subjects = check_int(
             "num_subjects", DEFAULT_NUM_SUBJECTS[split] if num_subjects is None else num_subjects, 1
         )
+        self.first_subject = check_int("first_subject", first_subject, 0)
+        if self.first_subject + self.num_subjects > SUBJECTS_PER_SPLIT:
+            raise ValueError(
+                f"first_subject + num_subjects must be at most {SUBJECTS_PER_SPLIT}, got "
+                f"{self.first_subject} + {self.num_subjects}"
+            )
         self.sequences_per_subject = check_int("sequences_per_subject", sequences_per_subject, 1)
         self.chunk_size = check_int("chunk_size", chunk_size, 1)
         if not cache_mb >= 0:
@@ -233,7 +243,7 @@ class SynthHandsBase(HandDataset):
     @property
     def subjects(self) -> list[int]:
         """Global subject indices of this split (disjoint between splits)."""
-        offset = SPLIT_SUBJECT_OFFSET[self.split]
+        offset = SPLIT_SUBJECT_OFFSET[self.split] + self.first_subject
         return [offset + i for i in range(self.num_subjects)]
 
     def item_subjects(self) -> list[int]:
@@ -245,7 +255,7 @@ class SynthHandsBase(HandDataset):
         per_subject = self.sequences_per_subject * self.frames_per_sequence
         slot, rest = divmod(frame_index, per_subject)
         sequence, frame = divmod(rest, self.frames_per_sequence)
-        return SPLIT_SUBJECT_OFFSET[self.split] + slot, sequence, frame
+        return SPLIT_SUBJECT_OFFSET[self.split] + self.first_subject + slot, sequence, frame
 
     def view_keys(self, index: int, epoch: int = 0) -> list[ViewKey]:
         """The ``(subject, sequence, frame, camera)`` views item ``index`` is made of in ``epoch``."""
@@ -257,7 +267,7 @@ class SynthHandsBase(HandDataset):
 
     def _slot(self, key: ViewKey) -> int:
         subject, sequence, frame, camera = key
-        subject -= SPLIT_SUBJECT_OFFSET[self.split]
+        subject -= SPLIT_SUBJECT_OFFSET[self.split] + self.first_subject
         return ((subject * self.sequences_per_subject + sequence) * self.frames_per_sequence + frame) * (
             self.num_cameras
         ) + camera

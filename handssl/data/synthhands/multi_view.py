@@ -48,6 +48,9 @@ class SynthHandsMultiView(SynthHandsBase):
             ``0 < |g| < frames_per_sequence`` sets t′ = (t + g) mod ``frames_per_sequence``.
         seed: World seed.
         num_subjects: Subjects in this split; ``None`` uses 32 / 8 / 8 for train / val / test.
+        first_subject: The split's first subject used (``first_subject .. first_subject + num_subjects - 1``):
+            two datasets of one split with non-overlapping ranges share no subject (e.g. labelled subjects
+            0-15 and unlabelled subjects 16-31 of ``"train"``).
         sequences_per_subject: Sequences per subject.
         frames_per_sequence: Frames per sequence.
         crop: ``"joints"`` (default): each crop looks at the hand centre and frames the joints' square box
@@ -80,6 +83,7 @@ class SynthHandsMultiView(SynthHandsBase):
         frame_gap: int | None = None,
         seed: int = 0,
         num_subjects: int | None = None,
+        first_subject: int = 0,
         sequences_per_subject: int = 4,
         frames_per_sequence: int = 64,
         crop: Crop = "joints",

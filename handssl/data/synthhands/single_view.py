@@ -40,6 +40,9 @@ class SynthHands(SynthHandsBase):
             every frame) or a camera index (that camera only).
         seed: World seed: subjects, motion, rig, appearance and camera draws.
         num_subjects: Subjects in this split; ``None`` uses 32 / 8 / 8 for train / val / test.
+        first_subject: The split's first subject used (``first_subject .. first_subject + num_subjects - 1``):
+            two datasets of one split with non-overlapping ranges share no subject (e.g. labelled subjects
+            0-15 and unlabelled subjects 16-31 of ``"train"``).
         sequences_per_subject: Sequences per subject.
         frames_per_sequence: Frames per sequence.
         crop: ``"joints"`` (default): each crop looks at the hand centre and frames the joints' square box
@@ -71,6 +74,7 @@ class SynthHands(SynthHandsBase):
         camera: str | int = "random",
         seed: int = 0,
         num_subjects: int | None = None,
+        first_subject: int = 0,
         sequences_per_subject: int = 4,
         frames_per_sequence: int = 64,
         crop: Crop = "joints",
