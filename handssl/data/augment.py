@@ -106,9 +106,19 @@ def diversity_pipeline(
     p_geometric: float = 0.9,
     p_erase: float = 0.3,
     erase_area: tuple[float, float] = (0.02, 0.15),
+    p_blur: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.3, 1.2),
+    p_noise: float = 0.0,
+    noise_std: tuple[float, float] = (0.01, 0.05),
+    p_jpeg: float = 0.0,
+    jpeg_quality: tuple[int, int] = (30, 90),
     seed: int | None = None,
 ) -> A.Compose:
-    """The strong "diversity" pipeline: colour jitter, gray-scale, rotation/scale/translation, random erasing.
+    """The strong "diversity" pipeline: colour, gray-scale, geometry, erasing; optionally camera degradations.
+
+    Colour jitter, gray-scale, rotation/scale/translation and random erasing, then optionally the camera's own
+    degradations (Gaussian blur, sensor noise, a JPEG round trip with its chroma subsampling). The camera terms are off by default (the paper's pipeline); they are what a practitioner adds when the
+    target camera is worse than the renderer (SynthHands' real style: blur, noise, chroma subsampling).
 
     Args:
         rotate_deg: Largest rotation in degrees.
@@ -123,6 +133,12 @@ def diversity_pipeline(
         p_geometric: Probability of the rotation/scale/translation.
         p_erase: Probability of random erasing (one rectangle filled with zeros).
         erase_area: Range of the erased rectangle's area as a fraction of the image.
+        p_blur: Probability of a Gaussian blur.
+        blur_sigma: Range of its standard deviation in pixels.
+        p_noise: Probability of per-pixel Gaussian noise.
+        noise_std: Range of the noise's standard deviation (fraction of the intensity range).
+        p_jpeg: Probability of a JPEG round trip.
+        jpeg_quality: Range of its quality.
         seed: Seed of the pipeline's random state.
 
     Returns:
@@ -146,6 +162,9 @@ def diversity_pipeline(
                 p=p_geometric,
             ),
             A.Erasing(scale=erase_area, p=p_erase),
+            A.GaussianBlur(sigma_limit=blur_sigma, p=p_blur),
+            A.GaussNoise(std_range=noise_std, p=p_noise),
+            A.ImageCompression(quality_range=jpeg_quality, p=p_jpeg),
         ],
         seed,
     )
