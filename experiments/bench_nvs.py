@@ -5,8 +5,11 @@ For every test pair (view i -> view j of one frame) it compares the target view 
 * ``copy_input``: the input view ``I_t^i`` itself,
 * ``mean_image``: the pixel-wise mean of ``--mean-items`` training target views,
 * ``background_only``: the target camera's background (what the decoder gives with an empty mask),
-as mean absolute error over all pixels and over the target's foreground (hand + sleeve mask) pixels, and saves
-a grid of test pairs (input | target | synthesized | turntable) as PNG.
+as mean absolute error over all pixels and over the target's foreground (hand + sleeve mask) pixels; then the
+**rotation controls** (:func:`~handssl.models.components.nvs_losses.rotation_controls`): the same rendering with
+the identity rotation and with another item's rotation, the true mask filled with the mean hand colour (a blob),
+and the synthesized mask's IoU with the hand. Geometry gate (issue 21): true <= 0.8 x identity and <= 0.8 x
+another item's rotation. It saves a grid of test pairs (input | target | synthesized | turntable) as PNG.
 
     python experiments/bench_nvs.py --checkpoint runs/label_sweep/semi_1.ckpt --out experiments/results/bench_nvs
     python experiments/bench_nvs.py --pretrained nvs-semi-synthhands     # the shipped semi network
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 import torch
@@ -26,6 +30,7 @@ from handssl.callbacks.nvs_viz import nvs_panels
 from handssl.data.datamodules import collate_samples
 from handssl.data.multiview import MultiViewPairs
 from handssl.data.synthhands.multi_view import SynthHandsMultiView
+from handssl.models.components.nvs_losses import rotation_controls
 from handssl.models.nvs import NVSModule, load_state_dict_file
 
 METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
@@ -97,8 +102,17 @@ def main(argv: list[str] | None = None) -> None:
         collate_fn=collate_samples,
     )
     grid_batch = None
+    controls: dict[str, float] = {}
+    batches = 0
     with torch.no_grad():
         for batch in loader:
+            render = module.renderer(batch["image"], batch["background"])
+            hand = (batch["target_mask"] > 0.5).float()
+            if batch["image"].shape[0] > 1:
+                values = rotation_controls(render, batch["R_ij"], batch["target"], hand, batch["background"])
+                for key, value in values.items():
+                    controls[key] = controls.get(key, 0.0) + float(value)
+                batches += 1
             grid_batch = grid_batch or batch
             target = batch["target"]
             candidates = {
@@ -129,6 +143,27 @@ def main(argv: list[str] | None = None) -> None:
     table = ["| method | L1 all pixels | L1 foreground pixels |", "|---|---|---|"]
     table += [f"| {r['method']} | {r['l1_all']} | {r['l1_foreground']} |" for r in rows]
     header = f"network: {args.checkpoint or args.pretrained}, {min(args.items, len(test))} test pairs, images in [0, 1]\n\n"
+    controls = {k: round(v / max(batches, 1), 4) for k, v in controls.items()}
+    true = controls["synthesis_l1_hand"]
+    table += [
+        "",
+        "| rotation control (hand pixels) | L1 | true / this |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {controls[key]} | {true / controls[key]:.3f} |"
+            for name, key in (
+                ("true rotation R_ij", "synthesis_l1_hand"),
+                ("identity rotation", "identity_l1_hand"),
+                ("another item's rotation", "other_rotation_l1_hand"),
+                ("mean-colour blob in the true mask", "blob_l1_hand"),
+            )
+        ),
+        "",
+        f"Synthesized mask IoU with the hand: {controls['mask_iou']:.3f}. Geometry gate: true <= 0.8 x identity "
+        f"({true / controls['identity_l1_hand']:.3f}) and <= 0.8 x another item's rotation "
+        f"({true / controls['other_rotation_l1_hand']:.3f}).",
+    ]
+    (args.out / "controls.json").write_text(json.dumps(controls, indent=1))
     (args.out / "bench_nvs.md").write_text(header + "\n".join(table) + "\n")
     print(header + "\n".join(table))
 

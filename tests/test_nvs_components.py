@@ -304,3 +304,33 @@ def test_synthesis_loss_adds_the_silhouette_terms():
     assert set(plain(composite, mask, target, background)) == {"l1", "loss"}
     with pytest.raises(ValueError, match="non-negative"):
         SynthesisLoss(silhouette_weight=-1.0)
+
+
+def test_rotation_controls_tell_a_latent_that_rotates_from_a_blob():
+    from handssl.models.components.nvs_losses import mean_colour_blob, rotation_controls
+
+    g = torch.Generator().manual_seed(0)
+    b = 4
+    target = torch.rand(b, 3, 16, 16, generator=g)
+    background = torch.rand(b, 3, 16, 16, generator=g)
+    hand = torch.zeros(b, 1, 16, 16)
+    hand[:, :, 4:12, 5:11] = 1.0
+    angles = torch.linspace(0.3, 1.2, b)
+    R = torch.zeros(b, 3, 3)
+    R[:, 0, 0], R[:, 0, 2], R[:, 1, 1] = angles.cos(), angles.sin(), 1.0
+    R[:, 2, 0], R[:, 2, 2] = -angles.sin(), angles.cos()
+
+    def geometric(rotation):  # renders the target exactly under the true rotation, something else otherwise
+        exact = torch.isclose(rotation, R, atol=1e-6).flatten(1).all(1).view(-1, 1, 1, 1)
+        return {"image": torch.where(exact, target, target.flip(-1)), "mask": hand.clone()}
+
+    good = rotation_controls(geometric, R, target, hand, background)
+    assert good["synthesis_l1_hand"] < 1e-6 and good["mask_iou"] == 1.0
+    assert good["identity_l1_hand"] > 0.1 and good["other_rotation_l1_hand"] > 0.1
+    blob = mean_colour_blob(target, hand, background)
+    blind = rotation_controls(lambda rotation: {"image": blob, "mask": hand}, R, target, hand, background)
+    assert blind["synthesis_l1_hand"] == blind["identity_l1_hand"] == blind["other_rotation_l1_hand"]
+    assert torch.allclose(blind["synthesis_l1_hand"], blind["blob_l1_hand"])
+    assert torch.equal(blob * (1 - hand), background * (1 - hand))  # the blob leaves the background alone
+    with pytest.raises(ValueError, match="at least 2"):
+        rotation_controls(geometric, R[:1], target[:1], hand[:1], background[:1])

@@ -29,7 +29,7 @@ evaluation the swap is always ``i -> j`` with the input's own appearance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -48,7 +48,12 @@ from handssl.models.components.nvs import (
     rotate_points,
     turntable_rotations,
 )
-from handssl.models.components.nvs_losses import SynthesisLoss, foreground_l1, mask_iou, silhouette_target
+from handssl.models.components.nvs_losses import (
+    SynthesisLoss,
+    foreground_l1,
+    rotation_controls,
+    silhouette_target,
+)
 from handssl.skeleton import root_relative, valid_with_root
 
 REGIMES = ("supervised", "pretrained", "semi")
@@ -453,6 +458,20 @@ class NVSModule(BaseHandTask):
             return {"image": out, "foreground": foreground, "mask": mask}
         return out
 
+    def renderer(self, image: Tensor, background: Tensor) -> Callable[[Tensor], dict[str, Tensor]]:
+        """Encode ``image`` once; the returned function renders it rotated by any ``R`` (``image`` and ``mask``).
+
+        For comparing rotations of one latent (:func:`~handssl.models.components.nvs_losses.rotation_controls`).
+        """
+        decoder = self._require_decoder()
+        points, appearance = self.encoder(image)
+
+        def render(R: Tensor) -> dict[str, Tensor]:
+            foreground, mask = to_float(decoder.layers(rotate_points(points, R), appearance))
+            return {"image": composite(foreground, mask, background), "mask": mask}
+
+        return render
+
     def turntable(self, image: Tensor, num_views: int = 8, background: Tensor | None = None) -> Tensor:
         """Novel views around the camera's y axis: ``(B, num_views, 3, H, W)``, the first the input's view."""
         decoder = self._require_decoder()
@@ -638,22 +657,23 @@ class NVSModule(BaseHandTask):
         size = batch["image"].shape[0]
         if self.decoder is not None:
             target, background = batch["target"], batch["background"]
-            layers = self.synthesize(batch["image"], batch["R_ij"], background, return_layers=True)
-            rendered = layers["image"]
+            render = self.renderer(batch["image"], background)
             # Hand pixels: the dataset's mask when it has one, else the label-free silhouette.
             if "target_mask" in batch:
                 hand = (batch["target_mask"] > 0.5).to(target.dtype)
             else:
                 hand = silhouette_target(target, background, self.silhouette_threshold)
             values = {
-                "synthesis_l1": per_image_l1(rendered, target).mean(),
+                "synthesis_l1": per_image_l1(render(batch["R_ij"])["image"], target).mean(),
                 "copy_input_l1": per_image_l1(batch["image"], target).mean(),
                 "background_l1": per_image_l1(background, target).mean(),
-                "synthesis_l1_hand": foreground_l1(rendered, target, hand),
                 "copy_input_l1_hand": foreground_l1(batch["image"], target, hand),
                 "background_l1_hand": foreground_l1(background, target, hand),
-                "mask_iou": mask_iou(layers["mask"], hand).mean(),
             }
+            if size > 1:  # the geometry controls: identity and another item's rotation
+                values.update(rotation_controls(render, batch["R_ij"], target, hand, background))
+            else:
+                values["synthesis_l1_hand"] = foreground_l1(render(batch["R_ij"])["image"], target, hand)
             for name, value in values.items():
                 self.log(f"{stage}/{name}", value, batch_size=size, sync_dist=True)
         if self.stage != 1:

@@ -22,7 +22,7 @@ to the background; use a threshold of about 0.15 there, or a background estimate
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,54 @@ def mask_iou(mask: Tensor, silhouette: Tensor, threshold: float = 0.5) -> Tensor
     inter = (pred & true).sum(1).float()
     union = (pred | true).sum(1).float()
     return torch.where(union > 0, inter / union.clamp_min(1.0), torch.ones_like(union))
+
+
+def mean_colour_blob(target: Tensor, silhouette: Tensor, background: Tensor) -> Tensor:
+    """The trivial rendering: the true silhouette filled with the batch's mean hand colour, over the background.
+
+    A decoder that draws a hand-coloured blob where the hand is, with no shape inside it, scores this.
+    """
+    weight = silhouette.expand_as(target)
+    colour = (target * weight).sum((0, 2, 3)) / weight.sum((0, 2, 3)).clamp_min(1.0)
+    return background * (1 - silhouette) + colour.view(1, -1, 1, 1) * silhouette
+
+
+def rotation_controls(
+    render: Callable[[Tensor], dict[str, Tensor]],
+    R: Tensor,
+    target: Tensor,
+    silhouette: Tensor,
+    background: Tensor,
+) -> dict[str, Tensor]:
+    """Does the latent's rotation predict the other view? Hand-pixel L1 with the true and with wrong rotations.
+
+    A latent that carries geometry renders the target view better with the true ``R_ij`` than with the
+    identity (the input's own view) or with another item's rotation (a plausible but wrong view); a turning
+    blob renders all three alike. The trivial blob (:func:`mean_colour_blob`) is the floor a silhouette-only
+    decoder reaches.
+
+    Args:
+        render: ``R (B, 3, 3) -> {"image": (B, 3, H, W), "mask": (B, 1, H, W)}`` of one encoded batch.
+        R: ``(B, 3, 3)`` true rotations from the input's camera to the target's (``B >= 2``).
+        target: ``(B, 3, H, W)`` target views.
+        silhouette: ``(B, 1, H, W)`` hand pixels of the targets.
+        background: ``(B, 3, H, W)`` the target cameras' backgrounds.
+
+    Returns:
+        ``synthesis_l1_hand`` (true rotation), ``identity_l1_hand``, ``other_rotation_l1_hand`` (each item
+        rendered with the next item's rotation), ``blob_l1_hand`` and ``mask_iou`` (true rotation's mask).
+    """
+    if R.shape[0] < 2:
+        raise ValueError("rotation_controls needs a batch of at least 2 items (another item's rotation)")
+    true = render(R)
+    identity = torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R)
+    return {
+        "synthesis_l1_hand": foreground_l1(true["image"], target, silhouette),
+        "identity_l1_hand": foreground_l1(render(identity)["image"], target, silhouette),
+        "other_rotation_l1_hand": foreground_l1(render(R.roll(1, 0))["image"], target, silhouette),
+        "blob_l1_hand": foreground_l1(mean_colour_blob(target, silhouette, background), target, silhouette),
+        "mask_iou": mask_iou(true["mask"], silhouette).mean(),
+    }
 
 
 class SynthesisLoss(nn.Module):
