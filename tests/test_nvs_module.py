@@ -567,3 +567,21 @@ def test_configs_give_every_regime_the_same_labeled_items_per_step(suffix):
     stage1 = labeled_per_step(f"nvs_pretrained{suffix}.yaml")
     assert supervised[0] == semi[0] == stage2[0] == 16  # labeled items per step
     assert supervised[1] == stage2[1] == 0 and semi[1] == 16 and stage1 == (0, 16)
+
+
+def test_pose_head_batch_norm_sees_only_the_labeled_rows():
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    labeled = batch["labeled"].bool()
+    assert labeled.sum() >= 2 and (~labeled).any()
+    # unlabelled images change: their rows may move the head's BatchNorm statistics, never with "labeled"
+    repainted = dict(batch, image=torch.where(labeled.view(-1, 1, 1, 1), batch["image"], 1 - batch["image"]))
+    for rows, same in (("labeled", True), ("all", False)):
+        module = tiny_module("semi", pose_views="input", pose_head_rows=rows, pose_dropout=0.0)
+        module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
+        module.train()
+        module.encoder.eval()  # the encoder's own BatchNorm mixes rows too: hold it, test the head's
+        with torch.no_grad():
+            losses = [module._pose_loss(b, module._encode_training(b, pose=True)) for b in (batch, repainted)]
+        assert torch.allclose(*losses) == same, rows
+    with pytest.raises(ValueError, match="pose_head_rows"):
+        tiny_module("semi", pose_head_rows="unlabeled")
