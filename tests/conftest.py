@@ -1,6 +1,7 @@
 """Test-wide settings: no network, quiet wandb, one thread per worker, deterministic seeds; the tests' trainer."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -37,3 +38,15 @@ def quiet_trainer(**kwargs):
     import pytorch_lightning as pl  # here, so that tests without a trainer do not import Lightning
 
     return pl.Trainer(**{**QUIET_TRAINER, **kwargs})
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of one step of ``conf/supervised_tiny.yaml`` through the CLI (shared by the CLI tests)."""
+    from handssl.cli import main
+
+    runs = tmp_path_factory.mktemp("tiny_checkpoint") / "runs"
+    conf = Path(__file__).parent / "conf" / "supervised_tiny.yaml"
+    main(["fit", "-c", str(conf), "--trainer.max_steps=1", "--runs_dir", str(runs), "--wandb", "disabled"])
+    (ckpt,) = runs.glob("supervised_tiny/version_0/checkpoints/*.ckpt")
+    return ckpt

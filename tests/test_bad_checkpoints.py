@@ -11,11 +11,8 @@ REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def good_checkpoint(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("good") / "runs"
-    main(["fit", "-c", str(CONF), "--trainer.max_steps=1", "--runs_dir", str(runs), "--wandb", "disabled"])
-    (ckpt,) = runs.glob("supervised_tiny/version_0/checkpoints/*.ckpt")
-    return ckpt
+def good_checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def damaged(kind: str, good: Path, folder: Path) -> Path:

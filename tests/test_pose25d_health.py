@@ -20,10 +20,9 @@ from handssl.models.semihand import SemiHandModule
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_semi_datamodule import make_datamodule
+from test_semihand_module import TINY, K
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-TINY = dict(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16, warmup_steps=0)
-K = torch.tensor([[150.0, 0.0, 31.5], [0.0, 150.0, 31.5], [0.0, 0.0, 1.0]])
 
 
 def _hands(batch=4, seed=0):

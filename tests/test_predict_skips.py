@@ -15,11 +15,8 @@ PREDICT = Path(__file__).parents[1] / "experiments" / "predict_images.yaml"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("ckpt") / "runs"
-    main(["fit", "-c", str(CONF), "--trainer.max_steps=1", "--runs_dir", str(runs), "--wandb", "disabled"])
-    (ckpt,) = runs.glob("supervised_tiny/version_0/checkpoints/*.ckpt")
-    return ckpt
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    return tiny_checkpoint
 
 
 def images(folder: Path, names: list[str]) -> Path:
