@@ -193,7 +193,7 @@ def evaluate(args: argparse.Namespace, row: str, seed: int, checkpoint: Path) ->
     result = {
         "mpjpe": metrics["test/mpjpe"],
         "pa_mpjpe": metrics.get("test/pa_mpjpe"),
-        "auc": next((v for k, v in metrics.items() if k.endswith("auc_20_50")), None),
+        "auc": next((v for k, v in metrics.items() if k.endswith("/auc")), None),
     }
     model.eval()
     datamodule.setup("fit")
