@@ -228,13 +228,15 @@ class HandSSLParser(LightningArgumentParser):
             return super()._parse_common(cfg, *args, **kwargs)
         except InterpolationResolutionError as err:
             # omegaconf resolves ${...} here, after every source was merged; its error is a long traceback.
+            # Raised, not self.error(): jsonargparse retries some parses internally (a training config's
+            # datasets under another DataModule), and only an error that reaches main() is the user's.
             key = str(getattr(err, "full_key", "") or "").split(".", 1)[-1]  # without the subcommand
             message = str(getattr(err, "msg", err)).splitlines()[0]
             # handssl turns absolute ${a.b} into relative paths (${.a.b}) for omegaconf; show the user's.
             missing = re.match(r"Interpolation key '\.*([^']+)' not found", message)
             if missing:
                 message = f"interpolation ${{{missing.group(1)}}} names a key that is not in the config"
-            self.error(f"{key}: {message}" if key else message)
+            raise ConfigError(f"{key}: {message}" if key else message) from err
 
 
 _SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")

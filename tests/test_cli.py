@@ -480,7 +480,7 @@ def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
     cli = make_cli(["-c", str(model), "-c", str(data), "--data.init_args.image_size=48", *common], run=False)
     hp = cli.model.hparams
     assert (
-        type(cli.model).__name__ == "SemiHandModule" and hp.unsupervised_start_step == 1500
+        type(cli.model).__name__ == "SemiHandModule" and hp.unsupervised_start_step == 3000
     )  # the model file
     assert hp.image_size == 48 and cli.datamodule.image_size == 48  # one value, set on the data, linked
     assert hp.eval_protocol == "stb"  # named by the STB test set, not written in any config
@@ -489,7 +489,7 @@ def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
     assert type(dm.labeled).__name__ == "RHD" and type(dm.test).__name__ == "STB"  # the data file
     names = [type(c).__name__ for c in cli.trainer.callbacks]
     assert "PseudoLabelExport" in names and "ModelCheckpoint" in names  # model file + trainer/default.yaml
-    assert cli.trainer.max_steps == 3000
+    assert cli.trainer.max_steps == 6000
     # An explicit protocol still wins over the data's.
     cli = make_cli(
         ["-c", str(model), "-c", str(data), "--model.init_args.eval_protocol=rhd", *common], run=False
