@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -23,7 +24,9 @@ def test_every_shipped_file_is_a_known_name_under_the_size_limit_with_its_proven
         assert meta["bytes"] <= pretrained.MAX_BYTES
         assert (pretrained.WEIGHTS_DIR / f"{name}.pt").stat().st_size == meta["bytes"]
         assert meta["ship_command"].startswith("python experiments/ship_weights.py")
-        assert meta["trained_by"].startswith("python experiments/")
+        # a command that runs a file under experiments/ (a benchmark script or a handssl fit -c recipe),
+        # possibly at an earlier commit (git checkout <commit> && ...)
+        assert re.search(r"(python|handssl fit -c) experiments/", meta["trained_by"])
         assert len(meta["commit"]) >= 40 and meta["metrics"]
 
 
