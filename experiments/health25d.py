@@ -32,7 +32,6 @@ from handssl.data.synthhands import SynthHands
 from handssl.metrics.functional import mpjpe
 from handssl.metrics.health import HEALTH_KEYS
 from handssl.models import SemiHandModule
-from handssl.models.components.pose25d import lift_25d
 from handssl.skeleton import root_relative
 
 DEFAULT_SETS = "train:synthetic,val:synthetic,val:real,test:synthetic,test:real"
@@ -78,11 +77,7 @@ def evaluate(model: SemiHandModule, dataset: Subset, mean_pose: torch.Tensor | N
         for key, value in model.health(out, batch).items():
             sums[key] = sums.get(key, 0.0) + float(value)
         batches += 1
-        root_depth, scale = model.lifting_params(
-            out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
-        )
-        joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, model.root_joint)
-        preds.append(root_relative(joints))
+        preds.append(root_relative(model.lift_known(out, batch)))
         targets.append(root_relative(batch["joints3d"]))
         valids.append(batch["valid"].bool())
     pred, target, valid = torch.cat(preds), torch.cat(targets), torch.cat(valids)

@@ -59,6 +59,7 @@ from handssl.models.components.pose25d import (
     PoseNorm,
     encode_25d,
     heatmap_loss,
+    joint_error,
     lift_25d,
     recover_root_depth,
 )
@@ -427,6 +428,13 @@ class SemiHandModule(BaseHandTask):
         self._last_eval_out = out  # validation_step reads it for the health diagnostics: no second pass
         return root_relative(joints)
 
+    def lift_known(self, out: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
+        """Camera-frame joints (mm) of network outputs lifted with the batch's annotated root depth and scale."""
+        root_depth, scale = self.lifting_params(
+            out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
+        )
+        return lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
+
     def health(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """:func:`~handssl.metrics.health.pose25d_health` of network outputs on an annotated batch.
 
@@ -435,10 +443,7 @@ class SemiHandModule(BaseHandTask):
         """
         with torch.no_grad(), self.full_precision():
             out = to_float(out)
-            root_depth, scale = self.lifting_params(
-                out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
-            )
-            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
+            joints = self.lift_known(out, batch)
             return pose25d_health(
                 out["uv"],
                 out["heatmaps"],
@@ -547,12 +552,6 @@ class SemiHandModule(BaseHandTask):
             return 1.0
         return min(1.0, (self.global_step - self.unsupervised_start_step + 1) / self.unsupervised_ramp_steps)
 
-    def _per_joint(self, error: Tensor, weight: float = 1.0) -> Tensor:
-        """``weight |e|^2`` or ``sqrt(weight) |e|_1`` per joint of an error ``(..., D)`` (``pose_loss``)."""
-        if self.pose_loss == "l1":
-            return weight**0.5 * error.abs().sum(-1)
-        return weight * error.pow(2).sum(-1)
-
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """``L_sup``: 2D (64-px units), depth (``lambda_d``, bone units), heatmap and mask (``lambda_w`` x L1).
 
@@ -569,8 +568,8 @@ class SemiHandModule(BaseHandTask):
         uv_error = (out["uv"] - torch.nan_to_num(joints2d)) / self.uv_unit_px
         depth_error = (depth - torch.nan_to_num(depth_gt)).unsqueeze(-1)
         losses = {
-            "sup_2d": masked_mean(self._per_joint(uv_error), valid2d),
-            "sup_depth": masked_mean(self._per_joint(depth_error, self.depth_weight), valid3d),
+            "sup_2d": masked_mean(joint_error(uv_error, self.pose_loss), valid2d),
+            "sup_depth": masked_mean(joint_error(depth_error, self.pose_loss, self.depth_weight), valid3d),
         }
         if self.heatmap_weight > 0:
             losses["sup_heatmap"] = self.heatmap_weight * heatmap_loss(

@@ -34,6 +34,7 @@ __all__ = [
     "encode_25d",
     "gaussian_heatmaps",
     "heatmap_loss",
+    "joint_error",
     "lift_25d",
     "pose_distance",
     "recover_root_depth",
@@ -263,6 +264,19 @@ def recover_root_depth(
     return (-b + disc.sqrt()) / (2 * a)
 
 
+def joint_error(error: Tensor, norm: PoseNorm = "l2", weight: float = 1.0) -> Tensor:
+    """``weight |e|^2`` (``"l2"``) or ``sqrt(weight) |e|_1`` (``"l1"``) of per-joint errors ``(..., D)``.
+
+    One ``weight`` serves both norms: an error costs the same under either as an error of ``sqrt(weight)``
+    times its size with weight 1.
+    """
+    if norm == "l2":
+        return weight * error.pow(2).sum(-1)
+    if norm == "l1":
+        return math.sqrt(weight) * error.abs().sum(-1)
+    raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}")
+
+
 def pose_distance(
     uv_a: Tensor,
     depth_a: Tensor,
@@ -298,13 +312,8 @@ def pose_distance(
         ``(B,)`` distances.
     """
     duv = (uv_a - uv_b) / uv_unit_px
-    dd = depth_a - depth_b
-    if norm == "l2":
-        per_joint = duv.pow(2).sum(-1) + depth_weight * dd.pow(2)
-    elif norm == "l1":
-        per_joint = duv.abs().sum(-1) + math.sqrt(depth_weight) * dd.abs()
-    else:
-        raise ValueError(f"norm must be 'l2' or 'l1', got {norm!r}")
+    dd = (depth_a - depth_b).unsqueeze(-1)
+    per_joint = joint_error(duv, norm) + joint_error(dd, norm, depth_weight)
     if weight is None:
         return per_joint.mean(-1)
     return masked_mean(per_joint, weight, dim=-1)
