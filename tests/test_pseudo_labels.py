@@ -117,6 +117,21 @@ def test_pseudo_label_errors_hand_computed():
     assert math.isnan(errors["error_final"][1].item())
 
 
+def test_pseudo_label_errors_with_the_protocol_lifting():
+    """A right 2.5D label lifted with a wrong root depth and scale: wrong as lifted, exact with the known ones."""
+    joints, K, uv, depth, root_depth, scale = _pose(2)
+    labels = PseudoLabeler(use_correction=False)(
+        uv.unsqueeze(1), depth.unsqueeze(1), K, root_depth * 1.3, scale * 0.8
+    )
+    errors = pseudo_label_errors(labels, joints, torch.ones(2, J, dtype=torch.bool), K=K)
+    assert (errors["error_raw"] > 5).all() and (errors["error_final"] > 5).all()
+    assert errors["error_raw_known"].max().item() < 1e-2 and errors["error_final_known"].max().item() < 1e-2
+    assert set(pseudo_label_errors(labels, joints, torch.ones(2, J, dtype=torch.bool))) == {
+        "error_final",
+        "error_raw",
+    }
+
+
 def test_spread_and_labels_helpers():
     uv_views = torch.zeros(1, 2, J, 2)
     uv_views[0, 1] = 2.0

@@ -44,6 +44,8 @@ _CSV_FIELDS = (
     "correction_shift_mm",
     "error_raw_mm",
     "error_final_mm",
+    "error_raw_known_mm",
+    "error_final_known_mm",
 )
 
 
@@ -244,7 +246,7 @@ def _summary(table: dict[str, Tensor]) -> dict[str, float]:
     }
     if "refused" in table:
         out["refused_rate"] = float(table["refused"].float().mean())
-    for key in ("error_raw_mm", "error_final_mm"):
+    for key in ("error_raw_mm", "error_final_mm", "error_raw_known_mm", "error_final_known_mm"):
         if key in table:
             err = table[key]
             finite = torch.isfinite(err)

@@ -35,6 +35,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from handssl.data.augment import augment_sample, make_pipeline
 from handssl.data.base import Sample
+from handssl.data.batch_augment import (
+    DiversityOptions,
+    PerturbationOptions,
+    augment_labeled_batch,
+    augment_unlabeled_batch,
+)
 from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
 from handssl.data.datamodules import RENDER_ON, HandDataModule, TransformedDataset
 from handssl.data.synthhands._common import Style
@@ -43,6 +49,8 @@ from handssl.data.transforms import CropResize
 __all__ = ["LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
 
 _EVAL_KEYS = ("joints3d", "joints2d", "valid")
+AUGMENT_ON = ("workers", "batch")
+"""Where SemiSupervisedDataModule's training augmentations run (``augment_on``)."""
 
 
 def _seed_from(base: int, index: int, deterministic: bool) -> int:
@@ -148,6 +156,8 @@ class UnlabeledView(_CroppedView):
         perturbation: Keyword arguments of :func:`handssl.data.augment.perturbation_pipeline`.
         diversity: Keyword arguments of :func:`handssl.data.augment.diversity_pipeline`.
         strong: Produce the "diversity" copy (``image_strong``).
+        copies: Produce the copies at all (``False``: only the original crop, its ``K``, ``index`` and
+            ``eval_*``; the copies are then made batched, :mod:`handssl.data.batch_augment`).
         deterministic: Draw the perturbations from ``(seed, index)`` (the same copies every epoch, for stored
             pseudo-labels); otherwise from torch's per-worker generator.
         crop_margin: Margin of the default crop around the hand.
@@ -165,6 +175,7 @@ class UnlabeledView(_CroppedView):
         deterministic: bool = False,
         crop_margin: float = 0.25,
         seed: int = 0,
+        copies: bool = True,
     ) -> None:
         if num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
@@ -174,6 +185,7 @@ class UnlabeledView(_CroppedView):
         self.diversity = make_pipeline("diversity", **(diversity or {})) if strong else None
         self.deterministic = deterministic
         self.seed = seed
+        self.copies = copies
 
     def _finish(self, sample: Sample, index: int) -> Sample:
         base = {"image": sample["image"], "K": sample["K"], "joints2d": sample["joints2d"]}
@@ -183,6 +195,8 @@ class UnlabeledView(_CroppedView):
                 out[f"eval_{key}"] = sample[key]
         if "meta" in sample:
             out["meta"] = sample["meta"]
+        if not self.copies:
+            return out
         seed = _seed_from(self.seed, index, self.deterministic)
         images, matrices = [], []
         for p in range(self.num_perturbations):
@@ -197,6 +211,11 @@ class UnlabeledView(_CroppedView):
             out["strong_matrix"] = aug["transform_matrix"]
             out["K_strong"] = aug["K"]
         return out
+
+
+def _tuples(options: dict[str, Any]) -> dict[str, Any]:
+    """YAML gives ranges as lists; the frozen option dataclasses hold tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
 
 
 def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
@@ -240,6 +259,10 @@ class SemiSupervisedDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of shuffling and of the deterministic perturbations.
+        augment_on: Where the training augmentations run: ``"workers"`` (per item, albumentations, in the
+            DataLoader) or ``"batch"`` (the whole labelled and unlabelled parts at once, in torch, on the batch's
+            device in ``on_after_batch_transfer``; :mod:`handssl.data.batch_augment`: the same transforms and
+            option names, several times cheaper on a CPU).
         render_on: Where the SynthHands training sets are rendered: ``"workers"`` (in the DataLoader, cached)
             or ``"device"`` (uncached, the whole labelled and unlabelled parts of a batch at once on the
             training device, in ``on_after_batch_transfer``; a part with no SynthHands stays in the
@@ -266,11 +289,15 @@ class SemiSupervisedDataModule(HandDataModule):
         pin_memory: bool = False,
         seed: int = 0,
         render_on: Literal["workers", "device"] = "workers",
+        augment_on: Literal["workers", "batch"] = "workers",
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
         if render_on not in RENDER_ON:
             raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
         self.render_on = render_on
+        self.augment_on = augment_on
         if not 0.0 <= unlabeled_fraction <= 1.0:
             raise ValueError(f"unlabeled_fraction must be in [0, 1], got {unlabeled_fraction}")
         if num_perturbations < 1:
@@ -292,6 +319,9 @@ class SemiSupervisedDataModule(HandDataModule):
         self.perturbation = dict(perturbation or {})
         self.diversity = dict(diversity or {})
         self.crop_margin = crop_margin
+        if augment_on == "batch":  # the same option names as the per-item pipelines, checked now
+            self.batch_perturbation = PerturbationOptions(**self.perturbation)
+            self.batch_diversity = DiversityOptions(**_tuples(self.diversity))
         self.labeled_batch_size, self.unlabeled_batch_size = self.split_batch_size()
         if self.labeled_batch_size and self.labeled is None:
             raise ValueError("no labeled dataset configured but unlabeled_fraction < 1")
@@ -305,7 +335,9 @@ class SemiSupervisedDataModule(HandDataModule):
             unlabeled = min(max(unlabeled, 1), self.batch_size - 1)
         return self.batch_size - unlabeled, unlabeled
 
-    def unlabeled_view(self, deterministic: bool = False, strong: bool = True) -> UnlabeledView:
+    def unlabeled_view(
+        self, deterministic: bool = False, strong: bool = True, copies: bool = True
+    ) -> UnlabeledView:
         """The unlabelled items as :class:`UnlabeledView` (``deterministic`` for stored / exported labels)."""
         if self.unlabeled is None:
             raise ValueError("no unlabeled dataset configured")
@@ -319,6 +351,7 @@ class SemiSupervisedDataModule(HandDataModule):
             deterministic=deterministic,
             crop_margin=self.crop_margin,
             seed=self.seed,
+            copies=copies,
         )
 
     @property
@@ -338,7 +371,7 @@ class SemiSupervisedDataModule(HandDataModule):
             labeled = LabeledView(
                 self.labeled,
                 self.image_size,
-                self.augment_labeled,
+                self.augment_labeled and self.augment_on == "workers",
                 self.diversity,
                 self.crop_margin,
                 self.seed,
@@ -350,7 +383,7 @@ class SemiSupervisedDataModule(HandDataModule):
                 drop_last=True,
             )
         if self.unlabeled_batch_size:
-            unlabeled = self.unlabeled_view()
+            unlabeled = self.unlabeled_view(copies=self.augment_on == "workers")
             loaders["unlabeled"] = self._dataloader(
                 self._deferred_training_set(unlabeled, self.render_on, "unlabeled", required=False),
                 True,
@@ -363,6 +396,23 @@ class SemiSupervisedDataModule(HandDataModule):
                 "holds SynthHands; use render_on='workers'"
             )
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Render deferred SynthHands parts, then, with ``augment_on="batch"``, augment a training batch."""
+        batch = super().on_after_batch_transfer(batch, dataloader_idx)
+        if self.augment_on != "batch" or not isinstance(batch, dict):
+            return batch
+        trainer = getattr(self, "trainer", None)  # None outside a Trainer
+        if trainer is not None and not trainer.training:
+            return batch
+        batch = dict(batch)
+        if "labeled" in batch and self.augment_labeled:
+            batch["labeled"] = augment_labeled_batch(batch["labeled"], self.batch_diversity)
+        if "unlabeled" in batch:
+            batch["unlabeled"] = augment_unlabeled_batch(
+                batch["unlabeled"], self.num_perturbations, self.batch_perturbation, self.batch_diversity
+            )
+        return batch
 
     def pseudo_label_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
         """Deterministic, unshuffled loader over the unlabelled items (for stored / exported pseudo-labels).

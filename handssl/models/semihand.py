@@ -781,7 +781,13 @@ class SemiHandModule(BaseHandTask):
             self.log(f"train/pl_{name}", value.float().mean(), batch_size=b)
         if "eval_joints3d" not in unlabeled:
             return
-        errors = pseudo_label_errors(labels, unlabeled["eval_joints3d"], unlabeled["eval_valid"])
+        errors = pseudo_label_errors(
+            labels,
+            unlabeled["eval_joints3d"],
+            unlabeled["eval_valid"],
+            K=unlabeled["K"],
+            depth_root=self.root_joint,
+        )
         errors["error_accepted"] = torch.where(labels.accepted, errors["error_final"], float("nan"))
         errors["error_rejected"] = torch.where(labels.accepted, float("nan"), errors["error_final"])
         for name, value in errors.items():

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from handssl._progress import progress
 from handssl.models.components.pseudo_labels import gate, pseudo_label_errors
+from handssl.skeleton import MIDDLE_MCP
 
 __all__ = ["first_positions", "label_unlabeled_set", "round_table"]
 
@@ -42,7 +43,8 @@ def label_unlabeled_set(
 
     Returns:
         The :class:`~handssl.models.components.pseudo_labels.PseudoLabels` fields plus ``index`` and, where
-        the items carry annotations, ``error_raw_mm`` and ``error_final_mm``; ``None`` when there is nothing.
+        the items carry annotations, ``error_raw_mm`` and ``error_final_mm`` (as lifted in training) and
+        ``error_raw_known_mm`` and ``error_final_known_mm`` (lifted with the annotated root depth and scale); ``None`` when there is nothing.
     """
     if (
         datamodule is None
@@ -65,9 +67,15 @@ def label_unlabeled_set(
         fields = labels.to_dict()
         fields["index"] = batch["index"]
         if "eval_joints3d" in batch:
-            errors = pseudo_label_errors(labels, batch["eval_joints3d"], batch["eval_valid"])
-            fields["error_raw_mm"] = errors["error_raw"]
-            fields["error_final_mm"] = errors["error_final"]
+            errors = pseudo_label_errors(
+                labels,
+                batch["eval_joints3d"],
+                batch["eval_valid"],
+                K=batch["K"],
+                depth_root=getattr(module, "root_joint", MIDDLE_MCP),
+            )
+            for name, value in errors.items():
+                fields[f"{name}_mm"] = value
         for key, value in fields.items():
             rows.setdefault(key, []).append(value.detach())
     if not rows:

@@ -48,8 +48,8 @@ from torch import Tensor
 
 from handssl.geometry import invert_matrix, project, transform_points, unproject
 from handssl.metrics.functional import masked_mean
-from handssl.models.components.pose25d import PoseNorm, lift_25d, pose_distance
-from handssl.skeleton import MIDDLE_MCP, ROOT, root_relative
+from handssl.models.components.pose25d import PoseNorm, encode_25d, lift_25d, pose_distance
+from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
 
 __all__ = [
     "PseudoLabeler",
@@ -501,24 +501,46 @@ def pseudo_label_loss(
 
 
 def pseudo_label_errors(
-    labels: PseudoLabels, joints3d: Tensor, valid: Tensor, root: int = ROOT
+    labels: PseudoLabels,
+    joints3d: Tensor,
+    valid: Tensor,
+    root: int = ROOT,
+    K: Tensor | None = None,
+    depth_root: int = MIDDLE_MCP,
 ) -> dict[str, Tensor]:
     """Root-relative 3D error (mm, per sample) of the pseudo-labels against ground truth.
+
+    ``error_final`` / ``error_raw`` score the labels as lifted in training (root depth and scale as
+    ``pseudo_label_lifting`` gave them: with ``"predicted"`` a wrong hand size or distance counts). The student
+    never sees that lifting: it learns the 2.5D label (``uv`` and relative depth). With ``K``, the 2.5D labels are
+    also lifted with the annotated root depth and scale, as the evaluation protocol lifts predictions, and scored
+    as ``error_final_known`` / ``error_raw_known``: the quality of what the student trains on. Scoring only; the
+    annotation never reaches a label.
 
     Args:
         labels: The pseudo-labels.
         joints3d: ``(B, J, 3)`` ground-truth camera-frame joints (mm).
         valid: ``(B, J)`` annotated joints.
         root: Joint the poses are made relative to.
+        K: ``(B, 3, 3)`` intrinsics of the labels' image (adds the ``*_known`` errors).
+        depth_root: Root joint of the labels' relative depth.
 
     Returns:
-        ``error_final`` (the pseudo-label), ``error_raw`` (without correction), both ``(B,)``; NaN for samples
-        without a valid root or joints.
+        ``error_final`` (the pseudo-label), ``error_raw`` (without correction), both ``(B,)``, plus
+        ``error_final_known`` and ``error_raw_known`` with ``K``; NaN for samples without a valid root or joints.
     """
     valid = valid.bool() & valid[:, root : root + 1].bool()
     target = torch.nan_to_num(root_relative(joints3d, root))
+    poses = {"error_final": labels.joints3d, "error_raw": labels.joints3d_raw}
+    if K is not None:
+        _, root_depth, scale = encode_25d(torch.nan_to_num(joints3d), depth_root, REFERENCE_BONE)
+        for name, uv, depth in (
+            ("error_final_known", labels.uv, labels.depth),
+            ("error_raw_known", labels.uv_raw, labels.depth_raw),
+        ):
+            poses[name] = lift_25d(uv, depth, K, root_depth, scale, depth_root)
     out = {}
-    for name, pred in (("error_final", labels.joints3d), ("error_raw", labels.joints3d_raw)):
+    for name, pred in poses.items():
         err = (root_relative(pred, root) - target).norm(dim=-1)
         out[name] = masked_mean(err, valid, dim=-1, empty=float("nan"))
     return out
