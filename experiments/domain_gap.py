@@ -9,7 +9,7 @@ continues where it stopped; ``--force`` recomputes. The gates of the SynthHands 
 the end and written with the table to ``<out>/domain_gap.md``.
 
     python experiments/domain_gap.py                 # the benchmark (about 15 min on 2 cores)
-    python experiments/domain_gap.py --quick         # a smoke run (about 1 min; numbers are not meaningful)
+    python experiments/domain_gap.py --quick         # a smoke run (about 20 s; numbers are not meaningful)
     python experiments/domain_gap.py --figure docs/synthhands_styles.png   # also draw 16 crops per style
 """
 
@@ -377,7 +377,7 @@ def main() -> None:
     )
     if args.quick:
         args.out = args.out.with_name(args.out.name + "_quick")
-        args.steps, args.train_subjects, args.test_subjects, args.sequences = 30, 2, 1, 2
+        args.steps, args.batch_size, args.train_subjects, args.test_subjects, args.sequences = 10, 32, 2, 1, 2
         args.world_views, args.leak_items, args.render_views, args.rate_steps = 32, 32, 64, 2
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One thread in every process the tests start too (CLI runs, DDP ranks, scripts, notebook kernels): with
+# ``pytest -n 2`` both cores are busy already, and a second intra-op thread per process only waits for a core
+# (a 2-thread subprocess ran up to 10x slower than a 1-thread one next to the other worker).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -18,6 +22,14 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Give back one intra-op thread after a test that changed it (a script's ``--threads``), for the next test."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 QUIET_TRAINER = {

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_domain_gap_smoke_run_writes_every_stage_and_gate(tmp_path):
     out = tmp_path / "gap"
     command = [sys.executable, str(ROOT / "experiments" / "domain_gap.py"), "--quick", "--out", str(out)]
+    command += ["--threads", "1"]  # the other xdist worker has the second core
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     folder = tmp_path / "gap_quick"

@@ -21,7 +21,7 @@ def label_sweep():
 
 def test_quick_sweep_writes_every_row_and_resumes(label_sweep, tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = ["--quick", "--subjects", "1", "--out", str(out), "--work-dir", str(work), "--threads", "2"]
+    argv = ["--quick", "--subjects", "1", "--out", str(out), "--work-dir", str(work), "--threads", "1"]
     label_sweep.main(argv)
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
     kinds = {(r["regime"], r["subjects"]) for r in rows}
