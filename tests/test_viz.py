@@ -186,3 +186,29 @@ def test_figure_to_array_and_png(tmp_path):
     viz.plot_skeleton_2d(np.zeros((20, 20, 3)), hand_2d() / 3).savefig(path)
     assert path.stat().st_size > 1000
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figure_png_is_a_small_palette_png_at_the_asked_dpi():
+    import io
+
+    from PIL import Image
+
+    y, x = np.mgrid[0:32, 0:32] / 31.0
+    smooth = np.stack([np.stack([x, y, (x + y + k) / (2 + k)], axis=-1) for k in range(4)])
+    noisy = np.clip(
+        smooth + np.random.default_rng(3).normal(0, 0.05, smooth.shape), 0, 1
+    )  # like real-style renders
+    fig = viz.plot_image_grid(noisy, ncols=4, size_in=2.0)  # 8 x 2 inches
+    data = viz.figure_png(fig, dpi=50)
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG" and image.mode == "P" and len(image.getcolors(256)) <= 256
+    assert 300 <= image.width <= 410 and 50 <= image.height <= 110  # 8 x 2 inches at 50 dpi, trimmed
+    rgb = Image.open(io.BytesIO(viz.figure_png(fig, dpi=50, colors=None)))
+    assert rgb.mode == "RGB" and rgb.size == image.size
+    assert len(data) < 0.5 * len(viz.figure_png(fig, dpi=50, colors=None))
+    # The palette keeps the picture: pixels within a few levels of the full-colour ones on average (these
+    # spread-out colours are a hard case: about 10; notebook figures about 3).
+    error = np.abs(np.asarray(image.convert("RGB"), dtype=float) - np.asarray(rgb, dtype=float)).mean()
+    assert error < 16.0
+    with pytest.raises(ValueError, match="colors"):
+        viz.figure_png(fig, colors=1)
