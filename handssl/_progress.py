@@ -7,10 +7,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from tqdm.auto import tqdm
+with warnings.catch_warnings():
+    # In a Jupyter kernel without ipywidgets, tqdm.auto warns at import and falls back to text bars: the
+    # warning was the only stderr output of the executed notebooks.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
