@@ -343,7 +343,7 @@ def draw_figure(path: Path, args: argparse.Namespace) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -367,7 +367,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--figure", type=Path, default=None, help="also draw 16 crops of each style here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.cache_mb, args.world_views, args.leak_items, args.render_views, args.rate_steps = (
         4096,
         512,
