@@ -111,10 +111,11 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
 
 def recipe_of(command: str) -> str | None:
     """The file under ``experiments/`` that a training command runs (``python experiments/x.py ...``, or the
-    first ``-c experiments/...yaml`` of ``handssl fit``)."""
-    for token in shlex.split(command):
-        if token.startswith("experiments/") and token.endswith((".py", ".yaml", ".yml")):
-            return token
+    first ``-c experiments/...yaml`` of ``handssl fit``); of a chain ``a && b``, the last stage's."""
+    for stage in reversed(command.split("&&")):
+        for token in shlex.split(stage):
+            if token.startswith("experiments/") and token.endswith((".py", ".yaml", ".yml")):
+                return token
     return None
 
 
@@ -245,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(WEIGHTS_DIR))
     args = parser.parse_args(argv)
     if args.method == "semihand":
-        args.run_dir = args.run_dir or "runs/semihand_ablation_v3"
-        args.results = args.results or "experiments/results/semihand_ablation_v3/rows.csv"
+        args.run_dir = args.run_dir or "runs/semihand_ablation_v4"
+        args.results = args.results or "experiments/results/semihand_ablation_v4/rows.csv"
         if not Path(args.results).is_file():
             raise SystemExit(f"results file not found: {args.results} (run experiments/semihand_ablation.py)")
         ship_semihand(args)

@@ -39,6 +39,8 @@ def test_recipe_and_seed_are_read_from_the_command_and_the_results(tmp_path):
         == "experiments/semihand_full.yaml"
     )
     assert ship.recipe_of("python train.py") is None
+    chain = "handssl fit -c experiments/semihand_source_only.yaml && handssl fit -c experiments/semihand_full.yaml"
+    assert ship.recipe_of(chain) == "experiments/semihand_full.yaml"  # the last stage's recipe
     assert ship.seed_of(Path("experiments/results/semihand_ablation/semihand_ablation_real_seed1.csv")) == 1
     (tmp_path / "args.json").write_text(json.dumps({"seed": "7"}))
     assert ship.seed_of(tmp_path / "rows.jsonl") == 7
