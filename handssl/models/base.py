@@ -34,6 +34,17 @@ COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode inside the block and restore its train/eval mode after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def to_float(value: Any) -> Any:
     """``value`` with every floating-point tensor (also inside dicts, lists and tuples) cast to float32.
 

@@ -35,58 +35,27 @@ With all of them off and ``unlabeled_fraction: 0`` in the data it is the source-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from handssl.metrics.functional import masked_mean
-from handssl.metrics.health import pose25d_health
-from handssl.models.base import BaseHandTask, to_float
-from handssl.models.components.consistency import (
-    capsule_radii,
-    cross_modal_loss,
-    mask_equivariance_loss,
-    pose_equivariance_loss,
-)
+from handssl.models.base import BaseHandTask, eval_mode, to_float
 from handssl.models.components.ema import EMATeacher, sync_buffers
 from handssl.models.components.hand_template import TEMPLATES, BoneLengthTemplate, subject_lengths
-from handssl.models.components.pose25d import (
-    Pose25DNet,
-    PoseNorm,
-    encode_25d,
-    heatmap_loss,
-    joint_error,
-    lift_25d,
-    recover_root_depth,
-)
-from handssl.models.components.pseudo_label_pass import label_unlabeled_set, round_table
-from handssl.models.components.pseudo_labels import (
-    PseudoLabeler,
-    PseudoLabels,
-    map_back,
-    pseudo_label_errors,
-    pseudo_label_loss,
-    transformed_label,
-)
-from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
+from handssl.models.components.lifting import LIFTINGS, Lifter
+from handssl.models.components.pose25d import Pose25DNet, PoseNorm
+from handssl.models.components.pseudo_label_pass import PseudoLabelRounds, round_rows
+from handssl.models.components.pseudo_label_stats import pseudo_label_stash, pseudo_label_statistics
+from handssl.models.components.pseudo_labels import PseudoLabeler, PseudoLabels, map_back
+from handssl.models.components.semihand_losses import LossOptions, SemiHandLosses
+from handssl.skeleton import MIDDLE_MCP, root_relative
 
 MODES = ("mean_teacher", "rounds")
-LIFTINGS = ("known", "predicted")
-_ROOT_BONE = (ROOT, MIDDLE_MCP)
-
-
-def _template_lengths() -> tuple[float, float]:
-    """Template reference-bone length (mm) and wrist -> middle-MCP length in reference-bone units."""
-    from handssl.kinematics import template_bone_lengths
-    from handssl.skeleton import BONES
-
-    lengths = template_bone_lengths(torch.float64)
-    ref = float(lengths[BONES.index(REFERENCE_BONE)])
-    return ref, float(lengths[BONES.index(_ROOT_BONE)]) / ref
 
 
 def _default_corrector() -> Any:
@@ -169,8 +138,6 @@ class SemiHandModule(BaseHandTask):
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
-    capsule_radii: Tensor  # buffer, registered in configure_models
-
     def __init__(
         self,
         mode: Literal["mean_teacher", "rounds"] = "mean_teacher",
@@ -236,38 +203,37 @@ class SemiHandModule(BaseHandTask):
             raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
         if threshold is None and not 0.0 <= accept_fraction <= 1.0:
             raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
-        if pose_loss not in ("l1", "l2"):
-            raise ValueError(f"pose_loss must be 'l1' or 'l2', got {pose_loss!r}")
-        if heatmap_weight < 0 or heatmap_sigma <= 0:
-            raise ValueError(
-                f"heatmap_weight must be >= 0 and heatmap_sigma > 0, got {heatmap_weight}, {heatmap_sigma}"
-            )
-        if epochs_per_round < 1:
-            raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
+        self.loss_options = LossOptions(
+            pose_loss=pose_loss,
+            depth_weight=depth_weight,
+            mask_weight=mask_weight,
+            heatmap_weight=heatmap_weight,
+            heatmap_sigma=heatmap_sigma,
+            pseudo_label_weight=pseudo_label_weight,
+            correction_weight=correction_weight,
+            consistency_weight=consistency_weight,
+            cross_modal_weight=cross_modal_weight,
+            cross_modal_size=cross_modal_size,
+            use_mask=use_mask,
+            capsule_finger_fraction=capsule_finger_fraction,
+            capsule_palm_fraction=capsule_palm_fraction,
+        )
+        self.rounds = PseudoLabelRounds(epochs_per_round)  # added as a callback in mode="rounds" only
         self.semi_mode = mode  # not ``self.mode``: that is the monitored metric's direction
         self.template_kind = template  # ``self.template`` is the running bone-length template
-        ref_mm, self.root_bone_ratio = _template_lengths()
-        self.template_scale_mm = float(template_scale_mm or ref_mm)
+        self.lifter = Lifter(root_joint, template_scale_mm)
+        self.template_scale_mm = self.lifter.template_scale_mm
         self.backbone_widths = backbone_widths
         self.backbone_blocks = backbone_blocks
         self.decoder_channels = decoder_channels
         self.output_stride = output_stride
         self.beta_init = beta_init
         self.image_size = image_size
+        self.uv_unit_px = image_size / 64.0
         self.root_joint = root_joint
         self.use_consistency = use_consistency
         self.use_pseudo_labels = use_pseudo_labels
         self.use_correction = use_correction
-        self.use_mask = use_mask
-        self.pose_loss = pose_loss
-        self.heatmap_weight = heatmap_weight
-        self.heatmap_sigma = heatmap_sigma
-        self.depth_weight = depth_weight
-        self.mask_weight = mask_weight
-        self.consistency_weight = consistency_weight
-        self.cross_modal_weight = cross_modal_weight
-        self.pseudo_label_weight = pseudo_label_weight
-        self.correction_weight = correction_weight
         self.threshold = threshold
         self.accept_fraction = accept_fraction
         self.ray_tol_px = ray_tol_px
@@ -281,11 +247,7 @@ class SemiHandModule(BaseHandTask):
         self.eval_network = eval_network
         self.unsupervised_start_step = unsupervised_start_step
         self.unsupervised_ramp_steps = unsupervised_ramp_steps
-        self.epochs_per_round = epochs_per_round
         self.init_checkpoint = init_checkpoint
-        self.capsule_finger_fraction = capsule_finger_fraction
-        self.capsule_palm_fraction = capsule_palm_fraction
-        self.cross_modal_size = cross_modal_size
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -316,22 +278,26 @@ class SemiHandModule(BaseHandTask):
         self.teacher = (
             EMATeacher(self.student, self.ema_buffer_mode) if self.semi_mode == "mean_teacher" else None
         )
-        self.uv_unit_px = self.image_size / 64.0
-        radii = capsule_radii(self.image_size, self.capsule_finger_fraction, self.capsule_palm_fraction)
-        self.register_buffer("capsule_radii", radii, persistent=False)
         self.template = BoneLengthTemplate()
         self.pseudo_labeler = PseudoLabeler(
             corrector=_default_corrector() if self.use_correction else None,
             threshold=self.threshold,
             accept_fraction=self.accept_fraction,
             use_correction=self.use_correction,
-            depth_weight=self.depth_weight,
+            depth_weight=self.loss_options.depth_weight,
             uv_unit_px=self.uv_unit_px,
             root=self.root_joint,
             ray_tol_px=self.ray_tol_px,
             max_correction_mm=self.max_correction_mm,
             mirror_check=self.mirror_check,
         )
+
+    def configure_losses(self) -> None:
+        self.losses = SemiHandLosses(self.loss_options, self.image_size, self.root_joint)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The offline rounds (:class:`PseudoLabelRounds`) in ``mode="rounds"``: they read the DataModule."""
+        return [self.rounds] if self.semi_mode == "rounds" else []
 
     def compile_targets(self) -> list[torch.nn.Module]:
         """The student and the teacher's network (the teacher's forward is no-grad and in eval mode)."""
@@ -391,49 +357,26 @@ class SemiHandModule(BaseHandTask):
         joints3d: Tensor | None = None,
         valid: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Root depth and scale (both ``(B,)`` mm) to lift a 2.5D pose: known from annotation, or predicted.
+        """Root depth and scale (both ``(B,)`` mm) to lift a 2.5D pose (:meth:`Lifter.params`)."""
+        return self.lifter.params(uv, depth, K, lifting, joints3d, valid)
 
-        ``"known"`` falls back to ``"predicted"`` for samples whose root or reference bone is not annotated.
-        """
-        root = self.root_joint
-        scale = torch.full_like(depth[:, 0], self.template_scale_mm)
-        root_depth = recover_root_depth(uv, depth, K, _ROOT_BONE, self.root_bone_ratio, root) * scale
-        if lifting == "known" and joints3d is not None:
-            needed = [root, *REFERENCE_BONE]
-            _, known_root, known_scale = encode_25d(torch.nan_to_num(joints3d), root, REFERENCE_BONE)
-            ok = torch.isfinite(joints3d[:, needed]).all(-1).all(-1) & (known_scale > 0)
-            if valid is not None:
-                ok &= valid[:, needed].bool().all(-1)
-            root_depth = torch.where(ok, known_root, root_depth)
-            scale = torch.where(ok, known_scale, scale)
-        return root_depth, scale
+    def lift_known(self, out: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
+        """Camera-frame joints (mm) of network outputs lifted with the batch's annotated root depth and scale."""
+        return self.lifter.lift_known(out, batch)
 
     def _lift_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
-        """The evaluation network's outputs on ``batch`` and its camera-frame 3D joints (mm)."""
+        """The evaluation network's outputs on ``batch`` and its camera-frame 3D joints (mm, as ``lifting``)."""
         out = to_float(self.eval_model(batch["image"]))
         with self.full_precision():
-            root_depth, scale = self.lifting_params(
-                out["uv"],
-                out["depth"],
-                batch["K"],
-                self.lifting,
-                batch.get("joints3d"),
-                batch.get("valid"),
+            joints = self.lifter.lift(
+                out["uv"], out["depth"], batch["K"], self.lifting, batch.get("joints3d"), batch.get("valid")
             )
-            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
         return out, joints
 
     def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
         out, joints = self._lift_batch(batch)
         self._last_eval_out = out  # validation_step reads it for the health diagnostics: no second pass
         return root_relative(joints)
-
-    def lift_known(self, out: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
-        """Camera-frame joints (mm) of network outputs lifted with the batch's annotated root depth and scale."""
-        root_depth, scale = self.lifting_params(
-            out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
-        )
-        return lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
 
     def health(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
         """:func:`~handssl.metrics.health.pose25d_health` of network outputs on an annotated batch.
@@ -442,17 +385,7 @@ class SemiHandModule(BaseHandTask):
         depth and size are judged on their own.
         """
         with torch.no_grad(), self.full_precision():
-            out = to_float(out)
-            joints = self.lift_known(out, batch)
-            return pose25d_health(
-                out["uv"],
-                out["heatmaps"],
-                joints,
-                batch["joints2d"],
-                batch["joints3d"],
-                batch["valid"],
-                self.root_joint,
-            )
+            return self.lifter.health(to_float(out), batch)
 
     def _log_health(self, stage: str, out: dict[str, Tensor], batch: dict[str, Any]) -> None:
         if "joints2d" not in batch or "K" not in batch:
@@ -483,15 +416,7 @@ class SemiHandModule(BaseHandTask):
             "meta": batch.get("meta"),
         }
 
-    @contextmanager
-    def _eval_mode(self, module: torch.nn.Module) -> Any:
-        was_training = module.training
-        module.eval()
-        try:
-            yield module
-        finally:
-            module.train(was_training)
-
+    # ------------------------------------------------------------------------------- pseudo-labels
     @torch.no_grad()
     def compute_pseudo_labels(
         self, batch: dict[str, Any], network: torch.nn.Module | None = None
@@ -510,19 +435,15 @@ class SemiHandModule(BaseHandTask):
             network = self.teacher if self.teacher is not None else self.student
         image, perturbed = batch["image"], batch["image_perturbed"]
         b, p = perturbed.shape[:2]
-        if network is self.student:
-            with self._eval_mode(self.student):
-                out = network(torch.cat([image, perturbed.flatten(0, 1)]))
-        else:
-            out = network(torch.cat([image, perturbed.flatten(0, 1)]))
-        out = to_float(out)
+        with eval_mode(self.student) if network is self.student else nullcontext():
+            out = to_float(network(torch.cat([image, perturbed.flatten(0, 1)])))
         with self.full_precision():  # lifting and correction (SVD, det) in float32
             uv, depth = out["uv"], out["depth"]
             uv_views = torch.cat(
                 [uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), batch["perturb_matrix"])], 1
             )
             depth_views = torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
-            root_depth, scale = self.lifting_params(
+            root_depth, scale = self.lifter.params(
                 uv_views.mean(1),
                 depth_views.mean(1),
                 batch["K"],
@@ -544,6 +465,39 @@ class SemiHandModule(BaseHandTask):
             return subject_lengths(batch["eval_joints3d"], mean, batch.get("eval_valid"))
         return mean
 
+    def regenerate_pseudo_labels(self) -> None:
+        """One round of the paper's Alg. 1 now: a stored pseudo-label for every unlabelled item (``rounds``)."""
+        self.rounds.label(self.trainer, self)
+
+    def _labels_and_targets(
+        self, unlabeled: dict[str, Any], want: dict[str, bool]
+    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """Pseudo-label rows and consistency targets of an unlabelled batch, from the teacher or the rounds.
+
+        The rows hold ``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted`` and ``refused``.
+        """
+        if self.semi_mode == "mean_teacher":
+            labels, teacher_out = self.compute_pseudo_labels(unlabeled, self.teacher)
+            self.last_pseudo_labels = pseudo_label_stash(unlabeled, labels, self.threshold)
+            with self.full_precision():
+                for name, (value, size) in pseudo_label_statistics(
+                    labels, unlabeled, self.root_joint
+                ).items():
+                    self.log(f"train/{name}", value, batch_size=size)
+            return labels.to_dict(), teacher_out
+        rows: dict[str, Tensor] | None = None
+        target: dict[str, Tensor] | None = None
+        if want["pseudo_label"] or want["correction"]:
+            if self.round_table is None:  # the unsupervised losses started within an epoch
+                self.regenerate_pseudo_labels()
+            assert self.round_table is not None, "a round stores its table"
+            rows = round_rows(self.round_table, unlabeled["index"], self.device)
+        if want["consistency"]:
+            with torch.no_grad(), eval_mode(self.student):
+                raw = self.student(unlabeled["image"])
+            target = {"uv": raw["uv"], "depth": raw["depth"], "mask_prob": torch.sigmoid(raw["mask_logits"])}
+        return rows, target
+
     # ------------------------------------------------------------------------------------ training
     def _unsupervised_factor(self) -> float:
         if self.global_step < self.unsupervised_start_step:
@@ -553,56 +507,15 @@ class SemiHandModule(BaseHandTask):
         return min(1.0, (self.global_step - self.unsupervised_start_step + 1) / self.unsupervised_ramp_steps)
 
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """``L_sup``: 2D (64-px units), depth (``lambda_d``, bone units), heatmap and mask (``lambda_w`` x L1).
-
-        2D and depth errors are squared or absolute (``pose_loss``); the heatmap term (``heatmap_weight``)
-        pulls each labelled joint's map towards a Gaussian at its annotated ``uv``.
-        """
-        valid = batch["valid"].bool()
-        joints2d, joints3d = batch["joints2d"], batch["joints3d"]
-        valid2d = valid & torch.isfinite(joints2d).all(-1) & batch.get("in_bounds", valid).bool()
-        depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), self.root_joint, REFERENCE_BONE)
-        needed = [self.root_joint, *REFERENCE_BONE]
-        valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
-        depth = root_relative(out["depth"], self.root_joint, joint_axis=-1)
-        uv_error = (out["uv"] - torch.nan_to_num(joints2d)) / self.uv_unit_px
-        depth_error = (depth - torch.nan_to_num(depth_gt)).unsqueeze(-1)
-        losses = {
-            "sup_2d": masked_mean(joint_error(uv_error, self.pose_loss), valid2d),
-            "sup_depth": masked_mean(joint_error(depth_error, self.pose_loss, self.depth_weight), valid3d),
-        }
-        if self.heatmap_weight > 0:
-            losses["sup_heatmap"] = self.heatmap_weight * heatmap_loss(
-                out["log_heatmaps"], joints2d, valid2d, self._stride(out), self.heatmap_sigma
-            )
-        if self.use_mask:
-            has_mask = batch.get(
-                "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
-            ).bool()
-            per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
-            losses["sup_mask"] = self.mask_weight * masked_mean(per_sample, has_mask)
-        return losses
-
-    def _stride(self, out: dict[str, Tensor]) -> int:
-        return self.image_size // out["heatmaps"].shape[-1]
-
-    def _round_labels(self, index: Tensor) -> dict[str, Tensor]:
-        if self.round_table is None:
-            raise RuntimeError(
-                "mode='rounds' has no stored pseudo-labels yet (regenerate_pseudo_labels not run)"
-            )
-        index = index.long().cpu()
-        rows = {k: v[index].to(self.device) for k, v in self.round_table.items()}
-        rows["accepted"] = rows["accepted"] & rows["filled"]
-        rows["refused"] = rows["refused"].bool() | ~rows["filled"]
-        return rows
+        """``L_sup`` of network outputs on a labelled batch (:meth:`SemiHandLosses.supervised`)."""
+        return self.losses.supervised(out, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
         factor = self._unsupervised_factor() if unlabeled is not None else 0.0
         want = {
             "pseudo_label": self.use_pseudo_labels and factor > 0,
-            "correction": self.use_correction and self.correction_weight > 0 and factor > 0,
+            "correction": self.use_correction and self.loss_options.correction_weight > 0 and factor > 0,
             "consistency": self.use_consistency and factor > 0,
         }
         parts: dict[str, Tensor] = {}
@@ -625,187 +538,19 @@ class SemiHandModule(BaseHandTask):
         total = merged["uv"].new_zeros(())
         if labeled is not None:
             with self.full_precision():
-                sup = self.supervised_losses(outs["labeled"], labeled)
+                sup = self.losses.supervised(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
-            if self._should_log_health():
+            every = getattr(self._trainer, "log_every_n_steps", 1)  # Lightning sets it untyped
+            if (self.global_step + 1) % max(1, int(every)) == 0:
                 self._log_health("train", outs["labeled"], labeled)
         if unlabeled is not None and any(want.values()):
-            total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want)
+            rows, target = self._labels_and_targets(unlabeled, want)
+            with self.full_precision():
+                unsupervised = self.losses.unsupervised(outs, unlabeled, rows, target, want, losses)
+            total = total + factor * unsupervised
         losses["loss"] = total
         return self.log_losses(losses, batch_size=sum(sizes))
-
-    def _should_log_health(self) -> bool:
-        every = getattr(self._trainer, "log_every_n_steps", 1)  # Lightning sets it untyped
-        return (self.global_step + 1) % max(1, int(every)) == 0
-
-    def _labels_and_targets(
-        self, unlabeled: dict[str, Any], want: dict[str, bool]
-    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
-        """Pseudo-labels and consistency targets of an unlabelled batch, from the teacher or the round table.
-
-        The pseudo-label rows hold ``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted`` and
-        ``refused``.
-        """
-        if self.semi_mode == "mean_teacher":
-            labels, teacher_out = self.compute_pseudo_labels(unlabeled, self.teacher)
-            self._stash(unlabeled, labels)
-            with self.full_precision():
-                self._log_pseudo_label_stats(labels, unlabeled)
-            return labels.to_dict(), teacher_out
-        rows: dict[str, Tensor] | None = None
-        target: dict[str, Tensor] | None = None
-        if want["pseudo_label"] or want["correction"]:
-            if self.round_table is None:  # the unsupervised losses started within an epoch
-                self.regenerate_pseudo_labels()
-            rows = self._round_labels(unlabeled["index"])
-        if want["consistency"]:
-            with torch.no_grad(), self._eval_mode(self.student):
-                raw = self.student(unlabeled["image"])
-            target = {"uv": raw["uv"], "depth": raw["depth"], "mask_prob": torch.sigmoid(raw["mask_logits"])}
-        return rows, target
-
-    def _unsupervised_losses(
-        self,
-        outs: dict[str, dict[str, Tensor]],
-        unlabeled: dict[str, Any],
-        losses: dict[str, Tensor],
-        want: dict[str, bool],
-    ) -> Tensor:
-        """The gated pseudo-label loss, Eq. 6's ``l(r, p)`` and the consistency losses (in float32)."""
-        rows, target = self._labels_and_targets(unlabeled, want)
-        label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
-            outs["strong"]["uv"],
-            outs["strong"]["depth"],
-            uv,
-            depth,
-            unlabeled["strong_matrix"],
-            keep,
-            self.image_size,
-            self.depth_weight,
-            self.uv_unit_px,
-            self.root_joint,
-            self.pose_loss,
-        )
-        total = outs[next(iter(outs))]["uv"].new_zeros(())
-        with self.full_precision():
-            if want["pseudo_label"]:
-                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
-                losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
-                losses["accept_rate"] = rows["accepted"].float().mean().detach()
-                total = total + self.pseudo_label_weight * losses["pseudo_label"]
-                if self.heatmap_weight > 0:  # accepted labels supervise the maps as annotations do
-                    label_uv, inside = transformed_label(
-                        rows["uv"], unlabeled["strong_matrix"], self.image_size
-                    )
-                    strong = outs["strong"]
-                    # mean over accepted joints times the accepted share: rejected items count as 0, as in
-                    # the gated pose term
-                    losses["pseudo_label_heatmap"] = rows["accepted"].float().mean() * heatmap_loss(
-                        strong["log_heatmaps"],
-                        label_uv,
-                        inside & rows["accepted"].bool().unsqueeze(-1),
-                        self._stride(strong),
-                        self.heatmap_sigma,
-                    )
-                    total = (
-                        total
-                        + self.pseudo_label_weight * self.heatmap_weight * losses["pseudo_label_heatmap"]
-                    )
-            if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
-                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
-                usable = ~rows["refused"].bool()
-                losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
-                total = total + self.correction_weight * losses["correction"]
-            if want["consistency"]:
-                assert target is not None, (
-                    "_labels_and_targets gives consistency targets when they are wanted"
-                )
-                total = total + self.consistency_weight * self._consistency_losses(
-                    outs, unlabeled, target, losses
-                )
-        return total
-
-    def _consistency_losses(
-        self,
-        outs: dict[str, dict[str, Tensor]],
-        unlabeled: dict[str, Any],
-        target: dict[str, Tensor],
-        losses: dict[str, Tensor],
-    ) -> Tensor:
-        """``L_vc`` (pose and mask equivariance under the first perturbation) and ``L_cc`` (cross-modal)."""
-        r = self.root_joint
-        pert = outs["perturbed"]
-        matrix = unlabeled["perturb_matrix"][:, 0]
-        cons = losses["consistency_pose"] = pose_equivariance_loss(
-            pert["uv"],
-            pert["depth"] - pert["depth"][:, r : r + 1],
-            target["uv"],
-            target["depth"] - target["depth"][:, r : r + 1],
-            matrix,
-            self.depth_weight,
-            self.uv_unit_px,
-            self.image_size,
-            self.pose_loss,
-        )
-        if not self.use_mask:
-            return cons
-        losses["consistency_mask"] = mask_equivariance_loss(
-            torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
-        )
-        cons = cons + losses["consistency_mask"]
-        if self.cross_modal_weight > 0:
-            cc = [
-                cross_modal_loss(
-                    o["uv"],
-                    torch.sigmoid(o["mask_logits"]),
-                    self.capsule_radii,
-                    uv_unit_px=self.uv_unit_px,
-                    size=self.cross_modal_size,
-                )["total"]
-                for o in outs.values()
-            ]
-            losses["cross_modal"] = torch.stack(cc).mean()
-            cons = cons + self.cross_modal_weight * losses["cross_modal"]
-        return cons
-
-    def _log_pseudo_label_stats(self, labels: PseudoLabels, unlabeled: dict[str, Any]) -> None:
-        b = labels.spread.shape[0]
-        for name, value in (
-            ("spread", labels.spread),
-            ("changed", labels.changed.float()),
-            ("refused", labels.refused.float()),
-            ("mirrored", labels.mirrored.float()),
-            ("implausibility_mm", labels.implausibility_mm),
-        ):
-            self.log(f"train/pl_{name}", value.float().mean(), batch_size=b)
-        if "eval_joints3d" not in unlabeled:
-            return
-        errors = pseudo_label_errors(
-            labels,
-            unlabeled["eval_joints3d"],
-            unlabeled["eval_valid"],
-            K=unlabeled["K"],
-            depth_root=self.root_joint,
-        )
-        errors["error_accepted"] = torch.where(labels.accepted, errors["error_final"], float("nan"))
-        errors["error_rejected"] = torch.where(labels.accepted, float("nan"), errors["error_final"])
-        for name, value in errors.items():
-            finite = value[torch.isfinite(value)]
-            if finite.numel():
-                self.log(f"train/pl_{name}_mm", finite.mean(), batch_size=finite.numel())
-
-    def _stash(self, unlabeled: dict[str, Any], labels: PseudoLabels, keep: int = 8) -> None:
-        """Keep a few pseudo-labels of the latest batch (on CPU) for the visualisation callback."""
-        sub = PseudoLabels(**{k: v[:keep].detach().cpu() for k, v in labels.to_dict().items()})
-        self.last_pseudo_labels = {
-            "image": unlabeled["image"][:keep].detach().cpu(),
-            "labels": sub,
-            "eval_joints2d": unlabeled.get("eval_joints2d", torch.empty(0))[:keep].detach().cpu(),
-            "eval_joints3d": unlabeled.get("eval_joints3d", torch.empty(0))[:keep].detach().cpu(),
-            "eval_valid": unlabeled.get("eval_valid", torch.empty(0))[:keep].detach().cpu(),
-            "threshold": self.threshold,
-        }
 
     def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
         """The base task's state plus the latest training pseudo-labels (``pseudo_labels``) and their spread.
@@ -841,32 +586,7 @@ class SemiHandModule(BaseHandTask):
         self.last_momentum = m
         self.ema_updates += 1
 
-    # ------------------------------------------------------------------------------------- rounds
-    def on_train_epoch_start(self) -> None:
-        if self.semi_mode != "rounds" or not self.use_pseudo_labels:
-            return
-        if self.global_step < self.unsupervised_start_step and self.round_table is None:
-            return
-        if self.round_table is None or self.current_epoch % self.epochs_per_round == 0:
-            self.regenerate_pseudo_labels()
-
-    @torch.no_grad()
-    def regenerate_pseudo_labels(self) -> None:
-        """Recompute and store a pseudo-label for every unlabelled item (one round of the paper's Alg. 1)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader"):
-            raise ValueError("mode='rounds' needs a SemiSupervisedDataModule (with pseudo_label_dataloader)")
-        table = label_unlabeled_set(
-            self, datamodule, self.trainer.global_rank, self.trainer.world_size, network=self.student
-        )
-        n = datamodule.num_unlabeled
-        if table is None:
-            raise ValueError("mode='rounds' found no unlabelled items to pseudo-label in the datamodule")
-        self.round_table = round_table(table, n, self.threshold, self.accept_fraction)
-        self.rounds_done += 1
-        rate = float(self.round_table["accepted"].float().mean()) if n else 0.0
-        rank_zero_info(f"SemiHandModule: round {self.rounds_done}: {n} pseudo-labels, {rate:.0%} accepted")
-
+    # -------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["semihand"] = {
             "round_table": self.round_table,
