@@ -168,6 +168,7 @@ def run_case(name: str, out: Path) -> None:
             "state_dict": _plain(module.state_dict()),
             "metrics": _plain(dict(cli.trainer.callback_metrics)),
             "global_step": cli.trainer.global_step,
+            "hparams": dict(module.hparams),
         }
         if name.startswith("semihand"):
             result["semihand"] = _semihand_extras(module)

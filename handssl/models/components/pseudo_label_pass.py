@@ -128,8 +128,7 @@ class PseudoLabelRounds(pl.Callback):
     At the start of every ``epochs_per_round``-th epoch (once the unsupervised losses have started) the network
     itself, in eval mode, pseudo-labels every item of the datamodule's ``pseudo_label_dataloader``; the module
     keeps the gated table (``round_table``, in its checkpoints) and counts the rounds (``rounds_done``). The
-    module adds this callback itself (``configure_callbacks``) and calls :meth:`label` when its unsupervised
-    losses start inside an epoch, before any round.
+    module adds this callback itself (``configure_callbacks``) and looks its batches' labels up with :meth:`rows`.
 
     Args:
         epochs_per_round: Epochs per pseudo-labelling round.
@@ -141,12 +140,21 @@ class PseudoLabelRounds(pl.Callback):
         self.epochs_per_round = epochs_per_round
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if not pl_module.use_pseudo_labels:
+        if not pl_module.loss_options.use_pseudo_labels:
             return
         if pl_module.global_step < pl_module.unsupervised_start_step and pl_module.round_table is None:
             return
         if pl_module.round_table is None or trainer.current_epoch % self.epochs_per_round == 0:
             self.label(trainer, pl_module)
+
+    def rows(self, pl_module: Any, index: Tensor) -> dict[str, Tensor]:
+        """The stored rows of a batch's items (:func:`round_rows`), after a first round if none ran yet.
+
+        That first round runs inside a training step when the unsupervised losses start within an epoch.
+        """
+        if pl_module.round_table is None:
+            self.label(pl_module.trainer, pl_module)
+        return round_rows(pl_module.round_table, index, pl_module.device)
 
     @torch.no_grad()
     def label(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -160,7 +168,8 @@ class PseudoLabelRounds(pl.Callback):
         n = datamodule.num_unlabeled
         if table is None:
             raise ValueError("mode='rounds' found no unlabelled items to pseudo-label in the datamodule")
-        pl_module.round_table = round_table(table, n, pl_module.threshold, pl_module.accept_fraction)
+        labeler = pl_module.pseudo_labeler
+        pl_module.round_table = round_table(table, n, labeler.threshold, labeler.accept_fraction)
         pl_module.rounds_done += 1
         rate = float(pl_module.round_table["accepted"].float().mean()) if n else 0.0
         rank_zero_info(

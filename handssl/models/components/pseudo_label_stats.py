@@ -1,9 +1,10 @@
 """What SemiHand reports about a training batch's pseudo-labels: logged statistics and a few kept for panels.
 
-:func:`pseudo_label_statistics` gives the batch means of the labels' spread, correction and refusal, and, where
+:func:`label_statistics` gives the batch means of the labels' spread, correction and refusal, and, where
 the unlabelled items carry annotations (``eval_joints3d``, for scoring only), the labels' errors, overall and
-split into accepted and rejected labels. :func:`pseudo_label_stash` keeps the first items on the CPU for the
-visualisation callbacks (:meth:`~handssl.models.SemiHandModule.visualization_state`).
+split into accepted and rejected labels. :func:`label_stash` keeps the first items on the CPU for the
+visualisation callbacks, and :func:`stash_state` turns it into the keys of
+:meth:`~handssl.models.SemiHandModule.visualization_state`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from torch import Tensor
 from handssl.models.components.pseudo_labels import PseudoLabels, pseudo_label_errors
 from handssl.skeleton import MIDDLE_MCP
 
-__all__ = ["pseudo_label_stash", "pseudo_label_statistics"]
+__all__ = ["label_stash", "label_statistics", "stash_state"]
 
 
-def pseudo_label_statistics(
+def label_statistics(
     labels: PseudoLabels, unlabeled: dict[str, Any], depth_root: int = MIDDLE_MCP
 ) -> dict[str, tuple[Tensor, int]]:
     """Statistics of a batch of pseudo-labels, by log name, each with the number of items it averages.
@@ -60,7 +61,7 @@ def pseudo_label_statistics(
     return stats
 
 
-def pseudo_label_stash(
+def label_stash(
     unlabeled: dict[str, Any], labels: PseudoLabels, threshold: float | None, keep: int = 8
 ) -> dict[str, Any]:
     """The first ``keep`` items of a batch and their pseudo-labels, detached on the CPU, for the panels.
@@ -77,4 +78,22 @@ def pseudo_label_stash(
         "eval_joints3d": unlabeled.get("eval_joints3d", torch.empty(0))[:keep].detach().cpu(),
         "eval_valid": unlabeled.get("eval_valid", torch.empty(0))[:keep].detach().cpu(),
         "threshold": threshold,
+    }
+
+
+def stash_state(stash: dict[str, Any] | None) -> dict[str, Any]:
+    """The visualisation-state keys of a :func:`label_stash` (none without one).
+
+    Returns:
+        ``pseudo_labels`` (the stash), ``confidence`` (the labels' spread ``C``, a cost),
+        ``confidence_threshold`` (``None`` with the fraction gate) and ``confidence_keep`` (``"below"``).
+    """
+    if stash is None:
+        return {}
+    threshold = stash.get("threshold")
+    return {
+        "pseudo_labels": stash,
+        "confidence": stash["labels"].spread,
+        "confidence_threshold": float(threshold) if threshold is not None else None,
+        "confidence_keep": "below",
     }

@@ -1,12 +1,13 @@
 """SemiHand's loss terms, from the network's outputs, the batch, and the pseudo-labels and consistency targets.
 
-:class:`SemiHandLosses` holds the weights and computes
+:class:`SemiHandLosses` computes, with the weights and switches of a :class:`LossOptions`,
 
 * ``L_sup`` on labelled images: ``|uv - uv_gt| + lambda_d |d - d_gt|`` (squared or absolute, ``pose_loss``),
   a Gaussian heatmap loss and ``lambda_w |w - w_gt|_1`` on the mask;
 * on the "diversity" copy of each unlabelled image, the labels moved by the same transform: the gated
   pseudo-label loss ``1(C <= tau) l(p, p_hat)`` (plus the heatmap loss on accepted labels) and Eq. 6's
-  ungated ``l(r, p)`` towards the corrected label (:mod:`~handssl.models.components.pseudo_labels`);
+  ungated ``l(r, p)`` towards the corrected label (:mod:`~handssl.models.components.pseudo_labels`); labels
+  whose correction refuses them (depth-mirrored, or moved more than ``max_correction_mm``) enter neither;
 * ``lambda_c (L_vc + L_cc)``: pose and mask equivariance under the first perturbation and the cross-modal
   pose <-> mask term (:mod:`~handssl.models.components.consistency`).
 
@@ -32,7 +33,23 @@ from handssl.models.components.pose25d import PoseNorm, encode_25d, heatmap_loss
 from handssl.models.components.pseudo_labels import pseudo_label_loss, transformed_label
 from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, root_relative
 
-__all__ = ["LossOptions", "SemiHandLosses"]
+__all__ = ["LossOptions", "SemiHandLosses", "consistency_targets", "unsupervised_weight"]
+
+
+def unsupervised_weight(step: int, start: int, ramp_steps: int) -> float:
+    """Weight of the unsupervised losses at ``step``: 0 before ``start``, then a linear ramp over ``ramp_steps``."""
+    if step < start:
+        return 0.0
+    return 1.0 if ramp_steps <= 0 else min(1.0, (step - start + 1) / ramp_steps)
+
+
+def consistency_targets(out: dict[str, Tensor], count: int | None = None) -> dict[str, Tensor]:
+    """The consistency targets of network outputs (the first ``count`` items): ``uv``, ``depth``, ``mask_prob``."""
+    return {
+        "uv": out["uv"][:count],
+        "depth": out["depth"][:count],
+        "mask_prob": torch.sigmoid(out["mask_logits"][:count]),
+    }
 
 
 @dataclass(frozen=True)
@@ -40,10 +57,13 @@ class LossOptions:
     """The weights and switches of SemiHand's losses (validated on creation).
 
     Attributes:
-        pose_loss: ``"l1"`` or ``"l2"`` errors of ``L_sup``, the pseudo-label loss and the pose consistency.
+        pose_loss: ``"l1"`` (absolute errors, Sun et al.'s integral loss) or ``"l2"`` (the paper's squared
+            distance) for ``L_sup``, the pseudo-label loss and the pose consistency; the confidence ``C`` of the
+            pseudo-labels stays the paper's squared spread.
         depth_weight: ``lambda_d``.
         mask_weight: ``lambda_w``.
-        heatmap_weight: Weight of the heatmap loss (0 disables it).
+        heatmap_weight: Weight of the Gaussian heatmap loss (:func:`~handssl.models.components.pose25d.heatmap_loss`)
+            on labelled joints and on accepted pseudo-labels (0: integral regression alone, as the paper).
         heatmap_sigma: Standard deviation of its target Gaussians, in heatmap cells.
         pseudo_label_weight: Weight of the gated pseudo-label loss.
         correction_weight: Weight of Eq. 6's ``l(r, p)``.
@@ -53,6 +73,9 @@ class LossOptions:
         use_mask: Train the mask head and use the mask terms of the consistency.
         capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
         capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
+        use_pseudo_labels: The gated pseudo-label loss.
+        use_correction: Eq. 6's ``l(r, p)`` (with ``correction_weight > 0``).
+        use_consistency: The view and cross-modal consistency.
     """
 
     pose_loss: PoseNorm = "l1"
@@ -68,6 +91,9 @@ class LossOptions:
     use_mask: bool = True
     capsule_finger_fraction: float = 0.035
     capsule_palm_fraction: float = 0.05
+    use_pseudo_labels: bool = True
+    use_correction: bool = True
+    use_consistency: bool = True
 
     def __post_init__(self) -> None:
         if self.pose_loss not in ("l1", "l2"):
@@ -77,6 +103,14 @@ class LossOptions:
                 f"heatmap_weight must be >= 0 and heatmap_sigma > 0, got {self.heatmap_weight}, "
                 f"{self.heatmap_sigma}"
             )
+
+    def wanted(self, weight: float) -> dict[str, bool]:
+        """Which unsupervised terms a step computes, at unsupervised weight ``weight``."""
+        return {
+            "pseudo_label": self.use_pseudo_labels and weight > 0,
+            "correction": self.use_correction and self.correction_weight > 0 and weight > 0,
+            "consistency": self.use_consistency and weight > 0,
+        }
 
 
 class SemiHandLosses(nn.Module):
