@@ -19,7 +19,8 @@ Cases (about 6 minutes in all on one busy CPU core):
 * ``nvs_semi``: ``experiments/nvs_semi.yaml``, 4 steps;
 * ``nvs_supervised``: ``experiments/model/nvs_supervised.yaml``, 2 steps;
 * ``load_<row>``: ``SemiHandModule.load_from_checkpoint`` of the ablation's final checkpoints under
-  ``--old-runs`` (read only), and the loaded network's outputs on a fixed input.
+  ``--old-runs`` (read only), and the loaded network's outputs and predictions on a fixed input;
+* ``shipped_<name>``: the same for every network shipped in ``handssl/pretrained/weights``.
 
 The datasets are tiny SynthHands copies (one subject), so the runs measure the method, not the renderer.
 """
@@ -175,36 +176,33 @@ def run_case(name: str, out: Path) -> None:
     torch.save(result, out)
 
 
-def load_case(path: Path, out: Path) -> None:
-    """Load an old checkpoint and save its state dict, extras and outputs on a fixed input to ``out``."""
+def load_case(what: str, out: Path) -> None:
+    """Load an old checkpoint (a path, or ``pretrained:<name>`` for a shipped network) and save its state dict,
+    extras and predictions on a fixed input to ``out``."""
     import torch
 
+    from handssl import pretrained
     from handssl.models import SemiHandModule
 
     torch.set_num_threads(1)
-    module = SemiHandModule.load_from_checkpoint(path, map_location="cpu").eval()
-    image = torch.rand(2, 3, module.image_size, module.image_size, generator=torch.Generator().manual_seed(0))
+    if what.startswith("pretrained:"):
+        module = pretrained.load(what.split(":", 1)[1]).eval()
+    else:
+        module = SemiHandModule.load_from_checkpoint(what, map_location="cpu").eval()
+    size = int(module.hparams.get("image_size", 64))
+    image = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    K = torch.tensor([[[150.0, 0, 31.5], [0, 150.0, 31.5], [0, 0, 1]]]).repeat(2, 1, 1)
+    result: dict[str, Any] = {"state_dict": _plain(module.state_dict()), "hparams": dict(module.hparams)}
     with torch.no_grad():
-        outputs = module.eval_model(image)
-    batch = {
-        "image": image,
-        "K": torch.tensor([[[150.0, 0, 31.5], [0, 150.0, 31.5], [0, 0, 1]]]).repeat(2, 1, 1),
-    }
-    with torch.no_grad():
-        predicted = module.predict_step(batch, 0)
-    torch.save(
-        {
-            "state_dict": _plain(module.state_dict()),
-            "semihand": _semihand_extras(module),
-            "outputs": _plain(outputs),
-            "predicted": _plain({k: v for k, v in predicted.items() if k != "meta"}),
-            "hparams": dict(module.hparams),
-        },
-        out,
-    )
+        if isinstance(module, SemiHandModule):
+            result["outputs"] = _plain(module.eval_model(image))
+            result["semihand"] = _semihand_extras(module)
+        predicted = module.predict_step({"image": image, "K": K}, 0)
+    result["predicted"] = _plain({k: v for k, v in predicted.items() if k != "meta"})
+    torch.save(result, out)
 
 
-def record(directory: Path, cases: list[str], old_runs: Path) -> None:
+def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = True) -> None:
     """Run every case (each in a fresh process) and every old-checkpoint load into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
@@ -212,6 +210,9 @@ def record(directory: Path, cases: list[str], old_runs: Path) -> None:
     jobs = [["run", name, str(directory / f"{name}.pt")] for name in cases]
     for ckpt in sorted(old_runs.glob("*/version_0/checkpoints/final.ckpt")):
         jobs.append(["load", str(ckpt), str(directory / f"load_{ckpt.parents[2].name}.pt")])
+    if shipped:
+        for path in sorted((REPO / "handssl" / "pretrained" / "weights").glob("*.pt")):
+            jobs.append(["load", f"pretrained:{path.stem}", str(directory / f"shipped_{path.stem}.pt")])
     for job in jobs:
         print("--", " ".join(job[:2]), flush=True)
         subprocess.run([sys.executable, __file__, "_" + job[0], *job[1:]], cwd=REPO, env=env, check=True)
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("directory", type=Path)
     rec.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     rec.add_argument("--old-runs", type=Path, default=OLD_RUNS, help="runs whose final.ckpt to load")
+    rec.add_argument("--no-shipped", action="store_true", help="skip loading the shipped networks")
     cmp = sub.add_parser("compare", help="assert two folders hold equal results")
     cmp.add_argument("before", type=Path)
     cmp.add_argument("after", type=Path)
@@ -280,13 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         one.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.directory, args.cases, args.old_runs)
+        record(args.directory, args.cases, args.old_runs, not args.no_shipped)
     elif args.command == "compare":
         return compare(args.before, args.after)
     elif args.command == "_run":
         run_case(args.what, args.out)
     else:
-        load_case(Path(args.what), args.out)
+        load_case(args.what, args.out)
     return 0
 
 
