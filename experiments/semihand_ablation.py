@@ -188,7 +188,9 @@ def stage1(args: argparse.Namespace, seed: int) -> tuple[Path, list[str], float]
     return fit(args, name, stage1_args(args, seed), args.stage1_steps)
 
 
-def evaluate(args: argparse.Namespace, row: str, seed: int, checkpoint: Path, init: Path) -> dict[str, float | None]:
+def evaluate(
+    args: argparse.Namespace, row: str, seed: int, checkpoint: Path, init: Path
+) -> dict[str, float | None]:
     """Test metrics of the final weights and, with a teacher, its pseudo-labels before and after correction.
 
     The model and data are the row's own config objects (``make_cli`` on the same arguments); the pseudo-labels
