@@ -16,6 +16,8 @@ Cases (about 6 minutes in all on one busy CPU core):
   a validation every 3 steps;
 * ``semihand_rounds``: the same in ``mode: rounds`` with epochs of 2 batches, the unsupervised losses from
   step 1 (so that the first round starts inside an epoch, then one per epoch);
+* ``semihand_stage2``: the ablation's second stage (its flags): 3 steps from the old source-only checkpoint
+  (``init_checkpoint``, the unsupervised losses from step 0, ``use_correction=false``);
 * ``nvs_semi``: ``experiments/nvs_semi.yaml``, 4 steps;
 * ``nvs_supervised``: ``experiments/model/nvs_supervised.yaml``, 2 steps;
 * ``load_<row>``: ``SemiHandModule.load_from_checkpoint`` of the ablation's final checkpoints under
@@ -97,6 +99,16 @@ CASES: dict[str, tuple[list[str], str]] = {
             "--model.init_args.epochs_per_round=1",
             "--model.init_args.unsupervised_start_step=1",
             "--trainer.limit_train_batches=2",
+        ],
+        SEMI_DATA,
+    ),
+    "semihand_stage2": (
+        [
+            *SEMIHAND,
+            f"--model.init_args.init_checkpoint={OLD_RUNS}/source_only_seed0/version_0/checkpoints/final.ckpt",
+            "--model.init_args.unsupervised_start_step=0",
+            "--model.init_args.use_correction=false",
+            "--trainer.max_steps=3",
         ],
         SEMI_DATA,
     ),
@@ -207,6 +219,8 @@ def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = Tr
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    initial = OLD_RUNS / "source_only_seed0" / "version_0" / "checkpoints" / "final.ckpt"
+    cases = [name for name in cases if name != "semihand_stage2" or initial.is_file()]  # needs the old run
     jobs = [["run", name, str(directory / f"{name}.pt")] for name in cases]
     for ckpt in sorted(old_runs.glob("*/version_0/checkpoints/final.ckpt")):
         jobs.append(["load", str(ckpt), str(directory / f"load_{ckpt.parents[2].name}.pt")])

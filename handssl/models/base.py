@@ -65,7 +65,10 @@ def check_choices(cls: type, arguments: Mapping[str, Any]) -> None:
 
     The CLI refuses such a value itself; this refuses it from Python too, for every task's arguments at once.
     """
-    hints = get_type_hints(cls.__init__)  # type: ignore[misc]
+    try:
+        hints = get_type_hints(cls.__init__)  # type: ignore[misc]
+    except NameError:  # an annotation names a type imported only for type checking: nothing to check
+        return
     for name, value in arguments.items():
         hint = hints.get(name)
         choices = get_args(hint) if get_origin(hint) is Literal else ()
