@@ -30,8 +30,9 @@ from handssl.callbacks.nvs_viz import nvs_panels
 from handssl.data.datamodules import collate_samples
 from handssl.data.multiview import MultiViewPairs
 from handssl.data.synthhands.multi_view import SynthHandsMultiView
+from handssl.models.components.nvs import load_state_dict_file
 from handssl.models.components.nvs_losses import rotation_controls
-from handssl.models.nvs import NVSModule, load_state_dict_file
+from handssl.models.nvs import NVSModule
 
 METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 

@@ -227,7 +227,7 @@ def test_pose_loss_covers_every_labeled_encoded_image():
     batch = next(iter(t2_datamodule(0.5).train_dataloader()))
     for views, expected in (("all", {"i", "j", "t2", "t2_j"}), ("input", {"i"})):
         module = tiny_module("supervised", pose_views=views)
-        assert set(module._images_to_encode(batch, pose=True)) == expected
+        assert set(module.pairs.images_to_encode(batch, module.uses_synthesis, pose=True)) == expected
     module = tiny_module("semi", pose_views="all").eval()
     module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
     with torch.no_grad():

@@ -79,7 +79,9 @@ def test_module_supervised_losses_follow_pose_loss_and_heatmap_weight():
         per_joint = error.abs().sum(-1) if pose_loss == "l1" else error.pow(2).sum(-1)
         valid = batch["valid"].bool() & batch["in_bounds"].bool()
         assert torch.allclose(losses["sup_2d"], per_joint[valid].mean(), rtol=1e-4)
-        expected = 2.0 * heatmap_loss(out["log_heatmaps"], batch["joints2d"], valid, module._stride(out))
+        expected = 2.0 * heatmap_loss(
+            out["log_heatmaps"], batch["joints2d"], valid, module.losses.stride(out)
+        )
         assert torch.allclose(losses["sup_heatmap"], expected)
     none = SemiHandModule(**TINY, heatmap_weight=0.0)
     assert "sup_heatmap" not in none.supervised_losses(none.student(batch["image"]), batch)

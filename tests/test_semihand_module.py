@@ -587,15 +587,15 @@ def test_two_process_ddp_keeps_teachers_identical(tmp_path):
 # ------------------------------------------------------------------- issue 10: correction and its loss
 def test_eq6_correction_term_is_logged_only_with_correction(monkeypatch):
     sizes = []
-    import handssl.models.semihand as semihand
+    import handssl.models.components.semihand_losses as semihand_losses
 
-    real = semihand.cross_modal_loss
+    real = semihand_losses.cross_modal_loss
 
     def spy(*args, **kwargs):
         sizes.append(kwargs.get("size"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(semihand, "cross_modal_loss", spy)
+    monkeypatch.setattr(semihand_losses, "cross_modal_loss", spy)
     full = _module(use_correction=True, cross_modal_size=16, accept_fraction=1.0)
     trainer = _trainer(max_steps=1)
     trainer.fit(full, make_datamodule())

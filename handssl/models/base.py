@@ -17,9 +17,9 @@ e.g. ``test/stb/auc``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytorch_lightning as pl
 import torch
@@ -32,6 +32,17 @@ from handssl.skeleton import root_relative, valid_with_root
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode inside the block and restore its train/eval mode after it."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 def to_float(value: Any) -> Any:
@@ -47,6 +58,22 @@ def to_float(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(to_float(item) for item in value)
     return value
+
+
+def check_choices(cls: type, arguments: Mapping[str, Any]) -> None:
+    """Raise :class:`ValueError` when an argument of ``cls.__init__`` lies outside its ``Literal[...]`` choices.
+
+    The CLI refuses such a value itself; this refuses it from Python too, for every task's arguments at once.
+    """
+    try:
+        hints = get_type_hints(cls.__init__)  # type: ignore[misc]
+    except NameError:  # an annotation names a type imported only for type checking: nothing to check
+        return
+    for name, value in arguments.items():
+        hint = hints.get(name)
+        choices = get_args(hint) if get_origin(hint) is Literal else ()
+        if choices and value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
 class NonFiniteError(FloatingPointError):
@@ -164,6 +191,7 @@ class BaseHandTask(pl.LightningModule):
         if compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
         self.save_hyperparameters()
+        check_choices(type(self), self.hparams)
         self.lr = lr
         self.weight_decay = weight_decay
         self.scheduler = scheduler

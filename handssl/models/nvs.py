@@ -16,77 +16,35 @@ with the pose head. The regimes:
     ``pose_weight``, after ``synthesis_warmup_steps`` synthesis-only steps) on the labeled items that
     :class:`~handssl.data.multiview.MultiViewDataModule` oversamples into every batch.
 
-Batches are :class:`~handssl.data.multiview.MultiViewPairs` items. Like Rhodin et al.'s rows
-``[t:A, t:B, t':C, t':D]``, one encoder pass covers both views at t and both appearance images at t'
-(``image_t2``, ``image_t2_j``: the same subject in another sequence, so they cannot leak the pose at t).
-In training both directions ``i -> j`` and ``j -> i`` are rendered (``both_directions``); each is a view
-swap with probability ``swap_probability`` and plain auto-encoding otherwise, with the appearance vector of
-a random one of the two t' images. The pose loss uses every encoded image whose labels are visible
-(``pose_views: all``; ``joints3d_t2`` labels the appearance images). Synthesis is supervised by the pixel
-losses on the composite plus label-free silhouette terms (:mod:`handssl.models.components.nvs_losses`). In
-evaluation the swap is always ``i -> j`` with the input's own appearance.
+A step encodes, renders and scores :class:`~handssl.data.multiview.MultiViewPairs` items as
+:class:`~handssl.models.components.nvs_pairs.PairTraining` says; synthesis is supervised by the pixel losses on
+the composite plus label-free silhouette terms (:mod:`handssl.models.components.nvs_losses`). The pose head's
+statistics and the regime's labelled share come from the DataModule through the
+:class:`~handssl.models.components.pose_statistics.PoseStatistics` callback; inference and evaluation are
+:class:`~handssl.models.nvs_task.NVSTask`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
-from handssl.data.multiview import MultiViewDataModule
-from handssl.metrics.functional import masked_mean
-from handssl.models.base import BaseHandTask, check_batch, to_float
-from handssl.models.components.losses import per_image_l1
-from handssl.models.components.nvs import (
-    NVSDecoder,
-    NVSEncoder,
-    PoseHead,
-    composite,
-    rotate_points,
-    turntable_rotations,
-)
-from handssl.models.components.nvs_losses import (
-    SynthesisLoss,
-    foreground_l1,
-    rotation_controls,
-    silhouette_target,
-)
-from handssl.skeleton import root_relative, valid_with_root
-
-REGIMES = ("supervised", "pretrained", "semi")
-POSE_VIEWS = ("input", "all")
-IMAGE_KEYS = {"i": "image", "j": "target", "t2": "image_t2", "t2_j": "image_t2_j"}
-"""Batch key of each image one training step may encode (view i and j at t, their appearance images at t')."""
-LABEL_KEYS = {
-    "i": ("joints3d", "valid"),
-    "j": ("joints3d_j", "valid_j"),
-    "t2": ("joints3d_t2", None),
-    "t2_j": ("joints3d_t2_j", None),
-}
-"""Joints and validity keys of each encoded image (``None``: valid where finite)."""
+from handssl.models.base import check_batch, to_float
+from handssl.models.components.nvs import NVSDecoder, NVSEncoder, PoseHead, composite, load_modules
+from handssl.models.components.nvs_losses import SynthesisLoss
+from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
+from handssl.models.components.pose_statistics import PoseStatistics
+from handssl.models.nvs_task import NVSTask
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a Lightning checkpoint (``state_dict`` inside) or a plain state dict from disk."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained_checkpoint not found: {path} (give the checkpoint that stage 1 of the pretrained "
-            "regime wrote, e.g. experiments/nvs_pretrained.yaml's ModelCheckpoint dirpath)"
-        )
-    # Lightning checkpoints pickle hyper-parameters too; the file is the user's own training output.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict (got {type(state).__name__})")
-    return state
-
-
-class NVSModule(BaseHandTask):
+class NVSModule(NVSTask):
     """Geometry-aware novel-view synthesis learner with a pose head (regimes supervised | pretrained | semi).
 
     Args:
@@ -191,57 +149,54 @@ class NVSModule(BaseHandTask):
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
-        if regime not in REGIMES:
-            raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 (synthesis) or 2 (pose head), got {stage}")
         if regime == "pretrained" and stage == 2 and not pretrained_checkpoint:
             raise ValueError(
                 "stage 2 of the pretrained regime trains the pose head on stage 1's frozen encoder: "
                 "set pretrained_checkpoint to stage 1's checkpoint"
             )
-        if not 0.0 <= swap_probability <= 1.0:
-            raise ValueError(f"swap_probability must be in [0, 1], got {swap_probability}")
-        if pose_head_rows not in ("labeled", "all"):
-            raise ValueError(f"pose_head_rows must be 'labeled' or 'all', got {pose_head_rows!r}")
-        if pose_views not in POSE_VIEWS:
-            raise ValueError(f"pose_views must be one of {POSE_VIEWS}, got {pose_views!r}")
-        if synthesis_items not in ("all", "unlabeled"):
-            raise ValueError(f"synthesis_items must be 'all' or 'unlabeled', got {synthesis_items!r}")
         if synthesis_warmup_steps < 0:
             raise ValueError(f"synthesis_warmup_steps must be >= 0, got {synthesis_warmup_steps}")
         if pose_weight < 0:
             raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
+        self.pairs = PairTraining(
+            swap_probability=swap_probability,
+            appearance_swap=appearance_swap,
+            both_directions=both_directions,
+            pose_views=pose_views,
+            pose_head_rows=pose_head_rows,
+            synthesis_items=synthesis_items,
+        )
+        self.make_encoder = partial(
+            NVSEncoder, image_size, num_points, appearance_dim, encoder_widths, encoder_blocks
+        )
+        self.make_decoder = partial(
+            NVSDecoder,
+            image_size,
+            num_points,
+            appearance_dim,
+            decoder_latent_channels,
+            decoder_widths,
+            latent_dropout,
+            normalize_mask=normalize_mask,
+        )
+        self.make_pose_head = partial(PoseHead, num_points, pose_hidden, pose_dropout)
+        self.make_reconstruction = partial(
+            SynthesisLoss,
+            l1_weight,
+            structural_loss,
+            structural_weight,
+            perceptual_checkpoint,
+            perceptual_weight,
+            foreground_weight=foreground_weight,
+            silhouette_weight=silhouette_weight,
+            silhouette_threshold=silhouette_threshold,
+        )
         self.regime = regime
         self.stage = stage if regime == "pretrained" else None
         self.pretrained_checkpoint = pretrained_checkpoint
-        self.image_size = image_size
-        self.num_points = num_points
-        self.appearance_dim = appearance_dim
-        self.encoder_widths = encoder_widths
-        self.encoder_blocks = encoder_blocks
-        self.decoder_widths = decoder_widths
-        self.decoder_latent_channels = decoder_latent_channels
-        self.latent_dropout = latent_dropout
-        self.pose_hidden = pose_hidden
-        self.pose_dropout = pose_dropout
-        self.pose_head_rows = pose_head_rows
-        self.swap_probability = swap_probability
-        self.appearance_swap = appearance_swap
-        self.both_directions = both_directions
-        self.pose_views = pose_views
         self.pose_weight = pose_weight
         self.synthesis_warmup_steps = synthesis_warmup_steps
-        self.synthesis_items = synthesis_items
-        self.normalize_mask = normalize_mask
-        self.foreground_weight = foreground_weight
-        self.silhouette_weight = silhouette_weight
         self.silhouette_threshold = silhouette_threshold
-        self.l1_weight = l1_weight
-        self.structural_loss = structural_loss
-        self.structural_weight = structural_weight
-        self.perceptual_checkpoint = perceptual_checkpoint
-        self.perceptual_weight = perceptual_weight
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -253,7 +208,6 @@ class NVSModule(BaseHandTask):
             compile_backend=compile_backend,
         )
 
-    # --------------------------------------------------------------------------------- regime flags
     @property
     def uses_synthesis(self) -> bool:
         """Whether training optimises the synthesis loss (semi, pretrained stage 1)."""
@@ -263,6 +217,11 @@ class NVSModule(BaseHandTask):
     def uses_pose(self) -> bool:
         """Whether training optimises the pose loss (supervised, semi, pretrained stage 2)."""
         return self.regime in ("supervised", "semi") or self.stage == 2
+
+    @property
+    def evaluates_pose(self) -> bool:
+        """Whether validation and test score the pose: not in stage 1, which trains no pose head."""
+        return self.stage != 1
 
     @property
     def frozen_modules(self) -> list[nn.Module]:
@@ -278,23 +237,10 @@ class NVSModule(BaseHandTask):
         """Validation quantity to monitor for checkpoints: synthesis L1 in stage 1, MPJPE otherwise."""
         return "val/synthesis_l1" if self.stage == 1 else "val/mpjpe"
 
-    # ---------------------------------------------------------------------------------- components
     def configure_models(self) -> None:
-        self.encoder = NVSEncoder(
-            self.image_size, self.num_points, self.appearance_dim, self.encoder_widths, self.encoder_blocks
-        )
-        self.decoder: NVSDecoder | None = None
-        if self.regime != "supervised":
-            self.decoder = NVSDecoder(
-                self.image_size,
-                self.num_points,
-                self.appearance_dim,
-                self.decoder_latent_channels,
-                self.decoder_widths,
-                self.latent_dropout,
-                normalize_mask=self.normalize_mask,
-            )
-        self.pose_head = PoseHead(self.num_points, self.pose_hidden, self.pose_dropout)
+        self.encoder = self.make_encoder()
+        self.decoder: NVSDecoder | None = self.make_decoder() if self.regime != "supervised" else None
+        self.pose_head = self.make_pose_head()
         if self.stage == 2:
             assert self.pretrained_checkpoint, "__init__ refuses stage 2 without pretrained_checkpoint"
             self.load_pretrained(self.pretrained_checkpoint)
@@ -310,38 +256,17 @@ class NVSModule(BaseHandTask):
         return targets
 
     def configure_losses(self) -> None:
-        self.reconstruction: SynthesisLoss | None = None
-        if self.uses_synthesis:
-            self.reconstruction = SynthesisLoss(
-                self.l1_weight,
-                self.structural_loss,
-                self.structural_weight,
-                self.perceptual_checkpoint,
-                self.perceptual_weight,
-                foreground_weight=self.foreground_weight,
-                silhouette_weight=self.silhouette_weight,
-                silhouette_threshold=self.silhouette_threshold,
-            )
+        self.reconstruction: SynthesisLoss | None = (
+            self.make_reconstruction() if self.uses_synthesis else None
+        )
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """:class:`PoseStatistics`: the pose head's statistics and the labelled share, from the DataModule."""
+        return [PoseStatistics()]
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load encoder and decoder weights (and BatchNorm statistics) from stage 1's checkpoint."""
-        state = load_state_dict_file(path)
-        for name, module in (("encoder", self.encoder), ("decoder", self.decoder)):
-            if module is None:
-                continue
-            prefix = f"{name}."
-            part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-            if not part:
-                raise ValueError(f"{path} holds no {name} weights (keys starting with {prefix!r})")
-            own = module.state_dict()
-            mismatch = [k for k in own if k not in part or tuple(part[k].shape) != tuple(own[k].shape)]
-            if mismatch:
-                raise ValueError(
-                    f"{path}: the {name} does not match this model's architecture ({len(mismatch)} missing or "
-                    f"mis-shaped tensors, e.g. {mismatch[:3]}); use the same image_size, num_points, "
-                    "appearance_dim and widths as stage 1"
-                )
-            module.load_state_dict(part)
+        load_modules(path, {"encoder": self.encoder, "decoder": self.decoder})
 
     def train(self, mode: bool = True) -> NVSModule:
         """Switch train/eval mode, keeping the frozen parts of this regime in eval mode."""
@@ -350,32 +275,8 @@ class NVSModule(BaseHandTask):
             module.eval()
         return self
 
-    def setup(self, stage: str) -> None:
-        """Read the labeled share and the pose statistics from a :class:`MultiViewDataModule` (fit only).
-
-        Other DataModules (or plain dataloaders) work when the pose head's statistics are set beforehand with
-        ``module.pose_head.set_statistics(mean, std)`` (e.g. from
-        :func:`handssl.data.multiview.pose_statistics` of the labeled joints).
-        """
-        if stage != "fit":
-            return
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        if not isinstance(datamodule, MultiViewDataModule):
-            return
-        self._check_labeled_share(float(datamodule.labeled_share))
-        if self.uses_pose and not bool(self.pose_head.has_statistics):
-            mean, std = datamodule.pose_statistics()
-            self.pose_head.set_statistics(mean, std)
-
-    def on_fit_start(self) -> None:
-        if self.uses_pose and not bool(self.pose_head.has_statistics):
-            raise ValueError(
-                "the pose head needs the labeled training set's pose mean and std: use "
-                "handssl.data.MultiViewDataModule, or call module.pose_head.set_statistics(mean, std) first "
-                "(handssl.data.multiview.pose_statistics computes them)"
-            )
-
-    def _check_labeled_share(self, share: float) -> None:
+    def check_labeled_share(self, share: float) -> None:
+        """Refuse a DataModule whose share of labelled items per batch does not fit the regime."""
         name = self.regime if self.stage is None else f"pretrained stage {self.stage}"
         if self.uses_pose and not self.uses_synthesis and share != 1.0:
             raise ValueError(f"the {name} regime trains on labeled items only: set data labeled_share: 1.0")
@@ -383,129 +284,16 @@ class NVSModule(BaseHandTask):
             raise ValueError("stage 1 of the pretrained regime uses no labels: set data labeled_share: 0.0")
         if self.regime == "semi" and share == 0.0:
             raise ValueError("the semi regime needs labeled items in every batch: set data labeled_share > 0")
-        if self.regime == "semi" and self.synthesis_items == "unlabeled" and share == 1.0:
+        if self.regime == "semi" and self.pairs.synthesis_items == "unlabeled" and share == 1.0:
             raise ValueError(
                 "synthesis_items 'unlabeled' needs unlabeled items in every batch: labeled_share < 1"
             )
-
-    # ------------------------------------------------------------------------------------------ API
-    def encode(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, 3, H, W)`` image to ``(L3D (B, N, 3) in the image's camera frame, appearance (B, A))``."""
-        return self.encoder(image)
-
-    def _require_decoder(self) -> NVSDecoder:
-        if self.decoder is None:
-            raise RuntimeError("the supervised regime builds no decoder, so it cannot synthesise views")
-        return self.decoder
 
     def _require_reconstruction(self) -> SynthesisLoss:
         if self.reconstruction is None:
             raise RuntimeError(f"the {self.regime} regime builds no synthesis loss (it trains the pose only)")
         return self.reconstruction
 
-    @overload
-    def synthesize(
-        self,
-        image: Tensor,
-        R: Tensor,
-        background: Tensor | None = None,
-        appearance_image: Tensor | None = None,
-        return_layers: Literal[False] = False,
-    ) -> Tensor: ...
-
-    @overload
-    def synthesize(
-        self,
-        image: Tensor,
-        R: Tensor,
-        background: Tensor | None = None,
-        appearance_image: Tensor | None = None,
-        *,
-        return_layers: Literal[True],
-    ) -> dict[str, Tensor]: ...
-
-    @overload
-    def synthesize(
-        self,
-        image: Tensor,
-        R: Tensor,
-        background: Tensor | None = None,
-        appearance_image: Tensor | None = None,
-        return_layers: bool = False,
-    ) -> Tensor | dict[str, Tensor]: ...
-
-    def synthesize(
-        self,
-        image: Tensor,
-        R: Tensor,
-        background: Tensor | None = None,
-        appearance_image: Tensor | None = None,
-        return_layers: bool = False,
-    ) -> Tensor | dict[str, Tensor]:
-        """Render ``image`` as seen after rotating its 3D latent by ``R`` (a novel view).
-
-        Args:
-            image: ``(B, 3, H, W)`` input images in ``[0, 1]``.
-            R: ``(3, 3)`` or ``(B, 3, 3)`` rotation from the input camera's frame to the novel camera's frame
-                (``R_ij = R_j R_i^T`` for a real camera *j*; e.g. :func:`turntable_rotations` for a turntable).
-            background: ``(B, 3, H, W)`` background of the novel view; mid-grey when omitted.
-            appearance_image: Optional images whose appearance vectors replace the input's.
-            return_layers: Also return the foreground and the mask.
-
-        Returns:
-            ``(B, 3, H, W)`` composited images, or a dict with ``image``, ``foreground`` and ``mask``.
-        """
-        decoder = self._require_decoder()
-        points, appearance = self.encoder(image)
-        if appearance_image is not None:
-            appearance = self.encoder(appearance_image)[1]
-        if background is None:
-            background = torch.full_like(image, 0.5)
-        foreground, mask = to_float(decoder.layers(rotate_points(points, R), appearance))
-        out = composite(foreground, mask, background)
-        if return_layers:
-            return {"image": out, "foreground": foreground, "mask": mask}
-        return out
-
-    def renderer(self, image: Tensor, background: Tensor) -> Callable[[Tensor], dict[str, Tensor]]:
-        """Encode ``image`` once; the returned function renders it rotated by any ``R`` (``image`` and ``mask``).
-
-        For comparing rotations of one latent (:func:`~handssl.models.components.nvs_losses.rotation_controls`).
-        """
-        decoder = self._require_decoder()
-        points, appearance = self.encoder(image)
-
-        def render(R: Tensor) -> dict[str, Tensor]:
-            foreground, mask = to_float(decoder.layers(rotate_points(points, R), appearance))
-            return {"image": composite(foreground, mask, background), "mask": mask}
-
-        return render
-
-    def turntable(self, image: Tensor, num_views: int = 8, background: Tensor | None = None) -> Tensor:
-        """Novel views around the camera's y axis: ``(B, num_views, 3, H, W)``, the first the input's view."""
-        decoder = self._require_decoder()
-        points, appearance = self.encoder(image)
-        if background is None:
-            background = torch.full_like(image, 0.5)
-        views = [
-            decoder(rotate_points(points, R.to(points)), appearance, background)
-            for R in turntable_rotations(num_views)
-        ]
-        return torch.stack(views, dim=1)
-
-    def predict_pose(self, image: Tensor) -> Tensor:
-        """``(B, 3, H, W)`` image to root-relative joints ``(B, 21, 3)`` in mm, in the image's camera frame."""
-        if not bool(self.pose_head.has_statistics):
-            raise RuntimeError(
-                "the pose head has no training statistics yet: train it (supervised, semi or pretrained stage 2)"
-            )
-        points, _ = self.encoder(image)
-        return self.pose_head.to_joints(self.pose_head(points).float())
-
-    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
-        return self.predict_pose(batch["image"])
-
-    # ------------------------------------------------------------------------------------- training
     @property
     def pose_active(self) -> bool:
         """Whether the pose loss counts at the current step (off during the semi regime's warm-up)."""
@@ -513,81 +301,25 @@ class NVSModule(BaseHandTask):
             return False
         return not (self.regime == "semi" and self.global_step < self.synthesis_warmup_steps)
 
-    def _images_to_encode(self, batch: dict[str, Any], pose: bool) -> list[str]:
-        names = ["i"]
-        synthesis = self.uses_synthesis
-        pose_all = pose and self.pose_views == "all"
-        if (synthesis and self.both_directions) or pose_all:
-            names.append("j")
-        if (synthesis and self.appearance_swap) or (pose_all and "joints3d_t2" in batch):
-            names += ["t2", "t2_j"] if "image_t2_j" in batch else ["t2"]
-        return names
-
-    def _encode_training(self, batch: dict[str, Any], pose: bool) -> dict[str, tuple[Tensor, Tensor]]:
-        """One encoder pass over every image the step needs: name -> ``(L3D, appearance)``."""
-        names = self._images_to_encode(batch, pose)
+    def _encode_training(self, batch: dict[str, Any], pose: bool) -> Encoded:
+        """One encoder pass over every image the step needs (:meth:`PairTraining.images_to_encode`)."""
+        names = self.pairs.images_to_encode(batch, self.uses_synthesis, pose)
         size = batch["image"].shape[0]
         images = torch.cat([batch[IMAGE_KEYS[n]] for n in names])
-        if self.stage == 2:
-            with torch.no_grad():
-                points, appearance = self.encoder(images)
-        else:
+        with torch.no_grad() if self.stage == 2 else nullcontext():  # stage 2: the encoder is frozen
             points, appearance = self.encoder(images)
         return {
             n: (points[k * size : (k + 1) * size], appearance[k * size : (k + 1) * size])
             for k, n in enumerate(names)
         }
 
-    def synthesis_rows(
-        self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
-    ) -> dict[str, Tensor]:
-        """What the decoder renders in a training step: ``points`` (rotated), ``appearance``, ``background``, ``target``.
+    def synthesis_rows(self, batch: dict[str, Any], encoded: Encoded) -> dict[str, Tensor]:
+        """What the decoder renders in a training step (:meth:`PairTraining.synthesis_rows`)."""
+        return self.pairs.synthesis_rows(batch, encoded)
 
-        Rows ``i -> j`` (or ``i -> i``) for every pair, then ``j -> i`` (or ``j -> j``) with
-        ``both_directions``; each row swaps views with probability ``swap_probability``. The appearance is
-        that of a random one of the pair's appearance images (``appearance_swap``) or the input's own.
-        """
-        image, target = batch["image"], batch["target"]
-        size = image.shape[0]
-        eye = torch.eye(3, dtype=image.dtype, device=image.device).expand(size, 3, 3)
-        R_ij = batch["R_ij"].to(image.dtype)
-        directions = [("i", R_ij, target, batch["background"], image, batch["background_input"])]
-        if self.both_directions:
-            directions.append(
-                ("j", R_ij.transpose(-1, -2), image, batch["background_input"], target, batch["background"])
-            )
-        t2 = [n for n in ("t2", "t2_j") if n in encoded]
-        rows: dict[str, list[Tensor]] = {"points": [], "appearance": [], "background": [], "target": []}
-        for name, R, swap_target, swap_bg, own_target, own_bg in directions:
-            swap = torch.rand(size, device=image.device) < self.swap_probability
-            pick = swap[:, None, None, None]
-            points = encoded[name][0]
-            rows["points"].append(rotate_points(points, torch.where(swap[:, None, None], R, eye)))
-            rows["target"].append(torch.where(pick, swap_target, own_target))
-            rows["background"].append(torch.where(pick, swap_bg, own_bg))
-            if self.appearance_swap and t2:
-                appearance = encoded[t2[0]][1]
-                if len(t2) == 2:
-                    other = torch.rand(size, device=image.device) < 0.5
-                    appearance = torch.where(other[:, None], encoded[t2[1]][1], appearance)
-            else:
-                appearance = encoded[name][1]
-            rows["appearance"].append(appearance)
-        return {key: torch.cat(value) for key, value in rows.items()}
-
-    def _synthesis_losses(
-        self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]
-    ) -> dict[str, Tensor]:
-        if self.synthesis_items == "unlabeled" and self.uses_pose:
-            keep = ~batch["labeled"].bool()
-            if bool(keep.any()):
-                size = keep.shape[0]
-                batch = {
-                    k: v[keep] if isinstance(v, Tensor) and v.shape[:1] == (size,) else v
-                    for k, v in batch.items()
-                }
-                encoded = {n: (points[keep], appearance[keep]) for n, (points, appearance) in encoded.items()}
-        rows = self.synthesis_rows(batch, encoded)
+    def _synthesis_losses(self, batch: dict[str, Any], encoded: Encoded) -> dict[str, Tensor]:
+        batch, encoded = self.pairs.synthesis_items_of(batch, encoded, self.uses_pose)
+        rows = self.pairs.synthesis_rows(batch, encoded)
         foreground, mask = to_float(self._require_decoder().layers(rows["points"], rows["appearance"]))
         with self.full_precision():  # the perceptual network, when there is one, runs in float32 too
             rendered = composite(foreground, mask, rows["background"])
@@ -595,32 +327,8 @@ class NVSModule(BaseHandTask):
         terms["synthesis"] = terms.pop("loss")
         return terms
 
-    def _pose_loss(self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
-        labeled = batch["labeled"].bool()[:, None]
-        points, targets, valids = [], [], []
-        for name, (points_n, _) in encoded.items():
-            joints_key, valid_key = LABEL_KEYS[name]
-            if joints_key not in batch or (name != "i" and self.pose_views != "all"):
-                continue
-            joints = batch[joints_key]
-            valid = torch.isfinite(joints).all(-1)
-            if valid_key is not None:
-                valid = valid & batch[valid_key].bool()
-            valid = valid & labeled
-            valid = valid_with_root(valid)
-            points.append(points_n)
-            targets.append(self.pose_head.normalize(root_relative(joints)))
-            valids.append(valid)
-        inputs, target, valid = torch.cat(points), torch.cat(targets), torch.cat(valids)
-        rows = valid.any(-1)
-        if self.pose_head_rows == "labeled" and int(rows.sum()) >= 2:
-            # BatchNorm statistics from the rows the loss counts, as at evaluation (every row is a hand)
-            inputs, target, valid = inputs[rows], target[rows], valid[rows]
-        pred = self.pose_head(inputs).float()
-        with self.full_precision():
-            # Zero when no joint is labelled, keeping the graph (DDP wants every parameter used).
-            squared = (pred - torch.nan_to_num(target)) ** 2
-            return masked_mean(squared, valid.unsqueeze(-1))
+    def _pose_loss(self, batch: dict[str, Any], encoded: Encoded) -> Tensor:
+        return self.pairs.pose_loss(self.pose_head, batch, encoded)
 
     def training_losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Loss terms of one training step and their weighted sum under ``"loss"``."""
@@ -665,35 +373,5 @@ class NVSModule(BaseHandTask):
         self.log("train/labeled_share", batch["labeled"].float().mean(), batch_size=size)
         return self.log_losses(losses, batch_size=size)
 
-    # ----------------------------------------------------------------------------------- evaluation
-    def _evaluate_pairs(self, batch: dict[str, Any], stage: str) -> None:
-        size = batch["image"].shape[0]
-        if self.decoder is not None:
-            target, background = batch["target"], batch["background"]
-            render = self.renderer(batch["image"], background)
-            # Hand pixels: the dataset's mask when it has one, else the label-free silhouette.
-            if "target_mask" in batch:
-                hand = (batch["target_mask"] > 0.5).to(target.dtype)
-            else:
-                hand = silhouette_target(target, background, self.silhouette_threshold)
-            values = {
-                "synthesis_l1": per_image_l1(render(batch["R_ij"])["image"], target).mean(),
-                "copy_input_l1": per_image_l1(batch["image"], target).mean(),
-                "background_l1": per_image_l1(background, target).mean(),
-                "copy_input_l1_hand": foreground_l1(batch["image"], target, hand),
-                "background_l1_hand": foreground_l1(background, target, hand),
-            }
-            if size > 1:  # the geometry controls: identity and another item's rotation
-                values.update(rotation_controls(render, batch["R_ij"], target, hand, background))
-            else:
-                values["synthesis_l1_hand"] = foreground_l1(render(batch["R_ij"])["image"], target, hand)
-            for name, value in values.items():
-                self.log(f"{stage}/{name}", value, batch_size=size, sync_dist=True)
-        if self.stage != 1:
-            self._evaluate(batch, stage)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_pairs(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate_pairs(batch, "test")
+__all__ = ["NVSModule"]

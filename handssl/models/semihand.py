@@ -1,92 +1,47 @@
 """SemiHandModule: SemiHand (Yang, Chen, Yao, ICCV'21) as a mean-teacher learner, or in the paper's offline rounds.
 
-A 2.5D pose network with a hand-mask head (:class:`~handssl.models.components.pose25d.Pose25DNet`) learns from
-labelled (synthetic) and unlabelled (real) images with
-
-* ``L_sup`` on labelled images (after "diversity" augmentation): ``|uv - uv_gt|^2 + lambda_d |d - d_gt|^2``
-  plus ``lambda_w |w - w_gt|_1`` on the mask;
-* the network step of the paper's Eq. 6, ``1(C <= tau) l(p, p_hat) + l(r, p)``, on the "diversity" copy of
-  each unlabelled image, the labels moved by the same transform
-  (:mod:`~handssl.models.components.pseudo_labels`: ``p_hat`` the average of original, perturbed and
-  biomechanically corrected predictions, ``C`` their spread, ``r = P(p_hat)`` the pseudo-label registered to
-  a hand template (:mod:`~handssl.models.components.hand_template`); the ungated ``l(r, p)`` has its own
-  weight, ``correction_weight``); labels whose correction refuses them (depth-mirrored, or moved more than
-  ``max_correction_mm``) enter neither term;
-* ``lambda_c (L_vc + L_cc)``: pose and mask equivariance under "perturbation" and the cross-modal pose <-> mask
-  term with stop-gradient on the mask (:mod:`~handssl.models.components.consistency`).
-
-``mode="mean_teacher"``: an EMA copy of the network (the teacher, no gradients, always in eval mode, in the
-checkpoint) makes the pseudo-labels and the consistency targets on the fly every step, and is used for
-evaluation. ``mode="rounds"`` follows the paper's Alg. 1: every ``epochs_per_round`` epochs the network itself
-(in eval mode) recomputes and stores a pseudo-label for every unlabelled image (kept in checkpoints); the
-consistency targets are the network's own stop-gradient predictions.
-
-The gate keeps the most confident ``accept_fraction`` of each batch (of the whole set in ``rounds``) unless a
-fixed ``threshold`` is given; the accept rate and the error of accepted and rejected labels are logged.
-
-Stage 2 started from a stage-1 checkpoint (``init_checkpoint``) continues its teacher: the student and the
-teacher are loaded, and the EMA update count carries on (no second warm-up).
-
-Switches for ablations: ``use_consistency``, ``use_pseudo_labels``, ``use_correction`` (correction inside the
-pseudo-labels and Eq. 6's ``l(r, p)``; ``correction_weight: 0`` keeps only the former), ``use_mask``.
-With all of them off and ``unlabeled_fraction: 0`` in the data it is the source-only baseline.
+A 2.5D pose network with a hand-mask head learns from labelled (synthetic) and unlabelled (real) images with
+``L_sup``, the paper's Eq. 6 ``1(C <= tau) l(p, p_hat) + l(r, p)`` on "diversity" copies of the unlabelled images,
+and view and cross-modal consistency (:mod:`~handssl.models.components.semihand_losses`). The pseudo-label
+``p_hat`` averages original, perturbed and biomechanically corrected predictions, ``C`` is their spread and ``r``
+the label registered to a hand template (:mod:`~handssl.models.components.pseudo_labels`). They come from an EMA
+teacher every step (``mode="mean_teacher"``), or from the network itself, stored for the whole unlabelled set
+every few epochs (``mode="rounds"``, the paper's Alg. 1, run by the callback
+:class:`~handssl.models.components.pseudo_label_pass.PseudoLabelRounds`). With ``use_consistency``,
+``use_pseudo_labels`` and ``use_correction`` off and ``unlabeled_fraction: 0`` in the data it is the source-only
+baseline.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import nullcontext
+from functools import partial
 from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from handssl.metrics.functional import masked_mean
-from handssl.metrics.health import pose25d_health
-from handssl.models.base import BaseHandTask, to_float
-from handssl.models.components.consistency import (
-    capsule_radii,
-    cross_modal_loss,
-    mask_equivariance_loss,
-    pose_equivariance_loss,
+from handssl.models.base import eval_mode, to_float
+from handssl.models.components.ema import EMATeacher, load_student_teacher, sync_buffers, warmup_momentum
+from handssl.models.components.hand_template import BoneLengthTemplate
+from handssl.models.components.lifting import Lifter
+from handssl.models.components.pose25d import Pose25DNet, PoseNorm, forward_parts
+from handssl.models.components.pseudo_label_pass import PseudoLabelRounds
+from handssl.models.components.pseudo_label_stats import label_stash, label_statistics, stash_state
+from handssl.models.components.pseudo_labels import PseudoLabeler, PseudoLabels, stack_views
+from handssl.models.components.semihand_losses import (
+    LossOptions,
+    SemiHandLosses,
+    consistency_targets,
+    unsupervised_weight,
 )
-from handssl.models.components.ema import EMATeacher, sync_buffers
-from handssl.models.components.hand_template import TEMPLATES, BoneLengthTemplate, subject_lengths
-from handssl.models.components.pose25d import (
-    Pose25DNet,
-    PoseNorm,
-    encode_25d,
-    heatmap_loss,
-    joint_error,
-    lift_25d,
-    recover_root_depth,
-)
-from handssl.models.components.pseudo_label_pass import label_unlabeled_set, round_table
-from handssl.models.components.pseudo_labels import (
-    PseudoLabeler,
-    PseudoLabels,
-    map_back,
-    pseudo_label_errors,
-    pseudo_label_loss,
-    transformed_label,
-)
-from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
+from handssl.models.pose25d_task import Pose25DTask
+from handssl.skeleton import MIDDLE_MCP
 
-MODES = ("mean_teacher", "rounds")
-LIFTINGS = ("known", "predicted")
-_ROOT_BONE = (ROOT, MIDDLE_MCP)
-
-
-def _template_lengths() -> tuple[float, float]:
-    """Template reference-bone length (mm) and wrist -> middle-MCP length in reference-bone units."""
-    from handssl.kinematics import template_bone_lengths
-    from handssl.skeleton import BONES
-
-    lengths = template_bone_lengths(torch.float64)
-    ref = float(lengths[BONES.index(REFERENCE_BONE)])
-    return ref, float(lengths[BONES.index(_ROOT_BONE)]) / ref
+STATE = {"round_table": None, "rounds_done": 0, "ema_updates": 0}  # in checkpoints, with the template
 
 
 def _default_corrector() -> Any:
@@ -95,30 +50,24 @@ def _default_corrector() -> Any:
     return correct
 
 
-class SemiHandModule(BaseHandTask):
+class SemiHandModule(Pose25DTask):
     """SemiHand: labelled synthetic + unlabelled real images, pseudo-labels with biomechanical correction.
 
     Args:
-        mode: ``"mean_teacher"`` (EMA teacher makes pseudo-labels every step) or ``"rounds"`` (the paper's
-            offline rounds: stored pseudo-labels recomputed every ``epochs_per_round`` epochs).
+        mode: ``"mean_teacher"`` (an EMA teacher labels every step) or ``"rounds"`` (the paper's offline rounds).
         backbone_widths: Channels of the ResNet stages.
         backbone_blocks: Basic blocks per stage.
         decoder_channels: Channels of the heatmap decoder.
-        output_stride: Input pixels per heatmap cell (4: 16 x 16 maps at 64 px; 2 doubles the step's cost and
-            learned no faster per step on SynthHands).
-        beta_init: Initial inverse temperature of the heatmap softmax (learned). Sharp from the start, so the
-            soft-argmax is a local read-out rather than a centre-biased average of a flat map.
+        output_stride: Input pixels per heatmap cell (4: 16 x 16 maps at 64 px; 2 cost twice as much, no better).
+        beta_init: Initial inverse temperature of the heatmap softmax (learned; sharp, so the soft-argmax is local).
         image_size: Input side in pixels (sets the capsule radii and the ``uv`` unit of the losses).
         root_joint: Root of the relative depth (the paper's: 9, the middle MCP).
         use_consistency: View consistency (pose + mask equivariance) and cross-modal consistency.
         use_pseudo_labels: Confidence-gated pseudo-label loss.
         use_correction: Biomechanical correction inside the pseudo-labels, and Eq. 6's ``l(r, p)``.
         use_mask: Train the mask head and use the mask terms of the consistency losses.
-        pose_loss: ``"l1"`` (absolute errors, Sun et al.'s integral loss; default) or ``"l2"`` (the paper's
-            squared distance) for ``L_sup``, the pseudo-label loss and the pose consistency; the confidence
-            ``C`` stays the paper's squared spread.
-        heatmap_weight: Weight of the Gaussian heatmap loss (:func:`~handssl.models.components.pose25d.heatmap_loss`)
-            on labelled joints and on accepted pseudo-labels (0: integral regression alone, as the paper).
+        pose_loss: ``"l1"`` (Sun et al.'s integral loss) or ``"l2"`` (the paper's) errors (see :class:`LossOptions`).
+        heatmap_weight: Weight of the Gaussian heatmap loss on labels and accepted pseudo-labels (0: as the paper).
         heatmap_sigma: Standard deviation of its target Gaussians, in heatmap cells.
         depth_weight: ``lambda_d`` of the pose distance (50 in the paper; ``sqrt`` of it under ``"l1"``).
         mask_weight: ``lambda_w`` of the supervised mask L1 (100 in the paper).
@@ -126,26 +75,18 @@ class SemiHandModule(BaseHandTask):
         cross_modal_weight: Weight of ``L_cc`` inside ``L_cons`` (0 disables it).
         pseudo_label_weight: Weight of the gated pseudo-label loss ``1(C <= tau) l(p, p_hat)``.
         correction_weight: Weight of Eq. 6's ungated ``l(r, p)`` (0 disables it).
-        threshold: A fixed confidence threshold ``tau`` on the spread ``C`` (the paper's 1.5), in
-            :func:`~handssl.models.components.pose25d.pose_distance` units (64-px pixels^2 plus
-            ``depth_weight`` x squared reference-bone units, averaged over joints); ``inf`` accepts every
-            label. ``None`` (default): gate by ``accept_fraction``.
-        accept_fraction: With ``threshold=None``, accept the most confident this fraction of each batch
-            (``rounds``: of the whole unlabelled set). 0 rejects all, 1 accepts all.
-        template: Hand template of the correction: ``"mean"`` (labelled hands' mean bone lengths scaled to
-            each prediction), ``"subject"`` (the unlabelled sample's own, from its annotation: privileged, the
-            paper's assumption) or ``"none"`` (see :mod:`~handssl.models.components.hand_template`).
-        ray_tol_px: Joints whose views agree in 2D to within this many 64-px pixels are corrected along their
-            camera rays only (``None``: full 3D correction).
+        threshold: A fixed threshold ``tau`` on the spread ``C`` (the paper's 1.5, in :class:`PseudoLabeler`'s
+            units; ``inf`` accepts all). ``None`` (default): gate by ``accept_fraction``.
+        accept_fraction: With ``threshold=None``, accept the most confident this fraction of each batch (of the set).
+        template: Hand template of the correction: ``"mean"``, ``"subject"`` (privileged, the paper's
+            assumption) or ``"none"`` (see :mod:`~handssl.models.components.hand_template`).
+        ray_tol_px: Correct joints whose views agree to this many 64-px pixels along their rays (``None``: in 3D).
         max_correction_mm: Refuse pseudo-labels whose correction moves them more than this (mean per joint).
         mirror_check: Refuse pseudo-labels whose depth-mirrored pose is more plausible.
-        lifting: 2.5D -> 3D at evaluation: ``"known"`` root depth and scale from the annotation (the paper's
-            protocol) or ``"predicted"`` (Iqbal's root recovery with the template scale).
-        pseudo_label_lifting: The same for lifting pseudo-labels before correction; ``"known"`` uses the
-            unlabelled images' annotated root depth and scale (the paper's assumption, privileged
-            information), ``"predicted"`` uses none.
-        template_scale_mm: Reference-bone length of the template hand for ``"predicted"`` lifting (default:
-            the :mod:`handssl.kinematics` template's).
+        lifting: 2.5D -> 3D at evaluation: ``"known"`` root depth and scale (the paper's protocol) or
+            ``"predicted"`` (see :mod:`~handssl.models.components.lifting`).
+        pseudo_label_lifting: The same for pseudo-labels before correction (``"known"``: privileged).
+        template_scale_mm: Reference-bone length of the template hand for ``"predicted"`` (default: kinematics').
         ema_decay: Teacher momentum ``m`` in ``teacher = m teacher + (1 - m) student``.
         ema_warmup: Use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates (fast early tracking).
         ema_buffer_mode: ``"ema"`` or ``"copy"`` for BatchNorm statistics (see :mod:`..components.ema`).
@@ -153,12 +94,10 @@ class SemiHandModule(BaseHandTask):
         unsupervised_start_step: Labelled-only steps before the unsupervised losses start (source pre-training).
         unsupervised_ramp_steps: Linear ramp of the unsupervised weights after the start.
         epochs_per_round: Epochs per pseudo-labelling round (``mode="rounds"``).
-        init_checkpoint: A SemiHandModule checkpoint to start from (e.g. a source-only run): its student, its
-            teacher (or the student where it has none), its EMA update count and its bone-length template.
+        init_checkpoint: A SemiHandModule checkpoint (e.g. source-only) to continue: networks, EMA count, template.
         capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
         capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
-        cross_modal_size: Resolution of the cross-modal comparison (the mask is area-downsampled, joints and
-            radii scaled; ``None``: full).
+        cross_modal_size: Resolution of the cross-modal comparison (``None``: full).
         lr: Learning rate of AdamW.
         weight_decay: Weight decay of AdamW.
         scheduler: ``"cosine"`` or ``"none"``.
@@ -168,8 +107,6 @@ class SemiHandModule(BaseHandTask):
         compile: Compile the student (and the teacher) with ``torch.compile`` (see :class:`BaseHandTask`).
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
-
-    capsule_radii: Tensor  # buffer, registered in configure_models
 
     def __init__(
         self,
@@ -223,56 +160,54 @@ class SemiHandModule(BaseHandTask):
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        for name, value in (("lifting", lifting), ("pseudo_label_lifting", pseudo_label_lifting)):
-            if value not in LIFTINGS:
-                raise ValueError(f"{name} must be one of {LIFTINGS}, got {value!r}")
-        if eval_network not in ("teacher", "student"):
-            raise ValueError(f"eval_network must be 'teacher' or 'student', got {eval_network!r}")
         if not 0.0 <= ema_decay <= 1.0:
             raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
-        if template not in TEMPLATES:
-            raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
-        if threshold is None and not 0.0 <= accept_fraction <= 1.0:
-            raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
-        if pose_loss not in ("l1", "l2"):
-            raise ValueError(f"pose_loss must be 'l1' or 'l2', got {pose_loss!r}")
-        if heatmap_weight < 0 or heatmap_sigma <= 0:
-            raise ValueError(
-                f"heatmap_weight must be >= 0 and heatmap_sigma > 0, got {heatmap_weight}, {heatmap_sigma}"
-            )
-        if epochs_per_round < 1:
-            raise ValueError(f"epochs_per_round must be >= 1, got {epochs_per_round}")
+        self.loss_options = LossOptions(
+            pose_loss=pose_loss,
+            depth_weight=depth_weight,
+            mask_weight=mask_weight,
+            heatmap_weight=heatmap_weight,
+            heatmap_sigma=heatmap_sigma,
+            pseudo_label_weight=pseudo_label_weight,
+            correction_weight=correction_weight,
+            consistency_weight=consistency_weight,
+            cross_modal_weight=cross_modal_weight,
+            cross_modal_size=cross_modal_size,
+            use_mask=use_mask,
+            capsule_finger_fraction=capsule_finger_fraction,
+            capsule_palm_fraction=capsule_palm_fraction,
+            use_pseudo_labels=use_pseudo_labels,
+            use_correction=use_correction,
+            use_consistency=use_consistency,
+        )
+        self.uv_unit_px = image_size / 64.0
+        self.pseudo_labeler = PseudoLabeler(
+            corrector=_default_corrector() if use_correction else None,
+            threshold=threshold,
+            accept_fraction=accept_fraction,
+            use_correction=use_correction,
+            depth_weight=depth_weight,
+            uv_unit_px=self.uv_unit_px,
+            root=root_joint,
+            ray_tol_px=ray_tol_px,
+            max_correction_mm=max_correction_mm,
+            mirror_check=mirror_check,
+        )
+        self.rounds = PseudoLabelRounds(epochs_per_round)  # a callback in mode="rounds" only
+        self.lifter = Lifter(root_joint, template_scale_mm)
         self.semi_mode = mode  # not ``self.mode``: that is the monitored metric's direction
         self.template_kind = template  # ``self.template`` is the running bone-length template
-        ref_mm, self.root_bone_ratio = _template_lengths()
-        self.template_scale_mm = float(template_scale_mm or ref_mm)
-        self.backbone_widths = backbone_widths
-        self.backbone_blocks = backbone_blocks
-        self.decoder_channels = decoder_channels
-        self.output_stride = output_stride
-        self.beta_init = beta_init
+        self.make_network = partial(
+            Pose25DNet,
+            widths=backbone_widths,
+            blocks=backbone_blocks,
+            decoder_channels=decoder_channels,
+            output_stride=output_stride,
+            beta_init=beta_init,
+        )
         self.image_size = image_size
         self.root_joint = root_joint
-        self.use_consistency = use_consistency
-        self.use_pseudo_labels = use_pseudo_labels
         self.use_correction = use_correction
-        self.use_mask = use_mask
-        self.pose_loss = pose_loss
-        self.heatmap_weight = heatmap_weight
-        self.heatmap_sigma = heatmap_sigma
-        self.depth_weight = depth_weight
-        self.mask_weight = mask_weight
-        self.consistency_weight = consistency_weight
-        self.cross_modal_weight = cross_modal_weight
-        self.pseudo_label_weight = pseudo_label_weight
-        self.correction_weight = correction_weight
-        self.threshold = threshold
-        self.accept_fraction = accept_fraction
-        self.ray_tol_px = ray_tol_px
-        self.max_correction_mm = max_correction_mm
-        self.mirror_check = mirror_check
         self.lifting = lifting
         self.pseudo_label_lifting = pseudo_label_lifting
         self.ema_decay = ema_decay
@@ -281,11 +216,7 @@ class SemiHandModule(BaseHandTask):
         self.eval_network = eval_network
         self.unsupervised_start_step = unsupervised_start_step
         self.unsupervised_ramp_steps = unsupervised_ramp_steps
-        self.epochs_per_round = epochs_per_round
         self.init_checkpoint = init_checkpoint
-        self.capsule_finger_fraction = capsule_finger_fraction
-        self.capsule_palm_fraction = capsule_palm_fraction
-        self.cross_modal_size = cross_modal_size
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -301,196 +232,52 @@ class SemiHandModule(BaseHandTask):
         self.ema_updates = 0
         self.last_momentum: float | None = None
         self.last_pseudo_labels: dict[str, Any] | None = None
-        self._last_eval_out: dict[str, Tensor] | None = None
 
-    # ----------------------------------------------------------------------------------------- build
     def configure_models(self) -> None:
-        self.student = Pose25DNet(
-            widths=self.backbone_widths,
-            blocks=self.backbone_blocks,
-            decoder_channels=self.decoder_channels,
-            output_stride=self.output_stride,
-            beta_init=self.beta_init,
-        )
+        self.student = self.make_network()
         self._init_loaded = False
         self.teacher = (
             EMATeacher(self.student, self.ema_buffer_mode) if self.semi_mode == "mean_teacher" else None
         )
-        self.uv_unit_px = self.image_size / 64.0
-        radii = capsule_radii(self.image_size, self.capsule_finger_fraction, self.capsule_palm_fraction)
-        self.register_buffer("capsule_radii", radii, persistent=False)
         self.template = BoneLengthTemplate()
-        self.pseudo_labeler = PseudoLabeler(
-            corrector=_default_corrector() if self.use_correction else None,
-            threshold=self.threshold,
-            accept_fraction=self.accept_fraction,
-            use_correction=self.use_correction,
-            depth_weight=self.depth_weight,
-            uv_unit_px=self.uv_unit_px,
-            root=self.root_joint,
-            ray_tol_px=self.ray_tol_px,
-            max_correction_mm=self.max_correction_mm,
-            mirror_check=self.mirror_check,
-        )
+
+    def configure_losses(self) -> None:
+        self.losses = SemiHandLosses(self.loss_options, self.image_size, self.root_joint)
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """The offline rounds (:class:`PseudoLabelRounds`, which read the DataModule) in ``mode="rounds"``."""
+        return [self.rounds] if self.semi_mode == "rounds" else []
 
     def compile_targets(self) -> list[torch.nn.Module]:
         """The student and the teacher's network (the teacher's forward is no-grad and in eval mode)."""
         return [self.student] + ([self.teacher.module] if self.teacher is not None else [])
 
     def setup(self, stage: str) -> None:
-        """Load ``init_checkpoint`` into the network (and the teacher) once, when fitting starts.
+        """Load ``init_checkpoint`` when fitting starts (not in ``__init__``: ``load_from_checkpoint`` never needs it).
 
-        Done here rather than in ``__init__`` so that ``load_from_checkpoint`` of a fine-tuned model never needs
-        the initial checkpoint; resuming with ``ckpt_path`` restores its own weights after this.
+        Student and teacher come from :func:`load_student_teacher`; resuming with ``ckpt_path`` loads over them.
         """
-        if stage == "fit" and self.init_checkpoint and not self._init_loaded:
-            self._load_init_checkpoint(self.init_checkpoint)
-            self._init_loaded = True
-
-    def _load_init_checkpoint(self, path: str) -> None:
-        """Student, teacher (or a copy of the student), EMA update count and template of a stage-1 run."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"init_checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        state = checkpoint.get("state_dict", checkpoint)
-        part = lambda prefix: {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
-        student, teacher = part("student."), part("teacher.")
-        if not student:
-            raise ValueError(
-                f"init_checkpoint {path} holds no 'student.*' weights (not a SemiHandModule checkpoint)"
-            )
-        self.student.load_state_dict(student)
+        if stage != "fit" or not self.init_checkpoint or self._init_loaded:
+            return
+        path = self.init_checkpoint
+        checkpoint, continued = load_student_teacher(path, self.student, self.teacher, "init_checkpoint")
         extra = checkpoint.get("semihand", {}) if isinstance(checkpoint, dict) else {}
-        if self.teacher is not None:
-            if teacher:
-                self.teacher.load_state_dict(teacher)
-                self.ema_updates = int(extra.get("ema_updates", 0))
-            else:
-                self.teacher.copy_from(self.student)
+        if continued:  # the teacher's EMA warm-up carries on
+            self.ema_updates = int(extra.get("ema_updates", 0))
         self.template.load_state(extra.get("template"))
+        self._init_loaded = True
         rank_zero_info(f"SemiHandModule: network initialised from {path} ({self.ema_updates} EMA updates)")
 
-    # ---------------------------------------------------------------------------------- prediction
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """Student prediction: ``uv`` (B, 21, 2) px, ``depth`` (B, 21), ``mask_logits``, ``heatmaps``."""
         return self.student(image)
 
     @property
     def eval_model(self) -> torch.nn.Module:
-        """The network used for evaluation and prediction."""
+        """The network used for evaluation and prediction (``eval_network``; ``rounds`` has only the student)."""
         if self.teacher is not None and self.eval_network == "teacher":
             return self.teacher
         return self.student
-
-    def lifting_params(
-        self,
-        uv: Tensor,
-        depth: Tensor,
-        K: Tensor,
-        lifting: str,
-        joints3d: Tensor | None = None,
-        valid: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Root depth and scale (both ``(B,)`` mm) to lift a 2.5D pose: known from annotation, or predicted.
-
-        ``"known"`` falls back to ``"predicted"`` for samples whose root or reference bone is not annotated.
-        """
-        root = self.root_joint
-        scale = torch.full_like(depth[:, 0], self.template_scale_mm)
-        root_depth = recover_root_depth(uv, depth, K, _ROOT_BONE, self.root_bone_ratio, root) * scale
-        if lifting == "known" and joints3d is not None:
-            needed = [root, *REFERENCE_BONE]
-            _, known_root, known_scale = encode_25d(torch.nan_to_num(joints3d), root, REFERENCE_BONE)
-            ok = torch.isfinite(joints3d[:, needed]).all(-1).all(-1) & (known_scale > 0)
-            if valid is not None:
-                ok &= valid[:, needed].bool().all(-1)
-            root_depth = torch.where(ok, known_root, root_depth)
-            scale = torch.where(ok, known_scale, scale)
-        return root_depth, scale
-
-    def _lift_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], Tensor]:
-        """The evaluation network's outputs on ``batch`` and its camera-frame 3D joints (mm)."""
-        out = to_float(self.eval_model(batch["image"]))
-        with self.full_precision():
-            root_depth, scale = self.lifting_params(
-                out["uv"],
-                out["depth"],
-                batch["K"],
-                self.lifting,
-                batch.get("joints3d"),
-                batch.get("valid"),
-            )
-            joints = lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
-        return out, joints
-
-    def predict_joints3d(self, batch: dict[str, Any]) -> Tensor:
-        out, joints = self._lift_batch(batch)
-        self._last_eval_out = out  # validation_step reads it for the health diagnostics: no second pass
-        return root_relative(joints)
-
-    def lift_known(self, out: dict[str, Tensor], batch: dict[str, Any]) -> Tensor:
-        """Camera-frame joints (mm) of network outputs lifted with the batch's annotated root depth and scale."""
-        root_depth, scale = self.lifting_params(
-            out["uv"], out["depth"], batch["K"], "known", batch["joints3d"], batch["valid"]
-        )
-        return lift_25d(out["uv"], out["depth"], batch["K"], root_depth, scale, self.root_joint)
-
-    def health(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """:func:`~handssl.metrics.health.pose25d_health` of network outputs on an annotated batch.
-
-        3D is lifted with the annotated root depth and scale (``"known"``), whatever ``lifting`` says, so that
-        depth and size are judged on their own.
-        """
-        with torch.no_grad(), self.full_precision():
-            out = to_float(out)
-            joints = self.lift_known(out, batch)
-            return pose25d_health(
-                out["uv"],
-                out["heatmaps"],
-                joints,
-                batch["joints2d"],
-                batch["joints3d"],
-                batch["valid"],
-                self.root_joint,
-            )
-
-    def _log_health(self, stage: str, out: dict[str, Tensor], batch: dict[str, Any]) -> None:
-        if "joints2d" not in batch or "K" not in batch:
-            return
-        for name, value in self.health(out, batch).items():
-            if torch.isfinite(value):
-                self.log(f"{stage}/health_{name}", value, batch_size=out["uv"].shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """The base task's metrics plus the network's health (``val/health_*``) from the same forward pass."""
-        self._evaluate(batch, "val")
-        if self._last_eval_out is not None:
-            self._log_health("val", self._last_eval_out, batch)
-            self._last_eval_out = None
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Root-relative and camera-frame 3D joints, 2D joints and a per-joint confidence.
-
-        ``joints3d`` and ``joints3d_camera`` in mm (the root depth as ``lifting`` gives it, with the batch's
-        ``K``), ``joints2d`` in network input pixels, ``confidence`` the peak of each joint's heatmap in (0, 1].
-        """
-        out, joints = self._lift_batch(batch)
-        return {
-            "joints3d": root_relative(joints),
-            "joints3d_camera": joints,
-            "joints2d": out["uv"],
-            "confidence": out["heatmaps"].flatten(2).amax(-1),
-            "meta": batch.get("meta"),
-        }
-
-    @contextmanager
-    def _eval_mode(self, module: torch.nn.Module) -> Any:
-        was_training = module.training
-        module.eval()
-        try:
-            yield module
-        finally:
-            module.train(was_training)
 
     @torch.no_grad()
     def compute_pseudo_labels(
@@ -503,108 +290,54 @@ class SemiHandModule(BaseHandTask):
             network: The labelling network (default: the teacher, or the network in eval mode for rounds).
 
         Returns:
-            The :class:`PseudoLabels` and the network's outputs on the original images (``uv``, ``depth``,
-            ``mask_prob``).
+            The :class:`PseudoLabels` and the original images' consistency targets (``uv``, ``depth``, ``mask_prob``).
         """
         if network is None:
             network = self.teacher if self.teacher is not None else self.student
-        image, perturbed = batch["image"], batch["image_perturbed"]
-        b, p = perturbed.shape[:2]
-        if network is self.student:
-            with self._eval_mode(self.student):
-                out = network(torch.cat([image, perturbed.flatten(0, 1)]))
-        else:
-            out = network(torch.cat([image, perturbed.flatten(0, 1)]))
-        out = to_float(out)
+        image, b = batch["image"], batch["image"].shape[0]
+        with eval_mode(self.student) if network is self.student else nullcontext():
+            out = to_float(network(torch.cat([image, batch["image_perturbed"].flatten(0, 1)])))
         with self.full_precision():  # lifting and correction (SVD, det) in float32
-            uv, depth = out["uv"], out["depth"]
-            uv_views = torch.cat(
-                [uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), batch["perturb_matrix"])], 1
+            uv, depth = stack_views(out["uv"], out["depth"], batch["perturb_matrix"])
+            K, joints, valid = batch["K"], batch.get("eval_joints3d"), batch.get("eval_valid")
+            root, scale = self.lifter.params(
+                uv.mean(1), depth.mean(1), K, self.pseudo_label_lifting, joints, valid
             )
-            depth_views = torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
-            root_depth, scale = self.lifting_params(
-                uv_views.mean(1),
-                depth_views.mean(1),
-                batch["K"],
-                self.pseudo_label_lifting,
-                batch.get("eval_joints3d"),
-                batch.get("eval_valid"),
-            )
-            template = self.correction_template(batch, scale)
-            labels = self.pseudo_labeler(uv_views, depth_views, batch["K"], root_depth, scale, template)
-        first = {"uv": uv[:b], "depth": depth[:b], "mask_prob": torch.sigmoid(out["mask_logits"][:b])}
-        return labels, first
+            labels = self.pseudo_labeler(uv, depth, K, root, scale, self.correction_template(batch, scale))
+        return labels, consistency_targets(out, b)
 
     def correction_template(self, batch: dict[str, Any], scale_mm: Tensor) -> Tensor | None:
         """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``template``)."""
-        if not self.use_correction or self.template_kind == "none":
-            return None
-        mean = self.template.scaled(scale_mm)
-        if self.template_kind == "subject" and "eval_joints3d" in batch:
-            return subject_lengths(batch["eval_joints3d"], mean, batch.get("eval_valid"))
-        return mean
+        kind = self.template_kind if self.use_correction else "none"
+        return self.template.lengths_for(kind, scale_mm, batch.get("eval_joints3d"), batch.get("eval_valid"))
 
-    # ------------------------------------------------------------------------------------ training
-    def _unsupervised_factor(self) -> float:
-        if self.global_step < self.unsupervised_start_step:
-            return 0.0
-        if self.unsupervised_ramp_steps <= 0:
-            return 1.0
-        return min(1.0, (self.global_step - self.unsupervised_start_step + 1) / self.unsupervised_ramp_steps)
+    def _labels_and_targets(
+        self, unlabeled: dict[str, Any], want: dict[str, bool]
+    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+        """Pseudo-label rows (``uv``, ``depth``, ``*_registered``, ``accepted``, ``refused``) and consistency targets."""
+        if self.semi_mode == "rounds":
+            need_rows = want["pseudo_label"] or want["correction"]
+            rows = self.rounds.rows(self, unlabeled["index"]) if need_rows else None
+            if not want["consistency"]:
+                return rows, None
+            with torch.no_grad(), eval_mode(self.student):  # the network's own stop-gradient predictions
+                return rows, consistency_targets(self.student(unlabeled["image"]))
+        labels, teacher_out = self.compute_pseudo_labels(unlabeled, self.teacher)
+        self.last_pseudo_labels = label_stash(unlabeled, labels, self.pseudo_labeler.threshold)
+        with self.full_precision():
+            for name, (value, size) in label_statistics(labels, unlabeled, self.root_joint).items():
+                self.log(f"train/{name}", value, batch_size=size)
+        return labels.to_dict(), teacher_out
 
     def supervised_losses(self, out: dict[str, Tensor], batch: dict[str, Any]) -> dict[str, Tensor]:
-        """``L_sup``: 2D (64-px units), depth (``lambda_d``, bone units), heatmap and mask (``lambda_w`` x L1).
-
-        2D and depth errors are squared or absolute (``pose_loss``); the heatmap term (``heatmap_weight``)
-        pulls each labelled joint's map towards a Gaussian at its annotated ``uv``.
-        """
-        valid = batch["valid"].bool()
-        joints2d, joints3d = batch["joints2d"], batch["joints3d"]
-        valid2d = valid & torch.isfinite(joints2d).all(-1) & batch.get("in_bounds", valid).bool()
-        depth_gt, _, _ = encode_25d(torch.nan_to_num(joints3d), self.root_joint, REFERENCE_BONE)
-        needed = [self.root_joint, *REFERENCE_BONE]
-        valid3d = valid & valid[:, needed].all(-1, keepdim=True) & torch.isfinite(joints3d).all(-1)
-        depth = root_relative(out["depth"], self.root_joint, joint_axis=-1)
-        uv_error = (out["uv"] - torch.nan_to_num(joints2d)) / self.uv_unit_px
-        depth_error = (depth - torch.nan_to_num(depth_gt)).unsqueeze(-1)
-        losses = {
-            "sup_2d": masked_mean(joint_error(uv_error, self.pose_loss), valid2d),
-            "sup_depth": masked_mean(joint_error(depth_error, self.pose_loss, self.depth_weight), valid3d),
-        }
-        if self.heatmap_weight > 0:
-            losses["sup_heatmap"] = self.heatmap_weight * heatmap_loss(
-                out["log_heatmaps"], joints2d, valid2d, self._stride(out), self.heatmap_sigma
-            )
-        if self.use_mask:
-            has_mask = batch.get(
-                "has_mask", torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
-            ).bool()
-            per_sample = (torch.sigmoid(out["mask_logits"]) - batch["mask"]).abs().flatten(1).mean(1)
-            losses["sup_mask"] = self.mask_weight * masked_mean(per_sample, has_mask)
-        return losses
-
-    def _stride(self, out: dict[str, Tensor]) -> int:
-        return self.image_size // out["heatmaps"].shape[-1]
-
-    def _round_labels(self, index: Tensor) -> dict[str, Tensor]:
-        if self.round_table is None:
-            raise RuntimeError(
-                "mode='rounds' has no stored pseudo-labels yet (regenerate_pseudo_labels not run)"
-            )
-        index = index.long().cpu()
-        rows = {k: v[index].to(self.device) for k, v in self.round_table.items()}
-        rows["accepted"] = rows["accepted"] & rows["filled"]
-        rows["refused"] = rows["refused"].bool() | ~rows["filled"]
-        return rows
+        """``L_sup`` of network outputs on a labelled batch (:meth:`SemiHandLosses.supervised`)."""
+        return self.losses.supervised(out, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
-        factor = self._unsupervised_factor() if unlabeled is not None else 0.0
-        want = {
-            "pseudo_label": self.use_pseudo_labels and factor > 0,
-            "correction": self.use_correction and self.correction_weight > 0 and factor > 0,
-            "consistency": self.use_consistency and factor > 0,
-        }
+        start, ramp = self.unsupervised_start_step, self.unsupervised_ramp_steps
+        factor = unsupervised_weight(self.global_step, start, ramp) if unlabeled is not None else 0.0
+        want = self.loss_options.wanted(factor)
         parts: dict[str, Tensor] = {}
         if labeled is not None:
             parts["labeled"] = labeled["image"]
@@ -617,269 +350,47 @@ class SemiHandModule(BaseHandTask):
                 parts["perturbed"] = unlabeled["image_perturbed"][:, 0]
         if not parts:
             raise ValueError("training batch has neither a labeled part nor active unsupervised losses")
-        sizes = [x.shape[0] for x in parts.values()]
-        merged = self.student(torch.cat(list(parts.values())))
-        chunks = {key: value.split(sizes) for key, value in merged.items()}
-        outs = {name: {key: chunks[key][i] for key in merged} for i, name in enumerate(parts)}
+        outs = forward_parts(self.student, parts)
         losses: dict[str, Tensor] = {}
-        total = merged["uv"].new_zeros(())
+        total = outs[next(iter(parts))]["uv"].new_zeros(())
         if labeled is not None:
             with self.full_precision():
-                sup = self.supervised_losses(outs["labeled"], labeled)
+                sup = self.losses.supervised(outs["labeled"], labeled)
             losses.update(sup)
             total = total + sum(sup.values())
-            if self._should_log_health():
-                self._log_health("train", outs["labeled"], labeled)
+            every = getattr(self._trainer, "log_every_n_steps", 1)  # Lightning sets it untyped
+            if (self.global_step + 1) % max(1, int(every)) == 0:
+                self.log_health("train", outs["labeled"], labeled)
         if unlabeled is not None and any(want.values()):
-            total = total + factor * self._unsupervised_losses(outs, unlabeled, losses, want)
-        losses["loss"] = total
-        return self.log_losses(losses, batch_size=sum(sizes))
-
-    def _should_log_health(self) -> bool:
-        every = getattr(self._trainer, "log_every_n_steps", 1)  # Lightning sets it untyped
-        return (self.global_step + 1) % max(1, int(every)) == 0
-
-    def _labels_and_targets(
-        self, unlabeled: dict[str, Any], want: dict[str, bool]
-    ) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
-        """Pseudo-labels and consistency targets of an unlabelled batch, from the teacher or the round table.
-
-        The pseudo-label rows hold ``uv``, ``depth``, ``uv_registered``, ``depth_registered``, ``accepted`` and
-        ``refused``.
-        """
-        if self.semi_mode == "mean_teacher":
-            labels, teacher_out = self.compute_pseudo_labels(unlabeled, self.teacher)
-            self._stash(unlabeled, labels)
+            rows, target = self._labels_and_targets(unlabeled, want)
             with self.full_precision():
-                self._log_pseudo_label_stats(labels, unlabeled)
-            return labels.to_dict(), teacher_out
-        rows: dict[str, Tensor] | None = None
-        target: dict[str, Tensor] | None = None
-        if want["pseudo_label"] or want["correction"]:
-            if self.round_table is None:  # the unsupervised losses started within an epoch
-                self.regenerate_pseudo_labels()
-            rows = self._round_labels(unlabeled["index"])
-        if want["consistency"]:
-            with torch.no_grad(), self._eval_mode(self.student):
-                raw = self.student(unlabeled["image"])
-            target = {"uv": raw["uv"], "depth": raw["depth"], "mask_prob": torch.sigmoid(raw["mask_logits"])}
-        return rows, target
-
-    def _unsupervised_losses(
-        self,
-        outs: dict[str, dict[str, Tensor]],
-        unlabeled: dict[str, Any],
-        losses: dict[str, Tensor],
-        want: dict[str, bool],
-    ) -> Tensor:
-        """The gated pseudo-label loss, Eq. 6's ``l(r, p)`` and the consistency losses (in float32)."""
-        rows, target = self._labels_and_targets(unlabeled, want)
-        label_loss = lambda uv, depth, keep: pseudo_label_loss(  # noqa: E731
-            outs["strong"]["uv"],
-            outs["strong"]["depth"],
-            uv,
-            depth,
-            unlabeled["strong_matrix"],
-            keep,
-            self.image_size,
-            self.depth_weight,
-            self.uv_unit_px,
-            self.root_joint,
-            self.pose_loss,
-        )
-        total = outs[next(iter(outs))]["uv"].new_zeros(())
-        with self.full_precision():
-            if want["pseudo_label"]:
-                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
-                losses["pseudo_label"] = label_loss(rows["uv"], rows["depth"], rows["accepted"])
-                losses["accept_rate"] = rows["accepted"].float().mean().detach()
-                total = total + self.pseudo_label_weight * losses["pseudo_label"]
-                if self.heatmap_weight > 0:  # accepted labels supervise the maps as annotations do
-                    label_uv, inside = transformed_label(
-                        rows["uv"], unlabeled["strong_matrix"], self.image_size
-                    )
-                    strong = outs["strong"]
-                    # mean over accepted joints times the accepted share: rejected items count as 0, as in
-                    # the gated pose term
-                    losses["pseudo_label_heatmap"] = rows["accepted"].float().mean() * heatmap_loss(
-                        strong["log_heatmaps"],
-                        label_uv,
-                        inside & rows["accepted"].bool().unsqueeze(-1),
-                        self._stride(strong),
-                        self.heatmap_sigma,
-                    )
-                    total = (
-                        total
-                        + self.pseudo_label_weight * self.heatmap_weight * losses["pseudo_label_heatmap"]
-                    )
-            if want["correction"]:  # Eq. 6's l(r, p): ungated, but never towards a refused correction
-                assert rows is not None, "_labels_and_targets gives pseudo-label rows when they are wanted"
-                usable = ~rows["refused"].bool()
-                losses["correction"] = label_loss(rows["uv_registered"], rows["depth_registered"], usable)
-                total = total + self.correction_weight * losses["correction"]
-            if want["consistency"]:
-                assert target is not None, (
-                    "_labels_and_targets gives consistency targets when they are wanted"
-                )
-                total = total + self.consistency_weight * self._consistency_losses(
-                    outs, unlabeled, target, losses
-                )
-        return total
-
-    def _consistency_losses(
-        self,
-        outs: dict[str, dict[str, Tensor]],
-        unlabeled: dict[str, Any],
-        target: dict[str, Tensor],
-        losses: dict[str, Tensor],
-    ) -> Tensor:
-        """``L_vc`` (pose and mask equivariance under the first perturbation) and ``L_cc`` (cross-modal)."""
-        r = self.root_joint
-        pert = outs["perturbed"]
-        matrix = unlabeled["perturb_matrix"][:, 0]
-        cons = losses["consistency_pose"] = pose_equivariance_loss(
-            pert["uv"],
-            pert["depth"] - pert["depth"][:, r : r + 1],
-            target["uv"],
-            target["depth"] - target["depth"][:, r : r + 1],
-            matrix,
-            self.depth_weight,
-            self.uv_unit_px,
-            self.image_size,
-            self.pose_loss,
-        )
-        if not self.use_mask:
-            return cons
-        losses["consistency_mask"] = mask_equivariance_loss(
-            torch.sigmoid(pert["mask_logits"]), target["mask_prob"], matrix
-        )
-        cons = cons + losses["consistency_mask"]
-        if self.cross_modal_weight > 0:
-            cc = [
-                cross_modal_loss(
-                    o["uv"],
-                    torch.sigmoid(o["mask_logits"]),
-                    self.capsule_radii,
-                    uv_unit_px=self.uv_unit_px,
-                    size=self.cross_modal_size,
-                )["total"]
-                for o in outs.values()
-            ]
-            losses["cross_modal"] = torch.stack(cc).mean()
-            cons = cons + self.cross_modal_weight * losses["cross_modal"]
-        return cons
-
-    def _log_pseudo_label_stats(self, labels: PseudoLabels, unlabeled: dict[str, Any]) -> None:
-        b = labels.spread.shape[0]
-        for name, value in (
-            ("spread", labels.spread),
-            ("changed", labels.changed.float()),
-            ("refused", labels.refused.float()),
-            ("mirrored", labels.mirrored.float()),
-            ("implausibility_mm", labels.implausibility_mm),
-        ):
-            self.log(f"train/pl_{name}", value.float().mean(), batch_size=b)
-        if "eval_joints3d" not in unlabeled:
-            return
-        errors = pseudo_label_errors(
-            labels,
-            unlabeled["eval_joints3d"],
-            unlabeled["eval_valid"],
-            K=unlabeled["K"],
-            depth_root=self.root_joint,
-        )
-        errors["error_accepted"] = torch.where(labels.accepted, errors["error_final"], float("nan"))
-        errors["error_rejected"] = torch.where(labels.accepted, float("nan"), errors["error_final"])
-        for name, value in errors.items():
-            finite = value[torch.isfinite(value)]
-            if finite.numel():
-                self.log(f"train/pl_{name}_mm", finite.mean(), batch_size=finite.numel())
-
-    def _stash(self, unlabeled: dict[str, Any], labels: PseudoLabels, keep: int = 8) -> None:
-        """Keep a few pseudo-labels of the latest batch (on CPU) for the visualisation callback."""
-        sub = PseudoLabels(**{k: v[:keep].detach().cpu() for k, v in labels.to_dict().items()})
-        self.last_pseudo_labels = {
-            "image": unlabeled["image"][:keep].detach().cpu(),
-            "labels": sub,
-            "eval_joints2d": unlabeled.get("eval_joints2d", torch.empty(0))[:keep].detach().cpu(),
-            "eval_joints3d": unlabeled.get("eval_joints3d", torch.empty(0))[:keep].detach().cpu(),
-            "eval_valid": unlabeled.get("eval_valid", torch.empty(0))[:keep].detach().cpu(),
-            "threshold": self.threshold,
-        }
+                total = total + factor * self.losses.unsupervised(outs, unlabeled, rows, target, want, losses)
+        losses["loss"] = total
+        return self.log_losses(losses, batch_size=sum(x.shape[0] for x in parts.values()))
 
     def visualization_state(self, stage: Literal["val", "test"] = "val") -> dict[str, Any]:
-        """The base task's state plus the latest training pseudo-labels (``pseudo_labels``) and their spread.
+        """The base task's state plus the latest training pseudo-labels and their spread (:func:`stash_state`)."""
+        return {**super().visualization_state(stage), **stash_state(self.last_pseudo_labels)}
 
-        ``pseudo_labels`` holds the first items of the latest unlabelled batch (``image``, ``labels``:
-        :class:`PseudoLabels`, ``eval_joints2d``/``eval_joints3d``/``eval_valid``, ``threshold``); ``confidence``
-        is their spread ``C``, a cost: kept ``"below"`` ``confidence_threshold`` (``None`` with the fraction gate).
-        """
-        state = super().visualization_state(stage)
-        stash = self.last_pseudo_labels
-        if stash is not None:
-            threshold = stash.get("threshold")
-            state["pseudo_labels"] = stash
-            state["confidence"] = stash["labels"].spread
-            state["confidence_threshold"] = float(threshold) if threshold is not None else None
-            state["confidence_keep"] = "below"
-        return state
-
-    # ---------------------------------------------------------------------------------------- EMA
     def current_momentum(self) -> float:
         """Momentum of the next teacher update (``ema_decay``, warmed up over the first updates)."""
-        m = self.ema_decay
-        if self.ema_warmup:
-            m = min(m, (1 + self.ema_updates) / (10 + self.ema_updates))
-        return float(m)
+        return warmup_momentum(self.ema_decay, self.ema_updates, self.ema_warmup)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.teacher is None:
-            return
-        sync_buffers(self.student)
-        m = self.current_momentum()
-        self.teacher.update(self.student, m)
-        self.last_momentum = m
-        self.ema_updates += 1
-
-    # ------------------------------------------------------------------------------------- rounds
-    def on_train_epoch_start(self) -> None:
-        if self.semi_mode != "rounds" or not self.use_pseudo_labels:
-            return
-        if self.global_step < self.unsupervised_start_step and self.round_table is None:
-            return
-        if self.round_table is None or self.current_epoch % self.epochs_per_round == 0:
-            self.regenerate_pseudo_labels()
-
-    @torch.no_grad()
-    def regenerate_pseudo_labels(self) -> None:
-        """Recompute and store a pseudo-label for every unlabelled item (one round of the paper's Alg. 1)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "pseudo_label_dataloader"):
-            raise ValueError("mode='rounds' needs a SemiSupervisedDataModule (with pseudo_label_dataloader)")
-        table = label_unlabeled_set(
-            self, datamodule, self.trainer.global_rank, self.trainer.world_size, network=self.student
-        )
-        n = datamodule.num_unlabeled
-        if table is None:
-            raise ValueError("mode='rounds' found no unlabelled items to pseudo-label in the datamodule")
-        self.round_table = round_table(table, n, self.threshold, self.accept_fraction)
-        self.rounds_done += 1
-        rate = float(self.round_table["accepted"].float().mean()) if n else 0.0
-        rank_zero_info(f"SemiHandModule: round {self.rounds_done}: {n} pseudo-labels, {rate:.0%} accepted")
+        if self.teacher is not None:
+            sync_buffers(self.student)
+            self.last_momentum = self.current_momentum()
+            self.teacher.update(self.student, self.last_momentum)
+            self.ema_updates += 1
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["semihand"] = {
-            "round_table": self.round_table,
-            "rounds_done": self.rounds_done,
-            "ema_updates": self.ema_updates,
-            "template": self.template.state(),
-        }
+        state = {key: getattr(self, key) for key in STATE}
+        checkpoint["semihand"] = {**state, "template": self.template.state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("semihand", {})
-        self.round_table = state.get("round_table")
-        self.rounds_done = state.get("rounds_done", 0)
-        self.ema_updates = state.get("ema_updates", 0)
+        for key, default in STATE.items():
+            setattr(self, key, state.get(key, default))
         self.template.load_state(state.get("template"))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +32,10 @@ __all__ = [
     "activate_requires_grad",
     "cosine_schedule",
     "deactivate_requires_grad",
+    "load_student_teacher",
     "sync_buffers",
     "update_momentum",
+    "warmup_momentum",
 ]
 
 BUFFER_MODES = ("ema", "copy")
@@ -125,6 +128,14 @@ def cosine_schedule(step: int, max_steps: int, start_value: float, end_value: fl
     return end_value - (end_value - start_value) * (math.cos(math.pi * step / max_steps) + 1) / 2
 
 
+def warmup_momentum(decay: float, updates: int, warmup: bool = True) -> float:
+    """The momentum of the next update: ``decay``, or ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates.
+
+    The warm-up lets the teacher track the student quickly while both change fast, early on.
+    """
+    return float(min(decay, (1 + updates) / (10 + updates)) if warmup else decay)
+
+
 class EMATeacher(nn.Module):
     """A frozen, always-eval copy of a student network, updated by :func:`update_momentum`.
 
@@ -165,3 +176,36 @@ class EMATeacher(nn.Module):
         if self.training or self.module.training:  # flags set directly (e.g. Lightning's mode restore)
             self.train(False)
         return self.module(*args, **kwargs)
+
+
+def load_student_teacher(
+    path: str | Path, student: nn.Module, teacher: EMATeacher | None, what: str = "checkpoint"
+) -> tuple[dict[str, Any], bool]:
+    """Load a student and its teacher from a checkpoint of a student/teacher module (``student.*``, ``teacher.*``).
+
+    The teacher continues the checkpoint's own teacher where it has one (so a second stage keeps its EMA
+    history), else starts as a copy of the student.
+
+    Args:
+        path: The checkpoint (Lightning's, with ``state_dict``, or a plain state dict).
+        student: Gets the ``student.*`` weights.
+        teacher: Gets the ``teacher.*`` weights, or a copy of the student (``None``: no teacher to load).
+        what: How error messages name the file (e.g. the argument that gave it).
+
+    Returns:
+        The whole checkpoint (for its other entries) and whether the teacher was loaded from it.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    state = checkpoint.get("state_dict", checkpoint)
+    part = lambda prefix: {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+    student_state, teacher_state = part("student."), part("teacher.")
+    if not student_state:
+        raise ValueError(f"{what} {path} holds no 'student.*' weights (not a student/teacher checkpoint)")
+    student.load_state_dict(student_state)
+    if teacher is not None and teacher_state:
+        teacher.load_state_dict(teacher_state)
+    elif teacher is not None:
+        teacher.copy_from(student)
+    return checkpoint, teacher is not None and bool(teacher_state)

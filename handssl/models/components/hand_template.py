@@ -66,6 +66,21 @@ class BoneLengthTemplate(nn.Module):
         shape = self.lengths.to(scale_mm.dtype) / self.lengths[REFERENCE_INDEX].to(scale_mm.dtype)
         return scale_mm.unsqueeze(-1) * shape
 
+    def lengths_for(
+        self, kind: str, scale_mm: Tensor, joints3d: Tensor | None = None, valid: Tensor | None = None
+    ) -> Tensor | None:
+        """``(B, 20)`` template bone lengths (mm) of one of :data:`TEMPLATES` for a batch lifted at ``scale_mm``.
+
+        ``"mean"``: :meth:`scaled`; ``"subject"``: each sample's own, from its annotation ``joints3d`` (the mean
+        where it has none: :func:`subject_lengths`); ``"none"``: ``None``.
+        """
+        if kind == "none":
+            return None
+        mean = self.scaled(scale_mm)
+        if kind == "subject" and joints3d is not None:
+            return subject_lengths(joints3d, mean, valid)
+        return mean
+
     def state(self) -> dict[str, Tensor]:
         return {"lengths": self.lengths.detach().cpu().clone(), "count": self.count.detach().cpu().clone()}
 

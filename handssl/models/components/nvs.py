@@ -14,7 +14,8 @@ All modules are plain ``nn.Module``s: tensors in, tensors out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -288,3 +289,45 @@ class PoseHead(nn.Module):
         """Normalised output to root-relative joints in mm (the root is set exactly to zero)."""
         joints = self.denormalize(normalized)
         return root_relative(joints)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a Lightning checkpoint (``state_dict`` inside) or a plain state dict from disk."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained_checkpoint not found: {path} (give the checkpoint that stage 1 of the pretrained "
+            "regime wrote, e.g. experiments/nvs_pretrained.yaml's ModelCheckpoint dirpath)"
+        )
+    # Lightning checkpoints pickle hyper-parameters too; the file is the user's own training output.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (got {type(state).__name__})")
+    return state
+
+
+def load_modules(path: str | Path, modules: Mapping[str, nn.Module | None]) -> None:
+    """Load each named module (weights and BatchNorm statistics) from the ``<name>.*`` keys of a checkpoint.
+
+    Raises:
+        ValueError: The checkpoint holds no such keys, or they do not fit the module's architecture.
+    """
+    state = load_state_dict_file(path)
+    for name, module in modules.items():
+        if module is None:
+            continue
+        prefix = f"{name}."
+        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if not part:
+            raise ValueError(f"{path} holds no {name} weights (keys starting with {prefix!r})")
+        own = module.state_dict()
+        mismatch = [k for k in own if k not in part or tuple(part[k].shape) != tuple(own[k].shape)]
+        if mismatch:
+            raise ValueError(
+                f"{path}: the {name} does not match this model's architecture ({len(mismatch)} missing or "
+                f"mis-shaped tensors, e.g. {mismatch[:3]}); use the same image_size, num_points, "
+                "appearance_dim and widths as stage 1"
+            )
+        module.load_state_dict(part)

@@ -32,6 +32,7 @@ __all__ = [
     "Pose25DNet",
     "PoseNorm",
     "encode_25d",
+    "forward_parts",
     "gaussian_heatmaps",
     "heatmap_loss",
     "joint_error",
@@ -172,6 +173,14 @@ class Pose25DNet(nn.Module):
             "heatmaps": probs,
             "log_heatmaps": log_probs,
         }
+
+
+def forward_parts(network: nn.Module, parts: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Network outputs of several batches from one pass over them all (BatchNorm sees them together), by name."""
+    sizes = [x.shape[0] for x in parts.values()]
+    merged = network(torch.cat(list(parts.values())))
+    chunks = {key: value.split(sizes) for key, value in merged.items()}
+    return {name: {key: chunks[key][i] for key in merged} for i, name in enumerate(parts)}
 
 
 def encode_25d(

@@ -60,6 +60,7 @@ __all__ = [
     "pseudo_label_errors",
     "pseudo_label_loss",
     "spread",
+    "stack_views",
     "transformed_label",
 ]
 
@@ -81,6 +82,22 @@ def map_back(uv: Tensor, matrices: Tensor) -> Tensor:
         ``(B, P, J, 2)`` pixels of the original image.
     """
     return transform_points(uv, invert_matrix(matrices.to(uv.dtype)))
+
+
+def stack_views(uv: Tensor, depth: Tensor, matrices: Tensor) -> tuple[Tensor, Tensor]:
+    """The views of each image from one pass over ``B`` originals followed by their ``B x P`` perturbed copies.
+
+    Args:
+        uv: ``(B + B P, J, 2)`` predictions, the originals first, then each original's ``P`` copies in turn.
+        depth: ``(B + B P, J)`` relative depths, in the same order.
+        matrices: ``(B, P, 3, 3)`` perturbation matrices (original -> perturbed pixels).
+
+    Returns:
+        ``(B, V, J, 2)`` and ``(B, V, J)`` with ``V = P + 1``, view 0 the original, the others mapped back.
+    """
+    b, p = matrices.shape[:2]
+    uv_views = torch.cat([uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), matrices)], 1)
+    return uv_views, torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
 
 
 def spread(uv_views: Tensor, depth_views: Tensor, uv: Tensor, depth: Tensor, **distance: Any) -> Tensor:
