@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from handssl.geometry import transform_points
+from handssl.geometry import optical_axis_rotation, transform_intrinsics, transform_points
 
 __all__ = [
     "DiversityOptions",
@@ -342,16 +342,6 @@ def diversity(
 
 
 # ---------------------------------------------------------------------------------------------- labels
-def _rotation_z(matrices: Tensor) -> Tensor:
-    """The optical-axis rotation of similarity matrices (their 2 x 2 block over its scale), ``(B, 3, 3)``."""
-    block = matrices[:, :2, :2]
-    scale = torch.linalg.det(block).clamp_min(1e-12).sqrt()
-    rz = torch.zeros_like(matrices)
-    rz[:, :2, :2] = block / scale[:, None, None]
-    rz[:, 2, 2] = 1.0
-    return rz
-
-
 def _in_bounds(joints2d: Tensor, size: tuple[int, int]) -> Tensor:
     h, w = size
     finite = torch.isfinite(joints2d).all(-1)
@@ -375,9 +365,9 @@ def augment_labeled_batch(batch: dict[str, Any], options: DiversityOptions) -> d
         out["mask"] = warped.to(masks.dtype) if masks is not None else warped
     device = images.device
     m = matrices.to(device, torch.float32)
-    rz = _rotation_z(matrices).to(device, torch.float32)
+    rz = optical_axis_rotation(matrices).to(device, torch.float32)
     out["joints2d"] = transform_points(batch["joints2d"], m)
-    out["K"] = m @ batch["K"] @ rz.transpose(-1, -2)
+    out["K"] = transform_intrinsics(batch["K"], matrices)
     if "joints3d" in batch:
         out["joints3d"] = batch["joints3d"] @ rz.transpose(-1, -2)
     out["in_bounds"] = _in_bounds(out["joints2d"], tuple(images.shape[-2:]))
@@ -408,5 +398,5 @@ def augment_unlabeled_batch(
         m = m64.to(images.device, torch.float32)
         out["image_strong"] = strong
         out["strong_matrix"] = m
-        out["K_strong"] = m @ batch["K"] @ _rotation_z(m64).to(images.device, torch.float32).transpose(-1, -2)
+        out["K_strong"] = transform_intrinsics(batch["K"], m64)
     return out
