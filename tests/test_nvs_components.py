@@ -334,3 +334,21 @@ def test_rotation_controls_tell_a_latent_that_rotates_from_a_blob():
     assert torch.equal(blob * (1 - hand), background * (1 - hand))  # the blob leaves the background alone
     with pytest.raises(ValueError, match="at least 2"):
         rotation_controls(geometric, R[:1], target[:1], hand[:1], background[:1])
+
+
+def test_latent_equivariance_zero_for_rotated_copies_and_blind_to_scale_and_shift():
+    from handssl.models.components.nvs_losses import latent_equivariance
+
+    torch.manual_seed(0)
+    points = torch.randn(3, POINTS, 3)
+    R = torch.stack([rotation_about_axis("y", a) for a in (0.3, 1.2, 2.5)])
+    rotated = points @ R.transpose(-1, -2)
+    assert float(latent_equivariance(points, rotated * 4.0 + 2.0, R)) < 1e-10
+    # unrotated copies are not equivariant to a 0.3-2.5 rad turn; unrelated clouds score about 2
+    assert float(latent_equivariance(points, points, R)) > 0.1
+    assert 1.0 < float(latent_equivariance(points, torch.randn(3, POINTS, 3), R)) < 3.0
+    # a collapsed latent (every point in one place) cannot reach 0
+    collapsed = torch.zeros(3, POINTS, 3)
+    assert float(latent_equivariance(collapsed, points, R)) > 0.5
+    with pytest.raises(ValueError, match="differ"):
+        latent_equivariance(points, points[:, :5], R)

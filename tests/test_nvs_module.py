@@ -585,3 +585,23 @@ def test_pose_head_batch_norm_sees_only_the_labeled_rows():
         assert torch.allclose(*losses) == same, rows
     with pytest.raises(ValueError, match="pose_head_rows"):
         tiny_module("semi", pose_head_rows="unlabeled")
+
+
+def test_latent_equivariance_joins_the_synthesis_loss():
+    batch = next(iter(t2_datamodule(0.0).train_dataloader()))
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        module = tiny_module("pretrained", latent_equivariance_weight=weight, latent_dropout=0.0)
+        torch.manual_seed(1)
+        losses[weight] = module.training_losses(batch)
+    assert "latent_equivariance" not in losses[0.0]
+    term = losses[2.0]["latent_equivariance"]
+    assert float(term) > 0
+    assert float(losses[2.0]["synthesis"]) == pytest.approx(
+        float(losses[0.0]["synthesis"] + 2.0 * term), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="both_directions"):
+        tiny_module("pretrained", latent_equivariance_weight=1.0, both_directions=False)
+    with pytest.raises(ValueError, match="latent_equivariance_weight must be >= 0"):
+        tiny_module("pretrained", latent_equivariance_weight=-1.0)

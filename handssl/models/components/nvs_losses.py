@@ -92,6 +92,36 @@ def mean_colour_blob(target: Tensor, silhouette: Tensor, background: Tensor) -> 
     return background * (1 - silhouette) + colour.view(1, -1, 1, 1) * silhouette
 
 
+def latent_equivariance(points_i: Tensor, points_j: Tensor, R_ij: Tensor) -> Tensor:
+    """How far the rotated latent of view *i* is from the latent of view *j*: ``|R_ij L_i - L_j|^2``.
+
+    A 3D latent that carries geometry is equivariant to the camera rotation (Worrall et al., "Interpretable
+    transformations with encoder-decoder networks", ICCV'17; Rhodin et al.'s latent is rotated by ``R_ij`` on
+    the same assumption, but only the decoder's output checks it). Each point set is centred and scaled to unit
+    RMS first, so shrinking or translating the latent cannot lower the loss and the only constant minimum
+    (every point at one place) is excluded.
+
+    Args:
+        points_i: ``(B, N, 3)`` latent points of view *i*.
+        points_j: ``(B, N, 3)`` latent points of view *j* of the same instant.
+        R_ij: ``(B, 3, 3)`` rotation from camera *i* to camera *j*.
+
+    Returns:
+        Scalar mean squared distance per coordinate of the normalised point sets (0 for an exactly equivariant
+        latent; about 2 for unrelated ones).
+    """
+    if points_i.shape != points_j.shape:
+        raise ValueError(f"points_i {tuple(points_i.shape)} and points_j {tuple(points_j.shape)} differ")
+
+    def normalised(points: Tensor) -> Tensor:
+        centred = points - points.mean(1, keepdim=True)
+        rms = centred.pow(2).sum(-1).mean(1).sqrt().clamp_min(EPS)
+        return centred / rms[:, None, None]
+
+    rotated = normalised(points_i.float()) @ R_ij.float().transpose(-1, -2)
+    return (rotated - normalised(points_j.float())).pow(2).sum(-1).mean()
+
+
 def rotation_controls(
     render: Callable[[Tensor], dict[str, Tensor]],
     R: Tensor,
@@ -196,6 +226,7 @@ class SynthesisLoss(nn.Module):
 __all__: Sequence[str] = [
     "SynthesisLoss",
     "foreground_l1",
+    "latent_equivariance",
     "mask_iou",
     "normalize_mask_max",
     "silhouette_bce",
