@@ -605,3 +605,35 @@ def test_latent_equivariance_joins_the_synthesis_loss():
         tiny_module("pretrained", latent_equivariance_weight=1.0, both_directions=False)
     with pytest.raises(ValueError, match="latent_equivariance_weight must be >= 0"):
         tiny_module("pretrained", latent_equivariance_weight=-1.0)
+
+
+def test_balanced_weight_hand_computed_and_smoothed():
+    from handssl.models.components.gradient_balance import balanced_weight
+
+    assert balanced_weight(2.0, 8.0, 0.1, None, 0.8) == pytest.approx(0.025)
+    # geometric smoothing: 0.8 of log(previous) and 0.2 of log(measured)
+    assert balanced_weight(2.0, 8.0, 0.1, 1.0, 0.8) == pytest.approx(0.025**0.2)
+    assert balanced_weight(0.0, 8.0, 0.1, 0.5, 0.8) == 0.5  # nothing to balance: keep the weight
+    assert balanced_weight(2.0, float("nan"), 0.1, None, 0.8) is None
+
+
+def test_pose_gradient_ratio_sets_the_measured_balance_and_survives_a_checkpoint():
+    from handssl.models.components.gradient_balance import PoseGradientBalance
+
+    torch.manual_seed(0)
+    module = tiny_module("semi", pose_weight=123.0, pose_gradient_ratio=0.05, latent_dropout=0.0)
+    trainer = fit(module, SHARE["semi"], steps=1)
+    (balance,) = [c for c in trainer.callbacks if isinstance(c, PoseGradientBalance)]
+    assert balance.ratio == 0.05 and module.pose_weight == balance.weight != 123.0
+    # measured again on a batch, the encoder's weighted pose gradient is near 5 % of its synthesis gradient
+    batch = next(iter(datamodule(0.5).train_dataloader()))
+    torch.manual_seed(3)
+    norms = module.encoder_gradient_norms(batch)
+    assert 0.01 < norms["pose"] / norms["synthesis"] < 0.25
+    restored = PoseGradientBalance(0.05)
+    restored.load_state_dict(balance.state_dict())
+    assert restored.weight == balance.weight
+    with pytest.raises(ValueError, match="pose_gradient_ratio needs the semi regime"):
+        tiny_module("supervised", pose_gradient_ratio=0.1)
+    with pytest.raises(ValueError, match="ratio must be > 0"):
+        PoseGradientBalance(0.0)

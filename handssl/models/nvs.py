@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from handssl.models.base import check_batch, to_float
+from handssl.models.components.gradient_balance import PoseGradientBalance, gradient_norms
 from handssl.models.components.nvs import NVSDecoder, NVSEncoder, PoseHead, composite, load_modules
 from handssl.models.components.nvs_losses import SynthesisLoss, latent_equivariance
 from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
@@ -78,10 +79,11 @@ class NVSModule(NVSTask):
             encoded view).
         pose_views: ``"all"``: the pose loss covers every encoded image with visible labels (views i and j,
             and the appearance images when the batch has ``joints3d_t2``); ``"input"``: view i only.
-        pose_weight: Weight of the pose loss next to the synthesis loss (semi regime;
-            :meth:`encoder_gradient_norms` measures the balance). Measured at 1 labelled subject of 32 (20 min
-            on 2 CPU cores, test N-MPJPE): 1 -> 72.1, 0.1 -> 68.5 (with 1,200 warm-up steps), 0.01 -> 66.1 mm;
-            the less the labelled subject pulls the shared encoder, the better the pose head generalises.
+        pose_weight: Weight of the pose loss next to the synthesis loss (semi regime). With AdamW it only sets
+            how hard the pose loss pulls the shared encoder (:meth:`encoder_gradient_norms` measures that).
+        pose_gradient_ratio: Semi regime: when set, ``pose_weight`` is re-measured every 50 steps so that the
+            encoder's pose gradient is this share of its synthesis gradient (:class:`PoseGradientBalance`);
+            ``pose_weight`` then holds for the first 50 steps only.
         synthesis_warmup_steps: Semi regime: optimizer steps of synthesis only before the pose loss joins.
         synthesis_items: Semi regime: the items the synthesis loss covers. ``"all"``; or ``"unlabeled"``, so
             that the labelled subjects, which the batch sampler puts into ``labeled_share`` of every batch,
@@ -133,6 +135,7 @@ class NVSModule(NVSTask):
         both_directions: bool = True,
         pose_views: Literal["input", "all"] = "all",
         pose_weight: float = 0.01,
+        pose_gradient_ratio: float | None = None,
         synthesis_warmup_steps: int = 0,
         synthesis_items: Literal["all", "unlabeled"] = "all",
         normalize_mask: bool = True,
@@ -163,6 +166,10 @@ class NVSModule(NVSTask):
             raise ValueError(f"synthesis_warmup_steps must be >= 0, got {synthesis_warmup_steps}")
         if pose_weight < 0:
             raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
+        if pose_gradient_ratio is not None and (regime != "semi" or not pose_gradient_ratio > 0):
+            raise ValueError(
+                f"pose_gradient_ratio needs the semi regime and a value > 0, got {pose_gradient_ratio}"
+            )
         if latent_equivariance_weight < 0:
             raise ValueError(f"latent_equivariance_weight must be >= 0, got {latent_equivariance_weight}")
         if latent_equivariance_weight > 0 and not both_directions:
@@ -206,6 +213,7 @@ class NVSModule(NVSTask):
         self.stage = stage if regime == "pretrained" else None
         self.pretrained_checkpoint = pretrained_checkpoint
         self.pose_weight = pose_weight
+        self.pose_gradient_ratio = pose_gradient_ratio
         self.latent_equivariance_weight = latent_equivariance_weight
         self.synthesis_warmup_steps = synthesis_warmup_steps
         self.silhouette_threshold = silhouette_threshold
@@ -273,8 +281,9 @@ class NVSModule(NVSTask):
         )
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`PoseStatistics`: the pose head's statistics and the labelled share, from the DataModule."""
-        return [PoseStatistics()]
+        """:class:`PoseStatistics` (from the DataModule) and, with ``pose_gradient_ratio``, the gradient balance."""
+        ratio = self.pose_gradient_ratio
+        return [PoseStatistics()] + ([PoseGradientBalance(ratio)] if ratio is not None else [])
 
     def load_pretrained(self, path: str | Path) -> None:
         """Load encoder and decoder weights (and BatchNorm statistics) from stage 1's checkpoint."""
@@ -366,24 +375,18 @@ class NVSModule(NVSTask):
         return losses
 
     def encoder_gradient_norms(self, batch: dict[str, Any]) -> dict[str, float]:
-        """L2 norms of the encoder's gradient from the weighted pose loss and from the synthesis loss.
+        """L2 norms of the encoder's gradient from the weighted pose loss and from the synthesis loss (semi).
 
-        Measures the balance that ``pose_weight`` sets (semi regime); the weights are not changed.
+        Measures the balance that ``pose_weight`` sets (:func:`gradient_norms`); the weights are not changed.
         """
         if self.regime != "semi":
             raise ValueError("encoder_gradient_norms compares the semi regime's two losses")
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
         encoded = self._encode_training(batch, pose=True)
         terms = {
             "synthesis": self._synthesis_losses(batch, encoded)["synthesis"],
             "pose": self.pose_weight * self._pose_loss(batch, encoded),
         }
-        norms = {}
-        for name, loss in terms.items():
-            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-            squares = [(g.float() ** 2).sum() for g in grads if g is not None]
-            norms[name] = float(torch.sqrt(sum(squares, torch.zeros(()))))
-        return norms
+        return gradient_norms(terms, self.encoder.parameters())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         check_batch(batch, "training batch")
