@@ -352,3 +352,31 @@ def test_latent_equivariance_zero_for_rotated_copies_and_blind_to_scale_and_shif
     assert float(latent_equivariance(collapsed, points, R)) > 0.5
     with pytest.raises(ValueError, match="differ"):
         latent_equivariance(points, points[:, :5], R)
+
+
+def test_splat_points_peak_where_the_point_projects_with_its_depth():
+    from handssl.models.components.nvs import splat_points
+
+    points = torch.tensor([[[0.0, 0.0, 0.7], [1.0, -1.0, -0.3]]], requires_grad=True)
+    maps = splat_points(points, side=9, sigma=0.1)
+    assert maps.shape == (1, 2, 9, 9)
+    occupancy, depth = maps[0]
+    assert float(occupancy[4, 4]) == pytest.approx(1.0, abs=1e-3)  # centre point: rows y, columns x
+    assert float(occupancy[0, 8]) == pytest.approx(1.0, abs=1e-3)  # x = 1 (right), y = -1 (top)
+    assert float(depth[4, 4]) == pytest.approx(0.7, abs=1e-2)
+    assert float(depth[0, 8]) == pytest.approx(-0.3, abs=1e-2)
+    maps[0, 0, 4, 5].backward()
+    assert points.grad is not None and float(points.grad[0, 0, 0]) > 0  # moving right raises that cell
+    with pytest.raises(ValueError, match="sigma"):
+        splat_points(points, 9, sigma=0.0)
+
+
+def test_splat_decoder_renders_a_turned_latent_differently_even_with_a_blind_linear_layer():
+    torch.manual_seed(0)
+    decoder = NVSDecoder(SIZE, POINTS, APP, latent_channels=8, widths=(16, 8), dropout=0.0, splat=True).eval()
+    torch.nn.init.zeros_(decoder.from_latent[0].weight)  # the linear path sees nothing
+    points, appearance = torch.rand(1, POINTS, 3) - 0.5, torch.rand(1, APP)
+    turned = rotate_points(points, rotation_about_axis("y", torch.tensor(1.2)))
+    with torch.no_grad():
+        a, b = decoder.layers(points, appearance)[0], decoder.layers(turned, appearance)[0]
+    assert float((a - b).abs().max()) > 1e-3

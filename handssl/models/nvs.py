@@ -58,10 +58,9 @@ class NVSModule(NVSTask):
             pose to ``L3D``).
         encoder_widths: Channels of the encoder's ResNet stages.
         encoder_blocks: Basic blocks per encoder stage.
-        decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution); 64-32-16 gave the
-            best foreground L1 in an overfit test (32-16-8 painted every subject one colour).
-        decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution
-            (16: a quarter of the parameters of 64 for hand-pixel L1 0.153 against 0.148 in the label sweep).
+        decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution).
+        decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution.
+        decoder_splat: Also give the decoder the rotated points' splats (:func:`~handssl.models.components.nvs.splat_points`).
         latent_dropout: Dropout on the lifted latent in the decoder (Rhodin et al.: 0.3).
         pose_hidden: Hidden sizes of the pose MLP (Rhodin et al.: two of 2048; 512-512 gave the same supervised
             N-MPJPE at 1 labelled subject, 75.3 against 75.0 mm, in a network small enough to ship).
@@ -126,6 +125,7 @@ class NVSModule(NVSTask):
         encoder_blocks: Sequence[int] = (1, 1, 1, 1),
         decoder_widths: Sequence[int] = (64, 32, 16),
         decoder_latent_channels: int = 16,
+        decoder_splat: bool = False,
         latent_dropout: float = 0.3,
         pose_hidden: Sequence[int] = (512, 512),
         pose_dropout: float = 0.5,
@@ -196,6 +196,7 @@ class NVSModule(NVSTask):
             decoder_widths,
             latent_dropout,
             normalize_mask=normalize_mask,
+            splat=decoder_splat,
         )
         self.make_pose_head = partial(PoseHead, num_points, pose_hidden, pose_dropout)
         self.make_reconstruction = partial(

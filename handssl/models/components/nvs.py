@@ -55,6 +55,33 @@ def composite(foreground: Tensor, mask: Tensor, background: Tensor) -> Tensor:
     return mask * foreground + (1 - mask) * background
 
 
+def splat_points(points: Tensor, side: int, sigma: float = 0.15) -> Tensor:
+    """Orthographic Gaussian splats of point sets on a ``side x side`` grid over ``[-1, 1]^2``: occupancy and depth.
+
+    The image plane is the camera's ``x`` (right) and ``y`` (down); each point adds
+    ``exp(-|grid - (x, y)|^2 / (2 sigma^2))`` to the occupancy channel and that weight times its ``z`` to the
+    depth channel (then divided by the occupancy). Differentiable in the points, so the encoder learns to place
+    them where the hand is.
+
+    Args:
+        points: ``(B, N, 3)`` points (a rotated ``L3D``).
+        side: Grid side in cells.
+        sigma: Splat radius in the grid's ``[-1, 1]`` units.
+
+    Returns:
+        ``(B, 2, side, side)``: occupancy (point count per cell, smoothed) and mean depth.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    axis = torch.linspace(-1.0, 1.0, side, dtype=points.dtype, device=points.device)
+    dx = axis.view(1, 1, 1, side) - points[..., 0, None, None]  # (B, N, 1, side)
+    dy = axis.view(1, 1, side, 1) - points[..., 1, None, None]  # (B, N, side, 1)
+    weight = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))  # (B, N, side, side)
+    occupancy = weight.sum(1)
+    depth = (weight * points[..., 2, None, None]).sum(1) / (occupancy + 1e-3)
+    return torch.stack([occupancy, depth], dim=1)
+
+
 def turntable_rotations(num_views: int, axis: str = "y", degrees: float = 360.0) -> Tensor:
     """Rotations about a camera axis for a turntable of novel views.
 
@@ -169,6 +196,10 @@ class NVSDecoder(nn.Module):
         norm: Normalisation kind in the up-blocks.
         normalize_mask: Divide each mask by its maximum (NSD's ``scale_mask_max_to_1``), so every rendering
             holds a fully opaque pixel and "show only the background" stops being an easy minimum.
+        splat: Also feed the decoder the points' orthographic splats (:func:`splat_points`: occupancy and
+            depth at its lowest resolution), so that the rendering depends on where the rotated points
+            project, not only on what a linear layer makes of their coordinates (a departure from Rhodin et
+            al., whose decoder sees the points through the linear layer alone).
     """
 
     def __init__(
@@ -181,6 +212,7 @@ class NVSDecoder(nn.Module):
         dropout: float = 0.3,
         norm: str = "batch",
         normalize_mask: bool = False,
+        splat: bool = False,
     ) -> None:
         super().__init__()
         if not widths:
@@ -194,13 +226,14 @@ class NVSDecoder(nn.Module):
         self.side = image_size // factor
         self.latent_channels = latent_channels
         self.normalize_mask = normalize_mask
+        self.splat = splat
         self.from_latent = nn.Sequential(
             nn.Linear(3 * num_points, latent_channels * self.side * self.side),
             nn.Dropout(dropout),
             nn.ReLU(inplace=True),
         )
         blocks = []
-        channels = latent_channels + appearance_dim
+        channels = latent_channels + appearance_dim + (2 if splat else 0)
         for width in widths:
             blocks.append(UpBlock(channels, width, norm))
             channels = width
@@ -215,7 +248,8 @@ class NVSDecoder(nn.Module):
             raise ValueError(f"appearance must be (B, {self.appearance_dim}), got {tuple(appearance.shape)}")
         lifted = self.from_latent(points.flatten(1)).view(-1, self.latent_channels, self.side, self.side)
         tiled = appearance[:, :, None, None].expand(-1, -1, self.side, self.side)
-        out = self.to_output(self.up(torch.cat([lifted, tiled], dim=1)))
+        maps = [lifted, tiled] + ([splat_points(points, self.side)] if self.splat else [])
+        out = self.to_output(self.up(torch.cat(maps, dim=1)))
         foreground = torch.sigmoid(out[:, :3])
         mask = MASK_FLOOR + (1 - MASK_FLOOR) * torch.sigmoid(out[:, 3:])
         if self.normalize_mask:
