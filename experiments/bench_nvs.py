@@ -56,7 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a Lightning or {state_dict, hyper_parameters} file")
     source.add_argument("--pretrained", help="a name of handssl.pretrained (e.g. nvs-semi-synthhands)")
-    parser.add_argument("--items", type=int, default=512, help="test pairs to evaluate")
+    parser.add_argument("--items", type=int, default=512, help="pairs to evaluate")
+    parser.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="the subjects: val to choose a recipe, test to report",
+    )
     parser.add_argument("--mean-items", type=int, default=512, help="training views in the mean image")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--style", default="synthetic")
@@ -83,8 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     size = module.hparams.image_size
     common = {"image_size": size, "style": args.style}
     train = MultiViewPairs(SynthHandsMultiView(split="train", **common))
+    # The recipes' evaluation sets (experiments/data/synthhands_multiview.yaml)
+    frames = 32 if args.split == "test" else 16
     test = MultiViewPairs(
-        SynthHandsMultiView(split="test", sequences_per_subject=2, frames_per_sequence=32, **common)
+        SynthHandsMultiView(split=args.split, sequences_per_subject=2, frames_per_sequence=frames, **common)
     )
 
     step = max(1, len(train) // args.mean_items)
@@ -108,9 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for batch in loader:
             render = module.renderer(batch["image"], batch["background"])
+            mean_latent = module.renderer(batch["image"], batch["background"], latent="mean")
             hand = (batch["target_mask"] > 0.5).float()
             if batch["image"].shape[0] > 1:
-                values = rotation_controls(render, batch["R_ij"], batch["target"], hand, batch["background"])
+                values = rotation_controls(
+                    render, batch["R_ij"], batch["target"], hand, batch["background"], mean_latent
+                )
                 for key, value in values.items():
                     controls[key] = controls.get(key, 0.0) + float(value)
                 batches += 1
@@ -143,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     table = ["| method | L1 all pixels | L1 foreground pixels |", "|---|---|---|"]
     table += [f"| {r['method']} | {r['l1_all']} | {r['l1_foreground']} |" for r in rows]
-    header = f"network: {args.checkpoint or args.pretrained}, {min(args.items, len(test))} test pairs, images in [0, 1]\n\n"
+    header = (
+        f"network: {args.checkpoint or args.pretrained}, {min(args.items, len(test))} {args.split} pairs, "
+        "images in [0, 1]\n\n"
+    )
     controls = {k: round(v / max(batches, 1), 4) for k, v in controls.items()}
     true = controls["synthesis_l1_hand"]
     table += [
@@ -156,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("true rotation R_ij", "synthesis_l1_hand"),
                 ("identity rotation", "identity_l1_hand"),
                 ("another item's rotation", "other_rotation_l1_hand"),
+                ("the batch's mean latent, true rotation", "mean_latent_l1_hand"),
                 ("mean-colour blob in the true mask", "blob_l1_hand"),
             )
         ),

@@ -328,8 +328,15 @@ def test_rotation_controls_tell_a_latent_that_rotates_from_a_blob():
     assert good["synthesis_l1_hand"] < 1e-6 and good["mask_iou"] == 1.0
     assert good["identity_l1_hand"] > 0.1 and good["other_rotation_l1_hand"] > 0.1
     blob = mean_colour_blob(target, hand, background)
-    blind = rotation_controls(lambda rotation: {"image": blob, "mask": hand}, R, target, hand, background)
+    assert "mean_latent_l1_hand" not in good
+    appearance_only = {"image": blob, "mask": hand}  # a decoder that draws from the appearance vector alone
+    blind = rotation_controls(
+        lambda rotation: appearance_only, R, target, hand, background, lambda rotation: appearance_only
+    )
     assert blind["synthesis_l1_hand"] == blind["identity_l1_hand"] == blind["other_rotation_l1_hand"]
+    assert blind["mean_latent_l1_hand"] == blind["synthesis_l1_hand"]
+    with_mean = rotation_controls(geometric, R, target, hand, background, lambda r: geometric(r.roll(1, 0)))
+    assert with_mean["mean_latent_l1_hand"] > 0.1
     assert torch.allclose(blind["synthesis_l1_hand"], blind["blob_l1_hand"])
     assert torch.equal(blob * (1 - hand), background * (1 - hand))  # the blob leaves the background alone
     with pytest.raises(ValueError, match="at least 2"):

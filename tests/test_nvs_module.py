@@ -349,7 +349,13 @@ def test_validation_logs_synthesis_and_pose_metrics(tmp_path):
     metrics = trainer.validate(semi, datamodule=datamodule(0.5), verbose=False)[0]
     for key in ("val/synthesis_l1", "val/copy_input_l1", "val/mpjpe", "val/n_mpjpe", "val/pa_mpjpe"):
         assert key in metrics
-    for key in ("synthesis_l1_hand", "copy_input_l1_hand", "background_l1_hand", "mask_iou"):
+    for key in (
+        "synthesis_l1_hand",
+        "copy_input_l1_hand",
+        "background_l1_hand",
+        "mask_iou",
+        "mean_latent_l1_hand",
+    ):
         assert f"val/{key}" in metrics
     stage1 = trainer.validate(tiny_module("pretrained", stage=1), datamodule=datamodule(0.0), verbose=False)[
         0

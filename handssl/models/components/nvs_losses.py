@@ -128,6 +128,7 @@ def rotation_controls(
     target: Tensor,
     silhouette: Tensor,
     background: Tensor,
+    render_mean_latent: Callable[[Tensor], dict[str, Tensor]] | None = None,
 ) -> dict[str, Tensor]:
     """Does the latent's rotation predict the other view? Hand-pixel L1 with the true and with wrong rotations.
 
@@ -142,22 +143,28 @@ def rotation_controls(
         target: ``(B, 3, H, W)`` target views.
         silhouette: ``(B, 1, H, W)`` hand pixels of the targets.
         background: ``(B, 3, H, W)`` the target cameras' backgrounds.
+        render_mean_latent: Optional ``render`` of the batch's mean latent in place of each item's (with its
+            own appearance): a decoder that draws the hand from the appearance vector scores the same with it.
 
     Returns:
         ``synthesis_l1_hand`` (true rotation), ``identity_l1_hand``, ``other_rotation_l1_hand`` (each item
-        rendered with the next item's rotation), ``blob_l1_hand`` and ``mask_iou`` (true rotation's mask).
+        rendered with the next item's rotation), ``blob_l1_hand``, ``mask_iou`` (true rotation's mask) and,
+        with ``render_mean_latent``, ``mean_latent_l1_hand`` (true rotation).
     """
     if R.shape[0] < 2:
         raise ValueError("rotation_controls needs a batch of at least 2 items (another item's rotation)")
     true = render(R)
     identity = torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R)
-    return {
+    values = {
         "synthesis_l1_hand": foreground_l1(true["image"], target, silhouette),
         "identity_l1_hand": foreground_l1(render(identity)["image"], target, silhouette),
         "other_rotation_l1_hand": foreground_l1(render(R.roll(1, 0))["image"], target, silhouette),
         "blob_l1_hand": foreground_l1(mean_colour_blob(target, silhouette, background), target, silhouette),
         "mask_iou": mask_iou(true["mask"], silhouette).mean(),
     }
+    if render_mean_latent is not None:
+        values["mean_latent_l1_hand"] = foreground_l1(render_mean_latent(R)["image"], target, silhouette)
+    return values
 
 
 class SynthesisLoss(nn.Module):
