@@ -30,6 +30,7 @@ from handssl.callbacks.nvs_viz import nvs_panels
 from handssl.data.datamodules import collate_samples
 from handssl.data.multiview import MultiViewPairs
 from handssl.data.synthhands.multi_view import SynthHandsMultiView
+from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.models.components.nvs import load_state_dict_file
 from handssl.models.components.nvs_losses import rotation_controls
 from handssl.models.nvs import NVSModule
@@ -81,10 +82,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.checkpoint or args.pretrained} has no decoder (supervised regime): nothing to synthesise"
         )
     size = module.hparams.image_size
-    common = {"image_size": size, "style": args.style}
-    train = MultiViewPairs(SynthHandsMultiView(split="train", **common))
+    world = SynthHandsWorld(style=args.style, image_size=size)
+    train = MultiViewPairs(SynthHandsMultiView(split="train", world=world))
     test = MultiViewPairs(
-        SynthHandsMultiView(split="test", sequences_per_subject=2, frames_per_sequence=32, **common)
+        SynthHandsMultiView(split="test", world=world, sequences_per_subject=2, frames_per_sequence=32)
     )
 
     step = max(1, len(train) // args.mean_items)

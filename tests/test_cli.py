@@ -239,7 +239,7 @@ def test_non_finite_loss_stops_training():
 
 
 def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
-    from handssl.data import SupervisedDataModule, SynthHands
+    from handssl.data import SupervisedDataModule, SynthHands, SynthHandsWorld
 
     run(["fit", "-c", str(CONF)], tmp_path)
     ckpt = next((tmp_path / "runs" / "supervised_tiny" / "version_0" / "checkpoints").glob("*.ckpt"))
@@ -253,7 +253,7 @@ def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
     model = SupervisedModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     test = SynthHands(
         split="test",
-        image_size=32,
+        world=SynthHandsWorld(image_size=32),
         num_subjects=1,
         sequences_per_subject=1,
         frames_per_sequence=4,
