@@ -32,7 +32,7 @@ from torch import Tensor
 
 import handssl.pretrained as pretrained
 from handssl.biomech import correct
-from handssl.data import SynthHands
+from handssl.data import SynthHands, SynthHandsWorld
 from handssl.geometry import project
 from handssl.kinematics import bone_lengths_of
 from handssl.models.components.pose25d import encode_25d, lift_25d
@@ -50,7 +50,10 @@ def wrist_relative_error(joints: Tensor, target: Tensor) -> Tensor:
 def noisy_ground_truth(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Rows of part 1: the pseudo-labeller of ``model`` on noisy true poses, per noise level."""
     data = SynthHands(
-        "test", "real", image_size=64, num_subjects=args.subjects, frames_per_sequence=args.frames
+        "test",
+        world=SynthHandsWorld(style="real", image_size=64),
+        num_subjects=args.subjects,
+        frames_per_sequence=args.frames,
     )
     step = max(1, len(data) // args.items)
     items = [data[i] for i in range(0, len(data), step)][: args.items]

@@ -30,6 +30,7 @@ from handssl.callbacks.nvs_viz import nvs_panels
 from handssl.data.datamodules import collate_samples
 from handssl.data.multiview import MultiViewPairs
 from handssl.data.synthhands.multi_view import SynthHandsMultiView
+from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.models.components.nvs import load_state_dict_file
 from handssl.models.components.nvs_losses import rotation_controls
 from handssl.models.nvs import NVSModule
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.checkpoint or args.pretrained} has no decoder (supervised regime): nothing to synthesise"
         )
     size = module.hparams.image_size
-    common = {"image_size": size, "style": args.style}
-    train = MultiViewPairs(SynthHandsMultiView(split="train", **common))
+    world = SynthHandsWorld(style=args.style, image_size=size)
+    train = MultiViewPairs(SynthHandsMultiView(split="train", world=world))
     # The recipes' evaluation sets (experiments/data/synthhands_multiview.yaml)
     frames = 32 if args.split == "test" else 16
     test = MultiViewPairs(
-        SynthHandsMultiView(split=args.split, sequences_per_subject=2, frames_per_sequence=frames, **common)
+        SynthHandsMultiView(
+            split=args.split, world=world, sequences_per_subject=2, frames_per_sequence=frames
+        )
     )
 
     step = max(1, len(train) // args.mean_items)

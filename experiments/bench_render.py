@@ -26,7 +26,7 @@ from handssl.data.synthhands import STYLES, SynthHands, SynthHandsWorld
 
 
 def bench_renderer(style: str, size: int, batch: int, device: str, seconds: float) -> tuple[float, float]:
-    world = SynthHandsWorld(style=style, image_size=size, device=device, frames_per_sequence=64)
+    world = SynthHandsWorld(style=style, image_size=size, device=device)
     rng = np.random.default_rng(0)
 
     def keys() -> tuple[list[int], ...]:
@@ -34,7 +34,7 @@ def bench_renderer(style: str, size: int, batch: int, device: str, seconds: floa
 
     for a in range(4):  # motion and textures are set-up costs, not rendering
         for q in range(4):
-            world.sequence(a, q)
+            world.sequence(a, q, 64)
     world.render(*keys())
     images, wall, cpu = 0, 0.0, 0.0
     while wall < seconds or images < 2 * batch:
@@ -57,12 +57,10 @@ def bench_loader(
     frames = 64
     subjects = max(1, items // (4 * frames))
     dataset = SynthHands(
-        style=style,
-        image_size=size,
+        world=SynthHandsWorld(style=style, image_size=size, device=device),
         num_subjects=subjects,
         sequences_per_subject=4,
         frames_per_sequence=frames,
-        device=device,
         cache_mb=4096,
         extra_keys=[] if lean else None,
     )

@@ -30,7 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from handssl.data.datamodules import SupervisedDataModule
-from handssl.data.synthhands import SynthHands, SynthHandsMultiView
+from handssl.data.synthhands import SynthHands, SynthHandsMultiView, SynthHandsWorld
 from handssl.metrics.functional import masked_mean, mpjpe, pa_mpjpe, pck_auc
 from handssl.models import SupervisedModule
 from handssl.skeleton import root_relative
@@ -49,15 +49,17 @@ GATES = {
 }
 
 
+def world(style: str, args: argparse.Namespace) -> SynthHandsWorld:
+    return SynthHandsWorld(style=style, image_size=args.image_size, seed=args.seed)
+
+
 def dataset(split: str, style: str, args: argparse.Namespace, **kwargs: Any) -> SynthHands:
     subjects = {"train": args.train_subjects, "test": args.test_subjects}[split]
     return SynthHands(
         split=split,
-        style=style,
-        image_size=args.image_size,
+        world=world(style, args),
         num_subjects=subjects,
         sequences_per_subject=args.sequences,
-        seed=args.seed,
         cache_mb=args.cache_mb,
         **kwargs,
     )
@@ -110,7 +112,11 @@ def stage_world(args: argparse.Namespace) -> dict:
 
 def stage_leak(args: argparse.Namespace) -> dict:
     """Does the appearance image of a multi-view item give the pose away? Compared with the mean pose."""
-    common = {"sequences_per_subject": args.sequences, "seed": args.seed, "extra_keys": []}
+    common = {
+        "world": SynthHandsWorld(seed=args.seed),
+        "sequences_per_subject": args.sequences,
+        "extra_keys": [],
+    }
     train = SynthHandsMultiView(split="train", num_subjects=args.train_subjects, **common)
     test = SynthHandsMultiView(split="test", num_subjects=args.test_subjects, **common)
     pick = np.linspace(0, len(train) - 1, min(len(train), 1024)).round().astype(int).tolist()
@@ -154,7 +160,7 @@ def stage_speed(args: argparse.Namespace) -> dict:
     """First-pass rendering (nothing cached) against the training step, both in images per CPU-second."""
     out: dict[str, Any] = {"training_step": training_step_rate(args)}
     for style in STYLES:
-        ds = SynthHands(split="val", style=style, image_size=args.image_size, seed=args.seed, cache_mb=0)
+        ds = SynthHands(split="val", world=world(style, args), cache_mb=0)
         ds.__getitems__([0])  # textures and the first motion sequence are built once per process
         index = list(range(1, 1 + args.render_views))
         start = time.process_time()
@@ -332,7 +338,7 @@ def draw_figure(path: Path, args: argparse.Namespace) -> None:
 
     fig, axes = plt.subplots(3, 1, figsize=(16, 3.6))
     for ax, style in zip(axes, STYLES):
-        ds = SynthHands(split="test", style=style, image_size=args.image_size, seed=args.seed, extra_keys=[])
+        ds = SynthHands(split="test", world=world(style, args), extra_keys=[])
         index = np.linspace(0, len(ds) - 1, 16).round().astype(int).tolist()
         ax.imshow(image_grid(stack(ds.__getitems__(index), "image"), nrow=16))
         ax.set_axis_off()

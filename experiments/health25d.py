@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from handssl.data.datamodules import collate_samples
-from handssl.data.synthhands import SynthHands
+from handssl.data.synthhands import SynthHands, SynthHandsWorld
 from handssl.metrics.functional import mpjpe
 from handssl.metrics.health import HEALTH_KEYS
 from handssl.models import SemiHandModule
@@ -55,13 +55,12 @@ def load_model(name_or_path: str) -> SemiHandModule:
     return model.eval()
 
 
-def crops(split: str, style: str, items: int, seed: int, **world: Any) -> Subset:
+def crops(split: str, style: str, items: int, seed: int) -> Subset:
     """``items`` evenly spaced crops of a SynthHands split (the labelled training subjects for ``train``)."""
-    options: dict[str, Any] = dict(seed=seed, extra_keys=[])
+    options: dict[str, Any] = dict(extra_keys=[])
     if split == "train":  # the labelled subjects of experiments/data/synthhands_synthetic_to_real.yaml
         options.update(num_subjects=16, first_subject=0, frames_per_sequence=128)
-    options.update(world)
-    dataset = SynthHands(split, style, **options)
+    dataset = SynthHands(split, world=SynthHandsWorld(style=style, seed=seed), **options)
     step = max(1, len(dataset) // items)
     return Subset(dataset, list(range(0, len(dataset), step))[:items])
 

@@ -41,7 +41,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from handssl.data import MultiViewDataModule, SynthHandsMultiView
+from handssl.data import MultiViewDataModule, SynthHandsMultiView, SynthHandsWorld
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe
 from handssl.models import NVSModule
 from handssl.viz import new_figure
@@ -101,12 +101,8 @@ class BudgetClock(pl.Callback):
 
 
 def make_datasets(args: argparse.Namespace) -> dict[str, SynthHandsMultiView]:
-    common = {
-        "image_size": args.image_size,
-        "style": args.style,
-        "seed": args.seed,
-        "cache_mb": args.cache_mb,
-    }
+    world = SynthHandsWorld(style=args.style, image_size=args.image_size, seed=args.seed)
+    common = {"world": world, "cache_mb": args.cache_mb}
     if args.quick:
         small = {"sequences_per_subject": 2, "frames_per_sequence": 8}
         return {

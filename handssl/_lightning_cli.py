@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NoReturn
@@ -203,14 +203,25 @@ class HandSSLParser(LightningArgumentParser):
     #: a config, the command line or a checkpoint gave explicitly, before the links overwrite them.
     explicit_model_args: dict[str, Any] | None = None
 
+    #: The classes whose arguments this parser was given (a class_path's own parser: that class only).
+    signature_classes: tuple[type, ...] = ()
+
+    def add_class_arguments(self, theclass: Any, *args: Any, **kwargs: Any) -> Any:
+        self.signature_classes = (*self.signature_classes, theclass)
+        return super().add_class_arguments(theclass, *args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if os.environ.get("HANDSSL_DEBUG"):
             super().error(message, ex)
         line = one_line_parse_error(message)
         unknown = re.search(r"Option '([^']+)' is not accepted", line)
-        where = locate_option(unknown.group(1), list(SOURCE_ARGS.get())) if unknown else None
+        moved = moved_argument(unknown.group(1), self.signature_classes) if unknown else None
+        owner = moved[0].__name__ if moved else None
+        where = locate_option(unknown.group(1), list(SOURCE_ARGS.get()), owner) if unknown else None
         if where:
             line = f"{where}: {line.split(': ', 1)[-1] if line.startswith(where) else line}"
+        if unknown and moved:
+            line = line.replace(unknown.group(0), moved[1])
         print(f"handssl: error: {line}", file=sys.stderr)
         sys.exit(2)
 
@@ -237,6 +248,23 @@ class HandSSLParser(LightningArgumentParser):
             if missing:
                 message = f"interpolation ${{{missing.group(1)}}} names a key that is not in the config"
             raise ConfigError(f"{key}: {message}" if key else message) from err
+
+
+def moved_argument(option: str, classes: Sequence[type]) -> tuple[type, str] | None:
+    """The class among ``classes`` that no longer takes ``option``, and where the option went.
+
+    A class lists such arguments in a ``moved_arguments`` mapping (name -> the new place, as YAML), e.g.
+    the SynthHands datasets' world arguments; the parse error then says where the argument went instead of
+    only that it is not accepted.
+
+    Returns:
+        ``(SynthHands, "SynthHands: `style` moved to `world: {...}`")``, or ``None``.
+    """
+    for cls in classes:
+        moved = getattr(cls, "moved_arguments", None)
+        if isinstance(moved, Mapping) and option in moved:
+            return cls, f"{cls.__name__}: `{option}` moved to `{moved[option]}`"
+    return None
 
 
 _SKIP_LINES = ("Does not validate", "Subtypes:", "Errors:", "Given value", "- Problem with given class_path")
@@ -613,24 +641,25 @@ def _expand_config(value: str, chain: tuple[Path, ...], data_classes: list[tuple
     return expanded
 
 
-def locate_option(option: str, argv: list[str]) -> str | None:
+def locate_option(option: str, argv: list[str], owner: str | None = None) -> str | None:
     """Where an option jsonargparse refused was given (``None``: not found).
 
     ``--a.b.option`` on the command line, or ``<file>: a.b.option`` in a ``-c`` file or a file its
-    ``defaults:`` stack on.
+    ``defaults:`` stack on. With ``owner`` (a class name), only an option in the ``init_args`` of a
+    ``class_path`` naming that class counts in a file (the same name may be a valid key elsewhere).
     """
     for arg in argv:
         name = arg.split("=", 1)[0] if isinstance(arg, str) else ""
         if name.startswith("--") and name.rsplit(".", 1)[-1] == option:
             return name
     for _, _, value in _config_args(argv):
-        found = _find_key_in_config(Path(value), option, set())
+        found = _find_key_in_config(Path(value), option, set(), owner)
         if found:
             return found
     return None
 
 
-def _find_key_in_config(path: Path, option: str, seen: set[Path]) -> str | None:
+def _find_key_in_config(path: Path, option: str, seen: set[Path], owner: str | None = None) -> str | None:
     if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file() or path.resolve() in seen:
         return None
     seen.add(path.resolve())
@@ -644,18 +673,21 @@ def _find_key_in_config(path: Path, option: str, seen: set[Path]) -> str | None:
     for default in (
         [defaults] if isinstance(defaults, str) else defaults if isinstance(defaults, list) else []
     ):
-        found = _find_key_in_config(path.parent / str(default), option, seen)
+        found = _find_key_in_config(path.parent / str(default), option, seen, owner)
         if found:
             return found
-    stack: list[tuple[str, Any]] = [("", content)]
+    # (dotted key, node, class name whose init_args the node is)
+    stack: list[tuple[str, Any, str | None]] = [("", content, None)]
     while stack:
-        prefix, node = stack.pop()
+        prefix, node, node_class = stack.pop()
         if isinstance(node, dict):
+            class_path = node.get("class_path")
             for key, value in node.items():
                 dotted = f"{prefix}.{key}" if prefix else str(key)
-                if key == option and prefix:
+                if key == option and prefix and (owner is None or node_class == owner):
                     return f"{path}: {dotted}"
-                stack.append((dotted, value))
+                held = str(class_path).rpartition(".")[2] if key == "init_args" and class_path else None
+                stack.append((dotted, value, held))
     return None
 
 

@@ -147,10 +147,15 @@ def test_options_are_checked() -> None:
 
 
 def test_datamodule_batch_mode_gives_the_workers_batch_layout() -> None:
-    from handssl.data import SemiSupervisedDataModule, SynthHands
+    from handssl.data import SemiSupervisedDataModule, SynthHands, SynthHandsWorld
+    from handssl.data.synthhands.world import Style
 
     def module(augment_on: str) -> SemiSupervisedDataModule:
-        make = lambda style: SynthHands(split="train", style=style, num_subjects=1, image_size=32)  # noqa: E731
+        def make(style: Style) -> SynthHands:
+            return SynthHands(
+                split="train", world=SynthHandsWorld(style=style, image_size=32), num_subjects=1
+            )
+
         return SemiSupervisedDataModule(
             labeled=[make("synthetic")],
             unlabeled=[make("real")],

@@ -239,7 +239,7 @@ def test_non_finite_loss_stops_training():
 
 
 def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
-    from handssl.data import SupervisedDataModule, SynthHands
+    from handssl.data import SupervisedDataModule, SynthHands, SynthHandsWorld
 
     run(["fit", "-c", str(CONF)], tmp_path)
     ckpt = next((tmp_path / "runs" / "supervised_tiny" / "version_0" / "checkpoints").glob("*.ckpt"))
@@ -253,7 +253,7 @@ def test_predict_writes_predictions_of_the_checkpoint(tmp_path):
     model = SupervisedModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
     test = SynthHands(
         split="test",
-        image_size=32,
+        world=SynthHandsWorld(image_size=32),
         num_subjects=1,
         sequences_per_subject=1,
         frames_per_sequence=4,
@@ -337,6 +337,27 @@ def test_parse_errors_are_one_line(tmp_path, capsys, arg, expected):
         run(["fit", "-c", str(CONF), arg], tmp_path)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"handssl: error: {expected}"]
+
+
+def test_a_moved_synthhands_argument_names_its_new_place(tmp_path, capsys):
+    # A run's config.yaml from before the datasets took a world: flat world arguments on a dataset.
+    old = CONF.read_text().replace("{split: val, world: *world,", "{split: val, style: real,")
+    assert old != CONF.read_text()
+    config = tmp_path / "old.yaml"
+    config.write_text(old)
+    moved = "SynthHands: `style` moved to `world: {class_path: handssl.data.SynthHandsWorld, init_args: {style: ...}}`"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(config)], tmp_path)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"handssl: error: {config}: data.init_args.val.init_args.style: {moved}"
+    ]
+    with pytest.raises(SystemExit):
+        run(["fit", "-c", str(CONF), "--data.init_args.train.init_args.seed=3"], tmp_path)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "handssl: error: --data.init_args.train.init_args.seed: SynthHands: `seed` moved to "
+        "`world: {class_path: handssl.data.SynthHandsWorld, init_args: {seed: ...}}`"
+    ]
 
 
 # ------------------------------------------------------------------------------------ composed configs

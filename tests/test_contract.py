@@ -41,7 +41,6 @@ TINY = {
     "num_subjects": 1,
     "sequences_per_subject": 2,
     "frames_per_sequence": 2,
-    "num_cameras": 3,
     "cache_mb": 0,
 }
 
@@ -110,11 +109,12 @@ def test_packed_fake_dataset_samples_follow_the_contract(roots, name):
 def test_synthhands_samples_are_packed_and_follow_the_contract():
     from handssl.data.synthhands.multi_view import SynthHandsMultiView
     from handssl.data.synthhands.single_view import SynthHands
+    from handssl.data.synthhands.world import SynthHandsWorld
 
-    sample = SynthHands(image_size=SIZE, **TINY)[0]
+    sample = SynthHands(world=SynthHandsWorld(image_size=SIZE, num_cameras=3), **TINY)[0]
     assert_follows(sample, HandSample)
     assert_follows(CropResize(SIZE)(sample), HandSample)
-    item = SynthHandsMultiView(image_size=SIZE, num_views=2, **TINY)[0]
+    item = SynthHandsMultiView(world=SynthHandsWorld(image_size=SIZE, num_cameras=3), num_views=2, **TINY)[0]
     assert_follows(item, MultiViewItem, views=2)
 
 

@@ -88,15 +88,16 @@ def test_split_option_checks_only_that_split(fakes):
 
 
 def test_synthhands_needs_no_root():
+    from handssl.data import SynthHandsWorld
+
     counts = check_dataset(
         "synthhands",
         None,
         split="val",
-        image_size=32,
+        world=SynthHandsWorld(image_size=32, num_cameras=2),
         chunk_size=1,
         frames_per_sequence=2,
         sequences_per_subject=1,
-        num_cameras=2,
     )
     assert list(counts) == ["val"] and counts["val"] > 0
 

@@ -16,6 +16,7 @@ from handssl.data import (
     SupervisedDataModule,
     SynthHands,
     SynthHandsMultiView,
+    SynthHandsWorld,
 )
 from handssl.data.synthhands.deferred import RENDER_REQUEST, decode_keys, encode_key
 from handssl.models import SupervisedModule
@@ -25,13 +26,21 @@ SIZE = 32
 
 def single_view(style: str = "real") -> SynthHands:
     return SynthHands(
-        "train", style=style, image_size=SIZE, num_subjects=2, sequences_per_subject=1, frames_per_sequence=8
+        "train",
+        world=SynthHandsWorld(style=style, image_size=SIZE),
+        num_subjects=2,
+        sequences_per_subject=1,
+        frames_per_sequence=8,
     )
 
 
 def multi_view(style: str = "real_object") -> SynthHandsMultiView:
     return SynthHandsMultiView(
-        "train", style=style, image_size=SIZE, num_subjects=2, sequences_per_subject=2, frames_per_sequence=4
+        "train",
+        world=SynthHandsWorld(style=style, image_size=SIZE),
+        num_subjects=2,
+        sequences_per_subject=2,
+        frames_per_sequence=4,
     )
 
 

@@ -122,14 +122,15 @@ def test_health_of_the_truth_a_flat_hand_and_a_shrunken_hand():
 
 # ------------------------------------------------------------------------------ unpaired target
 def _synthhands_sets(path):
-    from handssl.data.synthhands import SynthHands
+    from handssl.data.synthhands import SynthHands, SynthHandsWorld
 
     init = yaml.safe_load(path.read_text())["data"]["init_args"]
     sets = {}
     for part in ("labeled", "unlabeled", "val", "test"):
         (entry,) = init[part]
-        args = {k: v for k, v in entry["init_args"].items() if k != "image_size"}
-        sets[part] = SynthHands(image_size=16, cache_mb=0, extra_keys=[], **args)
+        args = dict(entry["init_args"])
+        world = {**args.pop("world")["init_args"], "image_size": 16}
+        sets[part] = SynthHands(world=SynthHandsWorld(**world), cache_mb=0, extra_keys=[], **args)
     return sets
 
 
@@ -147,14 +148,25 @@ def test_synthetic_to_real_sets_share_no_subject():
 
 
 def test_first_subject_shifts_the_subjects_and_is_checked():
-    from handssl.data.synthhands import SynthHands
+    from handssl.data.synthhands import SynthHands, SynthHandsWorld
 
-    a = SynthHands("train", num_subjects=2, frames_per_sequence=2, image_size=16, cache_mb=0)
-    b = SynthHands("train", num_subjects=2, first_subject=2, frames_per_sequence=2, image_size=16, cache_mb=0)
+    a = SynthHands(
+        "train", world=SynthHandsWorld(image_size=16), num_subjects=2, frames_per_sequence=2, cache_mb=0
+    )
+    b = SynthHands(
+        "train",
+        world=SynthHandsWorld(image_size=16),
+        num_subjects=2,
+        first_subject=2,
+        frames_per_sequence=2,
+        cache_mb=0,
+    )
     assert a.subjects == [0, 1] and b.subjects == [2, 3]
     assert not torch.allclose(a[0]["joints3d"], b[0]["joints3d"])  # another hand, another pose
     with pytest.raises(ValueError, match="first_subject"):
-        SynthHands("train", num_subjects=2, first_subject=99_999, image_size=16, cache_mb=0)
+        SynthHands(
+            "train", world=SynthHandsWorld(image_size=16), num_subjects=2, first_subject=99_999, cache_mb=0
+        )
 
 
 # -------------------------------------------------------------------- no target labels in training

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import handssl.pretrained as pretrained
-from handssl.data import SynthHands
+from handssl.data import SynthHands, SynthHandsWorld
 
 SHIPPED = pretrained.available()
 SEMIHAND = [n for n in SHIPPED if n.startswith("semihand-")]
@@ -34,7 +34,12 @@ def test_every_shipped_file_is_a_known_name_under_the_size_limit_with_its_proven
 def test_semihand_weights_predict_better_than_the_mean_pose_on_real_style_hands(name):
     model = pretrained.load(name)
     assert not model.training and type(model).__name__ == "SemiHandModule"
-    data = SynthHands("test", "real", image_size=64, num_subjects=1, frames_per_sequence=4, seed=3)
+    data = SynthHands(
+        "test",
+        world=SynthHandsWorld(style="real", image_size=64, seed=3),
+        num_subjects=1,
+        frames_per_sequence=4,
+    )
     batch = {k: torch.stack([data[i][k] for i in range(8)]) for k in ("image", "K", "joints3d", "valid")}
     with torch.no_grad():
         pred = model.predict_joints3d(batch)
@@ -55,7 +60,9 @@ def test_nvs_weights_predict_poses_and_the_semi_network_synthesizes_views(name):
     model = pretrained.load(name)
     assert not model.training and type(model).__name__ == "NVSModule"
     size = model.hparams.image_size
-    pairs = MultiViewPairs(SynthHandsMultiView(split="test", image_size=size, num_subjects=1, seed=3))
+    pairs = MultiViewPairs(
+        SynthHandsMultiView(split="test", world=SynthHandsWorld(image_size=size, seed=3), num_subjects=1)
+    )
     batch = collate_samples([pairs[i] for i in range(8)])
     with torch.no_grad():
         pose = model.predict_pose(batch["image"])

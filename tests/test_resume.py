@@ -8,7 +8,7 @@ import torch
 from conftest import quiet_trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from handssl.data import SupervisedDataModule, SynthHands
+from handssl.data import SupervisedDataModule, SynthHands, SynthHandsWorld
 from handssl.data.datamodules import ResumableDataLoader, ResumableSampler
 from handssl.models import SupervisedModule
 
@@ -16,7 +16,7 @@ from handssl.models import SupervisedModule
 def synth(split: str, frames: int) -> SynthHands:
     return SynthHands(
         split=split,
-        image_size=32,
+        world=SynthHandsWorld(image_size=32),
         num_subjects=1,
         sequences_per_subject=1,
         frames_per_sequence=frames,

@@ -410,7 +410,7 @@ def test_pseudo_label_export_is_cheap_by_default_and_skips_fast_dev_run(tmp_path
 # -------------------------------------------------------------------------------------------- configs
 CONFIGS = sorted(p.name for p in (ROOT_DIR / "experiments").glob("semihand_*.yaml"))
 
-_SYNTH = "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, style: {style}, num_subjects: 1, sequences_per_subject: 1, frames_per_sequence: 4, chunk_size: 4}}}}"
+_SYNTH = "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, world: {{class_path: handssl.data.SynthHandsWorld, init_args: {{style: {style}}}}}, num_subjects: 1, sequences_per_subject: 1, frames_per_sequence: 4, chunk_size: 4}}}}"
 
 
 def _override(name, tmp_path):

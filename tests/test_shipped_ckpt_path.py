@@ -18,7 +18,6 @@ NAME = "semihand-synthhands"
 pytestmark = pytest.mark.skipif(NAME not in pretrained.available(), reason=f"{NAME} is not shipped")
 
 SYNTH = {
-    "image_size": 64,
     "num_subjects": 1,
     "sequences_per_subject": 1,
     "frames_per_sequence": 4,
@@ -48,7 +47,14 @@ TINY_SEMI = {
                 split: [
                     {
                         "class_path": "handssl.data.SynthHands",
-                        "init_args": {"split": which, "style": style, **SYNTH},
+                        "init_args": {
+                            "split": which,
+                            "world": {
+                                "class_path": "handssl.data.SynthHandsWorld",
+                                "init_args": {"style": style, "image_size": 64},
+                            },
+                            **SYNTH,
+                        },
                     }
                 ]
                 for split, which, style in (

@@ -27,12 +27,12 @@ from handssl.skeleton import TIPS
 SMALL = {"num_subjects": 2, "sequences_per_subject": 2, "frames_per_sequence": 8}
 
 
-def small(**kwargs):
-    return SynthHands(**{**SMALL, **kwargs})
+def small(world=None, **kwargs):
+    return SynthHands(world=world, **{**SMALL, **kwargs})
 
 
-def small_mv(**kwargs):
-    return SynthHandsMultiView(**{**SMALL, **kwargs})
+def small_mv(world=None, **kwargs):
+    return SynthHandsMultiView(world=world, **{**SMALL, **kwargs})
 
 
 def _views(ds, index):
@@ -255,16 +255,16 @@ def test_every_joint_lies_inside_the_rendered_hand_and_visible_tips_are_skin():
 
 
 def test_same_seed_and_index_give_identical_pixels_in_any_context():
-    first = small(style="real")
+    first = small(SynthHandsWorld(style="real"))
     reference = {i: first[i] for i in (0, 3, 17, 30)}
     # Another instance, reverse order, no cache and single-item chunks.
-    other = small(style="real", cache_mb=0, chunk_size=1)
+    other = small(SynthHandsWorld(style="real"), cache_mb=0, chunk_size=1)
     for i in (30, 17, 3, 0):
         sample = other[i]
         for key in ("image", "depth", "mask", "background", "joints3d", "K"):
             assert torch.equal(sample[key], reference[i][key]), (i, key)
     # A batched fetch (what a DataLoader calls) amid other indices.
-    batch = small(style="real").__getitems__([17, 1, 30, 2, 0, 3])
+    batch = small(SynthHandsWorld(style="real")).__getitems__([17, 1, 30, 2, 0, 3])
     for sample, i in zip(batch, (17, 1, 30, 2, 0, 3)):
         if i in reference:
             assert torch.equal(sample["image"], reference[i]["image"])
@@ -276,7 +276,7 @@ def test_same_seed_and_index_give_identical_pixels_in_any_context():
     assert torch.equal(together["image"][5:7], apart["image"])
     assert torch.equal(together["depth"][5:7], apart["depth"])
     # A different seed is a different world.
-    assert not torch.equal(small(style="real", seed=1)[0]["image"], reference[0]["image"])
+    assert not torch.equal(small(SynthHandsWorld(style="real", seed=1))[0]["image"], reference[0]["image"])
 
 
 def test_dataloader_workers_give_the_same_batches():
@@ -294,7 +294,7 @@ def test_disk_cache_round_trip(tmp_path):
     files = list(tmp_path.rglob("*.npz"))
     assert files
     again = small(cache_dir=tmp_path, cache_mb=0)
-    assert again._load_record(again.view_keys(4)[0]) is not None
+    assert again._disk is not None and again._disk.get(again.view_keys(4)[0]) is not None
     reloaded = again[4]
     for key in ("image", "depth", "mask", "background", "joints3d", "joints2d", "K", "R", "t"):
         assert torch.equal(reloaded[key], sample[key]), key
@@ -314,7 +314,7 @@ def test_splits_have_disjoint_subjects():
 
 
 def test_styles_share_geometry_but_differ_in_appearance():
-    synthetic, real = small(style="synthetic"), small(style="real")
+    synthetic, real = small(SynthHandsWorld(style="synthetic")), small(SynthHandsWorld(style="real"))
     diffs, grads = [], []
     grad = lambda img: (img[:, :, 1:] - img[:, :, :-1]).abs().mean().item()  # noqa: E731
     for i in range(0, 32, 3):
@@ -330,13 +330,13 @@ def test_styles_share_geometry_but_differ_in_appearance():
 
 
 def test_background_crop_equals_the_image_off_the_hand():
-    synthetic = small(style="synthetic")[6]
+    synthetic = small(SynthHandsWorld(style="synthetic"))[6]
     off = synthetic["mask"][0] == 0
     assert off.sum() > 1000
     assert torch.equal(synthetic["image"][:, off], synthetic["background"][:, off])
     # The real style adds sensor noise (read sigma 0.03-0.05 plus shot noise) and compression on top; blur only
     # mixes near the silhouette.
-    real = small(style="real")[6]
+    real = small(SynthHandsWorld(style="real"))[6]
     mask = real["mask"][0][None, None]
     near_hand = torch.nn.functional.max_pool2d(mask, 3, stride=1, padding=1)[0, 0] > 0
     far = ~near_hand
@@ -429,7 +429,11 @@ def test_multiview_sample_shapes_rotations_and_second_frame():
 @pytest.mark.parametrize("size", [128, 256])
 def test_larger_images_render(size):
     ds = SynthHands(
-        image_size=size, num_subjects=1, sequences_per_subject=1, frames_per_sequence=2, chunk_size=1
+        world=SynthHandsWorld(image_size=size),
+        num_subjects=1,
+        sequences_per_subject=1,
+        frames_per_sequence=2,
+        chunk_size=1,
     )
     sample = ds[1]
     assert sample["image"].shape == (3, size, size) and sample["depth"].shape == (1, size, size)
@@ -447,6 +451,18 @@ def test_larger_images_render(size):
         ({"style": "cartoon"}, r"style must be one of \('synthetic', 'real', 'real_object'\)"),
         ({"crop": "tight"}, r"crop must be one of \('joints', 'fixed'\)"),
         ({"crop_margin": 0.5}, "crop_margin"),
+        ({"seed": -1}, "seed"),
+        ({"num_cameras": 0}, "num_cameras"),
+    ],
+)
+def test_bad_world_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SynthHandsWorld(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
         ({"split": "training"}, "split"),
         ({"camera": 8}, "out of range"),
         ({"camera": "front"}, "camera"),
@@ -454,7 +470,6 @@ def test_larger_images_render(size):
         ({"frames_per_sequence": 0}, "frames_per_sequence"),
         ({"cache_mb": -1.0}, "cache_mb"),
         ({"extra_keys": ["depth", "normals"]}, "extra_keys"),
-        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs, match):
@@ -472,7 +487,6 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
         ({"frames_per_sequence": 1, "appearance_source": "same_sequence"}, "frames_per_sequence"),
         ({"sequences_per_subject": 1}, "sequences_per_subject >= 2"),
         ({"appearance_source": "elsewhere"}, "other_sequence"),
-        ({"style": "photo"}, "real_object"),
     ],
 )
 def test_multiview_bad_arguments(kwargs, match):
@@ -481,11 +495,11 @@ def test_multiview_bad_arguments(kwargs, match):
 
 
 def test_world_render_validates_keys():
-    world = SynthHandsWorld(image_size=32, frames_per_sequence=4)
+    world = SynthHandsWorld(image_size=32)
     with pytest.raises(ValueError, match="camera"):
         world.render([0], [0], [0], [8])
     with pytest.raises(ValueError, match="frame"):
-        world.render([0], [0], [4], [0])
+        world.render([0], [0], [-1], [0])
     with pytest.raises(ValueError, match="same length"):
         world.render([0, 1], [0], [0], [0])
     out = world.render([0], [0], [1], [2])
@@ -496,7 +510,7 @@ def test_world_render_validates_keys():
 
 def test_forked_workers_fill_one_shared_cache():
     ds = small()
-    assert type(ds.store).__name__ == "_SharedStore"
+    assert type(ds.store).__name__ == "SharedStore"
     expected = [ds[i]["image"] for i in (0, 13)]  # renders (and caches) in this process
     fresh = small()
     for _ in DataLoader(fresh, batch_size=8, shuffle=True, num_workers=2):
@@ -504,9 +518,9 @@ def test_forked_workers_fill_one_shared_cache():
     # The workers' renders landed in memory this process sees: serving every item needs no rendering.
     assert int(fresh.store.fields["filled"].sum()) == len(fresh)
     # ... and so did the motion of the four sequences, computed once for all processes.
-    slots, filled, joints, _ = fresh.world._shared_joints
-    assert len(slots) == 4 and bool(filled.all())
-    assert torch.equal(joints[slots[(0, 1)]], ds.world.sequence(0, 1))
+    (shared,) = fresh.world._shared_sequences
+    assert len(shared.slots) == 4 and bool(shared.filled.all())
+    assert torch.equal(shared.joints[shared.slots[(0, 1)]], ds.world.sequence(0, 1, 8))
 
     def fail(*args, **kwargs):
         raise AssertionError("rendered although cached")
@@ -519,7 +533,7 @@ def test_forked_workers_fill_one_shared_cache():
     batch[0]["image"].zero_()
     assert torch.equal(fresh[0]["image"], expected[0])
     # A dataset too big for its budget falls back to a per-process LRU cache.
-    assert type(small(cache_mb=0.5).store).__name__ == "_LRUStore"
+    assert type(small(cache_mb=0.5).store).__name__ == "LRUStore"
 
 
 def test_extra_keys_select_the_optional_outputs():
@@ -537,8 +551,8 @@ def test_extra_keys_select_the_optional_outputs():
 
 @pytest.mark.parametrize("style", ["synthetic", "real", "real_object"])
 def test_every_style_is_deterministic_and_batch_independent(style):
-    a = small(style=style, cache_mb=0)
-    b = small(style=style, cache_mb=0)
+    a = small(SynthHandsWorld(style=style), cache_mb=0)
+    b = small(SynthHandsWorld(style=style), cache_mb=0)
     alone = [a[i]["image"] for i in (3, 17, 30)]
     batch = b.__getitems__([30, 5, 17, 3, 11])
     assert torch.equal(alone[0], batch[3]["image"])
@@ -547,7 +561,10 @@ def test_every_style_is_deterministic_and_batch_independent(style):
 
 
 def test_joints_crops_frame_the_hand_and_fixed_crops_stay_available():
-    framed, fixed = small(camera="all"), small(camera="all", crop="fixed", crop_extent_mm=240.0)
+    framed, fixed = (
+        small(camera="all"),
+        small(SynthHandsWorld(crop="fixed", crop_extent_mm=240.0), camera="all"),
+    )
     index = list(range(0, len(framed), 5))
     a, b = framed.__getitems__(index), fixed.__getitems__(index)
     share = lambda samples: torch.stack([x["hand_mask"] for x in samples]).mean().item()  # noqa: E731
@@ -607,7 +624,10 @@ def test_appearance_image_comes_from_another_sequence_of_the_same_subject():
 
 
 def test_held_object_occludes_the_hand_by_depth():
-    plain, held = small(style="real", camera="all"), small(style="real_object", camera="all")
+    plain, held = (
+        small(SynthHandsWorld(style="real"), camera="all"),
+        small(SynthHandsWorld(style="real_object"), camera="all"),
+    )
     index = list(range(0, len(plain), 3))
     a, b = plain.__getitems__(index), held.__getitems__(index)
     hidden = visible_object = 0
@@ -628,9 +648,81 @@ def test_held_object_occludes_the_hand_by_depth():
 
 
 def test_real_styles_light_every_hand():
-    ds = small(style="real", camera="all", extra_keys=["hand_mask"])
+    ds = small(SynthHandsWorld(style="real"), camera="all", extra_keys=["hand_mask"])
     samples = ds.__getitems__(list(range(0, len(ds), 2)))
     image, hand = torch.stack([s["image"] for s in samples]), torch.stack([s["hand_mask"] for s in samples])
     luma = (0.299 * image[:, 0] + 0.587 * image[:, 1] + 0.114 * image[:, 2]) * hand[:, 0]
     mean = luma.sum((1, 2)) / hand[:, 0].sum((1, 2)).clamp_min(1)
     assert (mean > 0.15).float().mean() >= 0.97
+
+
+# --------------------------------------------------------------------------------------------- world argument
+
+
+def test_the_world_passed_in_renders_the_items():
+    world = SynthHandsWorld(style="real", image_size=32, num_cameras=4, seed=2)
+    ds = small(world, camera="all", extra_keys=[])
+    assert ds.world is world
+    assert (ds.style, ds.image_size, ds.num_cameras, len(ds)) == ("real", 32, 4, 2 * 2 * 8 * 4)
+    sample = ds[9]
+    assert sample["image"].shape == (3, 32, 32) and sample["meta"]["style"] == "real"
+    rendered = world.render(*zip(*ds.view_keys(9)))
+    assert torch.equal(sample["image"], rendered["image"][0].float() / 255.0)
+    assert torch.equal(sample["joints3d"], rendered["joints3d"][0])
+    # No world: the default one.
+    assert small().world.config() == SynthHandsWorld().config()
+
+
+def test_one_world_serves_datasets_of_any_length_with_the_same_pixels():
+    shared = SynthHandsWorld(style="real", image_size=32)
+    short = SynthHands(world=shared, camera=0, num_subjects=1, sequences_per_subject=1, frames_per_sequence=4)
+    long = SynthHands(world=shared, camera=0, num_subjects=1, sequences_per_subject=1, frames_per_sequence=16)
+    alone = SynthHands(
+        world=SynthHandsWorld(style="real", image_size=32),
+        camera=0,
+        num_subjects=1,
+        sequences_per_subject=1,
+        frames_per_sequence=16,
+        cache_mb=0,
+    )
+    assert len(shared._shared_sequences) == 2  # each dataset shares its own sequences
+    for index in (0, 3):  # a frame's pose does not depend on how many frames a dataset uses
+        for key in ("image", "joints3d", "K"):
+            assert torch.equal(short[index][key], long[index][key]), (index, key)
+            assert torch.equal(long[index][key], alone[index][key]), (index, key)
+    assert torch.equal(shared.sequence(0, 0, 4), shared.sequence(0, 0, 16)[:4])
+
+
+def test_world_arguments_are_not_dataset_arguments():
+    with pytest.raises(TypeError, match="world must be a SynthHandsWorld"):
+        SynthHands("train", "real")  # the old positional style
+    with pytest.raises(TypeError, match="style"):
+        small(style="real")
+    assert SynthHands.moved_arguments["style"] == (
+        "world: {class_path: handssl.data.SynthHandsWorld, init_args: {style: ...}}"
+    )
+    assert set(SynthHandsMultiView.moved_arguments) == {
+        "style",
+        "image_size",
+        "num_cameras",
+        "seed",
+        "crop",
+        "crop_margin",
+        "crop_extent_mm",
+        "rig_radius_mm",
+        "device",
+    }
+
+
+def test_rendering_on_renders_uncached_and_ends_with_the_block():
+    ds = small(SynthHandsWorld(style="real"))
+    cached = ds.__getitems__([5, 0, 17])
+    fresh = small(SynthHandsWorld(style="real"))
+    with fresh.rendering_on("cpu"):
+        rendered = fresh.__getitems__([5, 0, 17])
+    assert int(fresh.store.fields["filled"].sum()) == 0  # not cached
+    for a, b in zip(cached, rendered):
+        for key in ("image", "mask", "depth", "joints3d", "K"):
+            assert torch.equal(a[key], b[key]), key
+    fresh.__getitems__([5])  # after the block: the cached path again
+    assert int(fresh.store.fields["filled"].sum()) == 1

@@ -22,6 +22,7 @@ from handssl.callbacks.wandb_viz import (
 )
 from handssl.data.datamodules import SupervisedDataModule
 from handssl.data.synthhands.single_view import SynthHands
+from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.geometry import project
 from handssl.models.supervised import SupervisedModule
 from handssl.skeleton import BONES
@@ -57,7 +58,8 @@ def tiny_module(cls=HookedModule):
 
 
 def tiny_data():
-    kwargs = dict(image_size=IMAGE_SIZE, num_subjects=1, sequences_per_subject=1, frames_per_sequence=4)
+    world = SynthHandsWorld(image_size=IMAGE_SIZE)
+    kwargs = dict(world=world, num_subjects=1, sequences_per_subject=1, frames_per_sequence=4)
     return SupervisedDataModule(
         train=SynthHands(split="train", **kwargs),
         val=SynthHands(split="val", **kwargs),
@@ -202,7 +204,11 @@ def test_does_nothing_without_a_wandb_logger(tmp_path):
 
 def _batch():
     data = SynthHands(
-        split="val", image_size=IMAGE_SIZE, num_subjects=1, sequences_per_subject=1, frames_per_sequence=2
+        split="val",
+        world=SynthHandsWorld(image_size=IMAGE_SIZE),
+        num_subjects=1,
+        sequences_per_subject=1,
+        frames_per_sequence=2,
     )
     samples = [data[0], data[1]]
     return {

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 OLD_RUNS = Path("/work/main/runs/semihand_ablation_v3")
 
 _SYNTH = (
-    "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, style: {style}, num_subjects: 1, "
+    "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, num_subjects: 1, "
+    "world: {{class_path: handssl.data.SynthHandsWorld, init_args: {{style: {style}}}}}, "
     "sequences_per_subject: 1, frames_per_sequence: 16, chunk_size: 16}}}}"
 )
 SEMI_DATA = "\n".join(
@@ -61,7 +62,8 @@ SEMI_DATA = "\n".join(
     ]
 )
 _MULTI = (
-    "{{class_path: handssl.data.SynthHandsMultiView, init_args: {{split: {split}, style: synthetic, "
+    "{{class_path: handssl.data.SynthHandsMultiView, init_args: {{split: {split}, "
+    "world: {{class_path: handssl.data.SynthHandsWorld, init_args: {{style: synthetic}}}}, "
     "num_subjects: {subjects}, sequences_per_subject: 2, frames_per_sequence: 8, chunk_size: 8}}}}"
 )
 MULTI_DATA = "\n".join(

@@ -14,6 +14,7 @@ _EXPORTS = {
     "unpack_sample": "contract",
     "SynthHands": "synthhands.single_view",
     "SynthHandsMultiView": "synthhands.multi_view",
+    "SynthHandsWorld": "synthhands.world",
     "RHD": "rhd",
     "STB": "stb",
     "DexterObject": "dexter_object",

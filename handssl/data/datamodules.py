@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence, Sized
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pytorch_lightning as pl
@@ -19,6 +19,10 @@ from torch.utils.data._utils.collate import default_collate
 
 from handssl.data.base import Sample, Transform
 from handssl.data.transforms import CropResize
+
+if TYPE_CHECKING:
+    from handssl.data.synthhands.dataset import Split
+    from handssl.data.synthhands.world import SynthHandsWorld
 
 RENDER_ON = ("workers", "device")
 """Where a DataModule's SynthHands training set is rendered (``render_on``)."""
@@ -379,10 +383,10 @@ class HandDataModule(pl.LightningDataModule):
         )
 
 
-def _default_synthhands(split: str, image_size: int) -> Dataset:
+def _default_synthhands(split: Split, world: SynthHandsWorld) -> Dataset:
     from handssl.data.synthhands.single_view import SynthHands
 
-    return SynthHands(split=split, image_size=image_size)
+    return SynthHands(split=split, world=world)
 
 
 class SupervisedDataModule(HandDataModule):
@@ -430,7 +434,11 @@ class SupervisedDataModule(HandDataModule):
         self.transform = CropResize(image_size, crop_margin)
         self.image_size = image_size
         if train is None and val is None and test is None and predict is None:
-            train, val, test = (_default_synthhands(s, image_size) for s in ("train", "val", "test"))
+            from handssl.data.synthhands.dataset import SPLITS
+            from handssl.data.synthhands.world import SynthHandsWorld
+
+            world = SynthHandsWorld(image_size=image_size)  # one world, three splits of its subjects
+            train, val, test = (_default_synthhands(s, world) for s in SPLITS)
         self.datasets = {"train": train, "val": val, "test": test, "predict": predict or test}
 
     def _split(self, name: str) -> Dataset:

@@ -37,7 +37,8 @@ from handssl.data.datamodules import (
     _set_rng_state,
     collate_samples,
 )
-from handssl.data.synthhands._common import Style
+from handssl.data.synthhands.dataset import SPLITS, Split
+from handssl.data.synthhands.world import Style, SynthHandsWorld
 from handssl.geometry import relative_rotation
 from handssl.skeleton import NUM_JOINTS, root_relative, valid_with_root
 
@@ -437,10 +438,10 @@ class ResumableBatchLoader(DataLoader):
             _set_rng_state(state_dict["rng"])
 
 
-def _default_multiview(split: str, image_size: int, style: Style, seed: int) -> Dataset:
+def _default_multiview(split: Split, world: SynthHandsWorld) -> Dataset:
     from handssl.data.synthhands.multi_view import SynthHandsMultiView
 
-    return SynthHandsMultiView(split=split, style=style, image_size=image_size, num_views=2, seed=seed)
+    return SynthHandsMultiView(split=split, world=world, num_views=2)
 
 
 class MultiViewDataModule(HandDataModule):
@@ -519,9 +520,8 @@ class MultiViewDataModule(HandDataModule):
         self.labeled_subjects = labeled_subjects
         self.statistics_items = statistics_items
         if train is None and val is None and test is None:
-            train, val, test = (
-                _default_multiview(s, image_size, style, seed) for s in ("train", "val", "test")
-            )
+            world = SynthHandsWorld(style=style, image_size=image_size, seed=seed)
+            train, val, test = (_default_multiview(s, world) for s in SPLITS)
         self.datasets = {"train": train, "val": val, "test": test}
         self._labeled: Tensor | None = None
         self._statistics: tuple[Tensor, Tensor] | None = None

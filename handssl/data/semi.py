@@ -43,7 +43,8 @@ from handssl.data.batch_augment import (
 )
 from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
 from handssl.data.datamodules import RENDER_ON, HandDataModule, TransformedDataset
-from handssl.data.synthhands._common import Style
+from handssl.data.synthhands.dataset import Split
+from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.data.transforms import CropResize
 
 __all__ = ["LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
@@ -229,10 +230,10 @@ def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
     return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
 
-def _synthhands(split: str, style: Style, image_size: int) -> Dataset:
+def _synthhands(split: Split, world: SynthHandsWorld) -> Dataset:
     from handssl.data.synthhands.single_view import SynthHands
 
-    return SynthHands(split=split, style=style, image_size=image_size)
+    return SynthHands(split=split, world=world)
 
 
 class SemiSupervisedDataModule(HandDataModule):
@@ -303,10 +304,12 @@ class SemiSupervisedDataModule(HandDataModule):
         if num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
         if all(x is None for x in (labeled, unlabeled, val, test)):
-            labeled = [_synthhands("train", "synthetic", image_size)]
-            unlabeled = [_synthhands("train", "real", image_size)]
-            val = [_synthhands("val", "real", image_size)]
-            test = [_synthhands("test", "real", image_size)]
+            source = SynthHandsWorld(style="synthetic", image_size=image_size)
+            target = SynthHandsWorld(style="real", image_size=image_size)
+            labeled = [_synthhands("train", source)]
+            unlabeled = [_synthhands("train", target)]
+            val = [_synthhands("val", target)]
+            test = [_synthhands("test", target)]
         self.labeled = _concat(labeled)
         self.unlabeled = _concat(unlabeled)
         self.val = _concat(val)

@@ -83,7 +83,8 @@ class CropResize:
             if image.shape[-1] != self.image_size or image.shape[-2] != self.image_size:
                 raise DatasetError(
                     f"sample image is {tuple(image.shape[-2:])} but image_size={self.image_size}; "
-                    "render the dataset at the DataModule's image_size"
+                    "render the dataset at the DataModule's image_size (a SynthHands dataset: its world's "
+                    "image_size, e.g. image_size: ${data.init_args.image_size} in the world's init_args)"
                 )
             return sample
         image = np.asarray(image)

@@ -13,5 +13,6 @@ _EXPORTS = {
     "SynthHands": "single_view",
     "SynthHandsMultiView": "multi_view",
     "SynthHandsWorld": "world",
+    "SynthHandsBase": "dataset",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,8 +3,9 @@
 The DataLoader (and its workers) only hand out *render requests*: the keys of a batch's items, a tiny long
 tensor per item under :data:`RENDER_REQUEST`. Lightning moves the batch to the training device, and the
 DataModule's ``on_after_batch_transfer`` calls :meth:`DeferredRendering.render`, which runs the very same
-dataset code as the worker path (the wrappers' ``__getitems__``: pairs, transforms) with SynthHands
-ray-casting and shading the whole batch on that device, uncached. A batch rendered this way equals the one the
+dataset code as the worker path (the wrappers' ``__getitems__``: pairs, transforms) inside each SynthHands
+dataset's :meth:`~handssl.data.synthhands.dataset.SynthHandsBase.rendering_on` block, so that SynthHands
+ray-casts and shades the whole batch on that device, uncached. A batch rendered this way equals the one the
 workers would have made (``tests/test_synthhands.py`` checks it pixel for pixel on the CPU).
 
 Used by :class:`~handssl.data.SupervisedDataModule`, :class:`~handssl.data.MultiViewDataModule` and
@@ -14,6 +15,7 @@ albumentations augmentations then run on the CPU in the main process) with ``ren
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from handssl.data.synthhands.cache import SynthHandsBase
+from handssl.data.synthhands.dataset import SynthHandsBase
 
 __all__ = ["RENDER_REQUEST", "DeferredRendering", "find_synthhands", "synthhands_inside"]
 
@@ -116,13 +118,9 @@ class DeferredRendering(Dataset):
         requests = batch[RENDER_REQUEST]
         device = requests.device
         keys = decode_keys(requests)
-        previous = [synthhands.render_device for synthhands in self.synthhands]
-        for synthhands in self.synthhands:
-            synthhands.render_device = device
-        try:
+        with contextlib.ExitStack() as stack:
+            for synthhands in self.synthhands:
+                stack.enter_context(synthhands.rendering_on(device))
             fetch = getattr(self.dataset, "__getitems__", None)
             samples = fetch(keys) if fetch is not None else [self.dataset[k] for k in keys]
-        finally:
-            for synthhands, before in zip(self.synthhands, previous):
-                synthhands.render_device = before
         return _to_device(self.collate(samples), device)  # wrappers may add small CPU tensors (flags)

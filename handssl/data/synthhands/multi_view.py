@@ -9,10 +9,9 @@ from typing import Literal
 from torch import Tensor
 
 from handssl.data.base import Sample, Transform
-from handssl.data.synthhands._common import Crop, Style, base_arguments
 from handssl.data.synthhands.appearance import hash_ints
-from handssl.data.synthhands.cache import SynthHandsBase, ViewKey
-from handssl.data.synthhands.world import check_int
+from handssl.data.synthhands.dataset import Split, SynthHandsBase, ViewKey
+from handssl.data.synthhands.world import SynthHandsWorld, check_int
 
 __all__ = ["APPEARANCE_SOURCES", "SynthHandsMultiView"]
 
@@ -35,36 +34,31 @@ class SynthHandsMultiView(SynthHandsBase):
     ``cameras``, ``sequence_t2``, ``frame_t2`` and ``epoch``.
     Crops of two views of a frame are related by the pure rotation ``R[j] @ R[i].T``.
 
+    What the pixels look like (style, image size, rig, crops, seed, rendering device) is the ``world``'s;
+    the dataset chooses which of its views are items (see :class:`SynthHands`).
+
     Args:
         split: ``"train"``, ``"val"`` or ``"test"``; the splits' subjects are disjoint.
-        style: ``"synthetic"`` (RHD-like source), ``"real"`` (STB-like) or ``"real_object"`` (D+O-like).
-        image_size: Side of the square crops in pixels, an int >= 16.
-        num_cameras: Cameras in the rig.
-        num_views: Views per item, ``1 <= num_views <= num_cameras``.
+        world: The :class:`~handssl.data.SynthHandsWorld` the views are rendered from; ``None``:
+            ``SynthHandsWorld()`` (synthetic style, 64 px, 8 cameras). Camera tuples and appearance frames
+            are drawn from its seed.
+        num_views: Views per item, ``1 <= num_views <=`` the world's ``num_cameras``.
         appearance_source: ``"other_sequence"`` (default, leak-free): a random frame of another sequence of
             the same subject; ``"same_sequence"``: another frame t′ of the same sequence (the pose at t′ is
             close to the pose at t: it leaks through the appearance code).
         frame_gap: With ``"same_sequence"``: ``None`` draws t′ from the index; an int ``g`` with
             ``0 < |g| < frames_per_sequence`` sets t′ = (t + g) mod ``frames_per_sequence``.
-        seed: World seed.
         num_subjects: Subjects in this split; ``None`` uses 32 / 8 / 8 for train / val / test.
         first_subject: The split's first subject used (``first_subject .. first_subject + num_subjects - 1``):
             two datasets of one split with non-overlapping ranges share no subject (e.g. labelled subjects
             0-15 and unlabelled subjects 16-31 of ``"train"``).
         sequences_per_subject: Sequences per subject.
-        frames_per_sequence: Frames per sequence.
-        crop: ``"joints"`` (default): each crop looks at the hand centre and frames the joints' square box
-            times ``crop_margin``, as the papers' crops do (each view its own focal length, in ``K``);
-            ``"fixed"``: every crop covers ``crop_extent_mm`` at the hand centre's depth.
-        crop_margin: Crop side over the joints' box side for ``crop="joints"``.
-        crop_extent_mm: Side (mm), at the hand centre's depth, of the square a ``"fixed"`` crop covers.
-        rig_radius_mm: Distance of the cameras from the hand (mm).
+        frames_per_sequence: Frames per sequence (frames ``0 .. frames_per_sequence - 1`` of each).
         chunk_size: Items rendered together when a single ``dataset[i]`` misses the cache.
         cache_mb: Memory budget in MiB of the rendered-view cache: when every view the items use fits
             (about 46 KB each at 64 px), one shared-memory slot per view, shared with forked DataLoader
             workers; otherwise a per-process LRU cache of that size. 0 disables caching.
         cache_dir: Optional folder for a disk cache of rendered views.
-        device: Device of the ray casting and shading.
         extra_keys: Which optional keys to return, drawn from ``mask``, ``hand_mask``, ``depth`` and
             ``background``; ``None`` returns all of them (``[]`` keeps samples small when only the pose is
             needed).
@@ -74,31 +68,36 @@ class SynthHandsMultiView(SynthHandsBase):
 
     def __init__(
         self,
-        split: str = "train",
-        style: Style = "synthetic",
-        image_size: int = 64,
-        num_cameras: int = 8,
+        split: Split = "train",
+        world: SynthHandsWorld | None = None,
         num_views: int = 2,
         appearance_source: Literal["other_sequence", "same_sequence"] = "other_sequence",
         frame_gap: int | None = None,
-        seed: int = 0,
         num_subjects: int | None = None,
         first_subject: int = 0,
         sequences_per_subject: int = 4,
         frames_per_sequence: int = 64,
-        crop: Crop = "joints",
-        crop_margin: float = 1.25,
-        crop_extent_mm: float = 240.0,
-        rig_radius_mm: float = 600.0,
         chunk_size: int = 16,
         cache_mb: float = 512.0,
         cache_dir: str | Path | None = None,
-        device: str = "cpu",
         extra_keys: Sequence[str] | None = None,
         transform: Transform | None = None,
         mirror_left: bool = False,
     ) -> None:
-        super().__init__(**base_arguments(locals()))
+        super().__init__(
+            split=split,
+            world=world,
+            num_subjects=num_subjects,
+            first_subject=first_subject,
+            sequences_per_subject=sequences_per_subject,
+            frames_per_sequence=frames_per_sequence,
+            chunk_size=chunk_size,
+            cache_mb=cache_mb,
+            cache_dir=cache_dir,
+            extra_keys=extra_keys,
+            transform=transform,
+            mirror_left=mirror_left,
+        )
         self.num_views = check_int("num_views", num_views, 1)
         if self.num_views > self.num_cameras:
             raise ValueError(f"num_views={num_views} exceeds the rig's {self.num_cameras} cameras")
@@ -139,7 +138,7 @@ class SynthHandsMultiView(SynthHandsBase):
         Every epoch draws afresh from all ordered camera tuples of the rig (for two views: all
         ``C (C - 1)`` ordered pairs, so both directions of every pair).
         """
-        draws = [hash_ints(self.seed, 0x7E, epoch, index, c) for c in range(self.num_cameras)]
+        draws = [hash_ints(self.world.seed, 0x7E, epoch, index, c) for c in range(self.num_cameras)]
         order = sorted(range(self.num_cameras), key=lambda c: (draws[c], c))
         return order[: self.num_views]
 
@@ -151,13 +150,13 @@ class SynthHandsMultiView(SynthHandsBase):
         """
         _, sequence, frame = self.frame_key(index)
         if self.appearance_source == "other_sequence":
-            shift = 1 + hash_ints(self.seed, 0x73, index) % (self.sequences_per_subject - 1)
+            shift = 1 + hash_ints(self.world.seed, 0x73, index) % (self.sequences_per_subject - 1)
             return (sequence + shift) % self.sequences_per_subject, hash_ints(
-                self.seed, 0x72, index
+                self.world.seed, 0x72, index
             ) % self.frames_per_sequence
         if self.frame_gap is not None:
             return sequence, (frame + self.frame_gap) % self.frames_per_sequence
-        offset = 1 + hash_ints(self.seed, 0x72, index) % (self.frames_per_sequence - 1)
+        offset = 1 + hash_ints(self.world.seed, 0x72, index) % (self.frames_per_sequence - 1)
         return sequence, (frame + offset) % self.frames_per_sequence
 
     def view_keys(self, index: int, epoch: int = 0) -> list[ViewKey]:

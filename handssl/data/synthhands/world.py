@@ -3,7 +3,8 @@
 :class:`SynthHandsWorld` ties the pieces together (motion -> rig -> crop cameras -> capsules (+ a held
 object) -> ray casting -> appearance) and renders any batch of ``(subject, sequence, frame, camera)`` views
 at once. The pixels of a view depend only on the world's arguments and that key, never on the batch it
-was rendered in.
+was rendered in. Which views make up a dataset (split, subjects, sequences, frames, cameras) is the
+datasets' business (:mod:`handssl.data.synthhands.dataset`); one world can serve several of them.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from handssl.data.synthhands.rig import Rig, make_rig
 from handssl.geometry import look_at_rotation, project, world_to_camera
 from handssl.skeleton import FINGERS, MIDDLE_MCP, NUM_JOINTS
 
-__all__ = ["RENDER_VERSION", "SynthHandsWorld"]
+__all__ = ["CROPS", "RENDER_VERSION", "Crop", "Style", "SynthHandsWorld"]
+
+Style = Literal["synthetic", "real", "real_object"]
+"""Appearance style: RHD-like source, STB-like target, or Dexter+Object-like (``"real"`` plus a held object)."""
+
+Crop = Literal["joints", "fixed"]
+"""How a view's crop is framed: around the joints' box, or a fixed extent at the hand centre's depth."""
 
 RENDER_VERSION = "synthhands-2"
 """Bumped whenever the rendered pixels change; part of the disk cache key."""
@@ -61,12 +68,21 @@ def check_int(name: str, value: Any, minimum: int) -> int:
 class SynthHandsWorld:
     """The procedural world: subjects and their motion, a camera rig, and a renderer of one style.
 
+    Everything that determines the pixels and the geometry of a view is an argument here; the datasets
+    (:class:`~handssl.data.SynthHands`, :class:`~handssl.data.SynthHandsMultiView`) take a world and choose
+    which views to draw from it. In YAML::
+
+        world: {class_path: handssl.data.SynthHandsWorld, init_args: {style: real, image_size: 64}}
+
     Args:
-        style: Appearance domain, ``"synthetic"`` or ``"real"``.
-        image_size: Side of the square crops in pixels (at least 16).
+        style: Appearance domain: ``"synthetic"`` (RHD-like source: rendered hands over varied
+            natural-looking backgrounds, random lights), ``"real"`` (STB-like target: a camera in a lab room,
+            key and fill light, sensor effects) or ``"real_object"`` (Dexter+Object-like: ``"real"`` with a
+            held, occluding object); same geometry.
+        image_size: Side of the square crops in pixels, an int >= 16 (64 on CPU; 128 and 256 work).
         num_cameras: Cameras in the rig.
-        seed: World seed (subjects, motion, rig, textures, lights, noise).
-        frames_per_sequence: Frames of every sequence (motion is computed per whole sequence).
+        seed: World seed (subjects, motion, rig, textures, lights, noise); the datasets draw their cameras
+            and appearance frames from it too.
         crop: ``"joints"``: each crop looks at the hand centre and its side is ``crop_margin`` times the
             side of the joints' square box as seen from that camera (each view its own focal length, as
             the papers' crops around the hand); ``"fixed"``: every crop covers ``crop_extent_mm``.
@@ -79,12 +95,11 @@ class SynthHandsWorld:
 
     def __init__(
         self,
-        style: Literal["synthetic", "real", "real_object"] = "synthetic",
+        style: Style = "synthetic",
         image_size: int = 64,
         num_cameras: int = 8,
         seed: int = 0,
-        frames_per_sequence: int = 64,
-        crop: Literal["joints", "fixed"] = "joints",
+        crop: Crop = "joints",
         crop_margin: float = 1.25,
         crop_extent_mm: float = 240.0,
         rig_radius_mm: float = 600.0,
@@ -98,7 +113,6 @@ class SynthHandsWorld:
             raise ValueError(f"image_size must be <= 2048, got {image_size}")
         self.num_cameras = check_int("num_cameras", num_cameras, 1)
         self.seed = check_int("seed", seed, 0)
-        self.frames_per_sequence = check_int("frames_per_sequence", frames_per_sequence, 1)
         if not 50.0 <= crop_extent_mm <= 1000.0:
             raise ValueError(f"crop_extent_mm must be in [50, 1000] mm, got {crop_extent_mm}")
         if crop not in CROPS:
@@ -130,7 +144,7 @@ class SynthHandsWorld:
         self.group_size = max(1, 2**18 // self.image_size**2) if self.device.type == "cpu" else 1024
         self._subjects: dict[int, Any] = {}
         self._joints: dict[tuple[int, int], Tensor] = {}
-        self._shared_joints: tuple | None = None
+        self._shared_sequences: list[_SharedSequences] = []
         self._objects: dict[tuple[int, int], np.ndarray] = {}
 
     def config(self) -> dict[str, Any]:
@@ -141,7 +155,6 @@ class SynthHandsWorld:
             "image_size": self.image_size,
             "num_cameras": self.num_cameras,
             "seed": self.seed,
-            "frames_per_sequence": self.frames_per_sequence,
             "crop": self.crop,
             "crop_margin": self.crop_margin,
             "crop_extent_mm": self.crop_extent_mm,
@@ -154,56 +167,51 @@ class SynthHandsWorld:
             self._subjects[subject] = _motion().make_subject(self.seed, subject)
         return self._subjects[subject]
 
-    def share_sequences(self, keys: Sequence[tuple[int, int]]) -> None:
-        """Keep the motion of these ``(subject, sequence)`` keys in anonymous shared memory.
+    def share_sequences(self, keys: Sequence[tuple[int, int]], num_frames: int) -> None:
+        """Keep the motion of frames ``0 .. num_frames - 1`` of these ``(subject, sequence)`` keys in shared memory.
 
         Forked DataLoader workers then compute each sequence once for all processes (and for the
-        workers of later epochs) instead of once per worker.
+        workers of later epochs) instead of once per worker. Each dataset shares its own sequences; a
+        world serving several datasets keeps them all.
         """
-        keys = list(dict.fromkeys((int(a), int(q)) for a, q in keys))
-        frames = self.frames_per_sequence
-        flags = -(-len(keys) // 64) * 64
-        buffer = mmap.mmap(-1, flags + len(keys) * frames * NUM_JOINTS * 3 * 4)
-        filled = torch.frombuffer(buffer, dtype=torch.uint8, count=len(keys))
-        joints = torch.frombuffer(
-            buffer, dtype=torch.float32, count=len(keys) * frames * NUM_JOINTS * 3, offset=flags
-        )
-        self._shared_joints = (
-            {key: i for i, key in enumerate(keys)},
-            filled,
-            joints.view(-1, frames, NUM_JOINTS, 3),
-            buffer,
-        )
+        num_frames = check_int("num_frames", num_frames, 1)
+        if keys:
+            self._shared_sequences.append(_SharedSequences(keys, num_frames))
 
-    def sequence(self, subject: int, sequence: int) -> Tensor:
-        """``(F, 21, 3)`` float32 world joints (mm) of a whole sequence (cached)."""
-        key = (subject, sequence)
-        if key in self._joints:
-            return self._joints[key]
-        slots, filled, table, _ = self._shared_joints or ({}, None, None, None)
-        slot = slots.get(key)
-        if slot is not None and filled[slot]:
-            self._joints[key] = table[slot].clone()
-            return self._joints[key]
-        joints = _motion().sequence_joints(
-            self.seed, self.subject(subject), sequence, list(range(self.frames_per_sequence))
+    def sequence(self, subject: int, sequence: int, num_frames: int) -> Tensor:
+        """``(num_frames, 21, 3)`` float32 world joints (mm) of frames ``0 .. num_frames - 1`` of a sequence (cached).
+
+        Every frame's pose is a pure function of the seed, the subject, the sequence and the frame number
+        (:func:`~handssl.data.synthhands.motion.sequence_joints`), so a longer sequence starts with the
+        frames of a shorter one.
+        """
+        key = (int(subject), int(sequence))
+        joints = self._joints.get(key)
+        if joints is None or len(joints) < num_frames:
+            joints = self._compute_sequence(key, num_frames)
+            self._joints[key] = joints
+        return joints[:num_frames]
+
+    def _compute_sequence(self, key: tuple[int, int], num_frames: int) -> Tensor:
+        """The joints of at least ``num_frames`` frames: from a shared table that holds them, else computed."""
+        shared = next(
+            (t for t in self._shared_sequences if key in t.slots and t.num_frames >= num_frames), None
         )
+        if shared is not None and shared.filled[shared.slots[key]]:
+            return shared.joints[shared.slots[key]].clone()
+        length = num_frames if shared is None else shared.num_frames
+        subject, sequence = key
+        joints = _motion().sequence_joints(self.seed, self.subject(subject), sequence, list(range(length)))
         joints = torch.as_tensor(joints, dtype=torch.float32)
-        if joints.shape != (self.frames_per_sequence, NUM_JOINTS, 3) or not torch.isfinite(joints).all():
+        if joints.shape != (length, NUM_JOINTS, 3) or not torch.isfinite(joints).all():
             raise RuntimeError(
                 f"motion.sequence_joints returned {tuple(joints.shape)} (finite: "
                 f"{bool(torch.isfinite(joints).all())}) for subject {subject}, sequence {sequence}"
             )
-        if slot is not None:
-            table[slot].copy_(joints)
-            filled[slot] = 1
-        self._joints[key] = joints
+        if shared is not None:
+            shared.joints[shared.slots[key]].copy_(joints)
+            shared.filled[shared.slots[key]] = 1
         return joints
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_shared_joints"] = None  # shared memory does not travel to spawned processes
-        return state
 
     def crop_extents(self, joints_world: Tensor, cameras: Tensor, center_world: Tensor) -> Tensor | float:
         """Side (mm, at the hand centre's depth) of each view's crop: fixed, or framing the joints' box.
@@ -299,16 +307,21 @@ class SynthHandsWorld:
         n = len(frames)
         if not n == len(subjects) == len(sequences) == len(cameras):
             raise ValueError("subjects, sequences, frames and cameras must have the same length")
-        for name, values, bound in (
-            ("frame", frames, self.frames_per_sequence),
-            ("camera", cameras, self.num_cameras),
-        ):
-            bad = [v for v in values if not 0 <= v < bound]
-            if bad:
-                raise ValueError(f"{name} index out of range [0, {bound}): {bad[:5]}")
+        bad = [f for f in frames if f < 0]
+        if bad:
+            raise ValueError(f"frame index must be >= 0: {bad[:5]}")
+        bad = [c for c in cameras if not 0 <= c < self.num_cameras]
+        if bad:
+            raise ValueError(f"camera index out of range [0, {self.num_cameras}): {bad[:5]}")
         s = self.image_size
+        frames_needed: dict[tuple[int, int], int] = {}
+        for a, q, f in zip(subjects, sequences, frames):
+            frames_needed[int(a), int(q)] = max(frames_needed.get((int(a), int(q)), 0), int(f) + 1)
         joints_world = torch.stack(
-            [self.sequence(int(a), int(q))[int(f)] for a, q, f in zip(subjects, sequences, frames)]
+            [
+                self.sequence(int(a), int(q), frames_needed[int(a), int(q)])[int(f)]
+                for a, q, f in zip(subjects, sequences, frames)
+            ]
         )
         world64 = joints_world.to(torch.float64)
         center = (world64.amax(1) + world64.amin(1)) / 2.0
@@ -372,3 +385,29 @@ class SynthHandsWorld:
             "joints2d": project(joints_cam, crop.K).to(f32),
             "joints3d_world": joints_world,
         }
+
+
+class _SharedSequences:
+    """Motion of frames ``0 .. num_frames - 1`` of some sequences, in anonymous shared memory.
+
+    Filled on first use by whichever process needs a sequence; forked workers see each other's writes (a
+    slot is written joints first, then its flag, always with the same values). Pickling (a spawned
+    worker) gives an empty table of the same sequences in that process's own memory.
+    """
+
+    def __init__(self, keys: Sequence[tuple[int, int]], num_frames: int) -> None:
+        self.keys = list(dict.fromkeys((int(a), int(q)) for a, q in keys))
+        self.num_frames = num_frames
+        self.slots = {key: i for i, key in enumerate(self.keys)}
+        flags = -(-len(self.keys) // 64) * 64
+        count = len(self.keys) * num_frames * NUM_JOINTS * 3
+        self._buffer = mmap.mmap(-1, flags + count * 4)
+        self.filled = torch.frombuffer(self._buffer, dtype=torch.uint8, count=len(self.keys))
+        joints = torch.frombuffer(self._buffer, dtype=torch.float32, count=count, offset=flags)
+        self.joints = joints.view(-1, num_frames, NUM_JOINTS, 3)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"keys": self.keys, "num_frames": self.num_frames}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["keys"], state["num_frames"])  # type: ignore[misc]
