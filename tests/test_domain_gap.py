@@ -4,7 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "domain_gap.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "studies" / "domain_gap.py"
 
 
 def test_domain_gap_smoke_run_writes_every_stage_and_gate(tmp_path, capsys, monkeypatch):

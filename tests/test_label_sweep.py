@@ -1,4 +1,4 @@
-"""Smoke test of experiments/label_sweep.py (issue 11's NVS label sweep): rows, gates, figure, resume."""
+"""Smoke test of experiments/studies/label_sweep.py (issue 11's NVS label sweep): rows, gates, figure, resume."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "label_sweep.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "studies" / "label_sweep.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The pure parts of experiments/nvs_sweep.py (issue 21's NVS sweep): seed plans, commands, table and gates."""
+"""The pure parts of experiments/studies/nvs_sweep.py (issue 21's NVS sweep): seed plans, commands, table and gates."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "nvs_sweep.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "studies" / "nvs_sweep.py"
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,9 @@ def test_each_row_runs_its_recipe_with_only_the_named_options(sweep, tmp_path):
     assert option(test, "--ckpt_path") == str(tmp_path / "last.ckpt")
     assert option(test, "--model.init_args.pretrained_checkpoint") == str(ckpt)
     assert not any(c.startswith("--trainer.max_time") for c in test)
-    assert sweep.shell(args, semi).startswith("PYTHONPATH=experiments OMP_NUM_THREADS=2 handssl fit -c ")
+    assert sweep.shell(args, semi).startswith(
+        "PYTHONPATH=experiments/studies OMP_NUM_THREADS=2 handssl fit -c "
+    )
 
 
 def test_read_metrics_keeps_the_validation_rows(sweep, tmp_path):

@@ -1,4 +1,4 @@
-"""experiments/bench_throughput.py in its CI-sized form (a smoke test: no speed is asserted here)."""
+"""experiments/tools/bench_throughput.py in its CI-sized form (a smoke test: no speed is asserted here)."""
 
 import csv
 import importlib.util
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_throughput.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "tools" / "bench_throughput.py"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ SemiHand-style pseudo-labels: a flat heatmap (low ``heatmap_peak``: the soft-arg
 a flat hand (``depth_corr`` near 0: the depth head predicts the mean), a shrunken hand (``bone_ratio`` < 1: the
 L2-optimal hedge of a poor localiser), and which axis carries the error (``error_x_mm``, ``error_y_mm``,
 ``error_z_mm``). :class:`~handssl.models.SemiHandModule` logs them at every validation (``val/health_*``) and
-on its labelled training batches (``train/health_*``); ``experiments/health25d.py`` prints them for any
+on its labelled training batches (``train/health_*``); ``experiments/tools/health25d.py`` prints them for any
 checkpoint or shipped name.
 """
 

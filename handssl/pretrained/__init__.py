@@ -3,7 +3,7 @@
 Each shipped network is two files in ``handssl/pretrained/weights/``: ``<name>.pt`` (the LightningModule's class
 name, its hyper-parameters, its state dict and the extra state its ``on_load_checkpoint`` reads) and
 ``<name>.json`` (how it was made: the command, the commit, the measured metrics, the file's SHA-256). Both are
-written by ``experiments/ship_weights.py`` from a benchmark's checkpoints; nothing is ever downloaded.
+written by ``experiments/tools/ship_weights.py`` from a benchmark's checkpoints; nothing is ever downloaded.
 
     >>> import handssl.pretrained
     >>> handssl.pretrained.available()                       # the names shipped in this install
@@ -18,10 +18,11 @@ starts from its weights with a fresh optimizer (:func:`load_weights_into`) inste
 The names (``NAMES``; a name not shipped in this install says how to produce it):
 
 * ``semihand-source-only-synthhands``, ``semihand-synthhands``, ``semihand-oracle-synthhands``: the
-  source-only, full SemiHand (mean teacher) and target-oracle rows of ``experiments/semihand_ablation.py``
-  (SynthHands v2, synthetic-style labels -> real-style images, 64 px);
+  source-only, full SemiHand (mean teacher) and target-oracle rows of
+  ``experiments/studies/semihand_ablation.py`` (SynthHands v2, synthetic-style labels -> real-style images,
+  64 px);
 * ``nvs-semi-synthhands``, ``nvs-supervised-synthhands``: the semi and supervised rows of
-  ``experiments/label_sweep.py`` at one labelled subject (64 px).
+  ``experiments/studies/label_sweep.py`` at one labelled subject (64 px).
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ MAX_BYTES = 10 * 1024 * 1024
 CLASSES = ("SupervisedModule", "NVSModule", "SemiHandModule")
 
 NAMES: dict[str, str] = {
-    "semihand-source-only-synthhands": "python experiments/ship_weights.py semihand",
-    "semihand-synthhands": "python experiments/ship_weights.py semihand",
-    "semihand-oracle-synthhands": "python experiments/ship_weights.py semihand",
-    "nvs-semi-synthhands": "python experiments/ship_weights.py nvs",
-    "nvs-supervised-synthhands": "python experiments/ship_weights.py nvs",
+    "semihand-source-only-synthhands": "python experiments/tools/ship_weights.py semihand",
+    "semihand-synthhands": "python experiments/tools/ship_weights.py semihand",
+    "semihand-oracle-synthhands": "python experiments/tools/ship_weights.py semihand",
+    "nvs-semi-synthhands": "python experiments/tools/ship_weights.py nvs",
+    "nvs-supervised-synthhands": "python experiments/tools/ship_weights.py nvs",
 }
 """Every name ``load`` knows, with the command that produces its weights."""
 
@@ -87,7 +88,7 @@ def _check_name(name: str, weights_dir: str | Path | None) -> tuple[Path, Path]:
     weights, meta = _paths(name, weights_dir)
     if not weights.is_file() or not meta.is_file():
         missing = weights if not weights.is_file() else meta
-        how = NAMES.get(name, "experiments/ship_weights.py")
+        how = NAMES.get(name, "experiments/tools/ship_weights.py")
         raise PretrainedError(
             f"weights of {name!r} are not shipped in this install ({missing} missing); produce them with: {how}"
         )
@@ -115,7 +116,8 @@ def _payload(name: str, map_location: str | torch.device, weights_dir: str | Pat
     if meta.get("sha256") and meta["sha256"] != digest:
         raise PretrainedError(
             f"{weights} is corrupt: its SHA-256 {digest[:12]}... does not match {meta['sha256'][:12]}... "
-            f"recorded beside it; reinstall handssl or rerun {NAMES.get(name, 'experiments/ship_weights.py')}"
+            "recorded beside it; reinstall handssl or rerun "
+            f"{NAMES.get(name, 'experiments/tools/ship_weights.py')}"
         )
     try:
         payload = torch.load(weights, map_location=map_location, weights_only=True)
@@ -297,7 +299,10 @@ def is_shipped(value: Any, weights_dir: str | Path | None = None) -> TypeGuard[s
 def pack(
     module_class: str, hparams: dict[str, Any], state_dict: dict[str, Any], extra: dict[str, Any]
 ) -> dict:
-    """The payload of a ``<name>.pt`` file (what :func:`load` reads); used by ``experiments/ship_weights.py``."""
+    """The payload of a ``<name>.pt`` file (what :func:`load` reads).
+
+    ``experiments/tools/ship_weights.py`` packs the shipped networks with it.
+    """
     if module_class not in CLASSES:
         raise PretrainedError(f"cannot pack class {module_class!r}; choose from {', '.join(CLASSES)}")
     return {

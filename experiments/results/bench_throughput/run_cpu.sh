@@ -9,7 +9,7 @@ for task in supervised nvs semihand; do
   for size in 64 128; do
     csv=$out/cpu_${task}_${size}.csv
     [ -s "$csv" ] && continue
-    python experiments/bench_throughput.py --device cpu --tasks $task --sizes $size --frames $frames \
+    python experiments/tools/bench_throughput.py --device cpu --tasks $task --sizes $size --frames $frames \
       --epochs 3 --steps 20 --warmup 3 --out "$csv.part" > "$out/cpu_${task}_${size}.log" 2>&1
     mv "$csv.part" "$csv"
   done

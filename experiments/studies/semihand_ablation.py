@@ -26,8 +26,8 @@ reads): as lifted in training (``pl_*_mm``) and lifted with the annotated root a
 Resumable: stage 1 is reused once it finished, each finished row is appended to ``<out>/rows.csv`` and skipped
 when the script runs again.
 
-    python experiments/semihand_ablation.py --quick                                 # smoke run, ~3 min
-    python experiments/semihand_ablation.py --seeds 0,1,2 --out experiments/results/semihand_ablation_v4
+    python experiments/studies/semihand_ablation.py --quick                                 # smoke run, ~3 min
+    python experiments/studies/semihand_ablation.py --seeds 0,1,2 --out experiments/results/semihand_ablation_v4
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-EXPERIMENTS = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: the recipes' paths are relative to it
 STAGE1_STEPS, STAGE2_STEPS = 6000, 3000
 """Steps of stage 1 (source pre-training) and stage 2 (each row)."""
 NO_UNLABELED = ["--data.init_args.unlabeled_fraction=0", "--data.init_args.batch_size=16"]
@@ -168,9 +168,7 @@ def fit(args: argparse.Namespace, name: str, recipe: list[str], steps: int) -> t
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(log, "w") as handle:
-        subprocess.run(
-            command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=EXPERIMENTS.parent
-        )
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     (run_dir,) = set(runs.glob("version_*")) - before
     minutes = (time.time() - start) / 60
     (run_dir / "minutes.txt").write_text(f"{minutes:.2f}\n")

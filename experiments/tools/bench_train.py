@@ -1,8 +1,8 @@
 """Measure how many images per second a training step of a model consumes (no data loading).
 
-The SynthHands renderer must deliver at least 10x this rate (see experiments/bench_render.py).
+The SynthHands renderer must deliver at least 10x this rate (see experiments/tools/bench_render.py).
 
-    python experiments/bench_train.py --model supervised --size 64 --batch 64 --steps 30
+    python experiments/tools/bench_train.py --model supervised --size 64 --batch 64 --steps 30
 """
 
 from __future__ import annotations

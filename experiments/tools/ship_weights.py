@@ -9,9 +9,9 @@ reproduction: the training command, then this one.
 
     # SemiHand: the source-only, full and target-oracle rows of the ablation (synthetic -> real; per row the
     # seed nearest the row's mean test MPJPE; trained_by is that row's own handssl fit command)
-    python experiments/ship_weights.py semihand
+    python experiments/tools/ship_weights.py semihand
     # NVS: the semi and supervised rows at one labelled subject of the label sweep
-    python experiments/ship_weights.py nvs
+    python experiments/tools/ship_weights.py nvs
 
 Each file must stay under 10 MB (the network is refused otherwise).
 """
@@ -110,8 +110,8 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
 
 
 def recipe_of(command: str) -> str | None:
-    """The file under ``experiments/`` that a training command runs (``python experiments/x.py ...``, or the
-    first ``-c experiments/...yaml`` of ``handssl fit``); of a chain ``a && b``, the last stage's."""
+    """The file under ``experiments/`` that a training command runs (``python experiments/<folder>/<script>.py
+    ...``, or the first ``-c experiments/...yaml`` of ``handssl fit``); of a chain ``a && b``, the last stage's."""
     for stage in reversed(command.split("&&")):
         for token in shlex.split(stage):
             if token.startswith("experiments/") and token.endswith((".py", ".yaml", ".yml")):
@@ -152,14 +152,16 @@ def nearest_to_mean(
 
 
 def ship_semihand(args: argparse.Namespace) -> None:
-    """Ship the source-only, full and oracle rows of ``experiments/semihand_ablation.py``: per row, the seed
+    """Ship the source-only, full and oracle rows of ``experiments/studies/semihand_ablation.py``: per row, the seed
     whose test MPJPE is nearest the row's mean over seeds, from its run's final checkpoint."""
     with open(args.results, newline="") as handle:
         table = list(csv.DictReader(handle))
     for row, name in SEMIHAND.items():
         rows = [r for r in table if r["row"] == row]
         if not rows:
-            raise SystemExit(f"{args.results} has no {row!r} row yet (run experiments/semihand_ablation.py)")
+            raise SystemExit(
+                f"{args.results} has no {row!r} row yet (run experiments/studies/semihand_ablation.py)"
+            )
         chosen, stats = nearest_to_mean(rows)
         runs = sorted(
             (Path(args.run_dir) / f"{row}_seed{chosen['seed']}").glob("version_*/checkpoints/final.ckpt")
@@ -249,16 +251,20 @@ def main(argv: list[str] | None = None) -> None:
         args.run_dir = args.run_dir or "runs/semihand_ablation_v4"
         args.results = args.results or "experiments/results/semihand_ablation_v4/rows.csv"
         if not Path(args.results).is_file():
-            raise SystemExit(f"results file not found: {args.results} (run experiments/semihand_ablation.py)")
+            raise SystemExit(
+                f"results file not found: {args.results} (run experiments/studies/semihand_ablation.py)"
+            )
         ship_semihand(args)
     else:
         args.run_dir = args.run_dir or "runs/label_sweep"
         args.results = args.results or "experiments/results/label_sweep/rows.jsonl"
         args.trained_by = args.trained_by or (
-            "python experiments/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2"
+            "python experiments/studies/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2"
         )
         if not Path(args.results).is_file():
-            raise SystemExit(f"results file not found: {args.results} (run experiments/label_sweep.py)")
+            raise SystemExit(
+                f"results file not found: {args.results} (run experiments/studies/label_sweep.py)"
+            )
         ship_nvs(args)
 
 

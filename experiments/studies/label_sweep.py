@@ -20,8 +20,8 @@ Resumable: each finished row is appended to ``<out>/rows.jsonl`` at once (and ``
 ``label_sweep.png`` rewritten); a rerun with the same ``--out`` skips rows already there and reuses stage 1's
 checkpoint (``runs/<name of --out>/stage1.ckpt``), so one command may span sessions.
 
-    python experiments/label_sweep.py --quick                 # smoke test, about two minutes
-    python experiments/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2 \\
+    python experiments/studies/label_sweep.py --quick                 # smoke test, about two minutes
+    python experiments/studies/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2 \\
         --out experiments/results/label_sweep                 # ~3 h of 2 CPU cores, resumable
 
 Gates (``gates.md``): semi N-MPJPE <= 0.85 x supervised at each k; pretrained <= 0.9 x supervised at k = 1;
@@ -351,7 +351,7 @@ def stage1_checkpoint(
 
 
 def save_weights(module: NVSModule, path: Path) -> None:
-    """The trained module's weights and hyper-parameters (what ``experiments/ship_weights.py`` packs)."""
+    """The trained module's weights and hyper-parameters (what ``experiments/tools/ship_weights.py`` packs)."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
 
 

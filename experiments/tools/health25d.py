@@ -5,8 +5,8 @@ chosen splits and styles (the labelled training subjects and the validation / te
 :func:`handssl.metrics.health.pose25d_health` plus MPJPE (root-relative, lifted with the known root depth and
 scale, the paper's protocol) and the mean pose's MPJPE on the same crops (the floor every network must beat).
 
-    python experiments/health25d.py semihand-source-only-synthhands
-    python experiments/health25d.py runs/x/version_0/checkpoints/last.ckpt --sets test:synthetic,test:real \\
+    python experiments/tools/health25d.py semihand-source-only-synthhands
+    python experiments/tools/health25d.py runs/x/version_0/checkpoints/last.ckpt --sets test:synthetic,test:real \\
         --items 512 --out experiments/results/health/x.json
 
 Gates of issue 20 (source-only on synthetic-style *test* crops): 2D error <= 4.5 px at 64 px, depth

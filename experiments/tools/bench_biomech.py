@@ -2,9 +2,9 @@
 
 Examples::
 
-    python experiments/bench_biomech.py
-    python experiments/bench_biomech.py --batch 4096 --seconds 2 --dtype float32 float64
-    python experiments/bench_biomech.py --device cuda --batch 4096 65536
+    python experiments/tools/bench_biomech.py
+    python experiments/tools/bench_biomech.py --batch 4096 --seconds 2 --dtype float32 float64
+    python experiments/tools/bench_biomech.py --device cuda --batch 4096 65536
 
 Inputs are noisy feasible poses (forward kinematics of random in-limit angles, random bone lengths and
 orientations, plus 5 mm Gaussian noise per coordinate), so every correction has work to do. Rows:

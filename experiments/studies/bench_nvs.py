@@ -11,8 +11,8 @@ the identity rotation and with another item's rotation, the true mask filled wit
 and the synthesized mask's IoU with the hand. Geometry gate (issue 21): true <= 0.8 x identity and <= 0.8 x
 another item's rotation. It saves a grid of test pairs (input | target | synthesized | turntable) as PNG.
 
-    python experiments/bench_nvs.py --checkpoint runs/label_sweep/semi_1.ckpt --out experiments/results/bench_nvs
-    python experiments/bench_nvs.py --pretrained nvs-semi-synthhands     # the shipped semi network
+    python experiments/studies/bench_nvs.py --checkpoint runs/label_sweep/semi_1.ckpt --out experiments/results/bench_nvs
+    python experiments/studies/bench_nvs.py --pretrained nvs-semi-synthhands     # the shipped semi network
 """
 
 from __future__ import annotations

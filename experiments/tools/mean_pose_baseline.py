@@ -4,7 +4,7 @@ Builds the DataModule of a config exactly as `handssl fit` would, averages the r
 (camera frame), and reports that constant prediction's test MPJPE / N-MPJPE / PA-MPJPE / AUC. With
 `--run DIR` it also prints the run's `test_metrics.json` beside it.
 
-    python experiments/mean_pose_baseline.py -c experiments/quickstart.yaml --run runs/quickstart/version_0
+    python experiments/tools/mean_pose_baseline.py -c experiments/quickstart.yaml --run runs/quickstart/version_0
 """
 
 from __future__ import annotations

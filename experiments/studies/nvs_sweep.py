@@ -33,7 +33,7 @@ The options changed, the same for every row:
   regime's curve has points at the same minutes) over every validation item
   (``--trainer.limit_val_batches=1.0``: the recipes' 8 batches are 128 items at batch 16 but 256 at semi's
   32). Lightning validates once more when ``max_time`` stops training, so the last point is the final weights.
-* ``--trainer.callbacks+=nvs_sweep.TrainClock`` (``PYTHONPATH=experiments``): logs ``time/train_min``, the
+* ``--trainer.callbacks+=nvs_sweep.TrainClock`` (``PYTHONPATH=experiments/studies``): logs ``time/train_min``, the
   ``max_time`` clock, beside ``val/n_mpjpe`` in the run's ``metrics.csv``, and writes ``train_clock.json``
   (training and validation minutes, steps). It only measures.
 * stage 1: ``--trainer.callbacks.dirpath=null``, so that ``stage1.ckpt`` goes into the run's own
@@ -57,11 +57,11 @@ Resumable: a rerun skips the rows in ``rows.csv`` and reuses every finished fit 
 (stage 1 included); the settings that change a row's meaning (budget, extras, ``--quick``) must match the
 rows already there.
 
-    python experiments/nvs_sweep.py --quick --threads 1 --out /tmp/nvs_sweep_quick \\
+    python experiments/studies/nvs_sweep.py --quick --threads 1 --out /tmp/nvs_sweep_quick \\
         --work-dir /tmp/nvs_sweep_quick_runs                  # smoke test: 1 seed, k=1, ~2.5 min of 2 cores
-    python experiments/nvs_sweep.py --print-commands          # what each row runs, without running it
-    python experiments/nvs_sweep.py --subjects 1 2 --seeds-per-k 1:0,1,2 2:0,1 --minutes 20 --threads 2
-    python experiments/nvs_sweep.py --extra "--model.init_args.latent_equivariance_weight=1.0" \\
+    python experiments/studies/nvs_sweep.py --print-commands          # what each row runs, without running it
+    python experiments/studies/nvs_sweep.py --subjects 1 2 --seeds-per-k 1:0,1,2 2:0,1 --minutes 20 --threads 2
+    python experiments/studies/nvs_sweep.py --extra "--model.init_args.latent_equivariance_weight=1.0" \\
         --out experiments/results/nvs_sweep_equivariance --work-dir runs/nvs_sweep_equivariance
 
 The default (3 seeds at 1 labelled subject, 2 at 2, 20 minutes a row) trains 15 rows and 3 stage 1s: about
@@ -95,8 +95,8 @@ import pytorch_lightning as pl
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-EXPERIMENTS = Path(__file__).resolve().parent
-ROOT = EXPERIMENTS.parent
+STUDIES = Path(__file__).resolve().parent  # experiments/studies: on PYTHONPATH for TrainClock
+ROOT = STUDIES.parents[1]
 REGIMES = ("supervised", "pretrained", "semi")
 RECIPES = {
     "supervised": "nvs_supervised.yaml",
@@ -352,7 +352,7 @@ def test_command(
 
 def shell(args: argparse.Namespace, command: Sequence[str]) -> str:
     """A command as one shell line, run from the repository root."""
-    return f"PYTHONPATH=experiments OMP_NUM_THREADS={args.threads} {shlex.join(command)}"
+    return f"PYTHONPATH=experiments/studies OMP_NUM_THREADS={args.threads} {shlex.join(command)}"
 
 
 # --- running ----------------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def run_handssl(args: argparse.Namespace, command: list[str], log_name: str) -> 
     log = args.out / "logs" / f"{log_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(EXPERIMENTS), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(STUDIES), env.get("PYTHONPATH")) if p)
     print(f"[{time.strftime('%H:%M:%S')}] {shell(args, command)}", flush=True)
     start = time.time()
     with open(log, "w") as handle:

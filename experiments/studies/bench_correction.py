@@ -13,8 +13,8 @@ helps depends on how good the labels already are. This script measures it twice,
    the same three errors, by quartile of the uncorrected error, with the 2D error and the ratio of predicted
    to true bone lengths (how much the network hedges towards a small, average hand).
 
-    python experiments/bench_correction.py            # about 2 min on 2 cores
-    python experiments/bench_correction.py --quick    # a smoke test
+    python experiments/studies/bench_correction.py            # about 2 min on 2 cores
+    python experiments/studies/bench_correction.py --quick    # a smoke test
 
 Writes ``<out>/correction.md`` and ``<out>/correction.json``.
 """

@@ -18,9 +18,9 @@ A sample is one batch row: an image for ``supervised``, a multi-view item (two v
 images at t') for ``nvs``, a labelled or an unlabelled crop (with its perturbed and "diversity" copies) for
 ``semihand``.
 
-    python experiments/bench_throughput.py --device cpu
-    python experiments/bench_throughput.py --device cuda --precision bf16-mixed --channels-last
-    python experiments/bench_throughput.py --quick           # CI-sized smoke run (32 px, a few steps)
+    python experiments/tools/bench_throughput.py --device cpu
+    python experiments/tools/bench_throughput.py --device cuda --precision bf16-mixed --channels-last
+    python experiments/tools/bench_throughput.py --quick           # CI-sized smoke run (32 px, a few steps)
 
 Speed targets live here, never in the timed tests: ``--min-ratio R`` exits with status 1 when a task's
 later-epoch fit rate falls below ``R`` times its bare step rate.
@@ -50,7 +50,7 @@ import yaml
 from lightning_fabric.utilities.apply_func import move_data_to_device
 from pytorch_lightning.callbacks import Callback
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository root (this file is experiments/tools/)
 TASKS: dict[str, str] = {
     "supervised": "experiments/quickstart.yaml",
     "nvs": "experiments/nvs_semi.yaml",

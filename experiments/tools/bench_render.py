@@ -2,8 +2,8 @@
 
 Examples::
 
-    python experiments/bench_render.py --size 64 --seconds 3
-    python experiments/bench_render.py --size 64 128 256 --device cuda --workers 0
+    python experiments/tools/bench_render.py --size 64 --seconds 3
+    python experiments/tools/bench_render.py --size 64 128 256 --device cuda --workers 0
 
 The renderer rows time ``SynthHandsWorld.render`` on batches of random (subject, sequence, frame,
 camera) views (motion precomputed, nothing cached). The DataLoader rows time a shuffled pass over a

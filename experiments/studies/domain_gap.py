@@ -8,9 +8,9 @@ training step. Each stage saves its JSON under ``--out`` as soon as it finishes,
 continues where it stopped; ``--force`` recomputes. The gates of the SynthHands v2 issue are checked at
 the end and written with the table to ``<out>/domain_gap.md``.
 
-    python experiments/domain_gap.py                 # the benchmark (about 15 min on 2 cores)
-    python experiments/domain_gap.py --quick         # a smoke run (about 20 s; numbers are not meaningful)
-    python experiments/domain_gap.py --figure docs/synthhands_styles.png   # also draw 16 crops per style
+    python experiments/studies/domain_gap.py                 # the benchmark (about 15 min on 2 cores)
+    python experiments/studies/domain_gap.py --quick         # a smoke run (about 20 s; numbers are not meaningful)
+    python experiments/studies/domain_gap.py --figure docs/synthhands_styles.png   # also draw 16 crops per style
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def report(r: dict, args: argparse.Namespace) -> str:
     lines = [
         "# SynthHands v2 domain gap",
         "",
-        f"Command: `python experiments/domain_gap.py{' --quick' if args.quick else ''}"
+        f"Command: `python experiments/studies/domain_gap.py{' --quick' if args.quick else ''}"
         f"{f' --seed {args.seed} --out {args.out}' if args.seed else ''}` "
         f"({args.steps} steps of batch {args.batch_size} at {args.image_size} px, {args.train_subjects} training "
         f"subjects x {args.sequences} sequences x 64 frames, one random camera per frame; "
