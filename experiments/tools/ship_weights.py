@@ -56,10 +56,14 @@ PATH_HPARAMS = ("init_checkpoint", "pretrained_checkpoint")
 
 @functools.cache
 def git_commit() -> str:
-    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it (read once, before any file is written)."""
+    """``HEAD``'s hash, with ``+dirty`` when tracked files differ from it (read once, before any file is written).
+
+    The logs of studies (``experiments/results/*/logs``) do not count: a study still running appends to them.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+        diff = ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude,glob)experiments/results/*/logs/**"]
+        dirty = subprocess.run(diff, capture_output=True).returncode != 0
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.strip() + ("+dirty" if dirty else "")
