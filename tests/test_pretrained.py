@@ -117,7 +117,10 @@ def test_pack_then_load_round_trips_a_module(tmp_path):
     from handssl.models import SupervisedModule
 
     module = SupervisedModule(backbone_widths=(8, 16), backbone_blocks=(1, 1), head_hidden=(16,))
-    payload = pretrained.pack("SupervisedModule", dict(module.hparams), module.state_dict(), {})
+    # a checkpoint written by `handssl fit` holds the CLI's own keys next to the constructor's arguments
+    hparams = {**module.hparams, "_class_path": "handssl.models.SupervisedModule", "_instantiator": "x.y"}
+    payload = pretrained.pack("SupervisedModule", hparams, module.state_dict(), {})
+    assert "_class_path" not in payload["hparams"] and "_instantiator" not in payload["hparams"]
     torch.save(payload, tmp_path / "tiny.pt")
     (tmp_path / "tiny.json").write_text(json.dumps({"metrics": {}}))
     assert pretrained.available(tmp_path) == ["tiny"]

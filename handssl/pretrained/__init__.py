@@ -150,7 +150,7 @@ def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str |
     weights, _ = _paths(name, weights_dir)
     payload = _payload(name, map_location, weights_dir)
     cls = getattr(importlib.import_module("handssl.models"), payload["class"])
-    module = cls(**payload["hparams"])
+    module = cls(**constructor_arguments(payload["hparams"]))
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
@@ -296,6 +296,11 @@ def is_shipped(value: Any, weights_dir: str | Path | None = None) -> TypeGuard[s
     return isinstance(value, str) and not Path(value).is_file() and value in available(weights_dir)
 
 
+def constructor_arguments(hparams: dict[str, Any]) -> dict[str, Any]:
+    """``hparams`` without the keys LightningCLI adds for itself (``_class_path``, ``_instantiator``)."""
+    return {key: value for key, value in hparams.items() if not key.startswith("_")}
+
+
 def pack(
     module_class: str, hparams: dict[str, Any], state_dict: dict[str, Any], extra: dict[str, Any]
 ) -> dict:
@@ -308,7 +313,7 @@ def pack(
     return {
         "format": FORMAT,
         "class": module_class,
-        "hparams": hparams,
+        "hparams": constructor_arguments(hparams),
         "state_dict": state_dict,
         "extra": extra,
     }
