@@ -88,6 +88,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # before the first file is written, which would make the tree dirty
     weights = out / f"{name}.pt"
     torch.save(payload, weights)
     size = weights.stat().st_size
@@ -103,7 +104,7 @@ def write(name: str, payload: dict[str, Any], meta: dict[str, Any], out: Path) -
         "recipe": meta.get("recipe") or recipe_of(meta["trained_by"]),
         "command": f"{meta['trained_by']} && {ship_command}",
         "ship_command": ship_command,
-        "commit": git_commit(),
+        "commit": commit,
         "results_commit": last_commit(meta.get("results")),
         "date": datetime.date.today().isoformat(),
         "bytes": size,
