@@ -37,7 +37,7 @@ PICTURES_DIR = REPO / "docs" / "notebooks"
 PICTURES = {
     "01_synthhands_tour.ipynb": ("overlays", 1.0),
     "02_novel_view_synthesis.ipynb": ("synthesis", 0.5),
-    "03_semihand_pseudo_labels.ipynb": ("correct_demo", 1.0),
+    "03_semihand_pseudo_labels.ipynb": ("pseudo_labels", 1.0),
     "04_real_datasets.ipynb": ("crops", 1.0),
 }
 """The figure (``show(fig, name)``'s name) the README shows for each notebook, and the share of its height
