@@ -1,0 +1,99 @@
+"""Does an NVS decoder read its latent? Renderings with the item's latent against an all-zero one.
+
+For validation pairs of SynthHands multi-view (view i -> view j of one frame), the hand-pixel L1 of the target view
+rendered from the pair's own latent with the true rotation ``R_ij``, with the identity, from another item's latent,
+and from an all-zero latent; then view i auto-encoded (i -> i) with its latent and with a zero latent. A decoder
+that draws the hand from the appearance vector scores the same with a zero latent, and then no rotation of the
+latent can matter (issue 21; ``experiments/results/nvs_geometry_probes/probes.md``).
+
+    python experiments/tools/nvs_latent_use.py nvs-semi-synthhands          # a shipped name
+    python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from handssl.data import SynthHandsMultiView, SynthHandsWorld
+from handssl.data.multiview import MultiViewPairs
+from handssl.models import NVSModule
+from handssl.models.components.nvs import composite, rotate_points
+from handssl.models.components.nvs_losses import foreground_l1, mask_iou, silhouette_target
+
+
+def load(model: str) -> NVSModule:
+    """A checkpoint file or a shipped name, in eval mode."""
+    if Path(model).is_file():
+        return NVSModule.load_from_checkpoint(model, map_location="cpu").eval()
+    import handssl.pretrained
+
+    try:
+        return handssl.pretrained.load(model).eval()
+    except handssl.pretrained.PretrainedError as error:
+        raise SystemExit(str(error)) from None
+
+
+def latent_use(module: NVSModule, pairs: int, threshold: float = 0.02) -> dict[str, float]:
+    """Hand-pixel L1 of the renderings described in the module docstring, on ``pairs`` validation pairs."""
+    if module.decoder is None:
+        raise SystemExit("the supervised regime builds no decoder: nothing to render")
+    world = SynthHandsWorld(image_size=int(module.hparams.image_size))
+    dataset = MultiViewPairs(
+        SynthHandsMultiView(split="val", world=world, sequences_per_subject=2, frames_per_sequence=16)
+    )
+    step = max(1, len(dataset) // pairs)
+    items = [dataset[k] for k in range(0, len(dataset), step)][:pairs]
+    batch = {
+        k: torch.stack([torch.as_tensor(item[k]) for item in items])
+        for k in ("image", "target", "R_ij", "background", "background_input")
+    }
+    decoder = module.decoder
+    with torch.no_grad():
+        points, appearance = module.encoder(batch["image"])
+
+        def render(latent: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
+            foreground, mask = decoder.layers(latent, appearance)
+            return composite(foreground, mask, background), mask
+
+        hand_j = silhouette_target(batch["target"], batch["background"], threshold)
+        hand_i = silhouette_target(batch["image"], batch["background_input"], threshold)
+        R = batch["R_ij"].float()
+        to_j = {
+            "true_rotation": rotate_points(points, R),
+            "identity": points,
+            "other_items_latent": rotate_points(points.roll(1, 0), R),
+            "zero_latent": torch.zeros_like(points),
+        }
+        result = {
+            f"i_to_j_{name}": float(
+                foreground_l1(render(latent, batch["background"])[0], batch["target"], hand_j)
+            )
+            for name, latent in to_j.items()
+        }
+        own, own_mask = render(points, batch["background_input"])
+        zero, _ = render(torch.zeros_like(points), batch["background_input"])
+        result["i_to_i_own_latent"] = float(foreground_l1(own, batch["image"], hand_i))
+        result["i_to_i_zero_latent"] = float(foreground_l1(zero, batch["image"], hand_i))
+        result["i_to_i_mask_iou"] = float(mask_iou(own_mask, hand_i).mean())
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model", help="checkpoint file or shipped name")
+    parser.add_argument("--pairs", type=int, default=64, help="validation pairs")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name, value in latent_use(load(args.model), args.pairs).items():
+        print(f"{name}: {value:.3f}")
+
+
+if __name__ == "__main__":
+    main()
