@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         for batch in loader:
             render = module.renderer(batch["image"], batch["background"])
-            mean_latent = module.renderer(batch["image"], batch["background"], latent="mean")
+            mean_latent = partial(render, latent="mean")
             hand = (batch["target_mask"] > 0.5).float()
             if batch["image"].shape[0] > 1:
                 values = rotation_controls(

@@ -11,6 +11,7 @@ the identity and another item's rotation) and, where the pose head is trained, t
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, overload
 
 import torch
@@ -122,22 +123,19 @@ class NVSTask(BaseHandTask):
             return {"image": out, "foreground": foreground, "mask": mask}
         return out
 
-    def renderer(
-        self, image: Tensor, background: Tensor, latent: Literal["own", "mean"] = "own"
-    ) -> Callable[[Tensor], dict[str, Tensor]]:
+    def renderer(self, image: Tensor, background: Tensor) -> Callable[..., dict[str, Tensor]]:
         """Encode ``image`` once; the returned function renders it rotated by any ``R`` (``image`` and ``mask``).
 
         For comparing rotations of one latent (:func:`~handssl.models.components.nvs_losses.rotation_controls`).
-        With ``latent="mean"`` every item renders the batch's mean ``L3D`` (its own appearance): what the decoder
-        draws without the item's geometry.
+        ``render(R, latent="mean")`` renders every item from the batch's mean ``L3D`` (with its own appearance):
+        what the decoder draws without the item's geometry.
         """
         decoder = self._require_decoder()
         points, appearance = self.encoder(image)
-        if latent == "mean":
-            points = points.mean(0, keepdim=True).expand_as(points)
 
-        def render(R: Tensor) -> dict[str, Tensor]:
-            foreground, mask = to_float(decoder.layers(rotate_points(points, R), appearance))
+        def render(R: Tensor, latent: Literal["own", "mean"] = "own") -> dict[str, Tensor]:
+            used = points.mean(0, keepdim=True).expand_as(points) if latent == "mean" else points
+            foreground, mask = to_float(decoder.layers(rotate_points(used, R), appearance))
             return {"image": composite(foreground, mask, background), "mask": mask}
 
         return render
@@ -185,7 +183,7 @@ class NVSTask(BaseHandTask):
                 "background_l1_hand": foreground_l1(background, target, hand),
             }
             if size > 1:  # the geometry controls: identity and another item's rotation
-                mean_latent = self.renderer(batch["image"], background, latent="mean")
+                mean_latent = partial(render, latent="mean")
                 values.update(rotation_controls(render, batch["R_ij"], target, hand, background, mean_latent))
             else:
                 values["synthesis_l1_hand"] = foreground_l1(render(batch["R_ij"])["image"], target, hand)
