@@ -613,6 +613,24 @@ def test_latent_equivariance_joins_the_synthesis_loss():
         tiny_module("pretrained", latent_equivariance_weight=-1.0)
 
 
+def test_point_silhouette_joins_the_synthesis_loss():
+    batch = next(iter(t2_datamodule(0.0).train_dataloader()))
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        module = tiny_module("pretrained", point_silhouette_weight=weight, latent_dropout=0.0)
+        torch.manual_seed(1)
+        losses[weight] = module.training_losses(batch)
+    assert "point_silhouette" not in losses[0.0]
+    term = losses[0.5]["point_silhouette"]
+    assert float(term) > 0
+    assert float(losses[0.5]["synthesis"]) == pytest.approx(
+        float(losses[0.0]["synthesis"] + 0.5 * term), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="point_silhouette_weight must be >= 0"):
+        tiny_module("pretrained", point_silhouette_weight=-1.0)
+
+
 def test_balanced_weight_hand_computed_and_smoothed():
     from handssl.models.components.gradient_balance import balanced_weight
 

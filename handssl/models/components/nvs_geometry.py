@@ -1,0 +1,125 @@
+"""Label-free losses on the NVS 3D latent itself, not on the decoder's output.
+
+Rhodin et al. (ECCV'18) check the latent only through the decoder: the rotated points must render the other
+view. At CPU budgets the decoder learns to draw the hand from the appearance vector and the target camera's
+background and ignores the latent (``experiments/tools/nvs_latent_use.py``), so its rotation cannot matter.
+Two direct terms make the point cloud itself carry geometry:
+
+* **equivariance** (:func:`~handssl.models.components.nvs_losses.latent_equivariance`, after Worrall et al.
+  ICCV'17): the latents of the two views agree up to ``R_ij``;
+* **point silhouette** (:func:`point_silhouette_chamfer`): the rotated points, projected orthographically into
+  the view they render, lie inside that view's label-free silhouette (``|I - bg| > t``) and cover it: a 2D
+  Chamfer distance between the projected points and the silhouette's pixels, as in projection-supervised point
+  clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19). Rows that render another
+  view make the points' depth matter, so several views carve a visual hull. It assumes crops of one metric
+  extent in every view (the world's ``crop: fixed``), so that ``[-1, 1]`` is the same size in every view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
+
+__all__ = ["LatentGeometry", "point_silhouette_chamfer"]
+
+
+def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 32) -> Tensor:
+    """2D Chamfer distance between orthographically projected points and a silhouette's pixels.
+
+    Points project to their ``(x, y)`` on ``[-1, 1]^2`` (``x`` right, ``y`` down, the crop's extent); the
+    silhouette is pooled to ``side x side`` cells (a cell counts when half of it is foreground), whose centres
+    span the same square. ``containment`` is the mean over points of the squared distance to the nearest
+    silhouette cell, ``coverage`` the mean over silhouette cells of the squared distance to the nearest point.
+    Items whose silhouette is empty are skipped.
+
+    Args:
+        points: ``(B, N, 3)`` points in the rendered view's frame (rotated ``L3D``).
+        silhouette: ``(B, 1, H, W)`` ``{0, 1}`` silhouette of the rendered view.
+        side: Cells per side of the pooled silhouette.
+
+    Returns:
+        Scalar ``containment + coverage`` (0 when every point is on the silhouette and every cell holds a
+        point), averaged over the items with a silhouette.
+    """
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+    if silhouette.dim() != 4 or silhouette.shape[:2] != (points.shape[0], 1):
+        raise ValueError(f"silhouette must be ({points.shape[0]}, 1, H, W), got {tuple(silhouette.shape)}")
+    cells = (F.adaptive_avg_pool2d(silhouette.float(), side) >= 0.5).flatten(1)  # (B, side*side)
+    keep = cells.any(1)
+    if not bool(keep.any()):
+        return points.sum() * 0.0
+    axis = (torch.arange(side, device=points.device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).view(1, -1, 2)  # (1, side*side, (x, y))
+    projected = points[keep][..., :2].float()
+    cells = cells[keep]
+    distance = torch.cdist(projected, grid.expand(projected.shape[0], -1, -1)).pow(2)  # (B', N, side*side)
+    far = torch.finfo(distance.dtype).max
+    containment = distance.masked_fill(~cells[:, None, :], far).amin(2).mean(1)
+    nearest_point = distance.amin(1)  # (B', side*side)
+    coverage = (nearest_point * cells).sum(1) / cells.sum(1)
+    return (containment + coverage).mean()
+
+
+@dataclass(frozen=True)
+class LatentGeometry:
+    """Weights of the direct latent terms (0 disables a term; validated on creation).
+
+    Attributes:
+        equivariance_weight: Weight of ``|R_ij L_i - L_j|^2`` on normalised point sets (needs both views).
+        point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` on every rendered row.
+        silhouette_threshold: Background-subtraction threshold of the silhouette.
+        side: Cells per side of the pooled silhouette.
+    """
+
+    equivariance_weight: float = 0.0
+    point_silhouette_weight: float = 0.0
+    silhouette_threshold: float = 0.02
+    side: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("equivariance_weight", "point_silhouette_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"latent_{name} must be >= 0, got {getattr(self, name)}")
+        if self.side < 2:
+            raise ValueError(f"point silhouette side must be >= 2, got {self.side}")
+
+    @property
+    def active(self) -> bool:
+        """Whether any term is on."""
+        return self.equivariance_weight > 0 or self.point_silhouette_weight > 0
+
+    def __call__(
+        self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]], rows: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """The active terms and their weighted sum under ``"latent_geometry"``.
+
+        Args:
+            batch: The pairs (``R_ij``).
+            encoded: Encoded images by name (``"i"``, ``"j"``: ``(L3D, appearance)``).
+            rows: The decoder's rows (:meth:`~handssl.models.components.nvs_pairs.PairTraining.synthesis_rows`):
+                rotated ``points``, ``target`` and ``background``.
+        """
+        terms: dict[str, Tensor] = {}
+        total = rows["points"].new_zeros(())
+        if self.equivariance_weight > 0:
+            if "j" not in encoded:
+                raise ValueError(
+                    "latent_equivariance_weight > 0 compares both views' latents: set both_directions"
+                )
+            terms["latent_equivariance"] = latent_equivariance(
+                encoded["i"][0], encoded["j"][0], batch["R_ij"]
+            )
+            total = total + self.equivariance_weight * terms["latent_equivariance"]
+        if self.point_silhouette_weight > 0:
+            silhouette = silhouette_target(rows["target"], rows["background"], self.silhouette_threshold)
+            terms["point_silhouette"] = point_silhouette_chamfer(rows["points"], silhouette, self.side)
+            total = total + self.point_silhouette_weight * terms["point_silhouette"]
+        terms["latent_geometry"] = total
+        return terms

@@ -1,0 +1,83 @@
+"""The direct latent terms of NVS: the projected points' Chamfer distance to a silhouette."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from handssl.geometry import rotation_about_axis
+from handssl.models.components.nvs import rotate_points
+from handssl.models.components.nvs_geometry import LatentGeometry, point_silhouette_chamfer
+
+
+def square_silhouette(side: int = 32, half: float = 0.5) -> torch.Tensor:
+    """``(1, 1, side, side)`` silhouette of the square ``|x|, |y| <= half`` on ``[-1, 1]^2``."""
+    axis = (torch.arange(side) + 0.5) / side * 2 - 1
+    inside = (axis.abs() <= half)[:, None] & (axis.abs() <= half)[None, :]
+    return inside.float()[None, None]
+
+
+def filled_square(count: int = 16, half: float = 0.5) -> torch.Tensor:
+    """``(1, count**2, 3)`` points on a regular grid filling the square, at depth 0."""
+    axis = torch.linspace(-half, half, count)
+    x, y = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([x, y, torch.zeros_like(x)], -1).view(1, -1, 3)
+
+
+def test_chamfer_is_small_when_points_fill_the_silhouette_and_grows_when_they_leave_it():
+    silhouette = square_silhouette()
+    inside = point_silhouette_chamfer(filled_square(), silhouette)
+    shifted = filled_square() + torch.tensor([0.6, 0.0, 0.0])
+    clustered = filled_square() * 0.1
+    assert float(inside) < 0.01
+    assert float(point_silhouette_chamfer(shifted, silhouette)) > 10 * float(inside)
+    # all points inside but bunched in the centre: contained, yet the square is not covered
+    assert float(point_silhouette_chamfer(clustered, silhouette)) > 10 * float(inside)
+
+
+def test_chamfer_sees_depth_through_a_rotation():
+    """A slab in the image plane projects onto a line after a quarter turn about y; a tilted one does not."""
+    slab = filled_square()
+    tilted = slab.clone()
+    tilted[..., 2] = -tilted[..., 0]  # same x-y layout, depth z = -x: a quarter turn shows a square again
+    quarter = rotation_about_axis("y", math.pi / 2).to(slab.dtype)
+    silhouette = square_silhouette()
+    assert float(point_silhouette_chamfer(rotate_points(slab, quarter), silhouette)) > 5 * float(
+        point_silhouette_chamfer(rotate_points(tilted, quarter), silhouette)
+    )
+
+
+def test_chamfer_skips_empty_silhouettes_and_passes_gradients():
+    points = filled_square().repeat(2, 1, 1).requires_grad_(True)
+    silhouettes = torch.cat([square_silhouette(), torch.zeros(1, 1, 32, 32)])
+    value = point_silhouette_chamfer(points + 0.3, silhouettes)
+    assert float(value.detach()) == pytest.approx(
+        float(point_silhouette_chamfer(points[:1].detach() + 0.3, silhouettes[:1]))
+    )
+    value.backward()
+    assert points.grad is not None and float(points.grad[0].abs().sum()) > 0
+    assert float(points.grad[1].abs().sum()) == 0
+    assert float(point_silhouette_chamfer(points, torch.zeros(2, 1, 32, 32))) == 0.0
+
+
+def test_chamfer_refuses_wrong_shapes():
+    with pytest.raises(ValueError, match="points must be"):
+        point_silhouette_chamfer(torch.zeros(2, 5, 2), torch.zeros(2, 1, 8, 8))
+    with pytest.raises(ValueError, match="silhouette must be"):
+        point_silhouette_chamfer(torch.zeros(2, 5, 3), torch.zeros(3, 1, 8, 8))
+
+
+def test_latent_geometry_weights_and_validation():
+    assert not LatentGeometry().active
+    with pytest.raises(ValueError, match="latent_point_silhouette_weight must be >= 0"):
+        LatentGeometry(point_silhouette_weight=-1.0)
+    geometry = LatentGeometry(point_silhouette_weight=2.0)
+    image = torch.zeros(1, 3, 32, 32)
+    target = image.clone()
+    target[..., 8:24, 8:24] = 1.0
+    rows = {"points": filled_square() + 0.4, "target": target, "background": image}
+    terms = geometry({}, {}, rows)
+    assert float(terms["latent_geometry"]) == pytest.approx(2.0 * float(terms["point_silhouette"]))
+    assert float(terms["point_silhouette"]) > 0
