@@ -29,11 +29,12 @@ from handssl.models.components.nvs_losses import latent_equivariance, silhouette
 __all__ = ["LatentGeometry", "point_silhouette_chamfer"]
 
 
-def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 32) -> Tensor:
+def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
     """2D Chamfer distance between orthographically projected points and a silhouette's pixels.
 
     Points project to their ``(x, y)`` on ``[-1, 1]^2`` (``x`` right, ``y`` down, the crop's extent); the
-    silhouette is pooled to ``side x side`` cells (a cell counts when half of it is foreground), whose centres
+    silhouette is pooled to ``side x side`` cells (a cell counts when a quarter of it is foreground, so that
+    a finger one cell wide stays), whose centres
     span the same square. ``containment`` is the mean over points of the squared distance to the nearest
     silhouette cell, ``coverage`` the mean over silhouette cells of the squared distance to the nearest point.
     Items whose silhouette is empty are skipped.
@@ -51,19 +52,25 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 32)
         raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
     if silhouette.dim() != 4 or silhouette.shape[:2] != (points.shape[0], 1):
         raise ValueError(f"silhouette must be ({points.shape[0]}, 1, H, W), got {tuple(silhouette.shape)}")
-    cells = (F.adaptive_avg_pool2d(silhouette.float(), side) >= 0.5).flatten(1)  # (B, side*side)
+    cells = (F.adaptive_avg_pool2d(silhouette.float(), side) >= 0.25).flatten(1)  # (B, side*side)
     keep = cells.any(1)
     if not bool(keep.any()):
         return points.sum() * 0.0
     axis = (torch.arange(side, device=points.device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
-    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).view(1, -1, 2)  # (1, side*side, (x, y))
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).view(-1, 2)  # (side*side, (x, y))
     projected = points[keep][..., :2].float()
     cells = cells[keep]
-    distance = torch.cdist(projected, grid.expand(projected.shape[0], -1, -1)).pow(2)  # (B', N, side*side)
-    far = torch.finfo(distance.dtype).max
-    containment = distance.masked_fill(~cells[:, None, :], far).amin(2).mean(1)
-    nearest_point = distance.amin(1)  # (B', side*side)
-    coverage = (nearest_point * cells).sum(1) / cells.sum(1)
+    with torch.no_grad():  # only the nearest pairs carry gradient, so find them without building a graph
+        dx, dy = ((projected[..., k, None] - axis).pow(2) for k in (0, 1))  # (B', N, side) each
+        # cells off the silhouette are pushed far away; the push is the same for every point, so the nearest
+        # point of a silhouette cell is unchanged (off-silhouette cells' coverage is masked out below)
+        far = (~cells).float().view(-1, 1, side, side) * 1e6
+        distance = (dy[..., :, None] + dx[..., None, :] + far).flatten(2)  # (B', N, side*side)
+        nearest_cell = distance.argmin(2)  # (B', N)
+        nearest_point = distance.argmin(1)  # (B', side*side)
+    containment = (projected - grid[nearest_cell]).pow(2).sum(-1).mean(1)
+    reached = projected.gather(1, nearest_point[..., None].expand(-1, -1, 2))  # (B', side*side, 2)
+    coverage = ((grid - reached).pow(2).sum(-1) * cells).sum(1) / cells.sum(1)
     return (containment + coverage).mean()
 
 
@@ -81,7 +88,7 @@ class LatentGeometry:
     equivariance_weight: float = 0.0
     point_silhouette_weight: float = 0.0
     silhouette_threshold: float = 0.02
-    side: int = 32
+    side: int = 16
 
     def __post_init__(self) -> None:
         for name in ("equivariance_weight", "point_silhouette_weight"):
