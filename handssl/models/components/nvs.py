@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from handssl.data.multiview import pose_statistics as pose_statistics  # re-export; the data layer owns it
 from handssl.geometry import rotation_about_axis
@@ -74,11 +75,16 @@ def splat_points(points: Tensor, side: int, sigma: float = 0.15) -> Tensor:
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     axis = torch.linspace(-1.0, 1.0, side, dtype=points.dtype, device=points.device)
-    dx = axis.view(1, 1, 1, side) - points[..., 0, None, None]  # (B, N, 1, side)
-    dy = axis.view(1, 1, side, 1) - points[..., 1, None, None]  # (B, N, side, 1)
-    weight = torch.exp(-(dx**2 + dy**2) / (2 * sigma**2))  # (B, N, side, side)
-    occupancy = weight.sum(1)
-    depth = (weight * points[..., 2, None, None]).sum(1) / (occupancy + 1e-3)
+
+    def gaussian(coordinate: Tensor) -> Tensor:  # (B, N) -> (B, N, side)
+        exponent = (axis - coordinate[..., None]) ** 2 / (2 * sigma**2)
+        # far tails become exact zeros: their exp would be subnormal floats, which make CPU kernels crawl
+        return torch.where(exponent < 40.0, torch.exp(-exponent.clamp(max=40.0)), 0.0)
+
+    # the Gaussian is separable, so the (side x side) sum over points is one batched matrix product
+    along_x, along_y = gaussian(points[..., 0]), gaussian(points[..., 1])
+    occupancy = along_y.transpose(1, 2) @ along_x  # (B, side (y), side (x))
+    depth = (along_y * points[..., 2, None]).transpose(1, 2) @ along_x / (occupancy + 1e-3)
     return torch.stack([occupancy, depth], dim=1)
 
 
@@ -197,8 +203,9 @@ class NVSDecoder(nn.Module):
         normalize_mask: Divide each mask by its maximum (NSD's ``scale_mask_max_to_1``), so every rendering
             holds a fully opaque pixel and "show only the background" stops being an easy minimum.
         splat: Also feed the decoder the points' orthographic splats (:func:`splat_points`: occupancy and
-            depth at its lowest resolution), so that the rendering depends on where the rotated points
-            project, not only on what a linear layer makes of their coordinates (a departure from Rhodin et
+            depth, drawn at half the image size and pooled or upsampled to the input of every up-block and
+            of the output layer), so that the rendering depends on where the rotated points project, at every
+            scale, not only on what a linear layer makes of their coordinates (a departure from Rhodin et
             al., whose decoder sees the points through the linear layer alone).
     """
 
@@ -233,12 +240,13 @@ class NVSDecoder(nn.Module):
             nn.ReLU(inplace=True),
         )
         blocks = []
-        channels = latent_channels + appearance_dim + (2 if splat else 0)
+        extra = 2 if splat else 0  # the splat's occupancy and depth join the input of every stage
+        channels = latent_channels + appearance_dim
         for width in widths:
-            blocks.append(UpBlock(channels, width, norm))
+            blocks.append(UpBlock(channels + extra, width, norm))
             channels = width
         self.up = nn.Sequential(*blocks)
-        self.to_output = nn.Conv2d(channels, 4, 1)
+        self.to_output = nn.Conv2d(channels + extra, 4, 1)
 
     def layers(self, points: Tensor, appearance: Tensor) -> tuple[Tensor, Tensor]:
         """Foreground ``(B, 3, H, W)`` in ``[0, 1]`` and mask ``(B, 1, H, W)`` in ``(0, 1]``."""
@@ -248,8 +256,15 @@ class NVSDecoder(nn.Module):
             raise ValueError(f"appearance must be (B, {self.appearance_dim}), got {tuple(appearance.shape)}")
         lifted = self.from_latent(points.flatten(1)).view(-1, self.latent_channels, self.side, self.side)
         tiled = appearance[:, :, None, None].expand(-1, -1, self.side, self.side)
-        maps = [lifted, tiled] + ([splat_points(points, self.side)] if self.splat else [])
-        out = self.to_output(self.up(torch.cat(maps, dim=1)))
+        x = torch.cat([lifted, tiled], dim=1)
+        if self.splat:
+            drawn = splat_points(points, self.image_size // 2, sigma=4.0 / self.image_size)  # ~ one cell
+            for block in self.up:
+                x = block(torch.cat([x, F.interpolate(drawn, size=x.shape[-2:], mode="area")], dim=1))
+            full = F.interpolate(drawn, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            out = self.to_output(torch.cat([x, full], dim=1))
+        else:
+            out = self.to_output(self.up(x))
         foreground = torch.sigmoid(out[:, :3])
         mask = MASK_FLOOR + (1 - MASK_FLOOR) * torch.sigmoid(out[:, 3:])
         if self.normalize_mask:
