@@ -4,10 +4,14 @@ For validation pairs of SynthHands multi-view (view i -> view j of one frame), t
 rendered from the pair's own latent with the true rotation ``R_ij``, with the identity, from another item's latent,
 and from an all-zero latent; then view i auto-encoded (i -> i) with its latent and with a zero latent. A decoder
 that draws the hand from the appearance vector scores the same with a zero latent, and then no rotation of the
-latent can matter (issue 21; ``experiments/results/nvs_geometry_probes/probes.md``).
+latent can matter (issue 21; ``experiments/results/nvs_geometry_probes/probes.md``). Without the decoder: the
+2D Chamfer distance of the latent's points, projected, to the target's silhouette (``latent_chamfer_*``, with the
+true rotation, the identity and another item's rotation; meaningful for a network trained with
+``point_silhouette_weight``, whose points live in the crop's ``[-1, 1]`` square): a latent that carries geometry
+lands on the other view's silhouette only when rotated by ``R_ij``.
 
     python experiments/tools/nvs_latent_use.py nvs-semi-synthhands          # a shipped name
-    python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64
+    python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64 --crop fixed
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from handssl.data import SynthHandsMultiView, SynthHandsWorld
 from handssl.data.multiview import MultiViewPairs
 from handssl.models import NVSModule
 from handssl.models.components.nvs import composite, rotate_points
+from handssl.models.components.nvs_geometry import point_silhouette_chamfer
 from handssl.models.components.nvs_losses import foreground_l1, mask_iou, silhouette_target
 
 
@@ -37,11 +42,16 @@ def load(model: str) -> NVSModule:
         raise SystemExit(str(error)) from None
 
 
-def latent_use(module: NVSModule, pairs: int, threshold: float = 0.02) -> dict[str, float]:
-    """Hand-pixel L1 of the renderings described in the module docstring, on ``pairs`` validation pairs."""
+def latent_use(
+    module: NVSModule, pairs: int, threshold: float = 0.02, crop: str = "joints"
+) -> dict[str, float]:
+    """Hand-pixel L1 of the renderings described in the module docstring, on ``pairs`` validation pairs.
+
+    ``crop`` is the world's crop (``"joints"`` or ``"fixed"``): the one the network was trained with.
+    """
     if module.decoder is None:
         raise SystemExit("the supervised regime builds no decoder: nothing to render")
-    world = SynthHandsWorld(image_size=int(module.hparams.image_size))
+    world = SynthHandsWorld(image_size=int(module.hparams.image_size), crop=crop)  # type: ignore[arg-type]
     dataset = MultiViewPairs(
         SynthHandsMultiView(split="val", world=world, sequences_per_subject=2, frames_per_sequence=16)
     )
@@ -74,6 +84,11 @@ def latent_use(module: NVSModule, pairs: int, threshold: float = 0.02) -> dict[s
             )
             for name, latent in to_j.items()
         }
+        for name in ("true_rotation", "identity"):
+            result[f"latent_chamfer_{name}"] = float(point_silhouette_chamfer(to_j[name], hand_j))
+        other = rotate_points(points, R.roll(1, 0))
+        result["latent_chamfer_other_rotation"] = float(point_silhouette_chamfer(other, hand_j))
+        result["latent_chamfer_i_to_i"] = float(point_silhouette_chamfer(points, hand_i))
         own, own_mask = render(points, batch["background_input"])
         zero, _ = render(torch.zeros_like(points), batch["background_input"])
         result["i_to_i_own_latent"] = float(foreground_l1(own, batch["image"], hand_i))
@@ -89,9 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="checkpoint file or shipped name")
     parser.add_argument("--pairs", type=int, default=64, help="validation pairs")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--crop",
+        choices=("joints", "fixed"),
+        default="joints",
+        help="the world's crop the network trained on",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for name, value in latent_use(load(args.model), args.pairs).items():
+    for name, value in latent_use(load(args.model), args.pairs, crop=args.crop).items():
         print(f"{name}: {value:.3f}")
 
 
