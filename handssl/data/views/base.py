@@ -18,7 +18,20 @@ from torch.utils.data import BatchSampler, Dataset, Sampler
 if TYPE_CHECKING:
     from handssl.data.datamodules import HandDataModule
 
-__all__ = ["TrainPart", "Views"]
+__all__ = ["TrainPart", "Views", "is_multiview"]
+
+MULTIVIEW_DATA = "experiments/data/synthhands_multiview.yaml, panoptic_multiview.yaml"
+SINGLE_VIEW_DATA = "experiments/data/synthhands.yaml, rhd.yaml, rhd_to_stb.yaml, ..."
+
+
+def is_multiview(dataset: Dataset) -> bool:
+    """Whether ``dataset``'s items are multi-view (a leading view axis; the first of a ``ConcatDataset``'s)."""
+    parts = getattr(dataset, "datasets", None)
+    if isinstance(parts, (list, tuple)) and parts:
+        return is_multiview(parts[0])
+    if hasattr(dataset, "multiview"):  # PanopticMultiView(multiview=False) gives single-view items
+        return bool(dataset.multiview)
+    return hasattr(dataset, "num_views")
 
 
 @dataclass(frozen=True)
@@ -55,8 +68,25 @@ class Views:
         """The datasets of a DataModule configured with none (``train``, ``unlabeled``, ``val``, ``test``)."""
         raise NotImplementedError
 
+    multiview: ClassVar[bool] = False
+    """The views read multi-view items (NVS's pairs), else single-view samples."""
+
     def check(self, datamodule: HandDataModule) -> None:
-        """Refuse a DataModule these views cannot serve (called once its datasets are set)."""
+        """Refuse a DataModule these views cannot serve (called once its datasets are set).
+
+        The base refuses datasets of the other kind (multi-view items for single-view views and back), naming
+        the config key and the data configs that fit.
+        """
+        for name, dataset in datamodule.datasets.items():
+            if dataset is None or name == "predict" or is_multiview(dataset) == self.multiview:
+                continue
+            kind, fits = (
+                ("single-view", MULTIVIEW_DATA) if self.multiview else ("multi-view", SINGLE_VIEW_DATA)
+            )
+            raise ValueError(
+                f"{type(self).__name__} cannot use data.init_args.{name}: {type(dataset).__name__} gives {kind} "
+                f"items; use a data config of its kind ({fits})"
+            )
 
     def train_parts(self, datamodule: HandDataModule) -> dict[str, TrainPart]:
         """The parts of a training batch, by name (one part unless :attr:`combined`)."""

@@ -416,6 +416,7 @@ class NVSPairs(Views):
     """
 
     example_dataset = "handssl.data.SynthHandsMultiView"
+    multiview = True
 
     def __init__(
         self,
@@ -464,7 +465,8 @@ class NVSPairs(Views):
         return labeled
 
     def check(self, datamodule: HandDataModule) -> None:
-        """The labelled share fits the batch."""
+        """Multi-view datasets, and a labelled share that fits the batch."""
+        super().check(datamodule)
         self.labeled_per_batch(datamodule.batch_size)
 
     def labeled_indices(self, datamodule: HandDataModule) -> Tensor:

@@ -298,7 +298,8 @@ class SemiHandViews(Views):
         return batch_size - unlabeled, unlabeled
 
     def check(self, datamodule: HandDataModule) -> None:
-        """Each part of the batch has its dataset."""
+        """Single-view datasets, and each part of the batch has its dataset."""
+        super().check(datamodule)
         labeled, unlabeled = self.split_batch_size(datamodule.batch_size)
         if labeled and datamodule.datasets["train"] is None:
             raise ValueError(
