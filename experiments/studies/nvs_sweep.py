@@ -277,7 +277,11 @@ def quick_options(run: str) -> list[str]:
             f"{prefix}.frames_per_sequence=8",
         ]
     batch = 8 if run == "semi" else 4
-    return [*options, f"--data.init_args.batch_size={batch}", "--data.init_args.views.init_args.statistics_items=8"]
+    return [
+        *options,
+        f"--data.init_args.batch_size={batch}",
+        "--data.init_args.views.init_args.statistics_items=8",
+    ]
 
 
 def model_data_options(

@@ -291,6 +291,8 @@ class ResumableBatchLoader(DataLoader):
     resumed run skips the consumed batches' keys (without loading them) and continues with the same batches.
     """
 
+    _batches: int  # set by ``_start_pass``, advanced by CountingIterator
+
     def __iter__(self) -> CountingIterator:  # type: ignore[override]
         return CountingIterator(self)
 

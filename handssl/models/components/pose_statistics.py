@@ -31,7 +31,9 @@ class PoseStatistics(pl.Callback):
             return
         datamodule = getattr(trainer, "datamodule", None)
         views = getattr(datamodule, "views", None)
-        if not isinstance(views, NVSPairs):  # a lookalike's statistics may mean anything
+        if datamodule is None or not isinstance(
+            views, NVSPairs
+        ):  # a lookalike's statistics may mean anything
             return
         pl_module.check_labeled_share(float(views.labeled_share))
         if pl_module.uses_pose and not bool(pl_module.pose_head.has_statistics):
