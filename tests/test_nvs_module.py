@@ -561,7 +561,7 @@ def resolved_yaml(config: str) -> dict:
 
 def labeled_per_step(config: str) -> tuple[int, int]:
     data = resolved_yaml(config)["data"]["init_args"]
-    batch, share = data["batch_size"], data["labeled_share"]
+    batch, share = data["batch_size"], data["views"]["init_args"]["labeled_share"]
     return round(batch * share), batch - round(batch * share)
 
 
