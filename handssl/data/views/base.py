@@ -64,12 +64,19 @@ class Views:
     example_dataset: ClassVar[str] = "handssl.data.SynthHands"
     """A dataset class the error for a missing split suggests."""
 
-    def default_datasets(self, image_size: int, seed: int) -> dict[str, Any]:
-        """The datasets of a DataModule configured with none (``train``, ``unlabeled``, ``val``, ``test``)."""
-        raise NotImplementedError
-
     multiview: ClassVar[bool] = False
     """The views read multi-view items (NVS's pairs), else single-view samples."""
+
+    def default_datasets(self, image_size: int, seed: int) -> dict[str, Any]:
+        """The datasets of a DataModule configured with none (``train``, ``unlabeled``, ``val``, ``test``).
+
+        The base has none: a DataModule with no dataset is a one-line error naming the keys to set.
+        """
+        fits = MULTIVIEW_DATA if self.multiview else SINGLE_VIEW_DATA
+        raise ValueError(
+            f"{type(self).__name__} has no default datasets: set data.init_args.train, val and test (a data "
+            f"config, e.g. {fits})"
+        )
 
     def check(self, datamodule: HandDataModule) -> None:
         """Refuse a DataModule these views cannot serve (called once its datasets are set).
