@@ -587,3 +587,44 @@ def test_model_image_size_against_the_data_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image_size 32 (from the checkpoint's hyper-parameters)" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "views", "option", "value"),
+    [
+        (
+            "SupervisedModule",
+            "SupervisedDataModule: {crop_margin: 0.5}",
+            "SupervisedViews",
+            "crop_margin",
+            0.5,
+        ),
+        (
+            "SemiHandModule",
+            "SemiSupervisedDataModule: {unlabeled_fraction: 0.25, augment_on: batch}",
+            "SemiHandViews",
+            "unlabeled_fraction",
+            0.25,
+        ),
+        (
+            "NVSModule",
+            "MultiViewDataModule: {labeled_subjects: 1, labeled_share: 0.5}",
+            "NVSPairs",
+            "labeled_subjects",
+            1,
+        ),
+    ],
+)
+def test_configs_written_before_the_views_still_load(tmp_path, model, data, views, option, value):
+    # A run's config.yaml from before issue 24 names one of the earlier DataModules with its flat options.
+    from handssl._lightning_cli import make_cli
+
+    name, init_args = data.split(": ", 1)
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        f"model: {{class_path: handssl.models.{model}}}\n"
+        f"data: {{class_path: handssl.data.{name}, init_args: {init_args}}}\n"
+    )
+    dm = make_cli(["-c", str(config), "--trainer.logger=false"], run=False).datamodule
+    assert type(dm).__name__ == name and type(dm.views).__name__ == views
+    assert getattr(dm.views, option) == value
