@@ -82,7 +82,7 @@ def data_eval_protocol(data: Any) -> str:
     """The evaluation protocol a DataModule config's data asks for: its test set's (else validation set's).
 
     Every handssl dataset class names its protocol in ``eval_protocol`` (``RHD.eval_protocol == "rhd"``, see
-    :mod:`handssl.metrics.protocols`); a split given as a list (``SemiSupervisedDataModule``) is named by its
+    :mod:`handssl.metrics.protocols`); a split given as a list (concatenated datasets) is named by its
     first dataset. DataModules with no test or validation dataset (their SynthHands defaults) and dataset
     classes that name none get :data:`DEFAULT_EVAL_PROTOCOL`.
 
@@ -577,10 +577,12 @@ def expand_config_defaults(argv: list[str]) -> list[str]:
         model:
           init_args: {lr: 1.0e-4}
 
-    The config files of one command must agree on the kind of data: a model config names the DataModule it
-    trains on (``data.class_path``) and a data config fills it, so two files naming unrelated DataModules
-    (``model/semihand.yaml`` with the single-view ``data/rhd.yaml``) are refused here, where jsonargparse would
-    silently drop the first one's settings. A subclass may replace its base (``predict_images.yaml``).
+    The config files of one command must not name unrelated DataModules: the shipped configs all name
+    :class:`~handssl.data.datamodules.HandDataModule` (the model config its views, the data config its
+    datasets; whether the views can use the datasets is the views' check), but configs written before name its
+    earlier forms, and two of those (``SemiSupervisedDataModule`` with ``MultiViewDataModule``) are refused
+    here, where jsonargparse would silently drop the first one's settings. A subclass may replace its base
+    (``predict_images.yaml``).
 
     Args:
         argv: Command-line arguments.

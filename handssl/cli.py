@@ -3,7 +3,8 @@
 A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
 
 * model and data are chosen by ``class_path`` (any :class:`~handssl.models.BaseHandTask` and any
-  :class:`~handssl.data.datamodules.HandDataModule`), configs may use omegaconf interpolation
+  :class:`~handssl.data.datamodules.HandDataModule`, with the method's views under ``data.init_args.views``),
+  configs may use omegaconf interpolation
   (``${model.init_args.lr}``) resolved after all sources are merged;
 * configs stack: ``-c experiments/model/X.yaml -c experiments/data/Y.yaml`` (later files override earlier ones),
   and a config's ``defaults:`` list names the files it stacks on; the model's ``image_size`` and

@@ -444,22 +444,72 @@ def test_data_configs_hold_no_model_keys_and_write_image_size_once():
 
 
 def test_unrelated_data_modules_in_one_command_are_one_line(tmp_path, capsys):
+    # The earlier DataModules (configs written before issue 24) still may not be mixed.
+    model, data = tmp_path / "model.yaml", tmp_path / "data.yaml"
+    model.write_text("data:\n  class_path: handssl.data.SemiSupervisedDataModule\n")
+    data.write_text("data:\n  class_path: handssl.data.MultiViewDataModule\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(model), "-c", str(data)], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.yaml trains on SemiSupervisedDataModule" in err[0]
+    assert "data.yaml gives a MultiViewDataModule" in err[0]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        (
+            "semihand",
+            "rhd",
+            "SemiHandViews: no unlabeled dataset configured but unlabeled_fraction 0.5 > 0: use a data config "
+            "with data.init_args.unlabeled (e.g. experiments/data/rhd_to_stb.yaml) or unlabeled_fraction 0 "
+            "(source only)",
+        ),
+        (
+            "nvs_semi",
+            "rhd",
+            "NVSPairs cannot use data.init_args.train: RHD gives single-view items; use a data config of its "
+            "kind (experiments/data/synthhands_multiview.yaml, panoptic_multiview.yaml)",
+        ),
+    ],
+)
+def test_a_method_on_data_its_views_cannot_use_is_one_line(
+    fake_data_root, tmp_path, monkeypatch, capsys, model, data, message
+):
+    monkeypatch.chdir(fake_data_root)
+    model_config, data_config = EXPERIMENTS / "model" / f"{model}.yaml", EXPERIMENTS / "data" / f"{data}.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(model_config), "-c", str(data_config)], tmp_path)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"handssl: error: {message}"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_one_data_config_serves_every_method_whose_views_fit(fake_data_root, tmp_path, monkeypatch):
+    from handssl._lightning_cli import make_cli
+
+    monkeypatch.chdir(fake_data_root)
+    data = EXPERIMENTS / "data" / "rhd.yaml"
+    for model, views in (("supervised", "SupervisedViews"), ("semihand_source_only", "SemiHandViews")):
+        cli = make_cli(["-c", str(EXPERIMENTS / "model" / f"{model}.yaml"), "-c", str(data)], run=False)
+        dm = cli.datamodule
+        assert type(dm).__name__ == "HandDataModule" and type(dm.views).__name__ == views
+        assert type(dm.datasets["train"]).__name__ == "RHD" and dm.datasets["unlabeled"] is None
+
+
+def test_an_option_of_the_earlier_data_modules_names_its_new_place(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run(
-            [
-                "fit",
-                "-c",
-                str(EXPERIMENTS / "model" / "semihand.yaml"),
-                "-c",
-                str(EXPERIMENTS / "data" / "rhd.yaml"),
-            ],
+            ["fit", "-c", str(EXPERIMENTS / "semihand_full.yaml"), "--data.init_args.unlabeled_fraction=0"],
             tmp_path,
         )
     assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "semihand.yaml trains on SemiSupervisedDataModule" in err[0]
-    assert "rhd.yaml gives a SupervisedDataModule" in err[0]
-    assert not (tmp_path / "runs").exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "handssl: error: --data.init_args.unlabeled_fraction: HandDataModule: `unlabeled_fraction` moved to "
+        "`views: {class_path: handssl.data.SemiHandViews, init_args: {unlabeled_fraction: ...}}`"
+    ]
 
 
 def test_data_eval_protocol_is_the_test_sets():
@@ -506,8 +556,8 @@ def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
     assert hp.image_size == 48 and cli.datamodule.image_size == 48  # one value, set on the data, linked
     assert hp.eval_protocol == "stb"  # named by the STB test set, not written in any config
     dm = cli.datamodule
-    assert type(dm).__name__ == "SemiSupervisedDataModule" and dm.unlabeled_fraction == 0.5  # the model file
-    assert type(dm.labeled).__name__ == "RHD" and type(dm.test).__name__ == "STB"  # the data file
+    assert type(dm).__name__ == "HandDataModule" and dm.views.unlabeled_fraction == 0.5  # the model file
+    assert type(dm.datasets["train"]).__name__ == "RHD" and type(dm.datasets["test"]).__name__ == "STB"
     names = [type(c).__name__ for c in cli.trainer.callbacks]
     assert "PseudoLabelExport" in names and "ModelCheckpoint" in names  # model file + trainer/default.yaml
     assert cli.trainer.max_steps == 6000
@@ -537,3 +587,44 @@ def test_model_image_size_against_the_data_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "image_size 32 (from the checkpoint's hyper-parameters)" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "views", "option", "value"),
+    [
+        (
+            "SupervisedModule",
+            "SupervisedDataModule: {crop_margin: 0.5}",
+            "SupervisedViews",
+            "crop_margin",
+            0.5,
+        ),
+        (
+            "SemiHandModule",
+            "SemiSupervisedDataModule: {unlabeled_fraction: 0.25, augment_on: batch}",
+            "SemiHandViews",
+            "unlabeled_fraction",
+            0.25,
+        ),
+        (
+            "NVSModule",
+            "MultiViewDataModule: {labeled_subjects: 1, labeled_share: 0.5}",
+            "NVSPairs",
+            "labeled_subjects",
+            1,
+        ),
+    ],
+)
+def test_configs_written_before_the_views_still_load(tmp_path, model, data, views, option, value):
+    # A run's config.yaml from before issue 24 names one of the earlier DataModules with its flat options.
+    from handssl._lightning_cli import make_cli
+
+    name, init_args = data.split(": ", 1)
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        f"model: {{class_path: handssl.models.{model}}}\n"
+        f"data: {{class_path: handssl.data.{name}, init_args: {init_args}}}\n"
+    )
+    dm = make_cli(["-c", str(config), "--trainer.logger=false"], run=False).datamodule
+    assert type(dm).__name__ == name and type(dm.views).__name__ == views
+    assert getattr(dm.views, option) == value

@@ -33,14 +33,16 @@ model:
   class_path: toys.toy_method.ToyHeatmapModule
   init_args: {lr: 1.0e-3}
 data:
-  class_path: handssl.data.SupervisedDataModule   # the kind of data it trains on
+  class_path: handssl.data.HandDataModule
+  init_args:
+    views: {class_path: handssl.data.SupervisedViews}   # how its batches are made from samples
 trainer:
   max_epochs: 4
 """
 
 DATA_CONFIG = """\
 data:
-  class_path: handssl.data.SupervisedDataModule
+  class_path: handssl.data.HandDataModule
   init_args:
     image_size: 64
     train: {class_path: toys.toy_dataset.ToyHands, init_args: {root: data/toyhands, split: train}}
@@ -108,6 +110,23 @@ def test_add_a_method_trains_on_a_single_view_dataset_with_no_further_file(
         joints = model.eval().predict_joints3d({"image": torch.rand(3, 3, 32, 32)})
     assert joints.shape == (3, 21, 3) and torch.isfinite(joints).all()
     assert torch.equal(joints[:, 0], torch.zeros(3, 3))  # root-relative: the wrist at 0
+
+
+def test_add_a_method_with_views_of_its_own(tmp_path, monkeypatch, method_recipe):
+    # The optional fifth file: the method's views, named by class_path in its recipe.
+    make_fake_rhd(tmp_path / "data" / "RHD", num_samples=4)
+    monkeypatch.chdir(tmp_path)
+    method_recipe.write_text(
+        METHOD_RECIPE.replace("handssl.data.SupervisedViews", "toys.toy_views.ToyMirrorViews")
+    )
+    run(
+        ["fit", "-c", str(method_recipe), "-c", str(REPO / "experiments" / "data" / "rhd.yaml"), *TINY],
+        tmp_path,
+    )
+    run_dir = tmp_path / "runs" / "toy_heatmap+rhd" / "version_0"
+    losses = finite_column(run_dir / "metrics.csv", "train/loss")
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert "test/rhd/auc" in json.loads((run_dir / "test_metrics.json").read_text())
 
 
 def test_add_a_method_refuses_a_literal_choice_in_one_line(tmp_path, capsys, method_recipe):

@@ -318,13 +318,13 @@ def test_data_layer_imports_nothing_from_models():
     import sys
 
     code = (
-        "import sys, handssl.data.multiview as m; "
+        "import sys, handssl.data.multiview as m, handssl.data.semi, handssl.data.views; "
         "bad = sorted(n for n in sys.modules if n.startswith('handssl.models')); "
         "assert not bad, bad; print(m.pose_statistics.__module__)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "handssl.data.multiview"
+    assert result.stdout.strip() == "handssl.data.views.nvs"
 
 
 class _MultiViewRecorder(pl.LightningModule):
@@ -378,3 +378,43 @@ def test_mid_epoch_resume_sees_the_same_batches(tmp_path, recwarn, step):
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
     assert sorted(resumed.seen) == list(range(step, 8))
     assert {k: straight.seen[k] for k in resumed.seen} == resumed.seen
+
+
+def same_batch(a: dict, b: dict) -> bool:
+    """Equal keys, ``meta`` and tensors (NaN where NaN)."""
+    if a.keys() != b.keys() or a.get("meta") != b.get("meta"):
+        return False
+    tensors = [k for k in a if isinstance(a[k], torch.Tensor)]
+    return all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape for k in tensors) and all(
+        torch.equal(a[k].nan_to_num(-1e9), b[k].nan_to_num(-1e9)) for k in tensors
+    )
+
+
+def test_the_generic_data_module_with_nvs_pairs_is_the_earlier_one():
+    from handssl.data import HandDataModule, NVSPairs
+
+    options = {"label_fraction": 0.25, "labeled_share": 0.25}
+    datasets = {"train": FakeMultiView(24), "val": FakeMultiView(8), "test": FakeMultiView(8)}
+    new = HandDataModule(**datasets, views=NVSPairs(**options), batch_size=8)
+    old = MultiViewDataModule(**datasets, batch_size=8, **options)
+    assert torch.equal(new.views.labeled_indices(new), old.labeled_indices)
+    assert all(torch.equal(a, b) for a, b in zip(new.views.pose_statistics(new), old.pose_statistics()))
+    pairs = list(zip(new.train_dataloader(), old.train_dataloader()))
+    assert len(pairs) == 4 and all(same_batch(a, b) for a, b in pairs)  # 24 items, 6 unlabelled slots
+    assert same_batch(next(iter(new.val_dataloader())), next(iter(old.val_dataloader())))
+
+
+def test_nvs_pairs_refuse_single_view_data_in_one_line():
+    from handssl.data import HandDataModule, NVSPairs
+
+    class SingleView(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> dict:
+            raise AssertionError("the check reads no item")
+
+    with pytest.raises(
+        ValueError, match=r"^NVSPairs cannot use data.init_args.train: SingleView gives single-view"
+    ):
+        HandDataModule(train=SingleView(), views=NVSPairs())

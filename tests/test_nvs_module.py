@@ -460,7 +460,7 @@ def test_config_fast_dev_run(configs, fake_panoptic_root, monkeypatch):
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
         "--data.init_args.batch_size=2",
-        "--data.init_args.statistics_items=2",
+        "--data.init_args.views.init_args.statistics_items=2",
         f"--runs_dir={fake_panoptic_root / 'runs'}",
         "--wandb=disabled",
     ]
@@ -561,7 +561,7 @@ def resolved_yaml(config: str) -> dict:
 
 def labeled_per_step(config: str) -> tuple[int, int]:
     data = resolved_yaml(config)["data"]["init_args"]
-    batch, share = data["batch_size"], data["labeled_share"]
+    batch, share = data["batch_size"], data["views"]["init_args"]["labeled_share"]
     return round(batch * share), batch - round(batch * share)
 
 

@@ -76,7 +76,7 @@ def test_each_row_runs_its_recipe_with_only_the_named_options(sweep, tmp_path):
     )
     supervised = sweep.fit_command(args, "supervised", 2, 1)
     assert supervised[:4] == ["handssl", "fit", "-c", "experiments/nvs_supervised.yaml"]
-    assert option(supervised, "--data.init_args.labeled_subjects") == "2"
+    assert option(supervised, "--data.init_args.views.init_args.labeled_subjects") == "2"
     assert option(supervised, "--seed_everything") == option(supervised, "--data.init_args.seed") == "1"
     assert option(supervised, "--trainer.max_time") == "00:00:20:00"
     assert option(supervised, "--trainer.max_steps") == "-1"
@@ -87,7 +87,7 @@ def test_each_row_runs_its_recipe_with_only_the_named_options(sweep, tmp_path):
 
     stage1 = sweep.fit_command(args, "stage1", None, 1)
     assert stage1[2:5] == ["-c", "experiments/nvs_pretrained.yaml", "--trainer.callbacks.dirpath=null"]
-    assert not any(c.startswith("--data.init_args.labeled_subjects") for c in stage1)
+    assert not any(c.startswith("--data.init_args.views.init_args.labeled_subjects") for c in stage1)
     assert stage1.index("--trainer.callbacks.dirpath=null") < stage1.index(
         "--trainer.callbacks+=nvs_sweep.TrainClock"
     )

@@ -126,7 +126,7 @@ def _synthhands_sets(path):
 
     init = yaml.safe_load(path.read_text())["data"]["init_args"]
     sets = {}
-    for part in ("labeled", "unlabeled", "val", "test"):
+    for part in ("train", "unlabeled", "val", "test"):
         (entry,) = init[part]
         args = dict(entry["init_args"])
         world = {**args.pop("world")["init_args"], "image_size": 16}
@@ -144,7 +144,7 @@ def test_synthetic_to_real_sets_share_no_subject():
     for i, a in enumerate(parts):
         for b in parts[i + 1 :]:
             assert not subjects[a] & subjects[b], (a, b)
-    assert len(subjects["labeled"]) == len(subjects["unlabeled"]) == 16
+    assert len(subjects["train"]) == len(subjects["unlabeled"]) == 16
 
 
 def test_first_subject_shifts_the_subjects_and_is_checked():

@@ -158,3 +158,29 @@ def test_eval_loaders_and_errors():
         )
     with pytest.raises(ValueError, match="num_perturbations"):
         make_datamodule(num_perturbations=0)
+
+
+def test_the_generic_data_module_with_semihand_views_is_the_earlier_one():
+    from handssl.data import HandDataModule, SemiHandViews
+
+    datasets = dict(
+        unlabeled=[FakeHands(8, seed=2, style="real")],
+        val=[FakeHands(4, seed=3, style="real")],
+        test=[FakeHands(4, seed=4, style="real")],
+    )
+    views = SemiHandViews(unlabeled_fraction=0.25, augment_on="batch")
+    new = HandDataModule(train=[FakeHands(12, seed=1)], views=views, batch_size=8, **datasets)
+    old = make_datamodule(augment_on="batch", **datasets)
+    for (new_batch, *_), (old_batch, *_) in zip(new.train_dataloader(), old.train_dataloader()):
+        torch.manual_seed(0)
+        a = new.on_after_batch_transfer(new_batch, 0)
+        torch.manual_seed(0)
+        b = old.on_after_batch_transfer(old_batch, 0)
+        assert a.keys() == b.keys() == {"labeled", "unlabeled"}
+        for part in a:
+            assert a[part]["meta"] == b[part]["meta"]
+            for key, value in a[part].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, b[part][key]), (part, key)
+    assert new.num_unlabeled == old.num_unlabeled == 8
+    assert len(new.pseudo_label_dataloader(0, 2).dataset) == len(old.pseudo_label_dataloader(0, 2).dataset)

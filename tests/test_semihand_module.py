@@ -416,7 +416,7 @@ _SYNTH = "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, wo
 def _override(name, tmp_path):
     if "rhd" not in name:
         sets = {
-            "labeled": _SYNTH.format(split="train", style="synthetic"),
+            "train": _SYNTH.format(split="train", style="synthetic"),
             "unlabeled": _SYNTH.format(split="train", style="real"),
             "val": _SYNTH.format(split="val", style="real"),
             "test": _SYNTH.format(split="test", style="real"),
@@ -430,7 +430,7 @@ def _override(name, tmp_path):
             stb = make_fake_stb(tmp_path / "stb", num_frames=1)
             target = "{{class_path: handssl.data.STB, init_args: {{root: {root}, split: {split}, mirror_left: true}}}}"
             sets = {
-                "labeled": rhd_set,
+                "train": rhd_set,
                 "unlabeled": target.format(root=stb, split="train"),
                 "val": target.format(root=stb, split="test"),
                 "test": target.format(root=stb, split="test"),
@@ -440,7 +440,7 @@ def _override(name, tmp_path):
             target = (
                 f"{{class_path: handssl.data.DexterObject, init_args: {{root: {dexter}, mirror_left: true}}}}"
             )
-            sets = {"labeled": rhd_set, "unlabeled": target, "val": target, "test": target}
+            sets = {"train": rhd_set, "unlabeled": target, "val": target, "test": target}
     lines = ["data:", "  init_args:", "    batch_size: 4"]
     lines += [f"    {key}:\n      - {value}" for key, value in sets.items()]
     path = tmp_path / "override.yaml"

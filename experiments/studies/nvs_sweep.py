@@ -14,7 +14,7 @@ runs the recipe users run, ``handssl fit -c experiments/<recipe>.yaml``, with on
 
 The options changed, the same for every row:
 
-* ``--data.init_args.labeled_subjects=k``; a **seed** ``s`` sets ``--seed_everything=s`` (initialisation,
+* ``--data.init_args.views.init_args.labeled_subjects=k``; a **seed** ``s`` sets ``--seed_everything=s`` (initialisation,
   dropout, the pairs' view swaps) and ``--data.init_args.seed=s``, which seeds the DataModule's draw of the
   labelled subjects (the first ``k`` of a seeded permutation of the training subjects, so ``k = 2`` holds
   ``k = 1``'s subject), the order of the training stream and the labelled draws; ``labeled`` in ``rows.csv``
@@ -277,7 +277,11 @@ def quick_options(run: str) -> list[str]:
             f"{prefix}.frames_per_sequence=8",
         ]
     batch = 8 if run == "semi" else 4
-    return [*options, f"--data.init_args.batch_size={batch}", "--data.init_args.statistics_items=8"]
+    return [
+        *options,
+        f"--data.init_args.batch_size={batch}",
+        "--data.init_args.views.init_args.statistics_items=8",
+    ]
 
 
 def model_data_options(
@@ -287,7 +291,7 @@ def model_data_options(
     options = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}"]
     if run != "stage1":
         assert k is not None, f"{run} needs the number of labelled subjects"
-        options.append(f"--data.init_args.labeled_subjects={k}")
+        options.append(f"--data.init_args.views.init_args.labeled_subjects={k}")
     if run == "stage2":
         assert stage1 is not None, "stage 2 needs stage 1's checkpoint"
         options.append(f"--model.init_args.pretrained_checkpoint={show(stage1)}")

@@ -47,7 +47,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: the recipes' paths are relative to it
 STAGE1_STEPS, STAGE2_STEPS = 6000, 3000
 """Steps of stage 1 (source pre-training) and stage 2 (each row)."""
-NO_UNLABELED = ["--data.init_args.unlabeled_fraction=0", "--data.init_args.batch_size=16"]
+NO_UNLABELED = ["--data.init_args.views.init_args.unlabeled_fraction=0", "--data.init_args.batch_size=16"]
 ROWS: dict[str, tuple[str, list[str]]] = {
     "source_only": (
         "semihand_full.yaml",
@@ -118,7 +118,7 @@ def overrides(args: argparse.Namespace, seed: int, steps: int) -> list[str]:
         extra += [
             "--trainer.val_check_interval=6",
             "--trainer.limit_val_batches=1",
-            "--data.init_args.eval_batch_size=8",
+            "--data.init_args.views.init_args.eval_batch_size=8",
         ]
     return extra
 

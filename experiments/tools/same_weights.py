@@ -30,6 +30,7 @@ The datasets are tiny SynthHands copies (one subject), so the runs measure the m
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,15 +46,18 @@ _SYNTH = (
     "world: {{class_path: handssl.data.SynthHandsWorld, init_args: {{style: {style}}}}}, "
     "sequences_per_subject: 1, frames_per_sequence: 16, chunk_size: 16}}}}"
 )
+# Since issue 24 the recipes' data is a HandDataModule (labelled data as `train`, SemiHand's options under
+# `views`); the same runs on the code from before name the earlier SemiSupervisedDataModule's keys.
+_NEW = importlib.util.find_spec("handssl.data.views") is not None
 SEMI_DATA = "\n".join(
     [
         "data:",
         "  init_args:",
-        "    eval_batch_size: 8",
+        "    views: {init_args: {eval_batch_size: 8}}" if _NEW else "    eval_batch_size: 8",
         *(
             f"    {key}:\n      - {_SYNTH.format(split=split, style=style)}"
             for key, split, style in (
-                ("labeled", "train", "synthetic"),
+                ("train" if _NEW else "labeled", "train", "synthetic"),
                 ("unlabeled", "train", "real"),
                 ("val", "val", "real"),
                 ("test", "test", "real"),

@@ -3,8 +3,8 @@
 The same transforms and options as the albumentations pipelines of :mod:`handssl.data.augment`, drawn per item
 but applied to a whole ``(B, C, H, W)`` batch at once (no numpy round trip, no per-item Python): on 2 CPU cores the
 per-item pipelines cost more than the network's step, which made steps, the first lever of the 2.5D network,
-scarce. :class:`~handssl.data.SemiSupervisedDataModule` runs them in ``on_after_batch_transfer`` with
-``augment_on="batch"``.
+scarce. :class:`~handssl.data.views.SemiHandViews` runs them in the DataModule's ``on_after_batch_transfer``
+with ``augment_on="batch"``.
 
 Geometry is one similarity matrix ``M`` per image (original pixels -> augmented pixels, pixel centres at integer
 coordinates, about the image centre), and labels follow it as in :func:`~handssl.data.augment.augment_sample`:

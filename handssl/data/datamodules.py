@@ -1,28 +1,33 @@
-"""DataModules: the shared base and the single-view supervised DataModule.
+"""The one DataModule: datasets and views in, resumable loaders out.
 
-The multi-view DataModule of novel-view synthesis lives in :mod:`handssl.data.multiview`, the
-labeled + unlabeled mix of SemiHand in :mod:`handssl.data.semi`.
+:class:`HandDataModule` holds a data config's datasets (``train``, ``unlabeled``, ``val``, ``test``,
+``predict``), builds the loaders (seeded, DDP-shardable, resumable mid-epoch) and asks the method's
+:class:`~handssl.data.views.Views` (``views``, named by the method's config) how samples become batches:
+:class:`~handssl.data.views.SupervisedViews`, :class:`~handssl.data.views.SemiHandViews`,
+:class:`~handssl.data.views.NVSPairs`. :class:`SupervisedDataModule`,
+:class:`~handssl.data.semi.SemiSupervisedDataModule` and :class:`~handssl.data.multiview.MultiViewDataModule`
+are its earlier forms, kept for configs and checkpoints written before.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence, Sized
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
 
 from handssl.data.base import Sample, Transform
-from handssl.data.transforms import CropResize
 
 if TYPE_CHECKING:
-    from handssl.data.synthhands.dataset import Split
-    from handssl.data.synthhands.world import SynthHandsWorld
+    from pytorch_lightning.utilities.combined_loader import CombinedLoader
+
+    from handssl.data.views.base import TrainPart, Views
 
 RENDER_ON = ("workers", "device")
 """Where a DataModule's SynthHands training set is rendered (``render_on``)."""
@@ -262,6 +267,74 @@ class ResumableDataLoader(DataLoader):
             _set_rng_state(state_dict["rng"])
 
 
+@runtime_checkable
+class ResumableBatchSampler(Protocol):
+    """A batch sampler that can say where its pass stands and continue from there.
+
+    E.g. NVS's :class:`~handssl.data.views.nvs.LabeledShareBatchSampler`.
+    """
+
+    def position(self) -> dict[str, Any]:
+        """What :meth:`restore` needs (with an ``epoch`` key)."""
+        ...
+
+    def restore(self, position: dict[str, Any], batches: int, finished: bool = False) -> None:
+        """Continue the pass of ``position`` after its first ``batches`` batches (``finished``: it is over)."""
+        ...
+
+
+class ResumableBatchLoader(DataLoader):
+    """A DataLoader over a :class:`ResumableBatchSampler` whose position goes into Lightning checkpoints.
+
+    As :class:`ResumableDataLoader` for a batch sampler policy: the state is the epoch, the batches consumed in
+    the current pass, the sampler's position (e.g. its stream generator's state) and the global RNG states; a
+    resumed run skips the consumed batches' keys (without loading them) and continues with the same batches.
+    """
+
+    _batches: int  # set by ``_start_pass``, advanced by CountingIterator
+
+    def __iter__(self) -> CountingIterator:  # type: ignore[override]
+        return CountingIterator(self)
+
+    def _start_pass(self) -> Iterator:
+        sampler = self.batch_sampler
+        pending = self.__dict__.pop("_pending", None)
+        if pending is not None and isinstance(sampler, ResumableBatchSampler):
+            done = pending["batches"] >= len(self)
+            # Lightning may have moved on to the next epoch (set_epoch); else the pass count gives the epoch.
+            epoch_set = getattr(sampler, "_epoch_set", None)
+            same_epoch = epoch_set is None or pending["epoch"] == epoch_set
+            sampler.restore(pending["sampler"], pending["batches"], finished=done or not same_epoch)
+            self._batches = 0 if done or not same_epoch else pending["batches"]
+        else:
+            self._batches = 0
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position (``epoch``, ``batches`` consumed in the pass, the sampler's) and the global RNG states."""
+        if "_pending" in self.__dict__:
+            position = {k: self._pending[k] for k in ("epoch", "batches", "sampler")}
+        else:
+            sampler = self.batch_sampler
+            where = sampler.position() if isinstance(sampler, ResumableBatchSampler) else {"epoch": 0}
+            position = {
+                "epoch": where["epoch"],
+                "batches": self.__dict__.get("_batches", 0),
+                "sampler": where,
+            }
+        return {**position, "rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from ``state_dict`` at the next pass; restores the global RNG states now."""
+        self._pending = {
+            "epoch": int(state_dict["epoch"]),
+            "batches": int(state_dict["batches"]),
+            "sampler": state_dict.get("sampler", {}),
+        }
+        if "rng" in state_dict:
+            _set_rng_state(state_dict["rng"])
+
+
 def load_pending_loader_states(trainer: pl.Trainer) -> bool:
     """Give the training loaders the positions and RNG states of the checkpoint being resumed, if still pending.
 
@@ -287,36 +360,143 @@ def load_pending_loader_states(trainer: pl.Trainer) -> bool:
     return not fit_loop._combined_loader_states_to_load
 
 
-class HandDataModule(pl.LightningDataModule):
-    """Base DataModule: batch size, workers and a deterministic, DDP-shardable, resumable loader factory.
+def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
+    """One dataset of a split given as a dataset, a list of datasets (concatenated) or nothing."""
+    if datasets is None:
+        return None
+    if isinstance(datasets, Dataset):
+        return datasets
+    datasets = list(datasets)
+    if not datasets:
+        return None
+    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
 
-    Shuffled (training) loaders are :class:`ResumableDataLoader` over a :class:`ResumableSampler`: the order of
-    epoch ``e`` depends only on ``(seed, e)``, the same permutation is split between DDP ranks, and a run
-    resumed from a mid-epoch checkpoint continues with exactly the batches the uninterrupted run used. Every
-    loader has its own generator, so iterating one never draws from torch's global generator (which would
-    shift the dropout of the training steps that follow).
+
+SPLIT_NAMES = ("train", "unlabeled", "val", "test", "predict")
+"""The datasets a :class:`HandDataModule` holds (``predict`` defaults to ``test``)."""
+
+
+class HandDataModule(pl.LightningDataModule):
+    """The DataModule: a data config's datasets, the method's views, deterministic resumable loaders.
+
+    A data config (``experiments/data/<name>.yaml``) gives the datasets, ``image_size`` and the loader settings;
+    the method's config gives ``views`` (:class:`~handssl.data.views.SupervisedViews` when absent), which
+    turn the samples into the method's batches. So one data config serves every method whose views fit its
+    datasets: single-view labelled ``train`` for the supervised and source-only methods, ``train`` plus
+    ``unlabeled`` for SemiHand, multi-view datasets for NVS. With no dataset given at all, the views' defaults
+    are used (SynthHands).
+
+    Training loaders are :class:`ResumableDataLoader` over a :class:`ResumableSampler`, or, where the views set
+    a batch sampler policy, :class:`ResumableBatchLoader`: the order of epoch ``e`` depends only on ``(seed,
+    e)``, the same permutation is split between DDP ranks, and a run resumed from a mid-epoch checkpoint
+    continues with exactly the batches the uninterrupted run used. Every loader has its own generator, so
+    iterating one never draws from torch's global generator (which would shift the dropout of the training
+    steps that follow). Views with several training parts (SemiHand's labelled and unlabelled items) get
+    Lightning's ``CombinedLoader`` in ``"max_size_cycle"`` mode, a dict of the parts' batches.
 
     Args:
-        batch_size: Samples per batch (per process under DDP).
+        train: Training dataset (labelled), or a list of them (concatenated).
+        val: Validation dataset(s) (validation is skipped when absent).
+        test: Test dataset(s).
+        predict: Prediction dataset(s) (defaults to ``test``).
+        unlabeled: Unlabelled training dataset(s) (for views that use them, e.g. SemiHand's; their
+            annotations are never used as labels).
+        views: How the method turns samples into batches (default :class:`~handssl.data.views.SupervisedViews`).
+        image_size: Side of the network input in pixels.
+        batch_size: Items per training batch (per process under DDP).
         num_workers: DataLoader worker processes (0 loads in the main process).
         pin_memory: Pin host memory (helps GPU training).
-        seed: Seed of the shuffling order.
+        seed: Seed of the shuffling order (and of the views' seeded draws: labelled subsets, perturbations).
+        render_on: Where SynthHands training sets are rendered: ``"workers"`` (in the DataLoader, cached; the
+            default) or ``"device"`` (the loader yields render requests and the whole batch, or each SynthHands
+            part of a combined batch, is ray-cast on the training device in ``on_after_batch_transfer``,
+            uncached; the same pixels).
     """
 
+    #: Arguments of the earlier DataModules that are the method's views' now: a config naming one on
+    #: ``HandDataModule`` is told the new place in one line (``handssl._lightning_cli.moved_argument``).
+    moved_arguments: ClassVar[dict[str, str]] = {
+        "labeled": "train: [...]  (the labelled datasets)",
+        **{
+            name: f"views: {{class_path: handssl.data.SemiHandViews, init_args: {{{name}: ...}}}}"
+            for name in (
+                "unlabeled_fraction",
+                "eval_batch_size",
+                "num_perturbations",
+                "augment_labeled",
+                "perturbation",
+                "diversity",
+                "augment_on",
+            )
+        },
+        **{
+            name: f"views: {{class_path: handssl.data.NVSPairs, init_args: {{{name}: ...}}}}"
+            for name in (
+                "label_fraction",
+                "num_labeled",
+                "labeled_subjects",
+                "labeled_share",
+                "statistics_items",
+                "style",
+            )
+        },
+        "crop_margin": "views: {init_args: {crop_margin: ...}}  (SupervisedViews, SemiHandViews)",
+    }
+
     def __init__(
-        self, batch_size: int = 32, num_workers: int = 0, pin_memory: bool = False, seed: int = 0
+        self,
+        train: Dataset | list[Dataset] | None = None,
+        val: Dataset | list[Dataset] | None = None,
+        test: Dataset | list[Dataset] | None = None,
+        predict: Dataset | list[Dataset] | None = None,
+        unlabeled: Dataset | list[Dataset] | None = None,
+        views: Views | None = None,
+        image_size: int = 64,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        render_on: Literal["workers", "device"] = "workers",
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if render_on not in RENDER_ON:
+            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
+        if views is None:
+            from handssl.data.views.supervised import SupervisedViews
+
+            views = SupervisedViews()
+        self.views = views
+        self.image_size = image_size
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.render_on = render_on
+        given = (train, unlabeled, val, test, predict)
+        if all(d is None for d in given):
+            defaults = views.default_datasets(image_size, seed)
+            given = tuple(defaults.get(name) for name in SPLIT_NAMES)  # type: ignore[assignment]
+        datasets = dict(zip(SPLIT_NAMES, (_concat(d) for d in given)))
+        if datasets["predict"] is None:
+            datasets["predict"] = datasets["test"]
+        self.datasets: dict[str, Dataset | None] = datasets
         # DeferredRendering of the training set (key "") or of a combined batch's parts, with render_on="device"
         self._deferred: dict[str, Any] = {}
+        views.check(self)
+
+    def split(self, name: str) -> Dataset:
+        """The dataset of split ``name``; a missing one is a one-line error naming the config key."""
+        dataset = self.datasets[name]
+        if dataset is None:
+            raise ValueError(
+                f"no {name} dataset configured: set data.init_args.{name} in the config "
+                f"(e.g. class_path: {self.views.example_dataset}, init_args: {{split: {name}}})"
+            )
+        return dataset
 
     def _deferred_training_set(
         self, dataset: Dataset, render_on: str, part: str = "", required: bool = True
@@ -338,11 +518,16 @@ class HandDataModule(pl.LightningDataModule):
         return self._deferred[part]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Render a batch of SynthHands render requests on its device (``render_on="device"``).
+        """Render SynthHands render requests on the batch's device, then let the views change the batch.
 
-        A combined batch (a dict of the loaders' batches, as :class:`~handssl.data.SemiSupervisedDataModule`
-        makes) has each deferred part rendered in place.
+        ``render_on="device"`` renders here; the views then may change the batch (e.g. SemiHand's batched
+        augmentation of training batches). A combined batch (a dict of the parts' batches) has each deferred part rendered in place.
         """
+        batch = self._render_deferred(batch)
+        trainer = getattr(self, "trainer", None)  # None outside a Trainer
+        return self.views.on_after_batch_transfer(self, batch, trainer is None or bool(trainer.training))
+
+    def _render_deferred(self, batch: Any) -> Any:
         from handssl.data.synthhands.deferred import RENDER_REQUEST
 
         if not self._deferred or not isinstance(batch, dict):
@@ -356,7 +541,7 @@ class HandDataModule(pl.LightningDataModule):
                 rendered[part] = deferred.render(inner)
         return rendered
 
-    def _dataloader(
+    def make_dataloader(
         self,
         dataset: Dataset,
         shuffle: bool,
@@ -364,6 +549,15 @@ class HandDataModule(pl.LightningDataModule):
         batch_size: int | None = None,
         drop_last: bool = False,
     ) -> DataLoader:
+        """A loader of this DataModule's settings; shuffled ones are resumable (:class:`ResumableDataLoader`).
+
+        Args:
+            dataset: Items (already viewed).
+            shuffle: Shuffle (a seeded :class:`ResumableSampler`, unless ``sampler`` is given).
+            sampler: Explicit sampler (e.g. a DDP shard of the pseudo-label pass).
+            batch_size: Items per batch (default: ``batch_size``).
+            drop_last: Drop the last incomplete batch.
+        """
         generator = torch.Generator().manual_seed(self.seed)
         loader_class = DataLoader
         if shuffle and sampler is None:
@@ -382,20 +576,90 @@ class HandDataModule(pl.LightningDataModule):
             generator=generator,
         )
 
+    _dataloader = make_dataloader  # the name of earlier versions
 
-def _default_synthhands(split: Split, world: SynthHandsWorld) -> Dataset:
-    from handssl.data.synthhands.single_view import SynthHands
+    def _train_loader(self, dataset: Dataset, part: TrainPart) -> DataLoader:
+        if part.batch_sampler is None:
+            return self.make_dataloader(dataset, True, batch_size=part.batch_size, drop_last=True)
+        stream = RandomSampler(part.dataset, generator=torch.Generator().manual_seed(self.seed))  # type: ignore[arg-type]
+        return ResumableBatchLoader(
+            dataset,
+            batch_sampler=part.batch_sampler(stream),
+            generator=torch.Generator().manual_seed(self.seed),  # iterating must not draw from the global one
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
+        )
 
-    return SynthHands(split=split, world=world)
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
+        """The views' training parts as resumable loaders (a ``CombinedLoader`` of them for combined views)."""
+        combined = self.views.combined
+        loaders: dict[str, DataLoader] = {}
+        for name, part in self.views.train_parts(self).items():
+            dataset = self._deferred_training_set(
+                part.dataset, self.render_on, name if combined else "", required=not combined
+            )
+            loaders[name] = self._train_loader(dataset, part)
+        if not combined:
+            (loader,) = loaders.values()
+            return loader
+        if self.render_on == "device" and not self._deferred:
+            raise ValueError(
+                "render_on='device' renders SynthHands in the training step, but no training set holds "
+                "SynthHands; use render_on='workers'"
+            )
+        from pytorch_lightning.utilities.combined_loader import CombinedLoader
+
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_dataloader(self, name: str, required: bool) -> DataLoader | list:
+        dataset = self.datasets[name]
+        if dataset is None and not required:
+            return []
+        view = self.views.eval_view(self, self.split(name))
+        return self.make_dataloader(view, False, batch_size=self.views.eval_batch_size(self))
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_dataloader("val", required=False)
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_dataloader("test", required=True)
+
+    def predict_dataloader(self) -> DataLoader | list:
+        return self._eval_dataloader("predict", required=True)
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Number of unlabelled items (0 when none is configured)."""
+        unlabeled = self.datasets["unlabeled"]
+        if unlabeled is None:
+            return 0
+        if not isinstance(unlabeled, Sized):
+            raise TypeError(f"the unlabeled dataset ({type(unlabeled).__name__}) must define __len__")
+        return len(unlabeled)
+
+    def pseudo_label_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """The views' deterministic pass over the unlabelled items (SemiHand's stored / exported pseudo-labels).
+
+        Args:
+            rank: This process's rank; with ``world_size > 1`` it reads its own shard.
+            world_size: Number of processes.
+        """
+        make = getattr(self.views, "pseudo_label_dataloader", None)
+        if make is None:
+            raise ValueError(
+                f"pseudo-labels need views with an unlabelled pass (handssl.data.SemiHandViews), "
+                f"not {type(self.views).__name__}"
+            )
+        return make(self, rank, world_size)
 
 
 class SupervisedDataModule(HandDataModule):
-    """Single-view labeled data for supervised training and for evaluation.
+    """:class:`HandDataModule` with :class:`~handssl.data.views.SupervisedViews`: the earlier single-view form.
 
-    Any handssl dataset can be plugged in by ``class_path`` in YAML. Datasets returning the full
-    original image (numpy) get the default transform :class:`~handssl.data.transforms.CropResize`
-    (square crop around the hand, resized to ``image_size``); rendered datasets (SynthHands) are used
-    as they are. With no dataset given at all, SynthHands ``train`` / ``val`` / ``test`` are used.
+    Kept for configs written before (``data.class_path: handssl.data.SupervisedDataModule``); new configs name
+    ``handssl.data.HandDataModule`` (whose default views are these).
 
     Args:
         train: Training dataset.
@@ -408,10 +672,10 @@ class SupervisedDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of the shuffling order.
-        render_on: Where a SynthHands training set is rendered: ``"workers"`` (in the DataLoader, cached;
-            the default) or ``"device"`` (the loader yields render requests and the whole batch is ray-cast
-            on the training device in ``on_after_batch_transfer``, uncached; the same pixels).
+        render_on: Where a SynthHands training set is rendered (see :class:`HandDataModule`).
     """
+
+    moved_arguments: ClassVar[dict[str, str]] = {}  # it takes its own arguments
 
     def __init__(
         self,
@@ -427,40 +691,18 @@ class SupervisedDataModule(HandDataModule):
         seed: int = 0,
         render_on: Literal["workers", "device"] = "workers",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
-        if render_on not in RENDER_ON:
-            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
-        self.render_on = render_on
-        self.transform = CropResize(image_size, crop_margin)
-        self.image_size = image_size
-        if train is None and val is None and test is None and predict is None:
-            from handssl.data.synthhands.dataset import SPLITS
-            from handssl.data.synthhands.world import SynthHandsWorld
+        from handssl.data.views.supervised import SupervisedViews
 
-            world = SynthHandsWorld(image_size=image_size)  # one world, three splits of its subjects
-            train, val, test = (_default_synthhands(s, world) for s in SPLITS)
-        self.datasets = {"train": train, "val": val, "test": test, "predict": predict or test}
-
-    def _split(self, name: str) -> Dataset:
-        dataset = self.datasets[name]
-        if dataset is None:
-            raise ValueError(
-                f"no {name} dataset configured: set data.init_args.{name} in the config "
-                f"(e.g. class_path: handssl.data.SynthHands, init_args: {{split: {name}}})"
-            )
-        return TransformedDataset(dataset, self.transform)
-
-    def train_dataloader(self) -> DataLoader:
-        train = self._deferred_training_set(self._split("train"), self.render_on)
-        return self._dataloader(train, shuffle=True, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if self.datasets["val"] is None:
-            return []
-        return self._dataloader(self._split("val"), shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._dataloader(self._split("test"), shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._dataloader(self._split("predict"), shuffle=False)
+        super().__init__(
+            train=train,
+            val=val,
+            test=test,
+            predict=predict,
+            views=SupervisedViews(crop_margin),
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            seed=seed,
+            render_on=render_on,
+        )

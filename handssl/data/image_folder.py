@@ -3,7 +3,7 @@
 Each item is one image file (PNG / JPEG / BMP / WebP / TIFF, sorted by path; 16-bit and float images are
 scaled to 8 bits, not clipped). The hand's box comes from an
 optional JSON file; without one the hand is taken to fill the centred square of the image. The default
-transform of :class:`~handssl.data.SupervisedDataModule` (:class:`~handssl.data.transforms.CropResize`)
+transform of :class:`~handssl.data.views.SupervisedViews` (:class:`~handssl.data.transforms.CropResize`)
 then crops a square around the box (enlarged by the DataModule's ``crop_margin``, as training crops are
 around the joints' box) and resizes it to the network's input size; the crop matrix travels with the
 sample, so :class:`~handssl.callbacks.PredictionWriter` can write 2D joints in the original image's pixels.

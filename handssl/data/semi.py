@@ -1,247 +1,29 @@
-"""SemiSupervisedDataModule: every training batch mixes labelled (synthetic) and unlabelled (real) images.
+"""SemiSupervisedDataModule: the earlier form of the DataModule with SemiHand's views, kept for old configs.
 
-Training batches come from Lightning's :class:`~pytorch_lightning.utilities.combined_loader.CombinedLoader`
-in ``"max_size_cycle"`` mode: a dict ``{"labeled": ..., "unlabeled": ...}`` whose two parts have fixed sizes
-set by ``batch_size`` and ``unlabeled_fraction``; an epoch lasts as long as the longer loader and the
-shorter one cycles. Under DDP Lightning gives each inner loader its own distributed sampler.
-
-Labelled items (:class:`LabeledView`, :class:`~handssl.data.contract.SemiLabeledSample`) get the "diversity"
-augmentation with their labels moved along (:func:`handssl.data.augment.augment_sample`). Unlabelled items
-(:class:`UnlabeledView`, :class:`~handssl.data.contract.SemiUnlabeledSample`) carry the original crop, ``P``
-"perturbation" copies (for the pseudo-label views and the consistency loss), one "diversity" copy on which the
-student learns from the (transformed) pseudo-label, the matrices of all of them, the item's ``index`` (pseudo-label
-storage and export) and the dataset's annotation, if any, only as ``eval_*`` (for monitoring pseudo-label error and
-for the paper's "known root and scale" lifting; training never uses them as labels). Every key is documented in
-:data:`handssl.data.contract.FIELDS`. Both views crop and augment raw numpy samples (a rendered SynthHands
-sample is unpacked first) and convert to tensors once, at their end (:func:`~handssl.data.contract.pack_sample`).
-
-Validation and test run on the unlabelled domain's own validation / test sets, through the default crop.
-
-Datasets that return full images (RHD, STB, Dexter+Object) are cropped by
-:class:`~handssl.data.transforms.CropResize` around their annotated 2D joints (the usual "GT crop"), the
-unlabelled ones included: like the paper's protocol (known root and scale), the crop uses the annotation.
-Rendered SynthHands crops need no crop.
+It is :class:`~handssl.data.datamodules.HandDataModule` with :class:`~handssl.data.views.SemiHandViews`. The views (:class:`LabeledView`, :class:`UnlabeledView`, the mixing policy) live in
+:mod:`handssl.data.views.semihand`; new configs name ``handssl.data.HandDataModule`` with the labelled data as
+``train`` and the method's ``views: {class_path: handssl.data.SemiHandViews, ...}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Sized
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-import numpy as np
-import torch
-from pytorch_lightning.utilities.combined_loader import CombinedLoader
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from handssl.data.augment import augment_sample, make_pipeline
-from handssl.data.base import Sample
-from handssl.data.batch_augment import (
-    DiversityOptions,
-    PerturbationOptions,
-    augment_labeled_batch,
-    augment_unlabeled_batch,
-)
-from handssl.data.contract import float_image, float_map, pack_sample, unpack_sample
-from handssl.data.datamodules import RENDER_ON, HandDataModule, TransformedDataset
-from handssl.data.synthhands.dataset import Split
-from handssl.data.synthhands.world import SynthHandsWorld
-from handssl.data.transforms import CropResize
+from handssl.data.datamodules import HandDataModule
+from handssl.data.views.semihand import AUGMENT_ON, LabeledView, SemiHandViews, UnlabeledView
 
-__all__ = ["LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
-
-_EVAL_KEYS = ("joints3d", "joints2d", "valid")
-AUGMENT_ON = ("workers", "batch")
-"""Where SemiSupervisedDataModule's training augmentations run (``augment_on``)."""
-
-
-def _seed_from(base: int, index: int, deterministic: bool) -> int:
-    if deterministic:
-        return int(np.random.SeedSequence([base, index]).generate_state(1)[0] & 0x7FFFFFFF)
-    return int(torch.randint(0, 2**31 - 1, ()).item())
-
-
-def _with_mask(sample: Sample, prefer_hand_mask: bool = True) -> Sample:
-    """Every labelled item gets ``mask`` (zeros where absent) and ``has_mask``, so batches always collate.
-
-    Works on the raw sample (``float32 H x W`` mask). With ``prefer_hand_mask`` a dataset's ``hand_mask``
-    (skin only, as SynthHands provides besides the hand-plus-sleeve ``mask``) becomes the ``mask`` target:
-    the capsule hand of the cross-modal loss has no forearm.
-    """
-    out = dict(sample)
-    if prefer_hand_mask and out.get("hand_mask") is not None:
-        out["mask"] = out["hand_mask"]
-    out.pop("hand_mask", None)
-    if out.get("mask") is None:
-        out["mask"] = np.zeros(np.shape(out["image"])[:2], dtype=np.float32)
-        out["has_mask"] = np.array(False)
-    else:
-        out["mask"] = float_map(out["mask"])
-        out["has_mask"] = np.array(True)
-    return out
-
-
-class _CroppedView(TransformedDataset):
-    """Crop every sample (batched through :class:`TransformedDataset`), finish it per index, pack it.
-
-    The whole per-sample pipeline runs on raw numpy samples (a packed SynthHands sample is unpacked after
-    the crop, which only checks its size): crop, the finishing step (the labelled or unlabelled view's
-    augmentation), then :func:`~handssl.data.contract.pack_sample`, the one conversion to tensors.
-    """
-
-    def __init__(self, dataset: Dataset, image_size: int, crop_margin: float) -> None:
-        super().__init__(dataset, CropResize(image_size, crop_margin).crop)
-
-    def _finish(self, sample: Sample, index: int) -> Sample:
-        raise NotImplementedError
-
-    def _run(self, cropped: Sample, index: int) -> Sample:
-        sample = unpack_sample(cropped)
-        sample["image"] = float_image(sample["image"])
-        return pack_sample(self._finish(sample, index))
-
-    def __getitem__(self, index: int) -> Sample:
-        return self._run(self.transform(self.dataset[index]), index)
-
-    def __getitems__(self, indices: Sequence[int]) -> list[Sample]:
-        cropped = super().__getitems__(list(indices))
-        return [self._run(sample, i) for sample, i in zip(cropped, indices)]
-
-
-class LabeledView(_CroppedView):
-    """Labelled training items: crop, optional "diversity" augmentation, a ``mask`` key always present.
-
-    Args:
-        dataset: Map-style dataset of sample dicts.
-        image_size: Network input side (crop size).
-        augment: Apply the "diversity" augmentation.
-        diversity: Keyword arguments of :func:`handssl.data.augment.diversity_pipeline`.
-        crop_margin: Margin of the default crop around the hand.
-        seed: Base seed (augmentation draws come from torch's per-worker generator).
-        prefer_hand_mask: Use a dataset's ``hand_mask`` (no forearm) as the mask target where it has one.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        image_size: int = 64,
-        augment: bool = True,
-        diversity: dict[str, Any] | None = None,
-        crop_margin: float = 0.25,
-        seed: int = 0,
-        prefer_hand_mask: bool = True,
-    ) -> None:
-        super().__init__(dataset, image_size, crop_margin)
-        self.pipeline = make_pipeline("diversity", **(diversity or {})) if augment else None
-        self.seed = seed
-        self.prefer_hand_mask = prefer_hand_mask
-
-    def _finish(self, sample: Sample, index: int) -> Sample:
-        sample = _with_mask(sample, self.prefer_hand_mask)
-        if self.pipeline is not None:
-            sample = augment_sample(sample, self.pipeline, seed=_seed_from(self.seed, index, False))
-        else:
-            sample.pop("depth", None)
-            sample.pop("background", None)
-            sample["in_bounds"] = np.ones(np.shape(sample["valid"]), dtype=bool)
-            sample["transform_matrix"] = np.eye(3, dtype=np.float32)
-        return sample
-
-
-class UnlabeledView(_CroppedView):
-    """Unlabelled items: the original crop, ``P`` perturbed copies and one "diversity" copy, with matrices.
-
-    Args:
-        dataset: Map-style dataset of sample dicts (annotations, if any, are only kept as ``eval_*``).
-        image_size: Network input side (crop size).
-        num_perturbations: Number ``P`` of perturbed copies.
-        perturbation: Keyword arguments of :func:`handssl.data.augment.perturbation_pipeline`.
-        diversity: Keyword arguments of :func:`handssl.data.augment.diversity_pipeline`.
-        strong: Produce the "diversity" copy (``image_strong``).
-        copies: Produce the copies at all (``False``: only the original crop, its ``K``, ``index`` and
-            ``eval_*``; the copies are then made batched, :mod:`handssl.data.batch_augment`).
-        deterministic: Draw the perturbations from ``(seed, index)`` (the same copies every epoch, for stored
-            pseudo-labels); otherwise from torch's per-worker generator.
-        crop_margin: Margin of the default crop around the hand.
-        seed: Base seed.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        image_size: int = 64,
-        num_perturbations: int = 2,
-        perturbation: dict[str, Any] | None = None,
-        diversity: dict[str, Any] | None = None,
-        strong: bool = True,
-        deterministic: bool = False,
-        crop_margin: float = 0.25,
-        seed: int = 0,
-        copies: bool = True,
-    ) -> None:
-        if num_perturbations < 1:
-            raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
-        super().__init__(dataset, image_size, crop_margin)
-        self.num_perturbations = num_perturbations
-        self.perturbation = make_pipeline("perturbation", **(perturbation or {}))
-        self.diversity = make_pipeline("diversity", **(diversity or {})) if strong else None
-        self.deterministic = deterministic
-        self.seed = seed
-        self.copies = copies
-
-    def _finish(self, sample: Sample, index: int) -> Sample:
-        base = {"image": sample["image"], "K": sample["K"], "joints2d": sample["joints2d"]}
-        out: dict[str, Any] = {"image": sample["image"], "K": sample["K"], "index": np.array(index, np.int64)}
-        for key in _EVAL_KEYS:
-            if key in sample:
-                out[f"eval_{key}"] = sample[key]
-        if "meta" in sample:
-            out["meta"] = sample["meta"]
-        if not self.copies:
-            return out
-        seed = _seed_from(self.seed, index, self.deterministic)
-        images, matrices = [], []
-        for p in range(self.num_perturbations):
-            aug = augment_sample(base, self.perturbation, seed=seed + 1 + p)
-            images.append(aug["image"])
-            matrices.append(aug["transform_matrix"])
-        out["image_perturbed"] = np.stack(images)
-        out["perturb_matrix"] = np.stack(matrices)
-        if self.diversity is not None:
-            aug = augment_sample(base, self.diversity, seed=seed)
-            out["image_strong"] = aug["image"]
-            out["strong_matrix"] = aug["transform_matrix"]
-            out["K_strong"] = aug["K"]
-        return out
-
-
-def _tuples(options: dict[str, Any]) -> dict[str, Any]:
-    """YAML gives ranges as lists; the frozen option dataclasses hold tuples."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-
-
-def _concat(datasets: Sequence[Dataset] | Dataset | None) -> Dataset | None:
-    if datasets is None:
-        return None
-    if isinstance(datasets, Dataset):
-        return datasets
-    datasets = list(datasets)
-    if not datasets:
-        return None
-    return datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-
-
-def _synthhands(split: Split, world: SynthHandsWorld) -> Dataset:
-    from handssl.data.synthhands.single_view import SynthHands
-
-    return SynthHands(split=split, world=world)
+__all__ = ["AUGMENT_ON", "LabeledView", "SemiSupervisedDataModule", "UnlabeledView"]
 
 
 class SemiSupervisedDataModule(HandDataModule):
-    """Labelled + unlabelled training batches (CombinedLoader, ``max_size_cycle``); evaluation on the target.
+    """Labelled + unlabelled training batches (``CombinedLoader``, ``max_size_cycle``); evaluation on the target.
 
-    With no datasets given: SynthHands ``style="synthetic"`` train (labelled), SynthHands ``style="real"``
-    train (unlabelled), and the real-style val / test subjects for evaluation. RHD + STB or DexterObject
-    plug in by ``class_path``.
+    :class:`~handssl.data.datamodules.HandDataModule` with ``train=labeled`` and
+    :class:`~handssl.data.views.SemiHandViews` built from the SemiHand arguments below. With no datasets given:
+    SynthHands ``style="synthetic"`` train (labelled), SynthHands ``style="real"`` train (unlabelled), and the
+    real-style val / test subjects for evaluation.
 
     Args:
         labeled: Labelled training datasets (concatenated).
@@ -260,16 +42,14 @@ class SemiSupervisedDataModule(HandDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
         seed: Seed of shuffling and of the deterministic perturbations.
-        augment_on: Where the training augmentations run: ``"workers"`` (per item, albumentations, in the
-            DataLoader) or ``"batch"`` (the whole labelled and unlabelled parts at once, in torch, on the batch's
-            device in ``on_after_batch_transfer``; :mod:`handssl.data.batch_augment`: the same transforms and
-            option names, several times cheaper on a CPU).
-        render_on: Where the SynthHands training sets are rendered: ``"workers"`` (in the DataLoader, cached)
-            or ``"device"`` (uncached, the whole labelled and unlabelled parts of a batch at once on the
-            training device, in ``on_after_batch_transfer``; a part with no SynthHands stays in the
-            workers). The crops and augmentations (albumentations, numpy) then run on the CPU in the main
-            process, so the batch equals the workers' one with ``num_workers: 0``.
+        render_on: Where the SynthHands training sets are rendered (see
+            :class:`~handssl.data.datamodules.HandDataModule`; a part with no SynthHands stays in the workers).
+        augment_on: Where the training augmentations run (see :class:`~handssl.data.views.SemiHandViews`).
     """
+
+    views: SemiHandViews
+
+    moved_arguments: ClassVar[dict[str, str]] = {}  # it takes its own arguments
 
     def __init__(
         self,
@@ -292,157 +72,85 @@ class SemiSupervisedDataModule(HandDataModule):
         render_on: Literal["workers", "device"] = "workers",
         augment_on: Literal["workers", "batch"] = "workers",
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, seed=seed)
-        if render_on not in RENDER_ON:
-            raise ValueError(f"render_on must be one of {RENDER_ON}, got {render_on!r}")
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
-        self.render_on = render_on
-        self.augment_on = augment_on
-        if not 0.0 <= unlabeled_fraction <= 1.0:
-            raise ValueError(f"unlabeled_fraction must be in [0, 1], got {unlabeled_fraction}")
-        if num_perturbations < 1:
-            raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
-        if all(x is None for x in (labeled, unlabeled, val, test)):
-            source = SynthHandsWorld(style="synthetic", image_size=image_size)
-            target = SynthHandsWorld(style="real", image_size=image_size)
-            labeled = [_synthhands("train", source)]
-            unlabeled = [_synthhands("train", target)]
-            val = [_synthhands("val", target)]
-            test = [_synthhands("test", target)]
-        self.labeled = _concat(labeled)
-        self.unlabeled = _concat(unlabeled)
-        self.val = _concat(val)
-        self.test = _concat(test)
-        self.image_size = image_size
-        self.unlabeled_fraction = unlabeled_fraction
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_perturbations = num_perturbations
-        self.augment_labeled = augment_labeled
-        self.perturbation = dict(perturbation or {})
-        self.diversity = dict(diversity or {})
-        self.crop_margin = crop_margin
-        if augment_on == "batch":  # the same option names as the per-item pipelines, checked now
-            self.batch_perturbation = PerturbationOptions(**self.perturbation)
-            self.batch_diversity = DiversityOptions(**_tuples(self.diversity))
-        self.labeled_batch_size, self.unlabeled_batch_size = self.split_batch_size()
-        if self.labeled_batch_size and self.labeled is None:
-            raise ValueError("no labeled dataset configured but unlabeled_fraction < 1")
-        if self.unlabeled_batch_size and self.unlabeled is None:
-            raise ValueError("no unlabeled dataset configured but unlabeled_fraction > 0")
+        views = SemiHandViews(
+            unlabeled_fraction=unlabeled_fraction,
+            eval_batch_size=eval_batch_size,
+            num_perturbations=num_perturbations,
+            augment_labeled=augment_labeled,
+            perturbation=perturbation,
+            diversity=diversity,
+            crop_margin=crop_margin,
+            augment_on=augment_on,
+        )
+        super().__init__(
+            train=labeled,
+            unlabeled=unlabeled,
+            val=val,
+            test=test,
+            views=views,
+            image_size=image_size,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            seed=seed,
+            render_on=render_on,
+        )
+
+    @property
+    def labeled(self) -> Dataset | None:
+        """The labelled training set (``train``)."""
+        return self.datasets["train"]
+
+    @property
+    def unlabeled(self) -> Dataset | None:
+        """The unlabelled training set."""
+        return self.datasets["unlabeled"]
+
+    @property
+    def val(self) -> Dataset | None:
+        """The validation set."""
+        return self.datasets["val"]
+
+    @property
+    def test(self) -> Dataset | None:
+        """The test set."""
+        return self.datasets["test"]
+
+    @property
+    def unlabeled_fraction(self) -> float:
+        """Share of unlabelled items per training batch."""
+        return self.views.unlabeled_fraction
+
+    @property
+    def augment_on(self) -> str:
+        """Where the training augmentations run."""
+        return self.views.augment_on
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Items per validation / test / pseudo-label batch."""
+        return self.views.eval_batch_size(self)
+
+    @property
+    def labeled_batch_size(self) -> int:
+        """Labelled items per training batch."""
+        return self.split_batch_size()[0]
+
+    @property
+    def unlabeled_batch_size(self) -> int:
+        """Unlabelled items per training batch."""
+        return self.split_batch_size()[1]
 
     def split_batch_size(self) -> tuple[int, int]:
         """``(labelled, unlabelled)`` items per training batch (at least one of each when both are wanted)."""
-        unlabeled = round(self.batch_size * self.unlabeled_fraction)
-        if 0 < self.unlabeled_fraction < 1:
-            unlabeled = min(max(unlabeled, 1), self.batch_size - 1)
-        return self.batch_size - unlabeled, unlabeled
+        return self.views.split_batch_size(self.batch_size)
 
     def unlabeled_view(
         self, deterministic: bool = False, strong: bool = True, copies: bool = True
     ) -> UnlabeledView:
         """The unlabelled items as :class:`UnlabeledView` (``deterministic`` for stored / exported labels)."""
-        if self.unlabeled is None:
-            raise ValueError("no unlabeled dataset configured")
-        return UnlabeledView(
-            self.unlabeled,
-            self.image_size,
-            self.num_perturbations,
-            self.perturbation,
-            self.diversity,
-            strong=strong,
-            deterministic=deterministic,
-            crop_margin=self.crop_margin,
-            seed=self.seed,
-            copies=copies,
-        )
-
-    @property
-    def num_unlabeled(self) -> int:
-        """Number of unlabelled items (0 when none is configured)."""
-        if self.unlabeled is None:
-            return 0
-        if not isinstance(self.unlabeled, Sized):
-            raise TypeError(f"the unlabeled dataset ({type(self.unlabeled).__name__}) must define __len__")
-        return len(self.unlabeled)
-
-    def train_dataloader(self) -> CombinedLoader:
-        loaders: dict[str, DataLoader] = {}
-        if self.labeled_batch_size:
-            if self.labeled is None:
-                raise ValueError("no labeled dataset configured")
-            labeled = LabeledView(
-                self.labeled,
-                self.image_size,
-                self.augment_labeled and self.augment_on == "workers",
-                self.diversity,
-                self.crop_margin,
-                self.seed,
-            )
-            loaders["labeled"] = self._dataloader(
-                self._deferred_training_set(labeled, self.render_on, "labeled", required=False),
-                True,
-                batch_size=self.labeled_batch_size,
-                drop_last=True,
-            )
-        if self.unlabeled_batch_size:
-            unlabeled = self.unlabeled_view(copies=self.augment_on == "workers")
-            loaders["unlabeled"] = self._dataloader(
-                self._deferred_training_set(unlabeled, self.render_on, "unlabeled", required=False),
-                True,
-                batch_size=self.unlabeled_batch_size,
-                drop_last=True,
-            )
-        if self.render_on == "device" and not self._deferred:
-            raise ValueError(
-                "render_on='device' renders SynthHands in the training step, but neither training set "
-                "holds SynthHands; use render_on='workers'"
-            )
-        return CombinedLoader(loaders, mode="max_size_cycle")
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Render deferred SynthHands parts, then, with ``augment_on="batch"``, augment a training batch."""
-        batch = super().on_after_batch_transfer(batch, dataloader_idx)
-        if self.augment_on != "batch" or not isinstance(batch, dict):
-            return batch
-        trainer = getattr(self, "trainer", None)  # None outside a Trainer
-        if trainer is not None and not trainer.training:
-            return batch
-        batch = dict(batch)
-        if "labeled" in batch and self.augment_labeled:
-            batch["labeled"] = augment_labeled_batch(batch["labeled"], self.batch_diversity)
-        if "unlabeled" in batch:
-            batch["unlabeled"] = augment_unlabeled_batch(
-                batch["unlabeled"], self.num_perturbations, self.batch_perturbation, self.batch_diversity
-            )
-        return batch
+        return self.views.unlabeled_view(self, deterministic, strong, copies)
 
     def pseudo_label_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
-        """Deterministic, unshuffled loader over the unlabelled items (for stored / exported pseudo-labels).
-
-        Args:
-            rank: This process's rank; with ``world_size > 1`` it reads its own shard.
-            world_size: Number of processes.
-        """
-        view = self.unlabeled_view(deterministic=True, strong=False)
-        sampler: DistributedSampler | None = None
-        if world_size > 1:
-            sampler = DistributedSampler(view, num_replicas=world_size, rank=rank, shuffle=False)
-        return self._dataloader(view, False, sampler=sampler, batch_size=self.eval_batch_size)
-
-    def _eval_loader(self, dataset: Dataset | None) -> DataLoader | list:
-        if dataset is None:
-            return []
-        view = TransformedDataset(dataset, CropResize(self.image_size, self.crop_margin))
-        return self._dataloader(view, False, batch_size=self.eval_batch_size)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._eval_loader(self.val)
-
-    def test_dataloader(self) -> DataLoader | list:
-        if self.test is None:
-            raise ValueError("no test dataset configured: set data.init_args.test in the config")
-        return self._eval_loader(self.test)
-
-    def predict_dataloader(self) -> DataLoader | list:
-        return self._eval_loader(self.test)
+        """Deterministic, unshuffled loader over the unlabelled items (for stored / exported pseudo-labels)."""
+        return self.views.pseudo_label_dataloader(self, rank, world_size)

@@ -8,9 +8,9 @@ dataset's :meth:`~handssl.data.synthhands.dataset.SynthHandsBase.rendering_on` b
 ray-casts and shades the whole batch on that device, uncached. A batch rendered this way equals the one the
 workers would have made (``tests/test_synthhands.py`` checks it pixel for pixel on the CPU).
 
-Used by :class:`~handssl.data.SupervisedDataModule`, :class:`~handssl.data.MultiViewDataModule` and
-:class:`~handssl.data.SemiSupervisedDataModule` (each SynthHands part of its combined batch; SemiHand's
-albumentations augmentations then run on the CPU in the main process) with ``render_on="device"``.
+Used by :class:`~handssl.data.datamodules.HandDataModule` with ``render_on="device"``, whatever its views (for
+:class:`~handssl.data.views.SemiHandViews` each SynthHands part of its combined batch; SemiHand's albumentations
+augmentations then run on the CPU in the main process).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class SynthHandsMultiView(SynthHandsBase):
 
     One item per frame of the split. Its cameras are distinct and drawn afresh every epoch from all ordered
     camera tuples of the rig (a pure function of seed, epoch and index: pass ``(index, epoch)`` keys, as
-    :class:`~handssl.data.multiview.MultiViewDataModule` does; a plain index means epoch 0). The appearance
+    :class:`~handssl.data.views.NVSPairs` do; a plain index means epoch 0). The appearance
     images (``image_t2``, the appearance source of novel-view synthesis, Rhodin et al.) show the same
     subject through the same cameras in **another sequence** by default, so their pose is unrelated to the
     pose at t and cannot pass through the appearance code. Items are packed
