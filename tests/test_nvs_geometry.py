@@ -81,3 +81,13 @@ def test_latent_geometry_weights_and_validation():
     terms = geometry({}, {}, rows)
     assert float(terms["latent_geometry"]) == pytest.approx(2.0 * float(terms["point_silhouette"]))
     assert float(terms["point_silhouette"]) > 0
+
+
+def test_points_outside_the_crop_add_no_containment():
+    """A part the crop cuts off (the forearm) may lie outside it; only coverage sees the points inside."""
+    silhouette = square_silhouette()
+    inside = filled_square()
+    with_outside = torch.cat([inside, torch.tensor([[[1.5, 0.0, 0.0], [0.0, -1.8, 0.2]]])], dim=1)
+    assert float(point_silhouette_chamfer(with_outside, silhouette)) == pytest.approx(
+        float(point_silhouette_chamfer(inside, silhouette))
+    )

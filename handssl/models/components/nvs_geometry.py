@@ -33,11 +33,11 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
     """2D Chamfer distance between orthographically projected points and a silhouette's pixels.
 
     Points project to their ``(x, y)`` on ``[-1, 1]^2`` (``x`` right, ``y`` down, the crop's extent); the
-    silhouette is pooled to ``side x side`` cells (a cell counts when a quarter of it is foreground, so that
-    a finger one cell wide stays), whose centres
-    span the same square. ``containment`` is the mean over points of the squared distance to the nearest
-    silhouette cell, ``coverage`` the mean over silhouette cells of the squared distance to the nearest point.
-    Items whose silhouette is empty are skipped.
+    silhouette is pooled to ``side x side`` cells (a cell counts when a quarter of it is foreground, so that a
+    finger one cell wide stays), whose centres span the same square. ``containment`` is the mean over the points
+    inside the square of the squared distance to the nearest silhouette cell (a point outside may be a part that
+    the crop cuts off, such as the forearm), ``coverage`` the mean over silhouette cells of the squared distance
+    to the nearest point. Items whose silhouette is empty are skipped.
 
     Args:
         points: ``(B, N, 3)`` points in the rendered view's frame (rotated ``L3D``).
@@ -68,7 +68,10 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
         distance = (dy[..., :, None] + dx[..., None, :] + far).flatten(2)  # (B', N, side*side)
         nearest_cell = distance.argmin(2)  # (B', N)
         nearest_point = distance.argmin(1)  # (B', side*side)
-    containment = (projected - grid[nearest_cell]).pow(2).sum(-1).mean(1)
+    # a point outside the crop may be a part the crop cuts off (the forearm): no evidence against it
+    in_frame = (projected.abs() <= 1.0).all(-1).float()  # (B', N)
+    to_cell = (projected - grid[nearest_cell]).pow(2).sum(-1)
+    containment = (to_cell * in_frame).sum(1) / in_frame.sum(1).clamp_min(1.0)
     reached = projected.gather(1, nearest_point[..., None].expand(-1, -1, 2))  # (B', side*side, 2)
     coverage = ((grid - reached).pow(2).sum(-1) * cells).sum(1) / cells.sum(1)
     return (containment + coverage).mean()
