@@ -10,7 +10,8 @@ Two direct terms make the point cloud itself carry geometry:
 * **point silhouette** (:func:`point_silhouette_chamfer`): the rotated points, projected orthographically into
   the view they render, lie inside that view's label-free silhouette (``|I - bg| > t``) and cover it: a 2D
   Chamfer distance between the projected points and the silhouette's pixels, as in projection-supervised point
-  clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19). Rows that render another
+  clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19), plus a dense term
+  (:func:`point_coverage_bce`) that wants every silhouette cell reached by a point. Rows that render another
   view make the points' depth matter, so several views carve a visual hull. It assumes crops of one metric
   extent in every view (the world's ``crop: fixed``), so that ``[-1, 1]`` is the same size in every view.
 """
@@ -26,7 +27,7 @@ from torch.nn import functional as F
 
 from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
 
-__all__ = ["LatentGeometry", "point_silhouette_chamfer"]
+__all__ = ["LatentGeometry", "point_coverage_bce", "point_silhouette_chamfer"]
 
 
 def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
@@ -77,13 +78,43 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
     return (containment + coverage).mean()
 
 
+def point_coverage_bce(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
+    """Binary cross-entropy between the points' soft coverage and a silhouette, cell by cell.
+
+    Each point projects orthographically (as in :func:`point_silhouette_chamfer`) and adds a Gaussian of half a
+    cell's width to a ``side x side`` count map; the coverage ``1 - exp(-count)`` of a cell is near 1 once a
+    point or two reach it, and is compared with the cell's foreground fraction. Unlike the Chamfer distance,
+    which a palm-sized cluster plus a few stray points satisfy, every silhouette cell needs points of its own, so
+    the cloud has to spread over the whole hand (the dense silhouette loss of Insafutdinov & Dosovitskiy,
+    NeurIPS'18, without their learned pose).
+
+    Args:
+        points: ``(B, N, 3)`` points in the rendered view's frame.
+        silhouette: ``(B, 1, H, W)`` ``{0, 1}`` silhouette of the rendered view.
+        side: Cells per side.
+
+    Returns:
+        Scalar mean BCE over cells and items.
+    """
+    target = F.adaptive_avg_pool2d(silhouette.float(), side)[:, 0]  # (B, side, side)
+    axis = (torch.arange(side, device=points.device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
+    sigma = 1.0 / side  # half a cell: a point inside a cell barely reaches its neighbours
+    along_x, along_y = (
+        torch.exp(-(((points[..., k, None].float() - axis) / sigma) ** 2).clamp(max=40.0) / 2) for k in (0, 1)
+    )  # (B, N, side) each; far tails clamped before exp (subnormal floats make CPU kernels crawl)
+    count = along_y.transpose(1, 2) @ along_x  # (B, side (y), side (x))
+    coverage = (1 - torch.exp(-count)).clamp(1e-4, 1 - 1e-4)
+    return F.binary_cross_entropy(coverage, target)
+
+
 @dataclass(frozen=True)
 class LatentGeometry:
     """Weights of the direct latent terms (0 disables a term; validated on creation).
 
     Attributes:
         equivariance_weight: Weight of ``|R_ij L_i - L_j|^2`` on normalised point sets (needs both views).
-        point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` on every rendered row.
+        point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` plus :func:`point_coverage_bce` on
+            every rendered row.
         silhouette_threshold: Background-subtraction threshold of the silhouette.
         side: Cells per side of the pooled silhouette.
     """
@@ -129,7 +160,9 @@ class LatentGeometry:
             total = total + self.equivariance_weight * terms["latent_equivariance"]
         if self.point_silhouette_weight > 0:
             silhouette = silhouette_target(rows["target"], rows["background"], self.silhouette_threshold)
-            terms["point_silhouette"] = point_silhouette_chamfer(rows["points"], silhouette, self.side)
+            terms["point_silhouette"] = point_silhouette_chamfer(
+                rows["points"], silhouette, self.side
+            ) + point_coverage_bce(rows["points"], silhouette, self.side)
             total = total + self.point_silhouette_weight * terms["point_silhouette"]
         terms["latent_geometry"] = total
         return terms
