@@ -25,6 +25,13 @@ def test_domain_gap_smoke_run_writes_every_stage_and_gate(tmp_path, capsys, monk
     for style in ("synthetic", "real", "real_object"):
         for row in (results["source_only"][style], results["oracle"][style]):
             assert 0 < row["mpjpe"] < 300 and 0 <= row["auc_20_50"] <= 1
+    # The training stages ran the supervised recipe (handssl fit -c ...), each with its own run folder.
+    recipe = "handssl fit -c experiments/model/supervised.yaml -c experiments/data/synthhands.yaml "
+    for name, style in (("source_only", "synthetic"), ("oracle", "real")):
+        assert results[name]["command"].startswith(recipe)
+        assert f"--data.init_args.train.init_args.world.init_args.style={style} " in results[name]["command"]
+        assert results[name]["steps"] == 10
+        assert (Path(results[name]["run_dir"]) / "config.yaml").is_file()
     # The appearance frame comes from another sequence: its pose is further from t than a same-sequence frame.
     leak = results["leak"]
     assert leak["appearance_frame"]["mpjpe"] > leak["same_sequence_frame"]["mpjpe"]

@@ -2,14 +2,34 @@
 
 With one fixed training budget it trains the supervised baseline on synthetic-style labels (source-only) and
 on real-style labels (target oracle) and scores both, and the mean training pose, on the test subjects of
-every style; it also measures the world itself: hand brightness in the real style, how much of a crop the
-hand covers, the appearance-frame leak of multi-view items, and first-pass rendering speed against the
-training step. Each stage saves its JSON under ``--out`` as soon as it finishes, so an interrupted run
-continues where it stopped; ``--force`` recomputes. The gates of the SynthHands v2 issue are checked at
+every style; it also measures the world itself. Its stages, in order (times: the committed
+``experiments/results/domain_gap`` run on 2 CPU cores; ``--quick``: a few seconds each):
+
+* ``world`` (~10 s): hand brightness per style on the same 512 test views, and how much of a crop the hand
+  covers;
+* ``leak`` (~20 s): whether the appearance image of a multi-view item gives its pose away (1024 test items);
+* ``speed`` (~10 s): first-pass rendering of every style against the training step, in images per CPU-second
+  (run it on an idle machine: ``--redo speed``);
+* ``mean_pose`` (~30 s): always predicting the mean root-relative training pose;
+* ``source_only`` (~7 min: 5.5 to train, 1.5 to score): the recipe users run,
+  ``handssl fit -c experiments/model/supervised.yaml -c experiments/data/synthhands.yaml``, with the study's
+  options on the command line (:func:`recipe_args`: the training subjects, sequences and world seed, the
+  synthetic style, batch 64, learning rate 2e-3, 2000 steps, no validation, CPU), run in this process through
+  the command line's own ``make_cli``; its final weights are then scored on the test subjects of every style;
+* ``oracle`` (~11 min: real-style crops render slower): the same with ``--data.init_args.train.init_args.world
+  .init_args.style=real``.
+
+Each training stage's JSON records its exact ``handssl fit`` command (``command``; run it to get the same
+weights) and its run folder (``run_dir``, under ``--work-dir``: ``config.yaml`` and ``last.ckpt``). Building
+the model and data from the recipe instead of by hand (as before) changed no number: the ``--quick`` run gives
+the same scores to the last digit.
+
+Each stage saves its JSON under ``--out`` as soon as it finishes, so an interrupted run continues where it
+stopped; ``--force`` recomputes, ``--redo STAGE`` one stage. The gates of the SynthHands v2 issue are checked at
 the end and written with the table to ``<out>/domain_gap.md``.
 
-    python experiments/studies/domain_gap.py                 # the benchmark (about 15 min on 2 cores)
-    python experiments/studies/domain_gap.py --quick         # a smoke run (about 20 s; numbers are not meaningful)
+    python experiments/studies/domain_gap.py                 # the benchmark (about 20 min on 2 cores)
+    python experiments/studies/domain_gap.py --quick         # a smoke run (about 25 s; numbers are not meaningful)
     python experiments/studies/domain_gap.py --figure docs/synthhands_styles.png   # also draw 16 crops per style
 """
 
@@ -18,23 +38,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from handssl.data.datamodules import SupervisedDataModule
 from handssl.data.synthhands import SynthHands, SynthHandsMultiView, SynthHandsWorld
 from handssl.metrics.functional import masked_mean, mpjpe, pa_mpjpe, pck_auc
 from handssl.models import SupervisedModule
 from handssl.skeleton import root_relative
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: the recipe's paths are relative to it
+RECIPE = ("experiments/model/supervised.yaml", "experiments/data/synthhands.yaml")
+"""The recipe the training stages run (``handssl fit -c`` each), with the options of :func:`recipe_args`."""
 STYLES = ("synthetic", "real", "real_object")
 STAGES = ("world", "leak", "speed", "mean_pose", "source_only", "oracle")
 GATES = {
@@ -184,28 +206,67 @@ def predict(model: SupervisedModule, ds: SynthHands) -> tuple[Tensor, Tensor]:
     return torch.cat(preds), torch.cat(targets)
 
 
-def stage_train(style: str, args: argparse.Namespace) -> dict:
-    """Train the supervised baseline on one style's labels for the fixed budget; score every test style."""
-    pl.seed_everything(args.seed, verbose=False)
-    data = SupervisedDataModule(
-        train=dataset("train", style, args, extra_keys=[]),
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
-    model = SupervisedModule(lr=args.lr)
-    trainer = pl.Trainer(
-        max_steps=args.steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-    )
+def recipe_args(style: str, args: argparse.Namespace, root: Path | None = None) -> list[str]:
+    """The training stage's ``handssl fit`` arguments: :data:`RECIPE` with the study's budget and sets.
+
+    Only the training set, the batch, the learning rate and the step budget change; validation is off (the
+    study scores the final weights on every style's test subjects itself) and training stays on the CPU, whose
+    training step the speed stage measures.
+
+    Args:
+        style: The style of the training labels (``synthetic``: source-only; ``real``: target oracle).
+        args: The study's arguments.
+        root: Where the recipe's paths start (``None``: as written, relative to the repository root).
+
+    Returns:
+        The arguments after ``handssl fit``.
+    """
+    train = "--data.init_args.train.init_args"
+    return [
+        *(arg for path in RECIPE for arg in ("-c", str(root / path) if root else path)),
+        f"--seed_everything={args.seed}",
+        f"--data.init_args.seed={args.seed}",
+        f"--data.init_args.image_size={args.image_size}",
+        f"--data.init_args.batch_size={args.batch_size}",
+        f"{train}.num_subjects={args.train_subjects}",
+        f"{train}.sequences_per_subject={args.sequences}",
+        f"{train}.cache_mb={args.cache_mb}",
+        f"{train}.world.init_args.style={style}",
+        f"{train}.world.init_args.seed={args.seed}",
+        f"--model.init_args.lr={args.lr}",
+        f"--trainer.max_steps={args.steps}",
+        "--trainer.max_epochs=-1",
+        "--trainer.limit_val_batches=0",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+def stage_train(name: str, style: str, args: argparse.Namespace) -> dict:
+    """Train the supervised baseline on one style's labels for the fixed budget; score every test style.
+
+    Training is ``handssl fit`` on :data:`RECIPE` (:func:`recipe_args`), run in this process through the
+    command line's own :func:`~handssl._lightning_cli.make_cli` (a ``handssl`` subprocess would pay the
+    Lightning import again); its run folder is ``<work-dir>/<name>/version_<n>/``.
+    """
+    from handssl._lightning_cli import make_cli
+
+    run = [f"--runs_dir={args.work_dir}", f"--run_name={name}", "--wandb=disabled"]
     start = time.time()
-    trainer.fit(model, datamodule=data)
-    out: dict[str, Any] = {"train_style": style, "steps": args.steps, "fit_seconds": time.time() - start}
+    cli = make_cli(["fit", *recipe_args(style, args, ROOT), *run])
+    fit_seconds = time.time() - start
+    torch.set_num_threads(args.threads)
+    model = cli.model
+    assert isinstance(model, SupervisedModule), type(model)
+    out: dict[str, Any] = {
+        "train_style": style,
+        "steps": int(cli.trainer.global_step),
+        "fit_seconds": fit_seconds,
+        "command": shlex.join(["handssl", "fit", *recipe_args(style, args), *run]),
+        "run_dir": str(cli.trainer.log_dir),
+    }
     for test_style in STYLES:
         pred, target = predict(model, dataset("test", test_style, args, extra_keys=[]))
         out[test_style] = pose_scores(pred, target)
@@ -324,6 +385,11 @@ def report(r: dict, args: argparse.Namespace) -> str:
         + ".",
         f"Fit wall time: source-only {r['source_only']['fit_seconds']:.0f} s, oracle {r['oracle']['fit_seconds']:.0f} s.",
     ]
+    if "command" in r["source_only"]:  # stages saved before the study ran the recipe have none
+        lines.append(
+            f"Training: `handssl fit {' '.join(f'-c {path}' for path in RECIPE)}` with the study's options "
+            "(each stage's full command: `command` in source_only.json and oracle.json)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -355,6 +421,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("experiments/results/domain_gap"))
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny budget and sets")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="run folders of the training stages (default runs/<name of --out>)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute stages already saved")
     parser.add_argument(
         "--redo",
@@ -385,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
         args.out = args.out.with_name(args.out.name + "_quick")
         args.steps, args.batch_size, args.train_subjects, args.test_subjects, args.sequences = 10, 32, 2, 1, 2
         args.world_views, args.leak_items, args.render_views, args.rate_steps = 32, 32, 64, 2
+    if args.work_dir is None:
+        args.work_dir = Path("runs") / args.out.name
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, Callable[[], dict]] = {
@@ -392,8 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         "leak": lambda: stage_leak(args),
         "speed": lambda: stage_speed(args),
         "mean_pose": lambda: stage_mean_pose(args),
-        "source_only": lambda: stage_train("synthetic", args),
-        "oracle": lambda: stage_train("real", args),
+        "source_only": lambda: stage_train("source_only", "synthetic", args),
+        "oracle": lambda: stage_train("oracle", "real", args),
     }
     results = {}
     for name, run in stages.items():
