@@ -16,13 +16,13 @@ every style; it also measures the world itself. Its stages, in order (times: the
   options on the command line (:func:`recipe_args`: the training subjects, sequences and world seed, the
   synthetic style, batch 64, learning rate 2e-3, 2000 steps, no validation, CPU), run in this process through
   the command line's own ``make_cli``; its final weights are then scored on the test subjects of every style;
-* ``oracle`` (~11 min: real-style crops render slower): the same with ``--data.init_args.train.init_args.world
+* ``oracle`` (~11 min in that run, 10 to train): the same with ``--data.init_args.train.init_args.world
   .init_args.style=real``.
 
 Each training stage's JSON records its exact ``handssl fit`` command (``command``; run it to get the same
-weights) and its run folder (``run_dir``, under ``--work-dir``: ``config.yaml`` and ``last.ckpt``). Building
-the model and data from the recipe instead of by hand (as before) changed no number: the ``--quick`` run gives
-the same scores to the last digit.
+weights, on the same number of threads) and its run folder (``run_dir``, under ``--work-dir``: ``config.yaml``
+and ``last.ckpt``). Building the model and data from the recipe instead of by hand (as before) changed no
+number: ``--quick`` and a 200-step run on the full sets (``--steps 200``) give the same scores to the last digit.
 
 Each stage saves its JSON under ``--out`` as soon as it finishes, so an interrupted run continues where it
 stopped; ``--force`` recomputes, ``--redo STAGE`` one stage. The gates of the SynthHands v2 issue are checked at
