@@ -203,8 +203,8 @@ class NVSDecoder(nn.Module):
         normalize_mask: Divide each mask by its maximum (NSD's ``scale_mask_max_to_1``), so every rendering
             holds a fully opaque pixel and "show only the background" stops being an easy minimum.
         splat: Also feed the decoder the points' orthographic splats (:func:`splat_points`: occupancy and
-            depth, drawn at half the image size, occupancy as coverage ``1 - exp(-count)``, pooled or
-            upsampled to the input of every up-block and of the output layer), so that the rendering depends on where the rotated points project, at every
+            depth, drawn at half the image size and pooled or upsampled to the input of every up-block and
+            of the output layer), so that the rendering depends on where the rotated points project, at every
             scale, not only on what a linear layer makes of their coordinates (a departure from Rhodin et
             al., whose decoder sees the points through the linear layer alone).
     """
@@ -259,8 +259,6 @@ class NVSDecoder(nn.Module):
         x = torch.cat([lifted, tiled], dim=1)
         if self.splat:
             drawn = splat_points(points, self.image_size // 2, sigma=4.0 / self.image_size)  # ~ one cell
-            # coverage 1 - exp(-count): a cell that a few points reach counts like one that a cluster fills
-            drawn = torch.cat([1 - torch.exp(-drawn[:, :1]), drawn[:, 1:]], dim=1)
             for block in self.up:
                 x = block(torch.cat([x, F.interpolate(drawn, size=x.shape[-2:], mode="area")], dim=1))
             full = F.interpolate(drawn, size=x.shape[-2:], mode="bilinear", align_corners=False)

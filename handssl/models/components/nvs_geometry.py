@@ -10,8 +10,7 @@ Two direct terms make the point cloud itself carry geometry:
 * **point silhouette** (:func:`point_silhouette_chamfer`): the rotated points, projected orthographically into
   the view they render, lie inside that view's label-free silhouette (``|I - bg| > t``) and cover it: a 2D
   Chamfer distance between the projected points and the silhouette's pixels, as in projection-supervised point
-  clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19), plus a dense term
-  (:func:`point_coverage_bce`) that wants every silhouette cell reached by a point. Rows that render another
+  clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19). Rows that render another
   view make the points' depth matter, so several views carve a visual hull. It assumes crops of one metric
   extent in every view (the world's ``crop: fixed``), so that ``[-1, 1]`` is the same size in every view.
 """
@@ -27,18 +26,18 @@ from torch.nn import functional as F
 
 from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
 
-__all__ = ["LatentGeometry", "point_coverage_bce", "point_silhouette_chamfer"]
+__all__ = ["LatentGeometry", "point_silhouette_chamfer"]
 
 
 def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
     """2D Chamfer distance between orthographically projected points and a silhouette's pixels.
 
     Points project to their ``(x, y)`` on ``[-1, 1]^2`` (``x`` right, ``y`` down, the crop's extent); the
-    silhouette is pooled to ``side x side`` cells (a cell counts when a quarter of it is foreground, so that a
-    finger one cell wide stays), whose centres span the same square. ``containment`` is the mean over the points
-    inside the square of the squared distance to the nearest silhouette cell (a point outside may be a part that
-    the crop cuts off, such as the forearm), ``coverage`` the mean over silhouette cells of the squared distance
-    to the nearest point. Items whose silhouette is empty are skipped.
+    silhouette is pooled to ``side x side`` cells (a cell counts when a quarter of it is foreground, so that
+    a finger one cell wide stays), whose centres
+    span the same square. ``containment`` is the mean over points of the squared distance to the nearest
+    silhouette cell, ``coverage`` the mean over silhouette cells of the squared distance to the nearest point.
+    Items whose silhouette is empty are skipped.
 
     Args:
         points: ``(B, N, 3)`` points in the rendered view's frame (rotated ``L3D``).
@@ -69,42 +68,10 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
         distance = (dy[..., :, None] + dx[..., None, :] + far).flatten(2)  # (B', N, side*side)
         nearest_cell = distance.argmin(2)  # (B', N)
         nearest_point = distance.argmin(1)  # (B', side*side)
-    # a point outside the crop may be a part the crop cuts off (the forearm): no evidence against it
-    in_frame = (projected.abs() <= 1.0).all(-1).float()  # (B', N)
-    to_cell = (projected - grid[nearest_cell]).pow(2).sum(-1)
-    containment = (to_cell * in_frame).sum(1) / in_frame.sum(1).clamp_min(1.0)
+    containment = (projected - grid[nearest_cell]).pow(2).sum(-1).mean(1)
     reached = projected.gather(1, nearest_point[..., None].expand(-1, -1, 2))  # (B', side*side, 2)
     coverage = ((grid - reached).pow(2).sum(-1) * cells).sum(1) / cells.sum(1)
     return (containment + coverage).mean()
-
-
-def point_coverage_bce(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
-    """Binary cross-entropy between the points' soft coverage and a silhouette, cell by cell.
-
-    Each point projects orthographically (as in :func:`point_silhouette_chamfer`) and adds a Gaussian of half a
-    cell's width to a ``side x side`` count map; the coverage ``1 - exp(-count)`` of a cell is near 1 once a
-    point or two reach it, and is compared with the cell's foreground fraction. Unlike the Chamfer distance,
-    which a palm-sized cluster plus a few stray points satisfy, every silhouette cell needs points of its own, so
-    the cloud has to spread over the whole hand (the dense silhouette loss of Insafutdinov & Dosovitskiy,
-    NeurIPS'18, without their learned pose).
-
-    Args:
-        points: ``(B, N, 3)`` points in the rendered view's frame.
-        silhouette: ``(B, 1, H, W)`` ``{0, 1}`` silhouette of the rendered view.
-        side: Cells per side.
-
-    Returns:
-        Scalar mean BCE over cells and items.
-    """
-    target = F.adaptive_avg_pool2d(silhouette.float(), side)[:, 0]  # (B, side, side)
-    axis = (torch.arange(side, device=points.device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
-    sigma = 1.0 / side  # half a cell: a point inside a cell barely reaches its neighbours
-    along_x, along_y = (
-        torch.exp(-(((points[..., k, None].float() - axis) / sigma) ** 2).clamp(max=40.0) / 2) for k in (0, 1)
-    )  # (B, N, side) each; far tails clamped before exp (subnormal floats make CPU kernels crawl)
-    count = along_y.transpose(1, 2) @ along_x  # (B, side (y), side (x))
-    coverage = (1 - torch.exp(-count)).clamp(1e-4, 1 - 1e-4)
-    return F.binary_cross_entropy(coverage, target)
 
 
 @dataclass(frozen=True)
@@ -113,8 +80,7 @@ class LatentGeometry:
 
     Attributes:
         equivariance_weight: Weight of ``|R_ij L_i - L_j|^2`` on normalised point sets (needs both views).
-        point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` plus :func:`point_coverage_bce` on
-            every rendered row.
+        point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` on every rendered row.
         silhouette_threshold: Background-subtraction threshold of the silhouette.
         side: Cells per side of the pooled silhouette.
     """
@@ -160,9 +126,7 @@ class LatentGeometry:
             total = total + self.equivariance_weight * terms["latent_equivariance"]
         if self.point_silhouette_weight > 0:
             silhouette = silhouette_target(rows["target"], rows["background"], self.silhouette_threshold)
-            terms["point_silhouette"] = point_silhouette_chamfer(
-                rows["points"], silhouette, self.side
-            ) + point_coverage_bce(rows["points"], silhouette, self.side)
+            terms["point_silhouette"] = point_silhouette_chamfer(rows["points"], silhouette, self.side)
             total = total + self.point_silhouette_weight * terms["point_silhouette"]
         terms["latent_geometry"] = total
         return terms
