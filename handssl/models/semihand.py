@@ -38,6 +38,7 @@ from handssl.models.components.semihand_losses import (
     consistency_targets,
     unsupervised_weight,
 )
+from handssl.models.options import Optimization
 from handssl.models.pose25d_task import Pose25DTask
 from handssl.skeleton import MIDDLE_MCP
 
@@ -98,10 +99,7 @@ class SemiHandModule(Pose25DTask):
         capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
         capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
         cross_modal_size: Resolution of the cross-modal comparison (``None``: full).
-        lr: Learning rate of AdamW.
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` or ``"none"``.
-        warmup_steps: Linear warm-up steps.
+        optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`; here lr 1e-3, cosine).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
         channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
         compile: Compile the student (and the teacher) with ``torch.compile`` (see :class:`BaseHandTask`).
@@ -151,10 +149,7 @@ class SemiHandModule(Pose25DTask):
         capsule_finger_fraction: float = 0.035,
         capsule_palm_fraction: float = 0.05,
         cross_modal_size: int | None = 32,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
@@ -218,10 +213,7 @@ class SemiHandModule(Pose25DTask):
         self.unsupervised_ramp_steps = unsupervised_ramp_steps
         self.init_checkpoint = init_checkpoint
         super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            optimizer=optimizer,
             eval_protocol=eval_protocol,
             channels_last=channels_last,
             compile=compile,
