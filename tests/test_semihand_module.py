@@ -30,6 +30,7 @@ from handssl.models.components.pose25d import (
     recover_root_depth,
     soft_argmax_2d,
 )
+from handssl.models.options import Optimization
 from handssl.models.semihand import SemiHandModule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,7 +38,12 @@ from conftest import quiet_trainer
 from test_semi_datamodule import make_datamodule
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-TINY = dict(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16, warmup_steps=0)
+TINY = dict(
+    backbone_widths=(8, 16, 32),
+    backbone_blocks=(1, 1, 1),
+    decoder_channels=16,
+    optimizer=Optimization(warmup_steps=0),
+)
 K = torch.tensor([[150.0, 0.0, 31.5], [0.0, 150.0, 31.5], [0.0, 0.0, 1.0]])
 
 
@@ -557,7 +563,7 @@ DDP_SCRIPT = textwrap.dedent(
                 }}, open({out!r}, "w"))
 
     module = SemiHandModule(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16,
-                            use_correction=False, threshold=float("inf"), warmup_steps=0)
+                            use_correction=False, threshold=float("inf"), optimizer=Optimization(warmup_steps=0))
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Check()])
