@@ -481,6 +481,7 @@ sys.path.insert(0, {tests!r})
 from test_multiview_datamodule import FakeMultiView
 from handssl.data.multiview import MultiViewDataModule
 from handssl.models.nvs import NVSModule
+from handssl.models.options import Optimization
 
 class Check(pl.Callback):
     shares = []
@@ -502,7 +503,7 @@ class Check(pl.Callback):
 
 module = NVSModule(regime="semi", image_size=32, num_points=20, appearance_dim=8, encoder_widths=(8, 16),
                    encoder_blocks=(1, 1), decoder_widths=(16, 8), decoder_latent_channels=8, pose_hidden=(32,),
-                   scheduler="none")
+                   optimizer=Optimization(weight_decay=0.0, scheduler="none"))
 dm = MultiViewDataModule(train=FakeMultiView(16), val=FakeMultiView(4), test=FakeMultiView(4),
                          label_fraction=0.25, labeled_share=0.5, batch_size=4)
 trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=2, logger=False,
