@@ -15,10 +15,11 @@ import handssl.pretrained as pretrained
 from handssl._lightning_cli import make_cli
 from handssl.cli import main
 from handssl.models import NVSModule, SemiHandModule, SupervisedModule
-from handssl.models.options import MOVED_ARGUMENTS, Optimization, upgrade_hparams
+from handssl.models.options import EMAOptions, Optimization, upgrade_hparams
 
 CONF = Path(__file__).parent / "conf" / "supervised_tiny.yaml"
 NVS_CONF = Path(__file__).parent / "conf" / "nvs_tiny.yaml"
+SEMI_CONF = Path(__file__).parent / "conf" / "semihand_tiny.yaml"
 TINY = dict(backbone_widths=(8, 8, 8, 8), head_hidden=(16,))
 FLAT = {"lr": 0.123, "weight_decay": 0.0, "scheduler": "none", "warmup_steps": 7}
 
@@ -40,6 +41,8 @@ def test_group_validates_its_values():
         Optimization(lr=0.0)
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
         Optimization(warmup_steps=-1)
+    with pytest.raises(ValueError, match="ema decay must be in"):
+        EMAOptions(decay=1.5)
     with pytest.raises(TypeError, match="unknown keys \\['lrr'\\]"):
         SupervisedModule(**TINY, optimizer={"lrr": 1.0})  # type: ignore[arg-type]
 
@@ -50,6 +53,8 @@ def test_cli_nests_the_group_and_keeps_the_task_defaults_of_keys_left_out():
     assert cli.model.optimization == Optimization(lr=0.5, warmup_steps=1)
     nvs = make_cli(["-c", str(NVS_CONF), "--model.init_args.optimizer.weight_decay=0.5"], run=False).model
     assert nvs.optimization == Optimization(lr=1e-3, weight_decay=0.5, scheduler="none", warmup_steps=1)
+    semi = make_cli(["-c", str(SEMI_CONF), "--model.init_args.ema.decay=0.5"], run=False).model
+    assert semi.ema == EMAOptions(decay=0.5) and semi.hparams["ema"]["buffer_mode"] == "ema"
 
 
 def test_flat_option_names_the_new_key_in_one_line(tmp_path, capsys):
@@ -58,7 +63,12 @@ def test_flat_option_names_the_new_key_in_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "`lr` moved to `optimizer: {lr: ...}`" in err[0]
-    assert set(MOVED_ARGUMENTS) == {"lr", "weight_decay", "scheduler", "warmup_steps"}
+    assert set(SupervisedModule.moved_arguments) == {"lr", "weight_decay", "scheduler", "warmup_steps"}
+    assert SemiHandModule.moved_arguments["ema_decay"] == "ema: {decay: ...}"
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(SEMI_CONF), "--model.init_args.ema_decay=0.9"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "SemiHandModule: `ema_decay` moved to `ema: {decay: ...}`" in err[0]
 
 
 def test_hparams_keep_the_group_as_a_plain_dict(tmp_path):
@@ -77,6 +87,10 @@ def test_hparams_keep_the_group_as_a_plain_dict(tmp_path):
 def test_upgrade_moves_flat_arguments_into_the_group():
     assert upgrade_hparams({**FLAT, "dropout": 0.1}) == {"optimizer": FLAT, "dropout": 0.1}
     assert upgrade_hparams({"lr": 0.1, "optimizer": {"lr": 0.2}}) == {"optimizer": {"lr": 0.2}}
+    assert upgrade_hparams({"ema_decay": 0.9, "ema_warmup": False, "ema_updates": 3}) == {
+        "ema": {"decay": 0.9, "warmup": False},
+        "ema_updates": 3,
+    }
     new = {"optimizer": {"lr": 0.2}, "dropout": 0.1}
     assert upgrade_hparams(new) == new
 
@@ -120,3 +134,5 @@ def test_shipped_weights_written_flat_load_into_the_group(name):
     module = pretrained.load(name)
     expected = {key: stored[key] for key in FLAT if key in stored}
     assert {key: getattr(module.optimization, key) for key in expected} == expected
+    if isinstance(module, SemiHandModule):
+        assert module.ema == EMAOptions(stored["ema_decay"], stored["ema_warmup"], stored["ema_buffer_mode"])

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from handssl.data.datamodules import load_pending_loader_states
 from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
 from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
-from handssl.models.options import MOVED_ARGUMENTS, Optimization, group_hparams, upgraded_groups
+from handssl.models.options import Optimization, group_hparams, moved_arguments, upgraded_groups
 from handssl.skeleton import root_relative, valid_with_root
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
@@ -171,7 +171,7 @@ class BaseHandTask(pl.LightningModule):
     monitor = "val/mpjpe"
     mode = "min"
 
-    moved_arguments: ClassVar[Mapping[str, str]] = MOVED_ARGUMENTS
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments("optimizer")
     """Where each flat argument of earlier versions went (``lr`` -> ``optimizer: {lr: ...}``), for the CLI's error."""
 
     def __init__(

@@ -46,19 +46,34 @@ class Optimization:
 
     @classmethod
     def of(cls, value: Optimization | Mapping[str, Any]) -> Optimization:
-        """``value`` as an :class:`Optimization`: itself, or built from a mapping (a checkpoint's hparams).
+        """``value`` as an :class:`Optimization`: itself, or built from a mapping (a checkpoint's hparams)."""
+        return coerce(cls, "optimizer", value)
 
-        Raises:
-            TypeError: ``value`` is neither, or the mapping has a key that is not a field.
-        """
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, Mapping):
-            unknown = set(value) - {field.name for field in fields(cls)}
-            if unknown:
-                raise TypeError(f"optimizer: unknown keys {sorted(unknown)}; it takes {group_keys(cls)}")
-            return cls(**value)
-        raise TypeError(f"optimizer must be an Optimization (or a mapping of its fields), got {value!r}")
+
+@dataclass(frozen=True)
+class EMAOptions:
+    """The mean teacher's exponential moving average (SemiHand's ``ema`` group).
+
+    Args:
+        decay: Teacher momentum ``m`` in ``teacher = m teacher + (1 - m) student``, in [0, 1].
+        warmup: Use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (fast early tracking).
+        buffer_mode: ``"ema"`` or ``"copy"`` for BatchNorm statistics (see :mod:`~handssl.models.components.ema`).
+    """
+
+    decay: float = 0.999
+    warmup: bool = True
+    buffer_mode: Literal["ema", "copy"] = "ema"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"ema decay must be in [0, 1], got {self.decay}")
+        if self.buffer_mode not in ("ema", "copy"):
+            raise ValueError(f"ema buffer_mode must be 'ema' or 'copy', got {self.buffer_mode!r}")
+
+    @classmethod
+    def of(cls, value: EMAOptions | Mapping[str, Any]) -> EMAOptions:
+        """``value`` as :class:`EMAOptions`: itself, or built from a mapping (a checkpoint's hparams)."""
+        return coerce(cls, "ema", value)
 
 
 def group_keys(group: type) -> list[str]:
@@ -66,13 +81,42 @@ def group_keys(group: type) -> list[str]:
     return [field.name for field in fields(group)]
 
 
-#: The option groups that replaced flat task arguments: group argument -> its class.
-GROUPS: dict[str, type[Any]] = {"optimizer": Optimization}
+def coerce(group: type[Any], argument: str, value: Any) -> Any:
+    """``value`` as an instance of the option group ``group``: itself, or built from a mapping of its fields.
 
-#: Where each flat task argument of earlier versions went, as YAML (the CLI names it in its error).
-MOVED_ARGUMENTS: dict[str, str] = {
-    key: f"{argument}: {{{key}: ...}}" for argument, group in GROUPS.items() for key in group_keys(group)
+    Raises:
+        TypeError: ``value`` is neither, or the mapping has a key that is not a field.
+    """
+    if isinstance(value, group):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(group_keys(group))
+        if unknown:
+            raise TypeError(f"{argument}: unknown keys {sorted(unknown)}; it takes {group_keys(group)}")
+        return group(**value)
+    raise TypeError(f"{argument} must be a {group.__name__} (or a mapping of its fields), got {value!r}")
+
+
+#: The option groups that replaced flat task arguments: group argument -> its class.
+GROUPS: dict[str, type[Any]] = {"optimizer": Optimization, "ema": EMAOptions}
+
+#: The flat task arguments of earlier versions: name -> (group argument, field).
+FLAT_ARGUMENTS: dict[str, tuple[str, str]] = {
+    **{key: ("optimizer", key) for key in group_keys(Optimization)},
+    **{f"ema_{key}": ("ema", key) for key in group_keys(EMAOptions)},
 }
+
+
+def moved_arguments(*arguments: str) -> dict[str, str]:
+    """Where each flat argument of earlier versions that went into the groups ``arguments`` went, as YAML.
+
+    A task lists them in ``moved_arguments``, so that the CLI names the new key in its error.
+    """
+    return {
+        flat: f"{argument}: {{{key}: ...}}"
+        for flat, (argument, key) in FLAT_ARGUMENTS.items()
+        if argument in arguments
+    }
 
 
 def group_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,13 +130,17 @@ def group_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
 def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
     """A checkpoint's hyper-parameters with the flat arguments of earlier versions moved into their groups.
 
-    ``{"lr": 2e-3, "scheduler": "none", ...}`` (written before the option groups) becomes
-    ``{"optimizer": {"lr": 2e-3, "scheduler": "none"}, ...}``; a group's own keys win over flat ones. Keys
+    ``{"lr": 2e-3, "scheduler": "none", "ema_decay": 0.99, ...}`` (written before the option groups) becomes
+    ``{"optimizer": {"lr": 2e-3, "scheduler": "none"}, "ema": {"decay": 0.99}, ...}``; a group's own keys win over flat ones. Keys
     a checkpoint did not store keep the task's defaults, as they did. Newer hyper-parameters come back equal.
     """
     upgraded = dict(hparams)
     for argument, group in GROUPS.items():
-        flat = {key: upgraded.pop(key) for key in group_keys(group) if key in upgraded}
+        flat = {
+            key: upgraded.pop(name)
+            for name, (target, key) in FLAT_ARGUMENTS.items()
+            if target == argument and name in upgraded
+        }
         if not flat:
             continue
         nested = upgraded.get(argument)
