@@ -279,7 +279,7 @@ def compare(before: Path, after: Path) -> int:
             continue
         a = torch.load(before / name, weights_only=False)
         b = torch.load(after / name, weights_only=False)
-        for record in (a, b):  # flat optimiser hparams (before the option groups) as the group they became
+        for record in (a, b):  # flat hparams (before the option groups) as the groups they became
             if isinstance(record.get("hparams"), dict) and upgrade_hparams is not None:
                 record["hparams"] = upgrade_hparams(record["hparams"])
         diffs = _differences(a, b, name[:-3])
