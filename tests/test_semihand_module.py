@@ -546,6 +546,7 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import pytorch_lightning as pl
     from test_semi_datamodule import make_datamodule
+    from handssl.models.options import Optimization
     from handssl.models.semihand import SemiHandModule
 
     class Check(pl.Callback):
