@@ -376,8 +376,8 @@ class HandSSLCLI(LightningCLI):
             raise ConfigError(str(err)) from None
         if not (subcommand and path and Path(path).is_file()):
             return
-        # Lightning's own _parse_ckpt_path, reading a damaged file as one line and the flat optimiser
-        # arguments of checkpoints written before the option groups (lr=...) into their group.
+        # Lightning's own _parse_ckpt_path, reading a damaged file as one line and the flat arguments of
+        # checkpoints written before the option groups (lr=..., ema_decay=...) into their groups.
         checkpoint = read_checkpoint(path, weights_only=True)
         hparams = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)

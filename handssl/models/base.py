@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import pytorch_lightning as pl
 import torch
@@ -30,6 +30,9 @@ from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
 from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
 from handssl.models.options import Optimization, group_hparams, moved_arguments, upgraded_groups
 from handssl.skeleton import root_relative, valid_with_root
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
@@ -209,10 +212,10 @@ class BaseHandTask(pl.LightningModule):
         strict: bool | None = None,
         weights_only: bool | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> Self:
         """Lightning's ``load_from_checkpoint``, which also reads checkpoints written before the option groups.
 
-        Their flat arguments (``lr=``, ``scheduler=``, ...) go into their group
+        Their flat arguments (``lr=``, ``ema_decay=``, ...) go into their groups
         (:func:`~handssl.models.options.upgrade_hparams`) instead of being dropped.
         """
         kwargs = {**upgraded_groups(checkpoint_path), **kwargs}
