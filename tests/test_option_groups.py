@@ -34,6 +34,15 @@ def test_each_task_has_its_own_default_group():
     assert semi.optimization == Optimization()
     nvs = NVSModule(regime="supervised", encoder_widths=(8, 16), encoder_blocks=(1, 1), pose_hidden=(16,))
     assert nvs.optimization == Optimization(weight_decay=0.0, scheduler="none")
+    # A mapping (a checkpoint's hparams, a YAML node read by hand) keeps the task's defaults, as the CLI does.
+    nvs = NVSModule(
+        regime="supervised",
+        encoder_widths=(8, 16),
+        encoder_blocks=(1, 1),
+        pose_hidden=(16,),
+        optimizer={"lr": 0.5},
+    )
+    assert nvs.optimization == Optimization(lr=0.5, weight_decay=0.0, scheduler="none")
 
 
 def test_group_validates_its_values():

@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from handssl.data.datamodules import load_pending_loader_states
 from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
 from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
-from handssl.models.options import Optimization, group_hparams, moved_arguments, upgraded_groups
+from handssl.models.options import (
+    Optimization,
+    group_hparams,
+    moved_arguments,
+    task_default,
+    upgraded_groups,
+)
 from handssl.skeleton import root_relative, valid_with_root
 
 if TYPE_CHECKING:
@@ -186,7 +192,8 @@ class BaseHandTask(pl.LightningModule):
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         super().__init__()
-        self.optimization = Optimization.of(optimizer)  # a checkpoint's hparams give a dict
+        # A mapping (a checkpoint's hparams) keeps this task's defaults for the keys it leaves out.
+        self.optimization = Optimization.of(optimizer, task_default(type(self), "optimizer"))
         if compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
         self.save_hyperparameters()  # every argument of the subclasses' __init__ too

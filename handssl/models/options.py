@@ -9,9 +9,10 @@ a group as a plain dict (:func:`group_hparams`), so that reading their hyper-par
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,9 +46,9 @@ class Optimization:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
     @classmethod
-    def of(cls, value: Optimization | Mapping[str, Any]) -> Optimization:
-        """``value`` as an :class:`Optimization`: itself, or built from a mapping (a checkpoint's hparams)."""
-        return coerce(cls, "optimizer", value)
+    def of(cls, value: Optimization | Mapping[str, Any], default: Any = None) -> Optimization:
+        """``value`` as an :class:`Optimization`: itself, or ``default`` with a mapping's keys replaced."""
+        return coerce(cls, "optimizer", value, default)
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,11 @@ def group_keys(group: type) -> list[str]:
     return [field.name for field in fields(group)]
 
 
-def coerce(group: type[Any], argument: str, value: Any) -> Any:
-    """``value`` as an instance of the option group ``group``: itself, or built from a mapping of its fields.
+def coerce(group: type[Any], argument: str, value: Any, default: Any = None) -> Any:
+    """``value`` as an instance of the option group ``group``: itself, or ``default`` with a mapping's keys replaced.
+
+    A mapping (a checkpoint's hparams, a YAML node) keeps the task's defaults for the keys it leaves out, as the
+    CLI does: ``default`` is the task's (e.g. :func:`task_default`), else the group's own defaults.
 
     Raises:
         TypeError: ``value`` is neither, or the mapping has a key that is not a field.
@@ -93,8 +97,14 @@ def coerce(group: type[Any], argument: str, value: Any) -> Any:
         unknown = set(value) - set(group_keys(group))
         if unknown:
             raise TypeError(f"{argument}: unknown keys {sorted(unknown)}; it takes {group_keys(group)}")
-        return group(**value)
+        return replace(default if isinstance(default, group) else group(), **value)
     raise TypeError(f"{argument} must be a {group.__name__} (or a mapping of its fields), got {value!r}")
+
+
+def task_default(cls: type, argument: str) -> Any:
+    """The default of ``argument`` in ``cls.__init__`` (``None`` when it has none), e.g. a task's own group."""
+    parameter = inspect.signature(cls.__init__).parameters.get(argument)  # type: ignore[misc]
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
 #: The option groups that replaced flat task arguments: group argument -> its class.
