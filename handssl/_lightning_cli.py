@@ -36,6 +36,7 @@ from handssl.checkpoint_io import (
 from handssl.data.base import DatasetError
 from handssl.data.datamodules import HandDataModule
 from handssl.models.base import BaseHandTask, NonFiniteError
+from handssl.models.options import upgrade_hparams
 from handssl.pretrained import PretrainedError, is_shipped, load_weights_into, resolve_ckpt_path
 from handssl.run_dirs import RunCSVLogger, allocate_version, checkpoint_run_version, remove_if_disposable
 
@@ -373,13 +374,22 @@ class HandSSLCLI(LightningCLI):
             path = resolve_ckpt_path(value)
         except PretrainedError as err:
             raise ConfigError(str(err)) from None
-        if path and Path(path).is_file():
-            read_checkpoint(path, weights_only=True)  # a damaged file is one line, before Lightning reads it
-        if path == value:
-            return super()._parse_ckpt_path()
-        self.config[subcommand]["ckpt_path"] = path
-        super()._parse_ckpt_path()
-        self.config[subcommand]["ckpt_path"] = value
+        if not (subcommand and path and Path(path).is_file()):
+            return
+        # Lightning's own _parse_ckpt_path, reading a damaged file as one line and the flat arguments of
+        # checkpoints written before the option groups (lr=..., ema_decay=...) into their groups.
+        checkpoint = read_checkpoint(path, weights_only=True)
+        hparams = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -575,7 +585,7 @@ def expand_config_defaults(argv: list[str]) -> list[str]:
 
         defaults: [model/semihand.yaml, data/rhd_to_stb.yaml]
         model:
-          init_args: {lr: 1.0e-4}
+          init_args: {optimizer: {lr: 1.0e-4}}
 
     The config files of one command must not name unrelated DataModules: the shipped configs all name
     :class:`~handssl.data.datamodules.HandDataModule` (the model config its views, the data config its
@@ -729,7 +739,8 @@ def main(args: ArgsType = None) -> None:
     if refused is not None:
         print(
             f"handssl: error: {refused} is not supported: handssl's models build their own AdamW and "
-            "learning-rate schedule; set --model.init_args.lr, weight_decay, scheduler or warmup_steps instead",
+            "learning-rate schedule; set --model.init_args.optimizer.lr (or .weight_decay, .scheduler, "
+            ".warmup_steps) instead",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -5,7 +5,7 @@ A :class:`~pytorch_lightning.cli.LightningCLI` with handssl's defaults:
 * model and data are chosen by ``class_path`` (any :class:`~handssl.models.BaseHandTask` and any
   :class:`~handssl.data.datamodules.HandDataModule`, with the method's views under ``data.init_args.views``),
   configs may use omegaconf interpolation
-  (``${model.init_args.lr}``) resolved after all sources are merged;
+  (``${model.init_args.optimizer.lr}``) resolved after all sources are merged;
 * configs stack: ``-c experiments/model/X.yaml -c experiments/data/Y.yaml`` (later files override earlier ones),
   and a config's ``defaults:`` list names the files it stacks on; the model's ``image_size`` and
   ``eval_protocol`` follow the data (``link_arguments``), so data configs hold no model key;

@@ -13,6 +13,7 @@ from handssl.cli import main
 from handssl.data.fakes import make_fake_rhd
 from handssl.models import SupervisedModule
 from handssl.models.base import NonFiniteError, check_batch
+from handssl.models.options import Optimization
 
 CONF = Path(__file__).parent / "conf" / "supervised_tiny.yaml"
 REPO = Path(__file__).parents[1]
@@ -286,9 +287,9 @@ def test_choices_are_literals_shown_in_help_and_rejected_at_parse_time(tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(CONF), "--model.help", "SupervisedModule"])
     assert exit_info.value.code == 0
-    assert "--model.scheduler {cosine,none}" in capsys.readouterr().out
+    assert "--model.optimizer.scheduler {cosine,none}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
-        run(["fit", "-c", str(CONF), "--model.init_args.scheduler=cosin"], tmp_path)
+        run(["fit", "-c", str(CONF), "--model.init_args.optimizer.scheduler=cosin"], tmp_path)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handssl: error: ")  # not jsonargparse's 60-line report
@@ -296,7 +297,7 @@ def test_choices_are_literals_shown_in_help_and_rejected_at_parse_time(tmp_path,
     assert not (tmp_path / "runs").exists()  # rejected before anything was built or written
     # Direct Python use keeps its clear ValueError.
     with pytest.raises(ValueError, match="scheduler must be 'cosine' or 'none'"):
-        SupervisedModule(scheduler="cosin")
+        SupervisedModule(optimizer=Optimization(scheduler="cosin"))
 
 
 @pytest.mark.parametrize("option", ["--optimizer=Adam", "--lr_scheduler", "--optimizer.lr=0.1"])
@@ -309,7 +310,7 @@ def test_optimizer_and_lr_scheduler_are_refused_in_one_line(tmp_path, capsys, op
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("handssl: error: --")
-    assert "is not supported" in err[0] and "--model.init_args.lr" in err[0]
+    assert "is not supported" in err[0] and "--model.init_args.optimizer.lr" in err[0]
 
 
 def test_top_level_help_is_fast_and_imports_no_lightning():

@@ -22,10 +22,12 @@ def one_line(tmp_path, capsys, *args: str) -> str:
 
 
 def test_interpolation_to_a_missing_key_names_the_key(tmp_path, capsys):
-    got = one_line(tmp_path, capsys, "fit", "-c", str(CONF), "--model.init_args.lr=${model.init_args.nope}")
+    got = one_line(
+        tmp_path, capsys, "fit", "-c", str(CONF), "--model.init_args.optimizer.lr=${model.init_args.nope}"
+    )
     assert (
         got
-        == "model.init_args.lr: interpolation ${model.init_args.nope} names a key that is not in the config"
+        == "model.init_args.optimizer.lr: interpolation ${model.init_args.nope} names a key that is not in the config"
     )
 
 

@@ -20,6 +20,7 @@ from handssl.data import (
 )
 from handssl.data.synthhands.deferred import RENDER_REQUEST, decode_keys, encode_key
 from handssl.models import SupervisedModule
+from handssl.models.options import Optimization
 
 SIZE = 32
 
@@ -149,7 +150,11 @@ def test_request_keys_round_trip():
 def test_fit_with_device_rendering_gives_the_same_weights():
     def fit(render_on: str) -> dict:
         pl.seed_everything(0, verbose=False)
-        module = SupervisedModule(backbone_widths=(8, 8, 16, 16), head_hidden=(16,), scheduler="none")
+        module = SupervisedModule(
+            backbone_widths=(8, 8, 16, 16),
+            head_hidden=(16,),
+            optimizer=Optimization(lr=2e-3, scheduler="none"),
+        )
         data = SupervisedDataModule(
             train=single_view("synthetic"), image_size=SIZE, batch_size=4, render_on=render_on
         )

@@ -10,6 +10,7 @@ from conftest import quiet_trainer
 from handssl.cli import main
 from handssl.export import INSTALL_HINT, ExportError, to_onnx
 from handssl.models import SupervisedModule
+from handssl.models.options import Optimization
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def _tiny_nvs():
         decoder_widths=(16, 8),
         decoder_latent_channels=8,
         pose_hidden=(32, 32),
-        scheduler="none",
+        optimizer=Optimization(weight_decay=0.0, scheduler="none"),
     )
     model.pose_head.set_statistics(torch.randn(21, 3) * 20, torch.full((21, 3), 30.0))
     return model

@@ -31,7 +31,7 @@ METHOD_RECIPE = """\
 defaults: [../trainer/default.yaml]
 model:
   class_path: toys.toy_method.ToyHeatmapModule
-  init_args: {lr: 1.0e-3}
+  init_args: {optimizer: {lr: 1.0e-3}}
 data:
   class_path: handssl.data.HandDataModule
   init_args:

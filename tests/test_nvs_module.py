@@ -8,6 +8,7 @@ from test_multiview_datamodule import FakeMultiView
 
 from handssl.data.multiview import MultiViewDataModule
 from handssl.models.nvs import NVSModule
+from handssl.models.options import Optimization
 
 TINY = {
     "image_size": 32,
@@ -18,8 +19,7 @@ TINY = {
     "decoder_widths": (16, 8),
     "decoder_latent_channels": 8,
     "pose_hidden": (32, 32),
-    "scheduler": "none",
-    "lr": 1e-2,
+    "optimizer": Optimization(lr=1e-2, weight_decay=0.0, scheduler="none"),
 }
 
 SHARE = {"supervised": 1.0, "pretrained1": 0.0, "pretrained2": 1.0, "semi": 0.5}
@@ -267,17 +267,17 @@ def test_recipe_defaults():
     hp = module.hparams
     assert hp.pose_weight == pytest.approx(0.01) and tuple(hp.decoder_widths) == (64, 32, 16)
     assert tuple(hp.pose_hidden) == (512, 512) and hp.decoder_latent_channels == 16
-    assert hp.appearance_dim <= 16 and hp.scheduler == "none" and hp.both_directions
+    assert hp.appearance_dim <= 16 and hp.optimizer["scheduler"] == "none" and hp.both_directions
     assert hp.normalize_mask and hp.silhouette_weight > 0 and hp.foreground_weight > 0
     assert module.decoder.normalize_mask
 
 
 def test_constant_learning_rate_by_default():
-    module = NVSModule(regime="semi", **{k: v for k, v in TINY.items() if k != "scheduler"})
-    assert module.hparams.scheduler == "none"
+    module = NVSModule(regime="semi", **{k: v for k, v in TINY.items() if k != "optimizer"})
+    assert module.optimization == Optimization(lr=1e-3, weight_decay=0.0, scheduler="none")
     trainer = fit(module, SHARE["semi"], steps=3)
     assert not trainer.lr_scheduler_configs
-    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(TINY["lr"])
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 def test_synthesis_warmup_keeps_the_pose_loss_out():
@@ -481,6 +481,7 @@ sys.path.insert(0, {tests!r})
 from test_multiview_datamodule import FakeMultiView
 from handssl.data.multiview import MultiViewDataModule
 from handssl.models.nvs import NVSModule
+from handssl.models.options import Optimization
 
 class Check(pl.Callback):
     shares = []
@@ -502,7 +503,7 @@ class Check(pl.Callback):
 
 module = NVSModule(regime="semi", image_size=32, num_points=20, appearance_dim=8, encoder_widths=(8, 16),
                    encoder_blocks=(1, 1), decoder_widths=(16, 8), decoder_latent_channels=8, pose_hidden=(32,),
-                   scheduler="none")
+                   optimizer=Optimization(weight_decay=0.0, scheduler="none"))
 dm = MultiViewDataModule(train=FakeMultiView(16), val=FakeMultiView(4), test=FakeMultiView(4),
                          label_fraction=0.25, labeled_share=0.5, batch_size=4)
 trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=2, logger=False,

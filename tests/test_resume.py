@@ -11,6 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from handssl.data import SupervisedDataModule, SynthHands, SynthHandsWorld
 from handssl.data.datamodules import ResumableDataLoader, ResumableSampler
 from handssl.models import SupervisedModule
+from handssl.models.options import Optimization
 
 
 def synth(split: str, frames: int) -> SynthHands:
@@ -29,7 +30,12 @@ def make_run(tmp_path, name: str, every: int, max_steps: int = 10):
     # 24 training items, batch 4: 6 batches an epoch; the runs cross an epoch boundary (with a validation).
     data = SupervisedDataModule(train=synth("train", 24), val=synth("val", 4), image_size=32, batch_size=4)
     # Dropout in the head draws from torch's global generator: its state must come back too.
-    model = SupervisedModule(backbone_widths=[8, 8, 8, 8], head_hidden=[16], dropout=0.3, warmup_steps=2)
+    model = SupervisedModule(
+        backbone_widths=[8, 8, 8, 8],
+        head_hidden=[16],
+        dropout=0.3,
+        optimizer=Optimization(lr=2e-3, warmup_steps=2),
+    )
     ckpt = ModelCheckpoint(
         dirpath=tmp_path / name, every_n_train_steps=every, save_top_k=-1, filename="{step}"
     )
@@ -243,7 +249,7 @@ def cli_fit(tmp_path, config: str, options: list[str], every: int, name: str, ck
         # NVS: labelled-share batch sampler, validation every 3 steps
         (
             "nvs_tiny.yaml",
-            ["--trainer.val_check_interval=3", "--model.init_args.scheduler=cosine", EPOCHS],
+            ["--trainer.val_check_interval=3", "--model.init_args.optimizer.scheduler=cosine", EPOCHS],
             2,
             8,
             ["s-step=2", "v-step=3"],

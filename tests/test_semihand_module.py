@@ -30,6 +30,7 @@ from handssl.models.components.pose25d import (
     recover_root_depth,
     soft_argmax_2d,
 )
+from handssl.models.options import EMAOptions, Optimization
 from handssl.models.semihand import SemiHandModule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -37,7 +38,12 @@ from conftest import quiet_trainer
 from test_semi_datamodule import make_datamodule
 
 ROOT_DIR = Path(__file__).resolve().parents[1]
-TINY = dict(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16, warmup_steps=0)
+TINY = dict(
+    backbone_widths=(8, 16, 32),
+    backbone_blocks=(1, 1, 1),
+    decoder_channels=16,
+    optimizer=Optimization(warmup_steps=0),
+)
 K = torch.tensor([[150.0, 0.0, 31.5], [0.0, 150.0, 31.5], [0.0, 0.0, 1.0]])
 
 
@@ -171,7 +177,7 @@ class _Probe(Callback):
 
 
 def test_teacher_equals_ema_of_student_after_one_step():
-    module = _module(ema_decay=0.9, ema_warmup=False)
+    module = _module(ema=EMAOptions(decay=0.9, warmup=False))
     teacher_before = copy.deepcopy(module.teacher.module.state_dict())
     probe = _Probe()
     _trainer(max_steps=1, callbacks=[probe]).fit(module, make_datamodule())
@@ -192,7 +198,7 @@ def test_teacher_equals_ema_of_student_after_one_step():
 
 
 def test_momentum_warmup_schedule():
-    module = _module(ema_decay=0.99)
+    module = _module(ema=EMAOptions(decay=0.99))
     assert module.current_momentum() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
     module.ema_updates = 1000
     assert module.current_momentum() == pytest.approx(0.99)
@@ -285,14 +291,14 @@ class _TeacherAtStart(Callback):
 
 def test_resume_from_checkpoint_restores_the_teacher(tmp_path):
     torch.manual_seed(0)
-    module = _module(ema_decay=0.5)
+    module = _module(ema=EMAOptions(decay=0.5))
     trainer = _trainer(tmp_path, max_steps=2)
     trainer.fit(module, make_datamodule())
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
     saved = copy.deepcopy(module.teacher.state_dict())
     torch.manual_seed(123)
-    fresh = _module(ema_decay=0.5)
+    fresh = _module(ema=EMAOptions(decay=0.5))
     assert any(
         not torch.equal(fresh.teacher.state_dict()[k], v) for k, v in saved.items() if v.is_floating_point()
     )
@@ -316,7 +322,7 @@ def test_init_checkpoint_loads_student_and_teacher_at_fit_setup(tmp_path):
             p.add_(0.25)  # the stage-1 teacher differs from the stage-1 student
     path = tmp_path / "source.ckpt"
     torch.save({"state_dict": source.state_dict(), "semihand": {"ema_updates": 890}}, path)
-    target = _module(init_checkpoint=str(path), ema_decay=0.999)
+    target = _module(init_checkpoint=str(path), ema=EMAOptions(decay=0.999))
     first = next(iter(target.student.state_dict()))
     assert not torch.equal(target.student.state_dict()[first], source.student.state_dict()[first])
     target.setup("fit")
@@ -342,13 +348,13 @@ def test_init_checkpoint_loads_student_and_teacher_at_fit_setup(tmp_path):
 
 def test_stage_two_continues_the_stage_one_teacher(tmp_path):
     torch.manual_seed(0)
-    stage1 = _module(use_consistency=False, use_pseudo_labels=False, ema_decay=0.99)
+    stage1 = _module(use_consistency=False, use_pseudo_labels=False, ema=EMAOptions(decay=0.99))
     trainer = _trainer(tmp_path, max_steps=3)
     trainer.fit(stage1, make_datamodule(unlabeled_fraction=0.0))
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
     saved_teacher = copy.deepcopy(stage1.teacher.state_dict())
-    stage2 = _module(init_checkpoint=str(path), ema_decay=0.99, threshold=math.inf)
+    stage2 = _module(init_checkpoint=str(path), ema=EMAOptions(decay=0.99), threshold=math.inf)
     probe = _TeacherAtStart()
     _trainer(tmp_path, max_steps=1, callbacks=[probe]).fit(stage2, make_datamodule())
     assert probe.updates == 3  # the warm-up carries on from stage 1
@@ -540,6 +546,7 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import pytorch_lightning as pl
     from test_semi_datamodule import make_datamodule
+    from handssl.models.options import Optimization
     from handssl.models.semihand import SemiHandModule
 
     class Check(pl.Callback):
@@ -557,7 +564,7 @@ DDP_SCRIPT = textwrap.dedent(
                 }}, open({out!r}, "w"))
 
     module = SemiHandModule(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16,
-                            use_correction=False, threshold=float("inf"), warmup_steps=0)
+                            use_correction=False, threshold=float("inf"), optimizer=Optimization(warmup_steps=0))
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Check()])

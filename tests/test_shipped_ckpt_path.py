@@ -164,7 +164,7 @@ def test_fit_fine_tunes_from_the_shipped_weights_without_resuming(tmp_path, semi
     checkpoint = torch.load(ckpt, weights_only=False)
     assert checkpoint["global_step"] == 1  # one step from step 0, with a fresh optimizer
     shipped = pretrained.load(NAME)
-    lr = shipped.hparams.lr
+    lr = shipped.optimization.lr
     for key, value in shipped.named_parameters():
         # One AdamW step moves a weight by at most about lr (a fresh network differs by ~0.1 or more).
         assert (checkpoint["state_dict"][key] - value).abs().max() <= 1.01 * lr, key

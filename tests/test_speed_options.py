@@ -9,6 +9,7 @@ import torch
 
 from handssl.models import NVSModule, SemiHandModule, SupervisedModule
 from handssl.models.base import to_float
+from handssl.models.options import Optimization
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import quiet_trainer
@@ -52,13 +53,21 @@ class SupervisedFakeData(pl.LightningDataModule):
 
 def make_task(task: str, **kwargs) -> pl.LightningModule:
     if task == "supervised":
-        options = dict(backbone_widths=(8, 16, 16, 32), head_hidden=(32,), scheduler="none", dropout=0.0)
+        options = dict(
+            backbone_widths=(8, 16, 16, 32),
+            head_hidden=(32,),
+            optimizer=Optimization(lr=2e-3, scheduler="none"),
+            dropout=0.0,
+        )
         return SupervisedModule(**{**options, **kwargs})
     if task == "nvs":
         return NVSModule(regime="semi", **{**NVS_TINY, "latent_dropout": 0.0, "pose_dropout": 0.0, **kwargs})
     # The real biomechanical correction (SVD and det inside) and every loss term on.
     options = dict(
-        backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16, warmup_steps=0
+        backbone_widths=(8, 16, 32),
+        backbone_blocks=(1, 1, 1),
+        decoder_channels=16,
+        optimizer=Optimization(warmup_steps=0),
     )
     return SemiHandModule(**{**options, "threshold": float("inf"), **kwargs})
 

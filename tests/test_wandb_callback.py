@@ -24,6 +24,7 @@ from handssl.data.datamodules import SupervisedDataModule
 from handssl.data.synthhands.single_view import SynthHands
 from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.geometry import project
+from handssl.models.options import Optimization
 from handssl.models.supervised import SupervisedModule
 from handssl.skeleton import BONES
 
@@ -52,8 +53,7 @@ def tiny_module(cls=HookedModule):
         backbone_widths=(8, 16),
         backbone_blocks=(1, 1),
         head_hidden=(32,),
-        warmup_steps=0,
-        scheduler="none",
+        optimizer=Optimization(lr=2e-3, warmup_steps=0, scheduler="none"),
     )
 
 

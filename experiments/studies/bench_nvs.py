@@ -35,6 +35,7 @@ from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.models.components.nvs import load_state_dict_file
 from handssl.models.components.nvs_losses import rotation_controls
 from handssl.models.nvs import NVSModule
+from handssl.models.options import upgrade_hparams
 
 METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 
@@ -42,7 +43,7 @@ METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 def load_module(path: Path) -> NVSModule:
     """An :class:`NVSModule` from a Lightning checkpoint or a ``{"state_dict", "hyper_parameters"}`` file."""
     raw = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = dict(raw.get("hyper_parameters", {}))
+    hparams = upgrade_hparams(raw.get("hyper_parameters", {}))  # flat lr=... of older files into its group
     if hparams.get("regime") == "pretrained" and hparams.get("stage") == 2:
         hparams["stage"] = 1  # the weights are all in this file; no need for stage 1's checkpoint
         hparams["pretrained_checkpoint"] = None

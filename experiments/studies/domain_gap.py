@@ -52,6 +52,7 @@ from tqdm import tqdm
 from handssl.data.synthhands import SynthHands, SynthHandsMultiView, SynthHandsWorld
 from handssl.metrics.functional import masked_mean, mpjpe, pa_mpjpe, pck_auc
 from handssl.models import SupervisedModule
+from handssl.models.options import Optimization
 from handssl.skeleton import root_relative
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: the recipe's paths are relative to it
@@ -160,7 +161,7 @@ def stage_leak(args: argparse.Namespace) -> dict:
 
 def training_step_rate(args: argparse.Namespace) -> float:
     """Images per CPU-second of the quickstart network's training step (forward, backward, AdamW)."""
-    model = SupervisedModule(scheduler="none")
+    model = SupervisedModule(optimizer=Optimization(lr=2e-3, scheduler="none"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = {
         "image": torch.rand(64, 3, args.image_size, args.image_size),
@@ -233,7 +234,7 @@ def recipe_args(style: str, args: argparse.Namespace, root: Path | None = None) 
         f"{train}.cache_mb={args.cache_mb}",
         f"{train}.world.init_args.style={style}",
         f"{train}.world.init_args.seed={args.seed}",
-        f"--model.init_args.lr={args.lr}",
+        f"--model.init_args.optimizer.lr={args.lr}",
         f"--trainer.max_steps={args.steps}",
         "--trainer.max_epochs=-1",
         "--trainer.limit_val_batches=0",

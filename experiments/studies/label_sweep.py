@@ -59,6 +59,7 @@ import torch
 from handssl.data import MultiViewDataModule, SynthHandsMultiView, SynthHandsWorld
 from handssl.metrics.functional import mpjpe, n_mpjpe, pa_mpjpe
 from handssl.models import NVSModule
+from handssl.models.options import Optimization
 from handssl.viz import new_figure
 
 REGIMES = ("supervised", "pretrained", "semi")
@@ -153,7 +154,10 @@ def model_args(args: argparse.Namespace) -> dict[str, Any]:
     """NVSModule arguments: the image size and the recipe flags given on the command line (else its defaults)."""
     out: dict[str, Any] = {"image_size": args.image_size}
     overrides = {
-        "lr": args.lr,
+        # NVSModule's default group (constant, no weight decay) with this learning rate.
+        "optimizer": None
+        if args.lr is None
+        else Optimization(lr=args.lr, weight_decay=0.0, scheduler="none"),
         "pose_weight": args.pose_weight,
         "synthesis_warmup_steps": args.warmup_steps,
         "silhouette_threshold": args.silhouette_threshold,

@@ -13,6 +13,7 @@ import time
 import torch
 
 from handssl.models import SupervisedModule
+from handssl.models.options import Optimization
 
 
 def fake_batch(batch: int, size: int) -> dict:
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = SupervisedModule(scheduler="none").to(args.device)
+    model = SupervisedModule(optimizer=Optimization(lr=2e-3, scheduler="none")).to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch = {k: v.to(args.device) for k, v in fake_batch(args.batch, args.size).items()}
     model.log = lambda *a, **k: None  # no trainer attached

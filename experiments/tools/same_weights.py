@@ -263,6 +263,11 @@ def compare(before: Path, after: Path) -> int:
     """Print, per case, how many tensors were compared and every difference; 1 when any differs."""
     import torch
 
+    try:
+        from handssl.models.options import upgrade_hparams
+    except ImportError:  # code from before the option groups: hparams compared as they are
+        upgrade_hparams = None  # type: ignore[assignment]
+
     failed = False
     names = sorted(p.name for p in before.glob("*.pt"))
     missing = sorted(set(names) ^ {p.name for p in after.glob("*.pt")})
@@ -274,6 +279,9 @@ def compare(before: Path, after: Path) -> int:
             continue
         a = torch.load(before / name, weights_only=False)
         b = torch.load(after / name, weights_only=False)
+        for record in (a, b):  # flat hparams (before the option groups) as the groups they became
+            if isinstance(record.get("hparams"), dict) and upgrade_hparams is not None:
+                record["hparams"] = upgrade_hparams(record["hparams"])
         diffs = _differences(a, b, name[:-3])
         tensors = len(a["state_dict"])
         print(f"{name[:-3]}: {tensors} state-dict tensors, {'equal' if not diffs else 'DIFFERENT'}")

@@ -7,5 +7,7 @@ _EXPORTS = {
     "SupervisedModule": "supervised",
     "NVSModule": "nvs",
     "SemiHandModule": "semihand",
+    "Optimization": "options",
+    "EMAOptions": "options",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

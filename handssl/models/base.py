@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +28,17 @@ from torch import Tensor, nn
 from handssl.data.datamodules import load_pending_loader_states
 from handssl.metrics.classes import MPJPE, NMPJPE, PAMPJPE
 from handssl.metrics.protocols import EvalProtocol, ProtocolMetric, get_protocol
+from handssl.models.options import (
+    Optimization,
+    group_hparams,
+    moved_arguments,
+    task_default,
+    upgraded_groups,
+)
 from handssl.skeleton import root_relative, valid_with_root
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 COMPILE_BACKENDS = ("inductor", "aot_eager")
 """``torch.compile`` backends a task accepts (``compile_backend``)."""
@@ -155,10 +165,8 @@ class BaseHandTask(pl.LightningModule):
     """Base class of handssl's LightningModules: hooks, shared evaluation, optimiser.
 
     Args:
-        lr: Learning rate of AdamW.
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` (decay to 1% over the run, after a linear warm-up) or ``"none"``.
-        warmup_steps: Linear warm-up steps of the cosine schedule.
+        optimizer: AdamW and its learning-rate schedule (:class:`~handssl.models.options.Optimization`; in
+            YAML ``optimizer: {lr: 1.0e-3, scheduler: none}``, keys left out keep the task's defaults).
         eval_protocol: Name of the evaluation protocol (see :mod:`handssl.metrics.protocols`).
         channels_last: Keep the convolution weights (and so the feature maps) in ``torch.channels_last``
             memory format (the layout tensor-core convolutions under ``bf16-mixed`` prefer; same numbers).
@@ -172,30 +180,26 @@ class BaseHandTask(pl.LightningModule):
     monitor = "val/mpjpe"
     mode = "min"
 
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments("optimizer")
+    """Where each flat argument of earlier versions went (``lr`` -> ``optimizer: {lr: ...}``), for the CLI's error."""
+
     def __init__(
         self,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         super().__init__()
-        if scheduler not in ("cosine", "none"):
-            raise ValueError(f"scheduler must be 'cosine' or 'none', got {scheduler!r}")
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr}")
+        # A mapping (a checkpoint's hparams) keeps this task's defaults for the keys it leaves out.
+        self.optimization = Optimization.of(optimizer, task_default(type(self), "optimizer"))
         if compile_backend not in COMPILE_BACKENDS:
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # every argument of the subclasses' __init__ too
+        # Groups as plain dicts: a checkpoint's hyper-parameters stay readable with weights_only=True.
+        self.save_hyperparameters(group_hparams(self.hparams))
         check_choices(type(self), self.hparams)
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.scheduler = scheduler
-        self.warmup_steps = warmup_steps
         self.eval_protocol = eval_protocol
         self.configure_models()
         self.configure_losses()
@@ -205,6 +209,26 @@ class BaseHandTask(pl.LightningModule):
         if compile:
             for module in self.compile_targets():
                 module.compile(backend=compile_backend)
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Lightning's ``load_from_checkpoint``, which also reads checkpoints written before the option groups.
+
+        Their flat arguments (``lr=``, ``ema_decay=``, ...) go into their groups
+        (:func:`~handssl.models.options.upgrade_hparams`) instead of being dropped.
+        """
+        kwargs = {**upgraded_groups(checkpoint_path), **kwargs}
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs
+        )
 
     # ----------------------------------------------------------------------------------------- hooks
     def configure_models(self) -> None:
@@ -349,11 +373,12 @@ class BaseHandTask(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        if self.scheduler == "none":
+        options = self.optimization
+        optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
+        if options.scheduler == "none":
             return optimizer
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(self.warmup_steps, total // 4)
+        warmup = min(options.warmup_steps, total // 4)
 
         def factor(step: int) -> float:
             if step < warmup:

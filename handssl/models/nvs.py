@@ -44,6 +44,7 @@ from handssl.models.components.nvs_losses import SynthesisLoss
 from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
 from handssl.models.components.pose_statistics import PoseStatistics
 from handssl.models.nvs_task import NVSTask
+from handssl.models.options import Optimization
 
 
 class NVSModule(NVSTask):
@@ -106,10 +107,8 @@ class NVSModule(NVSTask):
         structural_weight: Weight of the structural loss.
         perceptual_checkpoint: Optional ResNet-18 state dict on disk for a perceptual loss (never downloaded).
         perceptual_weight: Weight of the perceptual loss (Rhodin et al.: 2).
-        lr: Learning rate of AdamW (Rhodin et al.: Adam, 1e-3).
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"none"`` (constant, as Rhodin et al.) or ``"cosine"``.
-        warmup_steps: Linear warm-up steps of the cosine schedule.
+        optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`); here lr 1e-3 (Rhodin
+            et al.: Adam, 1e-3), weight decay 0 and ``scheduler: none`` (constant, as Rhodin et al.).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
         channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
         compile: Compile encoder, decoder and pose head with ``torch.compile`` (see :class:`BaseHandTask`).
@@ -152,10 +151,7 @@ class NVSModule(NVSTask):
         structural_weight: float = 1.0,
         perceptual_checkpoint: str | None = None,
         perceptual_weight: float = 2.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        scheduler: Literal["cosine", "none"] = "none",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(weight_decay=0.0, scheduler="none"),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
@@ -223,10 +219,7 @@ class NVSModule(NVSTask):
         self.synthesis_warmup_steps = synthesis_warmup_steps
         self.silhouette_threshold = silhouette_threshold
         super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            optimizer=optimizer,
             eval_protocol=eval_protocol,
             channels_last=channels_last,
             compile=compile,

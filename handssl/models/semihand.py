@@ -14,10 +14,10 @@ baseline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -38,6 +38,7 @@ from handssl.models.components.semihand_losses import (
     consistency_targets,
     unsupervised_weight,
 )
+from handssl.models.options import EMAOptions, Optimization, moved_arguments
 from handssl.models.pose25d_task import Pose25DTask
 from handssl.skeleton import MIDDLE_MCP
 
@@ -87,9 +88,8 @@ class SemiHandModule(Pose25DTask):
             ``"predicted"`` (see :mod:`~handssl.models.components.lifting`).
         pseudo_label_lifting: The same for pseudo-labels before correction (``"known"``: privileged).
         template_scale_mm: Reference-bone length of the template hand for ``"predicted"`` (default: kinematics').
-        ema_decay: Teacher momentum ``m`` in ``teacher = m teacher + (1 - m) student``.
-        ema_warmup: Use ``min(ema_decay, (1 + n) / (10 + n))`` after ``n`` updates (fast early tracking).
-        ema_buffer_mode: ``"ema"`` or ``"copy"`` for BatchNorm statistics (see :mod:`..components.ema`).
+        ema: The teacher's moving average (:class:`~handssl.models.options.EMAOptions`: ``decay``, ``warmup``,
+            ``buffer_mode``; in YAML ``ema: {decay: 0.99}``).
         eval_network: ``"teacher"`` or ``"student"`` for validation / test (``rounds`` always uses the student).
         unsupervised_start_step: Labelled-only steps before the unsupervised losses start (source pre-training).
         unsupervised_ramp_steps: Linear ramp of the unsupervised weights after the start.
@@ -98,15 +98,15 @@ class SemiHandModule(Pose25DTask):
         capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
         capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
         cross_modal_size: Resolution of the cross-modal comparison (``None``: full).
-        lr: Learning rate of AdamW.
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` or ``"none"``.
-        warmup_steps: Linear warm-up steps.
+        optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`; here lr 1e-3, cosine).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
         channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
         compile: Compile the student (and the teacher) with ``torch.compile`` (see :class:`BaseHandTask`).
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
+
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments("optimizer", "ema")
+    """Where each flat argument of earlier versions went (``ema_decay`` -> ``ema: {decay: ...}``), for the CLI."""
 
     def __init__(
         self,
@@ -140,9 +140,7 @@ class SemiHandModule(Pose25DTask):
         lifting: Literal["known", "predicted"] = "known",
         pseudo_label_lifting: Literal["known", "predicted"] = "predicted",
         template_scale_mm: float | None = None,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        ema_buffer_mode: Literal["ema", "copy"] = "ema",
+        ema: EMAOptions = EMAOptions(),
         eval_network: Literal["teacher", "student"] = "teacher",
         unsupervised_start_step: int = 0,
         unsupervised_ramp_steps: int = 0,
@@ -151,17 +149,12 @@ class SemiHandModule(Pose25DTask):
         capsule_finger_fraction: float = 0.035,
         capsule_palm_fraction: float = 0.05,
         cross_modal_size: int | None = 32,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
-        if not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
         self.loss_options = LossOptions(
             pose_loss=pose_loss,
             depth_weight=depth_weight,
@@ -210,18 +203,13 @@ class SemiHandModule(Pose25DTask):
         self.use_correction = use_correction
         self.lifting = lifting
         self.pseudo_label_lifting = pseudo_label_lifting
-        self.ema_decay = ema_decay
-        self.ema_warmup = ema_warmup
-        self.ema_buffer_mode = ema_buffer_mode
+        self.ema = EMAOptions.of(ema)  # a checkpoint's hparams give a dict
         self.eval_network = eval_network
         self.unsupervised_start_step = unsupervised_start_step
         self.unsupervised_ramp_steps = unsupervised_ramp_steps
         self.init_checkpoint = init_checkpoint
         super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            optimizer=optimizer,
             eval_protocol=eval_protocol,
             channels_last=channels_last,
             compile=compile,
@@ -237,7 +225,7 @@ class SemiHandModule(Pose25DTask):
         self.student = self.make_network()
         self._init_loaded = False
         self.teacher = (
-            EMATeacher(self.student, self.ema_buffer_mode) if self.semi_mode == "mean_teacher" else None
+            EMATeacher(self.student, self.ema.buffer_mode) if self.semi_mode == "mean_teacher" else None
         )
         self.template = BoneLengthTemplate()
 
@@ -373,8 +361,8 @@ class SemiHandModule(Pose25DTask):
         return {**super().visualization_state(stage), **stash_state(self.last_pseudo_labels)}
 
     def current_momentum(self) -> float:
-        """Momentum of the next teacher update (``ema_decay``, warmed up over the first updates)."""
-        return warmup_momentum(self.ema_decay, self.ema_updates, self.ema_warmup)
+        """Momentum of the next teacher update (``ema.decay``, warmed up over the first updates)."""
+        return warmup_momentum(self.ema.decay, self.ema_updates, self.ema.warmup)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.teacher is not None:

@@ -12,6 +12,7 @@ from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, to_float, valid_joints
 from handssl.models.components.backbones import GlobalPool, ResNetBackbone
 from handssl.models.components.heads import JointRegressionHead
+from handssl.models.options import Optimization
 from handssl.skeleton import root_relative, valid_with_root
 
 
@@ -30,10 +31,7 @@ class SupervisedModule(BaseHandTask):
         dropout: Dropout in the MLP.
         joint_scale_mm: Unit of the 3D output layer in mm.
         loss_2d_weight: Weight of the 2D loss (2D measured in image-side units, 3D in units of ``joint_scale_mm``).
-        lr: Learning rate of AdamW.
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` or ``"none"``.
-        warmup_steps: Linear warm-up steps.
+        optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`; here lr 2e-3, cosine).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
         channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
         compile: Compile backbone and head with ``torch.compile`` (see :class:`BaseHandTask`).
@@ -48,10 +46,7 @@ class SupervisedModule(BaseHandTask):
         dropout: float = 0.1,
         joint_scale_mm: float = 100.0,
         loss_2d_weight: float = 1.0,
-        lr: float = 2e-3,
-        weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(lr=2e-3),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
@@ -64,10 +59,7 @@ class SupervisedModule(BaseHandTask):
         self.joint_scale_mm = joint_scale_mm
         self.loss_2d_weight = loss_2d_weight
         super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            optimizer=optimizer,
             eval_protocol=eval_protocol,
             channels_last=channels_last,
             compile=compile,

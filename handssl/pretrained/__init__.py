@@ -258,7 +258,10 @@ def _checkpoint_of(payload: dict[str, Any]) -> dict[str, Any]:
         "epoch": 0,
         "global_step": 0,
         "state_dict": payload["state_dict"],
-        "hyper_parameters": {**payload["hparams"], "_class_path": f"handssl.models.{payload['class']}"},
+        "hyper_parameters": {
+            **constructor_arguments(payload["hparams"]),
+            "_class_path": f"handssl.models.{payload['class']}",
+        },
         **payload.get("extra", {}),
         "handssl_pretrained": {"sha256": payload["sha256"]},
     }
@@ -297,8 +300,14 @@ def is_shipped(value: Any, weights_dir: str | Path | None = None) -> TypeGuard[s
 
 
 def constructor_arguments(hparams: dict[str, Any]) -> dict[str, Any]:
-    """``hparams`` without the keys LightningCLI adds for itself (``_class_path``, ``_instantiator``)."""
-    return {key: value for key, value in hparams.items() if not key.startswith("_")}
+    """``hparams`` without the keys LightningCLI adds for itself (``_class_path``, ``_instantiator``).
+
+    Flat arguments of earlier versions (the shipped files' ``lr=`` ...) go into their option group
+    (:func:`~handssl.models.options.upgrade_hparams`).
+    """
+    from handssl.models.options import upgrade_hparams
+
+    return {key: value for key, value in upgrade_hparams(hparams).items() if not key.startswith("_")}
 
 
 def pack(

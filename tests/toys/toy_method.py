@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from handssl.metrics.functional import masked_mean
 from handssl.models.base import BaseHandTask, check_batch, valid_joints
+from handssl.models.options import Optimization
 from handssl.skeleton import NUM_JOINTS, root_relative, valid_with_root
 
 
@@ -20,10 +21,7 @@ class ToyHeatmapModule(BaseHandTask):
         joint_scale_mm: Unit of the 3D output layer in mm.
         loss: ``"l1"`` or ``"l2"`` distance to the root-relative 3D joints.
         image_size: Side of the input crops (the heatmaps' size, so the linear layer's, depends on it).
-        lr: Learning rate of AdamW.
-        weight_decay: Weight decay of AdamW.
-        scheduler: ``"cosine"`` or ``"none"``.
-        warmup_steps: Linear warm-up steps.
+        optimizer: AdamW and its learning-rate schedule (:class:`~handssl.models.options.Optimization`).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
     """
 
@@ -34,10 +32,7 @@ class ToyHeatmapModule(BaseHandTask):
         joint_scale_mm: float = 100.0,
         loss: Literal["l1", "l2"] = "l1",
         image_size: int = 64,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        scheduler: Literal["cosine", "none"] = "cosine",
-        warmup_steps: int = 50,
+        optimizer: Optimization = Optimization(),
         eval_protocol: str = "synthhands",
     ) -> None:
         self.num_maps = num_maps
@@ -45,13 +40,7 @@ class ToyHeatmapModule(BaseHandTask):
         self.joint_scale_mm = joint_scale_mm
         self.loss = loss
         self.image_size = image_size
-        super().__init__(
-            lr=lr,
-            weight_decay=weight_decay,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
-            eval_protocol=eval_protocol,
-        )
+        super().__init__(optimizer=optimizer, eval_protocol=eval_protocol)
 
     def configure_models(self) -> None:
         self.maps = nn.Sequential(
