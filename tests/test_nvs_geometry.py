@@ -81,4 +81,3 @@ def test_latent_geometry_weights_and_validation():
     terms = geometry({}, {}, rows)
     assert float(terms["latent_geometry"]) == pytest.approx(2.0 * float(terms["point_silhouette"]))
     assert float(terms["point_silhouette"]) > 0
-
