@@ -71,7 +71,7 @@ def test_chamfer_refuses_wrong_shapes():
 
 def test_latent_geometry_weights_and_validation():
     assert not LatentGeometry().active
-    with pytest.raises(ValueError, match="latent_point_silhouette_weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"^point_silhouette_weight must be >= 0"):
         LatentGeometry(point_silhouette_weight=-1.0)
     geometry = LatentGeometry(point_silhouette_weight=2.0)
     image = torch.zeros(1, 3, 32, 32)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from handssl.data import SynthHandsMultiView, SynthHandsWorld
 from handssl.data.multiview import MultiViewPairs
+from handssl.data.synthhands.world import Crop
 from handssl.models import NVSModule
 from handssl.models.components.nvs import composite, rotate_points
 from handssl.models.components.nvs_geometry import point_silhouette_chamfer
@@ -43,7 +44,7 @@ def load(model: str) -> NVSModule:
 
 
 def latent_use(
-    module: NVSModule, pairs: int, threshold: float = 0.02, crop: str = "joints"
+    module: NVSModule, pairs: int, threshold: float = 0.02, crop: Crop = "joints"
 ) -> dict[str, float]:
     """Hand-pixel L1 of the renderings described in the module docstring, on ``pairs`` validation pairs.
 
@@ -51,7 +52,7 @@ def latent_use(
     """
     if module.decoder is None:
         raise SystemExit("the supervised regime builds no decoder: nothing to render")
-    world = SynthHandsWorld(image_size=int(module.hparams.image_size), crop=crop)  # type: ignore[arg-type]
+    world = SynthHandsWorld(image_size=int(module.hparams.image_size), crop=crop)
     dataset = MultiViewPairs(
         SynthHandsMultiView(split="val", world=world, sequences_per_subject=2, frames_per_sequence=16)
     )

@@ -91,9 +91,13 @@ class LatentGeometry:
     side: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("equivariance_weight", "point_silhouette_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"latent_{name} must be >= 0, got {getattr(self, name)}")
+        # named as NVSModule's arguments, which the error reaches
+        for option, value in (
+            ("latent_equivariance_weight", self.equivariance_weight),
+            ("point_silhouette_weight", self.point_silhouette_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"{option} must be >= 0, got {value}")
         if self.side < 2:
             raise ValueError(f"point silhouette side must be >= 2, got {self.side}")
 
