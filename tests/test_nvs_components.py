@@ -387,3 +387,23 @@ def test_splat_decoder_renders_a_turned_latent_differently_even_with_a_blind_lin
     with torch.no_grad():
         a, b = decoder.layers(points, appearance)[0], decoder.layers(turned, appearance)[0]
     assert float((a - b).abs().max()) > 1e-3
+
+
+def test_mask_from_points_draws_the_hand_only_where_the_points_project():
+    torch.manual_seed(0)
+    decoder = NVSDecoder(
+        SIZE, POINTS, APP, latent_channels=8, widths=(16, 8), dropout=0.0, splat=True, mask_from_points=True
+    ).eval()
+    torch.nn.init.constant_(decoder.to_output.bias, 20.0)  # the decoder alone would make every pixel opaque
+    points = torch.zeros(1, POINTS, 3)
+    points[..., 0] = -0.5  # every point projects onto the left half, at x = -0.5
+    points.requires_grad_(True)
+    _, mask = decoder.layers(points, torch.rand(1, APP))
+    column = int((-0.5 + 1) / 2 * SIZE)
+    assert float(mask[0, 0, SIZE // 2, column]) > 0.9
+    assert float(mask[0, 0, :, SIZE - 4 :].max()) < 0.01  # no points, no hand, whatever the decoder says
+    # drawing the hand at a pixel to the right of the points pulls them right
+    mask[0, 0, SIZE // 2, column + 2].backward()
+    assert points.grad is not None and float(points.grad[..., 0].sum()) > 0
+    with pytest.raises(ValueError, match="splat"):
+        NVSDecoder(SIZE, POINTS, APP, mask_from_points=True)

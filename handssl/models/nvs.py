@@ -63,6 +63,8 @@ class NVSModule(NVSTask):
         decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution).
         decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution.
         decoder_splat: Also give the decoder the rotated points' splats (:func:`~handssl.models.components.nvs.splat_points`).
+        decoder_mask_from_points: Gate the decoder's mask by the splat's coverage, so that the hand is drawn only
+            where the rotated points project (needs ``decoder_splat``; see :class:`NVSDecoder`).
         latent_dropout: Dropout on the lifted latent in the decoder (Rhodin et al.: 0.3).
         pose_hidden: Hidden sizes of the pose MLP (Rhodin et al.: two of 2048; 512-512 gave the same supervised
             N-MPJPE at 1 labelled subject, 75.3 against 75.0 mm, in a network small enough to ship).
@@ -128,6 +130,7 @@ class NVSModule(NVSTask):
         decoder_widths: Sequence[int] = (64, 32, 16),
         decoder_latent_channels: int = 16,
         decoder_splat: bool = False,
+        decoder_mask_from_points: bool = False,
         latent_dropout: float = 0.3,
         pose_hidden: Sequence[int] = (512, 512),
         pose_dropout: float = 0.5,
@@ -170,6 +173,8 @@ class NVSModule(NVSTask):
             raise ValueError(
                 f"pose_gradient_ratio needs the semi regime and a value > 0, got {pose_gradient_ratio}"
             )
+        if decoder_mask_from_points and not decoder_splat:
+            raise ValueError("decoder_mask_from_points gates the mask by the points' splat: set decoder_splat too")
         self.latent_geometry = LatentGeometry(
             latent_equivariance_weight, point_silhouette_weight, silhouette_threshold
         )
@@ -198,6 +203,7 @@ class NVSModule(NVSTask):
             latent_dropout,
             normalize_mask=normalize_mask,
             splat=decoder_splat,
+            mask_from_points=decoder_mask_from_points,
         )
         self.make_pose_head = partial(PoseHead, num_points, pose_hidden, pose_dropout)
         self.make_reconstruction = partial(

@@ -207,6 +207,11 @@ class NVSDecoder(nn.Module):
             of the output layer), so that the rendering depends on where the rotated points project, at every
             scale, not only on what a linear layer makes of their coordinates (a departure from Rhodin et
             al., whose decoder sees the points through the linear layer alone).
+        mask_from_points: Gate the predicted mask by the splat's coverage ``1 - exp(-occupancy)`` at full
+            resolution (needs ``splat``): the decoder can only draw the hand where the rotated points project,
+            so its silhouette is the points' silhouette and the rotation must move it (as differentiable point
+            rendering does, Insafutdinov & Dosovitskiy NeurIPS'18), instead of a blob the decoder paints
+            wherever it likes.
     """
 
     def __init__(
@@ -220,8 +225,11 @@ class NVSDecoder(nn.Module):
         norm: str = "batch",
         normalize_mask: bool = False,
         splat: bool = False,
+        mask_from_points: bool = False,
     ) -> None:
         super().__init__()
+        if mask_from_points and not splat:
+            raise ValueError("mask_from_points gates the mask by the points' splat: set splat (decoder_splat) too")
         if not widths:
             raise ValueError("widths must name at least one up-block")
         factor = 2 ** len(widths)
@@ -234,6 +242,7 @@ class NVSDecoder(nn.Module):
         self.latent_channels = latent_channels
         self.normalize_mask = normalize_mask
         self.splat = splat
+        self.mask_from_points = mask_from_points
         self.from_latent = nn.Sequential(
             nn.Linear(3 * num_points, latent_channels * self.side * self.side),
             nn.Dropout(dropout),
@@ -266,7 +275,10 @@ class NVSDecoder(nn.Module):
         else:
             out = self.to_output(self.up(x))
         foreground = torch.sigmoid(out[:, :3])
-        mask = MASK_FLOOR + (1 - MASK_FLOOR) * torch.sigmoid(out[:, 3:])
+        opacity = torch.sigmoid(out[:, 3:])
+        if self.mask_from_points:
+            opacity = opacity * -torch.expm1(-full[:, :1].clamp_min(0.0))  # coverage of the projected points
+        mask = MASK_FLOOR + (1 - MASK_FLOOR) * opacity
         if self.normalize_mask:
             mask = normalize_mask_max(mask)
         return foreground, mask
