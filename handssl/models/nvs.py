@@ -174,7 +174,9 @@ class NVSModule(NVSTask):
                 f"pose_gradient_ratio needs the semi regime and a value > 0, got {pose_gradient_ratio}"
             )
         if decoder_mask_from_points and not decoder_splat:
-            raise ValueError("decoder_mask_from_points gates the mask by the points' splat: set decoder_splat too")
+            raise ValueError(
+                "decoder_mask_from_points gates the mask by the points' splat: set decoder_splat too"
+            )
         self.latent_geometry = LatentGeometry(
             latent_equivariance_weight, point_silhouette_weight, silhouette_threshold
         )

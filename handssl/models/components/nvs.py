@@ -229,7 +229,9 @@ class NVSDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if mask_from_points and not splat:
-            raise ValueError("mask_from_points gates the mask by the points' splat: set splat (decoder_splat) too")
+            raise ValueError(
+                "mask_from_points gates the mask by the points' splat: set splat (decoder_splat) too"
+            )
         if not widths:
             raise ValueError("widths must name at least one up-block")
         factor = 2 ** len(widths)
