@@ -103,6 +103,33 @@ def test_encoder_layout_consecutive_triplets_are_points():
     assert torch.equal(points[0, 2], torch.tensor([APP + 6, APP + 7, APP + 8], dtype=torch.float32))
 
 
+def test_pixel_aligned_points_start_at_their_cells_and_follow_the_image():
+    cells = SIZE // 4
+    encoder = NVSEncoder(
+        SIZE, cells * cells, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="pixel_aligned"
+    ).eval()
+    image = torch.rand(2, 3, SIZE, SIZE, requires_grad=True)
+    points, appearance = encoder(image)
+    assert points.shape == (2, cells * cells, 3) and appearance.shape == (2, APP)
+    # untrained, every point sits at its cell's centre (row-major, x right, y down) at depth 0
+    assert torch.allclose(points[0, 0], torch.tensor([-1 + 1 / cells, -1 + 1 / cells, 0.0]))
+    assert torch.allclose(points[1, cells + 2], torch.tensor([-1 + 5 / cells, -1 + 3 / cells, 0.0]))
+    # the head learns: its offsets depend on the image (the last layer starts at zero, so train it a step)
+    torch.nn.init.normal_(encoder.to_points[-1].weight)
+    moved, _ = encoder(image)
+    assert float((moved[0] - moved[1]).abs().max()) > 1e-3
+    moved[0, 0, 2].backward()
+    assert (
+        image.grad is not None
+        and float(image.grad[0].abs().sum()) > 0
+        and float(image.grad[1].abs().sum()) == 0
+    )
+    with pytest.raises(ValueError, match=r"num_points must be \(image_size / 4\)\^2 = 64"):
+        NVSEncoder(SIZE, 20, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="pixel_aligned")
+    with pytest.raises(ValueError, match="point_head must be one of"):
+        NVSEncoder(SIZE, 64, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="conv")  # type: ignore[arg-type]
+
+
 def test_encoder_and_decoder_argument_errors():
     with pytest.raises(ValueError, match="multiple of the backbone stride"):
         NVSEncoder(30, POINTS, APP, widths=(8, 16), blocks=(1, 1))

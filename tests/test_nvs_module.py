@@ -159,6 +159,8 @@ def test_argument_errors(tmp_path):
         tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path))
     with pytest.raises(RuntimeError, match="no training statistics"):
         tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="decoder_mask_from_points .* set decoder_splat"):
+        tiny_module("pretrained", decoder_mask_from_points=True)
 
 
 class T2MultiView(FakeMultiView):

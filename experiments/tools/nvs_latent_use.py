@@ -11,7 +11,8 @@ true rotation, the identity and another item's rotation; meaningful for a networ
 lands on the other view's silhouette only when rotated by ``R_ij``.
 
     python experiments/tools/nvs_latent_use.py nvs-semi-synthhands          # a shipped name
-    python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64 --crop fixed
+    python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64 --crop fixed \
+        --figure look.png   # six pairs: input, target, true-R and identity renderings, mask, splat, silhouette
 """
 
 from __future__ import annotations
@@ -43,6 +44,20 @@ def load(model: str) -> NVSModule:
         raise SystemExit(str(error)) from None
 
 
+def validation_pairs(image_size: int, pairs: int, crop: Crop = "joints") -> dict[str, Tensor]:
+    """``pairs`` validation pairs spread evenly over SynthHands multi-view's validation subjects, stacked."""
+    world = SynthHandsWorld(image_size=image_size, crop=crop)
+    dataset = MultiViewPairs(
+        SynthHandsMultiView(split="val", world=world, sequences_per_subject=2, frames_per_sequence=16)
+    )
+    step = max(1, len(dataset) // pairs)
+    items = [dataset[k] for k in range(0, len(dataset), step)][:pairs]
+    return {
+        k: torch.stack([torch.as_tensor(item[k]) for item in items])
+        for k in ("image", "target", "R_ij", "background", "background_input")
+    }
+
+
 def latent_use(
     module: NVSModule, pairs: int, threshold: float = 0.02, crop: Crop = "joints"
 ) -> dict[str, float]:
@@ -52,16 +67,7 @@ def latent_use(
     """
     if module.decoder is None:
         raise SystemExit("the supervised regime builds no decoder: nothing to render")
-    world = SynthHandsWorld(image_size=int(module.hparams.image_size), crop=crop)
-    dataset = MultiViewPairs(
-        SynthHandsMultiView(split="val", world=world, sequences_per_subject=2, frames_per_sequence=16)
-    )
-    step = max(1, len(dataset) // pairs)
-    items = [dataset[k] for k in range(0, len(dataset), step)][:pairs]
-    batch = {
-        k: torch.stack([torch.as_tensor(item[k]) for item in items])
-        for k in ("image", "target", "R_ij", "background", "background_input")
-    }
+    batch = validation_pairs(int(module.hparams.image_size), pairs, crop)
     decoder = module.decoder
     with torch.no_grad():
         points, appearance = module.encoder(batch["image"])
@@ -98,6 +104,46 @@ def latent_use(
     return result
 
 
+def draw_pairs(
+    module: NVSModule, path: Path, rows: int = 6, threshold: float = 0.02, crop: Crop = "joints"
+) -> None:
+    """Save a PNG of ``rows`` validation pairs, one per row.
+
+    Columns: input view i, target view j, the rendering of j with the true rotation and with the identity, the
+    true rendering's mask, the occupancy splat of the rotated points (:func:`splat_points`, 1 - exp(-count)) and
+    the target's label-free silhouette.
+    """
+    import matplotlib.pyplot as plt
+
+    from handssl.models.components.nvs import splat_points
+    from handssl.viz import image_grid
+
+    if module.decoder is None:
+        raise SystemExit("the supervised regime builds no decoder: nothing to render")
+    size = int(module.hparams.image_size)
+    batch = validation_pairs(size, rows * 8, crop)
+    batch = {k: v[::8][:rows] for k, v in batch.items()}  # rows from different subjects
+    with torch.no_grad():
+        points, appearance = module.encoder(batch["image"])
+        turned = rotate_points(points, batch["R_ij"].float())
+        foreground, mask = module.decoder.layers(turned, appearance)
+        true = composite(foreground, mask, batch["background"])
+        foreground_id, mask_id = module.decoder.layers(points, appearance)
+        identity = composite(foreground_id, mask_id, batch["background"])
+        coverage = -torch.expm1(-splat_points(turned, size)[:, :1])
+        silhouette = silhouette_target(batch["target"], batch["background"], threshold)
+
+    def grey(x: Tensor) -> Tensor:
+        return x.expand(-1, 3, -1, -1)
+
+    columns = [batch["image"], batch["target"], true, identity, grey(mask), grey(coverage), grey(silhouette)]
+    tiles = torch.stack([c.float().clamp(0, 1) for c in columns], 1).flatten(0, 1)
+    grid = image_grid(tiles, nrow=len(columns))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid)
+    print(f"wrote {path} (input | target | true R | identity | mask | points' splat | silhouette)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,10 +157,14 @@ def main(argv: list[str] | None = None) -> None:
         default="joints",
         help="the world's crop the network trained on",
     )
+    parser.add_argument("--figure", type=Path, help="also save a PNG of six pairs here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for name, value in latent_use(load(args.model), args.pairs, crop=args.crop).items():
+    module = load(args.model)
+    for name, value in latent_use(module, args.pairs, crop=args.crop).items():
         print(f"{name}: {value:.3f}")
+    if args.figure is not None:
+        draw_pairs(module, args.figure, crop=args.crop)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,9 @@ class NVSModule(NVSTask):
             pose to ``L3D``).
         encoder_widths: Channels of the encoder's ResNet stages.
         encoder_blocks: Basic blocks per encoder stage.
+        encoder_point_head: ``"linear"`` (Rhodin et al.) or ``"pixel_aligned"``: one point per stride-4 cell,
+            moved and given a depth by a small convolutional head (``num_points = (image_size / 4)^2``; see
+            :class:`~handssl.models.components.nvs.NVSEncoder`).
         decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution).
         decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution.
         decoder_splat: Also give the decoder the rotated points' splats (:func:`~handssl.models.components.nvs.splat_points`).
@@ -127,6 +130,7 @@ class NVSModule(NVSTask):
         appearance_dim: int = 16,
         encoder_widths: Sequence[int] = (16, 32, 64, 128),
         encoder_blocks: Sequence[int] = (1, 1, 1, 1),
+        encoder_point_head: Literal["linear", "pixel_aligned"] = "linear",
         decoder_widths: Sequence[int] = (64, 32, 16),
         decoder_latent_channels: int = 16,
         decoder_splat: bool = False,
@@ -193,7 +197,13 @@ class NVSModule(NVSTask):
             synthesis_items=synthesis_items,
         )
         self.make_encoder = partial(
-            NVSEncoder, image_size, num_points, appearance_dim, encoder_widths, encoder_blocks
+            NVSEncoder,
+            image_size,
+            num_points,
+            appearance_dim,
+            encoder_widths,
+            encoder_blocks,
+            point_head=encoder_point_head,
         )
         self.make_decoder = partial(
             NVSDecoder,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,9 @@ from handssl.models.components.backbones import ResNetBackbone, norm_layer
 from handssl.models.components.heads import MLP
 from handssl.models.components.nvs_losses import normalize_mask_max
 from handssl.skeleton import NUM_JOINTS, root_relative
+
+POINT_HEADS: tuple[str, ...] = ("linear", "pixel_aligned")
+"""How :class:`NVSEncoder` reads its points off the features."""
 
 MASK_FLOOR = 1e-4
 """Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
@@ -121,7 +125,16 @@ class NVSEncoder(nn.Module):
         blocks: Basic blocks per backbone stage.
         reduce_channels: Channels after the 1x1 reduction, before flattening.
         norm: Normalisation kind of the backbone.
+        point_head: How the points are read off the features. ``"linear"`` (Rhodin et al.): the linear layer
+            outputs every point's coordinates. ``"pixel_aligned"``: one point per cell of the stride-4 feature
+            map (``num_points = (image_size / 4)^2``), placed at that cell's centre plus a predicted offset,
+            with a predicted depth, from the cell's features and the upsampled deeper ones (a feature
+            pyramid): the points start where the image is and only learn where to move and how deep they lie,
+            as in depth-based view synthesis (SynSin, Wiles et al. CVPR'20), instead of a linear layer on a
+            4 x 4 map learning every coordinate from scratch.
     """
+
+    cell_centres: Tensor
 
     def __init__(
         self,
@@ -132,8 +145,11 @@ class NVSEncoder(nn.Module):
         blocks: Sequence[int] = (1, 1, 1, 1),
         reduce_channels: int = 64,
         norm: str = "batch",
+        point_head: Literal["linear", "pixel_aligned"] = "linear",
     ) -> None:
         super().__init__()
+        if point_head not in POINT_HEADS:
+            raise ValueError(f"point_head must be one of {POINT_HEADS}, got {point_head!r}")
         if num_points < 1 or appearance_dim < 1:
             raise ValueError(
                 f"num_points and appearance_dim must be >= 1, got {num_points}, {appearance_dim}"
@@ -147,12 +163,37 @@ class NVSEncoder(nn.Module):
         self.image_size = image_size
         self.num_points = num_points
         self.appearance_dim = appearance_dim
+        self.point_head = point_head
         self.reduce = nn.Sequential(
             nn.Conv2d(self.backbone.out_channels, reduce_channels, 1, bias=False),
             norm_layer(reduce_channels, norm),
             nn.ReLU(inplace=True),
         )
-        self.fc = nn.Linear(reduce_channels * side * side, appearance_dim + 3 * num_points)
+        linear_points = num_points if point_head == "linear" else 0
+        self.fc = nn.Linear(reduce_channels * side * side, appearance_dim + 3 * linear_points)
+        if point_head == "pixel_aligned":
+            if len(widths) < 3:
+                raise ValueError(
+                    "point_head 'pixel_aligned' reads the stride-4 stage: give >= 3 encoder widths"
+                )
+            cells = image_size // 4
+            if num_points != cells * cells:
+                raise ValueError(
+                    f"point_head 'pixel_aligned' places one point per stride-4 cell: num_points must be "
+                    f"(image_size / 4)^2 = {cells * cells} at image_size {image_size}, got {num_points}"
+                )
+            pyramid = sum(widths[1:])  # the stride-4 stage and every deeper one, upsampled to it
+            self.to_points = nn.Sequential(
+                nn.Conv2d(pyramid, reduce_channels, 3, padding=1, bias=False),
+                norm_layer(reduce_channels, norm),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(reduce_channels, 3, 1),
+            )
+            nn.init.zeros_(self.to_points[-1].weight)  # every point starts at its cell's centre, depth 0
+            nn.init.zeros_(self.to_points[-1].bias)
+            axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0
+            y, x = torch.meshgrid(axis, axis, indexing="ij")
+            self.register_buffer("cell_centres", torch.stack([x, y, torch.zeros_like(x)], -1).view(-1, 3))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 3, H, W)`` image to ``(L3D (B, N, 3), appearance (B, appearance_dim))``."""
@@ -160,10 +201,18 @@ class NVSEncoder(nn.Module):
             raise ValueError(
                 f"encoder built for {self.image_size}x{self.image_size} images, got {tuple(image.shape[-2:])}"
             )
-        latent = self.fc(torch.flatten(self.reduce(self.backbone(image)), 1))
+        features = self.backbone.forward_features(image)
+        latent = self.fc(torch.flatten(self.reduce(features[-1]), 1))
         appearance = latent[:, : self.appearance_dim]
-        points = latent[:, self.appearance_dim :].reshape(-1, self.num_points, 3)
-        return points, appearance
+        if self.point_head == "linear":
+            return latent[:, self.appearance_dim :].reshape(-1, self.num_points, 3), appearance
+        finest = features[2]  # after the stem and the first two stages: stride 4
+        pyramid = [finest] + [
+            F.interpolate(f, size=finest.shape[-2:], mode="bilinear", align_corners=False)
+            for f in features[3:]
+        ]
+        offsets = self.to_points(torch.cat(pyramid, 1)).flatten(2).transpose(1, 2)  # (B, cells^2, 3)
+        return self.cell_centres + offsets, appearance
 
 
 class UpBlock(nn.Module):
