@@ -198,8 +198,8 @@ def evaluate(
     import torch
 
     from handssl._lightning_cli import make_cli
+    from handssl.callbacks.pseudo_label_pass import label_unlabeled_set
     from handssl.models import SemiHandModule
-    from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 
     torch.set_num_threads(args.threads)
     cli = make_cli([*recipe_args(args, row, seed, init), "--model.init_args.use_correction=true"], run=False)

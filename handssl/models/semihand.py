@@ -7,7 +7,7 @@ and view and cross-modal consistency (:mod:`~handssl.models.components.semihand_
 the label registered to a hand template (:mod:`~handssl.models.components.pseudo_labels`). They come from an EMA
 teacher every step (``mode="mean_teacher"``), or from the network itself, stored for the whole unlabelled set
 every few epochs (``mode="rounds"``, the paper's Alg. 1, run by the callback
-:class:`~handssl.models.components.pseudo_label_pass.PseudoLabelRounds`). With ``use_consistency``,
+:class:`~handssl.callbacks.pseudo_label_pass.PseudoLabelRounds`). With ``use_consistency``,
 ``use_pseudo_labels`` and ``use_correction`` off and ``unlabeled_fraction: 0`` in the data it is the source-only
 baseline.
 """
@@ -24,12 +24,12 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from handssl.callbacks.pseudo_label_pass import PseudoLabelRounds
 from handssl.models.base import eval_mode, to_float
 from handssl.models.components.ema import EMATeacher, load_student_teacher, sync_buffers, warmup_momentum
 from handssl.models.components.hand_template import BoneLengthTemplate
 from handssl.models.components.lifting import Lifter
 from handssl.models.components.pose25d import Pose25DNet, PoseNorm, forward_parts
-from handssl.models.components.pseudo_label_pass import PseudoLabelRounds
 from handssl.models.components.pseudo_label_stats import label_stash, label_statistics, stash_state
 from handssl.models.components.pseudo_labels import PseudoLabeler, PseudoLabels, stack_views
 from handssl.models.components.semihand_losses import (
