@@ -103,11 +103,13 @@ def test_semihand_groups_name_a_bad_value_as_the_user_writes_it(group, values, m
         SemiHandModule(**SEMI_TINY, **{group.argument: values})
 
 
-def test_semihand_takes_its_groups():
+def test_semihand_takes_its_groups_and_keeps_them_whole_in_its_hparams():
     module = SemiHandModule(**SEMI_TINY, correction={"enabled": False}, unsupervised={"start_step": 5})
     assert module.correction == CorrectionOptions(enabled=False)
     assert module.unsupervised == UnsupervisedSchedule(start_step=5)
     assert module.pseudo_labeler.corrector is None and not module.loss_options.wanted(1.0)["correction"]
+    # a mapping is stored with the defaults of the keys it leaves out: the checkpoint records every value
+    assert module.hparams["correction"] == asdict(CorrectionOptions(enabled=False))
     assert set(module.hparams) >= set(GROUPS)
     assert not set(module.hparams) & set(FLAT_ARGUMENTS)
 

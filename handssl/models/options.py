@@ -128,12 +128,20 @@ def moved_arguments(*arguments: str) -> dict[str, str]:
     }
 
 
-def group_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """``hparams`` with every option group as a plain dict (what checkpoints and ``hparams.yaml`` keep)."""
-    return {
-        key: asdict(value) if key in GROUPS and isinstance(value, GROUPS[key]) else value
-        for key, value in hparams.items()
-    }
+def group_hparams(hparams: Mapping[str, Any], task: type | None = None) -> dict[str, Any]:
+    """``hparams`` with every option group as a plain dict of all its fields (what checkpoints keep).
+
+    A group given as a mapping (``optimizer={"lr": 0.5}``) is stored whole, with ``task``'s defaults for the
+    keys it leaves out, so that a checkpoint records every value its run used.
+    """
+    grouped = dict(hparams)
+    for key, group in GROUPS.items():
+        value = grouped.get(key)
+        if isinstance(value, Mapping) and task is not None:
+            value = group.of(value, task_default(task, key))
+        if isinstance(value, group):
+            grouped[key] = asdict(value)
+    return grouped
 
 
 def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
