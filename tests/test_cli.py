@@ -551,9 +551,8 @@ def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
     common = ["--runs_dir", str(tmp_path / "runs"), "--wandb", "disabled"]
     cli = make_cli(["-c", str(model), "-c", str(data), "--data.init_args.image_size=48", *common], run=False)
     hp = cli.model.hparams
-    assert (
-        type(cli.model).__name__ == "SemiHandModule" and hp.unsupervised_start_step == 3000
-    )  # the model file
+    assert type(cli.model).__name__ == "SemiHandModule"
+    assert hp.unsupervised == {"start_step": 3000, "ramp_steps": 200}  # the model file
     assert hp.image_size == 48 and cli.datamodule.image_size == 48  # one value, set on the data, linked
     assert hp.eval_protocol == "stb"  # named by the STB test set, not written in any config
     dm = cli.datamodule

@@ -1,9 +1,13 @@
-"""Option groups (issue 24, item 2): the optimiser settings as one typed group that the CLI nests.
+"""Option groups (issue 24, item 2): the optimiser settings and SemiHand's options as typed groups the CLI nests.
 
-Checkpoints and shipped weights written with the flat arguments of earlier versions (``lr=`` ...) still load,
-with their values in the group; a flat option on the command line stops with one line naming the new key.
+Checkpoints and shipped weights written with the flat arguments of earlier versions (``lr=``, ``use_correction=``
+...) still load, with their values in the groups; a flat option on the command line or in a YAML file stops with
+one line naming the new key.
 """
 
+import inspect
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -15,12 +19,24 @@ import handssl.pretrained as pretrained
 from handssl._lightning_cli import make_cli
 from handssl.cli import main
 from handssl.models import NVSModule, SemiHandModule, SupervisedModule
-from handssl.models.options import EMAOptions, Optimization, upgrade_hparams
+from handssl.models.options import (
+    FLAT_ARGUMENTS,
+    GROUPS,
+    ConsistencyOptions,
+    CorrectionOptions,
+    EMAOptions,
+    Optimization,
+    PoseLossOptions,
+    PseudoLabelOptions,
+    UnsupervisedSchedule,
+    upgrade_hparams,
+)
 
 CONF = Path(__file__).parent / "conf" / "supervised_tiny.yaml"
 NVS_CONF = Path(__file__).parent / "conf" / "nvs_tiny.yaml"
 SEMI_CONF = Path(__file__).parent / "conf" / "semihand_tiny.yaml"
 TINY = dict(backbone_widths=(8, 8, 8, 8), head_hidden=(16,))
+SEMI_TINY = dict(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16)
 FLAT = {"lr": 0.123, "weight_decay": 0.0, "scheduler": "none", "warmup_steps": 7}
 
 
@@ -50,10 +66,58 @@ def test_group_validates_its_values():
         Optimization(lr=0.0)
     with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
         Optimization(warmup_steps=-1)
-    with pytest.raises(ValueError, match="ema decay must be in"):
+    with pytest.raises(ValueError, match=r"ema\.decay must be in \[0, 1\], got 1\.5"):
         EMAOptions(decay=1.5)
     with pytest.raises(TypeError, match="unknown keys \\['lrr'\\]"):
         SupervisedModule(**TINY, optimizer={"lrr": 1.0})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("group", "values", "message"),
+    [
+        (PoseLossOptions, {"norm": "huber"}, "loss.norm must be 'l1' or 'l2', got 'huber'"),
+        (PoseLossOptions, {"heatmap_sigma": 0.0}, "loss.heatmap_sigma must be positive, got 0.0"),
+        (
+            PseudoLabelOptions,
+            {"accept_fraction": 2},
+            "pseudo_labels.accept_fraction must be in [0, 1], got 2",
+        ),
+        (PseudoLabelOptions, {"threshold": -1.0}, "pseudo_labels.threshold must be >= 0 or null, got -1.0"),
+        (PseudoLabelOptions, {"lifting": "oracle"}, "pseudo_labels.lifting must be 'known' or 'predicted'"),
+        (CorrectionOptions, {"template": "mano"}, "correction.template must be one of"),
+        (CorrectionOptions, {"max_mm": 0.0}, "correction.max_mm must be positive or null, got 0.0"),
+        (ConsistencyOptions, {"weight": -0.1}, "consistency.weight must be >= 0, got -0.1"),
+        (
+            ConsistencyOptions,
+            {"cross_modal_size": 0},
+            "consistency.cross_modal_size must be positive or null",
+        ),
+        (UnsupervisedSchedule, {"ramp_steps": -1}, "unsupervised.ramp_steps must be >= 0, got -1"),
+    ],
+)
+def test_semihand_groups_name_a_bad_value_as_the_user_writes_it(group, values, message):
+    with pytest.raises(ValueError) as info:
+        group(**values)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        SemiHandModule(**SEMI_TINY, **{group.argument: values})
+
+
+def test_semihand_takes_its_groups_and_keeps_them_whole_in_its_hparams():
+    module = SemiHandModule(**SEMI_TINY, correction={"enabled": False}, unsupervised={"start_step": 5})
+    assert module.correction == CorrectionOptions(enabled=False)
+    assert module.unsupervised == UnsupervisedSchedule(start_step=5)
+    assert module.pseudo_labeler.corrector is None and not module.loss_options.wanted(1.0)["correction"]
+    # a mapping is stored with the defaults of the keys it leaves out: the checkpoint records every value
+    assert module.hparams["correction"] == asdict(CorrectionOptions(enabled=False))
+    assert set(module.hparams) >= set(GROUPS)
+    assert not set(module.hparams) & set(FLAT_ARGUMENTS)
+
+
+def test_no_task_still_takes_a_flat_argument_that_moved_into_a_group():
+    """upgrade_hparams moves every name of FLAT_ARGUMENTS out of any checkpoint: no task may still take one."""
+    for task in (SupervisedModule, NVSModule, SemiHandModule):
+        assert not set(inspect.signature(task.__init__).parameters) & set(FLAT_ARGUMENTS), task
 
 
 def test_cli_nests_the_group_and_keeps_the_task_defaults_of_keys_left_out():
@@ -64,6 +128,23 @@ def test_cli_nests_the_group_and_keeps_the_task_defaults_of_keys_left_out():
     assert nvs.optimization == Optimization(lr=1e-3, weight_decay=0.5, scheduler="none", warmup_steps=1)
     semi = make_cli(["-c", str(SEMI_CONF), "--model.init_args.ema.decay=0.5"], run=False).model
     assert semi.ema == EMAOptions(decay=0.5) and semi.hparams["ema"]["buffer_mode"] == "ema"
+    # semihand_tiny.yaml sets correction.enabled and the schedule; a dotted flag changes one key of a group
+    flags = ["--model.init_args.correction.template=subject", "--model.init_args.pseudo_labels.threshold=1.5"]
+    semi = make_cli(["-c", str(SEMI_CONF), *flags], run=False).model
+    assert semi.correction == CorrectionOptions(enabled=False, template="subject")
+    assert semi.pseudo_labels == PseudoLabelOptions(threshold=1.5)
+    assert semi.unsupervised == UnsupervisedSchedule(0, 0) and semi.hparams["unsupervised"]["ramp_steps"] == 0
+
+
+def test_a_config_stacked_on_a_recipe_changes_only_the_keys_it_names():
+    """semihand_oracle.yaml turns three groups off over semihand_full.yaml; their other keys stay the recipe's."""
+    recipe = Path(__file__).parents[1] / "experiments" / "semihand_oracle.yaml"
+    model = make_cli(["-c", str(recipe)], run=False).model
+    assert model.pseudo_labels == PseudoLabelOptions(enabled=False, accept_fraction=0.3)
+    assert model.correction == CorrectionOptions(enabled=False)
+    assert model.consistency == ConsistencyOptions(enabled=False, weight=0.1)
+    assert model.loss == PoseLossOptions(depth_weight=200.0)
+    assert model.unsupervised == UnsupervisedSchedule(start_step=3000, ramp_steps=200)
 
 
 def test_flat_option_names_the_new_key_in_one_line(tmp_path, capsys):
@@ -78,6 +159,41 @@ def test_flat_option_names_the_new_key_in_one_line(tmp_path, capsys):
         run(["fit", "-c", str(SEMI_CONF), "--model.init_args.ema_decay=0.9"], tmp_path)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SemiHandModule: `ema_decay` moved to `ema: {decay: ...}`" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("flat", "value", "new"),
+    [
+        ("use_correction", "false", "correction: {enabled: ...}"),
+        ("max_correction_mm", "30", "correction: {max_mm: ...}"),
+        ("threshold", "1.5", "pseudo_labels: {threshold: ...}"),
+        ("pseudo_label_lifting", "known", "pseudo_labels: {lifting: ...}"),
+        ("pose_loss", "l2", "loss: {norm: ...}"),
+        ("depth_weight", "50", "loss: {depth_weight: ...}"),
+        ("use_consistency", "false", "consistency: {enabled: ...}"),
+        ("unsupervised_start_step", "0", "unsupervised: {start_step: ...}"),
+    ],
+)
+def test_flat_semihand_option_names_its_group_in_one_line(flat, value, new, tmp_path, capsys):
+    assert SemiHandModule.moved_arguments[flat] == new
+    with pytest.raises(SystemExit) as exit_info:
+        run(["fit", "-c", str(SEMI_CONF), f"--model.init_args.{flat}={value}"], tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"SemiHandModule: `{flat}` moved to `{new}`" in err[0], err
+    # the same key in a YAML file (a recipe or a run's config.yaml written before the groups)
+    old = tmp_path / "old.yaml"
+    old.write_text(f"model:\n  init_args:\n    {flat}: {value}\n")
+    with pytest.raises(SystemExit):
+        run(["fit", "-c", str(SEMI_CONF), "-c", str(old)], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"`{flat}` moved to `{new}`" in err[0], err
+
+
+def test_every_flat_semihand_argument_has_a_place():
+    names = set(SemiHandModule.moved_arguments)
+    assert {"use_pseudo_labels", "use_mask", "template", "ray_tol_px", "cross_modal_size"} <= names
+    assert len(names) == len(FLAT_ARGUMENTS) == 32
 
 
 def test_hparams_keep_the_group_as_a_plain_dict(tmp_path):
@@ -95,6 +211,7 @@ def test_hparams_keep_the_group_as_a_plain_dict(tmp_path):
 
 def test_upgrade_moves_flat_arguments_into_the_group():
     assert upgrade_hparams({**FLAT, "dropout": 0.1}) == {"optimizer": FLAT, "dropout": 0.1}
+    assert upgrade_hparams({**SEMI_FLAT, "mode": "rounds"}) == {**SEMI_GROUPS, "mode": "rounds"}
     assert upgrade_hparams({"lr": 0.1, "optimizer": {"lr": 0.2}}) == {"optimizer": {"lr": 0.2}}
     assert upgrade_hparams({"ema_decay": 0.9, "ema_warmup": False, "ema_updates": 3}) == {
         "ema": {"decay": 0.9, "warmup": False},
@@ -102,6 +219,28 @@ def test_upgrade_moves_flat_arguments_into_the_group():
     }
     new = {"optimizer": {"lr": 0.2}, "dropout": 0.1}
     assert upgrade_hparams(new) == new
+
+
+SEMI_FLAT = {
+    "use_correction": False,
+    "max_correction_mm": 25.0,
+    "threshold": 1.5,
+    "accept_fraction": 0.5,
+    "pseudo_label_lifting": "known",
+    "use_consistency": False,
+    "cross_modal_size": None,
+    "pose_loss": "l2",
+    "depth_weight": 50.0,
+    "unsupervised_start_step": 4,
+    "unsupervised_ramp_steps": 2,
+}
+SEMI_GROUPS = {
+    "correction": {"enabled": False, "max_mm": 25.0},
+    "pseudo_labels": {"threshold": 1.5, "accept_fraction": 0.5, "lifting": "known"},
+    "consistency": {"enabled": False, "cross_modal_size": None},
+    "loss": {"norm": "l2", "depth_weight": 50.0},
+    "unsupervised": {"start_step": 4, "ramp_steps": 2},
+}
 
 
 def old_checkpoint(tmp_path) -> tuple[Path, SupervisedModule]:
@@ -129,6 +268,38 @@ def test_old_checkpoint_loads_with_its_flat_settings(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
 
 
+def old_semihand_checkpoint(tmp_path) -> tuple[Path, SemiHandModule]:
+    """A SemiHand checkpoint as earlier versions wrote it: every option a flat argument (SEMI_FLAT's, or default)."""
+    module = SemiHandModule(**SEMI_TINY, image_size=32)  # semihand_tiny.yaml's data
+    hparams = {k: v for k, v in module.hparams.items() if k not in GROUPS}
+    for name, (argument, key) in FLAT_ARGUMENTS.items():
+        hparams[name] = module.hparams[argument][key]
+    hparams.update(FLAT, ema_decay=0.9, ema_warmup=False, ema_buffer_mode="copy")
+    hparams.update(SEMI_FLAT, _class_path="handssl.models.SemiHandModule")
+    hparams["_instantiator"] = "pytorch_lightning.cli.instantiate_module"
+    path = tmp_path / "old_semihand.ckpt"
+    state = {"pytorch-lightning_version": pl.__version__, "state_dict": module.state_dict()}
+    torch.save({**state, "hyper_parameters": hparams}, path)
+    return path, module
+
+
+def test_old_semihand_checkpoint_loads_with_its_flat_settings(tmp_path):
+    path, module = old_semihand_checkpoint(tmp_path)
+    loaded = SemiHandModule.load_from_checkpoint(path, map_location="cpu")
+    assert loaded.ema == EMAOptions(0.9, False, "copy") and loaded.optimization == Optimization(**FLAT)
+    for argument, values in SEMI_GROUPS.items():
+        assert getattr(loaded, argument) == GROUPS[argument](**values), argument
+    assert loaded.pseudo_labeler.corrector is None and loaded.pseudo_labeler.threshold == 1.5
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in module.state_dict().items())
+    # and through the CLI, which reads the checkpoint's hyper-parameters into the config
+    run(["validate", "-c", str(SEMI_CONF), "--ckpt_path", str(path), "--run_name", "old"], tmp_path)
+    config = yaml.safe_load((tmp_path / "runs" / "old" / "version_0" / "config.yaml").read_text())
+    init_args = config["model"]["init_args"]
+    for argument, values in SEMI_GROUPS.items():
+        assert init_args[argument] == asdict(GROUPS[argument](**values)), argument
+    assert init_args["ema"] == {"decay": 0.9, "warmup": False, "buffer_mode": "copy"}
+
+
 def test_old_checkpoint_through_the_cli_keeps_its_settings(tmp_path):
     path, _ = old_checkpoint(tmp_path)
     run(["validate", "-c", str(CONF), "--ckpt_path", str(path), "--run_name", "old"], tmp_path)
@@ -145,3 +316,7 @@ def test_shipped_weights_written_flat_load_into_the_group(name):
     assert {key: getattr(module.optimization, key) for key in expected} == expected
     if isinstance(module, SemiHandModule):
         assert module.ema == EMAOptions(stored["ema_decay"], stored["ema_warmup"], stored["ema_buffer_mode"])
+        moved = {name: where for name, where in FLAT_ARGUMENTS.items() if where[0] != "optimizer"}
+        assert set(moved) <= set(stored)  # written flat, every SemiHand option
+        for name, (argument, key) in moved.items():
+            assert getattr(getattr(module, argument), key) == stored[name], name

@@ -17,6 +17,7 @@ from handssl.models.components.pose25d import (
     soft_argmax_2d,
 )
 from handssl.models.semihand import SemiHandModule
+from handssl.models.semihand_options import PoseLossOptions, PseudoLabelOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_semi_datamodule import make_datamodule
@@ -69,24 +70,24 @@ def test_l1_pose_distance_by_hand():
         pose_distance(uv_a, d_a, uv_b, d_b, norm="l3")  # type: ignore[arg-type]
 
 
-def test_module_supervised_losses_follow_pose_loss_and_heatmap_weight():
+def test_module_supervised_losses_follow_the_loss_norm_and_heatmap_weight():
     batch = next(iter(make_datamodule(unlabeled_fraction=0.0).train_dataloader()))[0]["labeled"]
-    for pose_loss in ("l1", "l2"):
-        module = SemiHandModule(**TINY, pose_loss=pose_loss, heatmap_weight=2.0)
+    for norm in ("l1", "l2"):
+        module = SemiHandModule(**TINY, loss=PoseLossOptions(norm=norm, heatmap_weight=2.0))
         out = module.student(batch["image"])
         losses = module.supervised_losses(out, batch)
         error = (out["uv"] - batch["joints2d"]) / module.uv_unit_px
-        per_joint = error.abs().sum(-1) if pose_loss == "l1" else error.pow(2).sum(-1)
+        per_joint = error.abs().sum(-1) if norm == "l1" else error.pow(2).sum(-1)
         valid = batch["valid"].bool() & batch["in_bounds"].bool()
         assert torch.allclose(losses["sup_2d"], per_joint[valid].mean(), rtol=1e-4)
         expected = 2.0 * heatmap_loss(
             out["log_heatmaps"], batch["joints2d"], valid, module.losses.stride(out)
         )
         assert torch.allclose(losses["sup_heatmap"], expected)
-    none = SemiHandModule(**TINY, heatmap_weight=0.0)
+    none = SemiHandModule(**TINY, loss=PoseLossOptions(heatmap_weight=0.0))
     assert "sup_heatmap" not in none.supervised_losses(none.student(batch["image"]), batch)
-    with pytest.raises(ValueError, match="pose_loss"):
-        SemiHandModule(**TINY, pose_loss="huber")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"loss\.norm must be 'l1' or 'l2', got 'huber'"):
+        SemiHandModule(**TINY, loss={"norm": "huber"})
 
 
 def test_network_defaults_are_the_sharp_fine_recipe():
@@ -177,15 +178,13 @@ def test_pseudo_labels_read_no_annotation_of_the_unlabelled_images():
     garbage["eval_joints3d"] = torch.randn_like(batch["eval_joints3d"]) * 100 + 300
     garbage["eval_joints2d"] = torch.randn_like(batch["eval_joints2d"]) * 10
     garbage["eval_valid"] = torch.ones_like(batch["eval_valid"])
-    module = SemiHandModule(
-        **TINY, use_correction=True
-    ).eval()  # the recipe: predicted lifting, mean template
+    module = SemiHandModule(**TINY).eval()  # the recipe: correction, predicted lifting, mean template
     labels, _ = module.compute_pseudo_labels(batch)
     labels_garbage, _ = module.compute_pseudo_labels(garbage)
     for key, value in labels.to_dict().items():
         assert torch.equal(value, labels_garbage.to_dict()[key]), key
     # the check can fail: the privileged option does read the annotation
-    known = SemiHandModule(**TINY, use_correction=True, pseudo_label_lifting="known").eval()
+    known = SemiHandModule(**TINY, pseudo_labels=PseudoLabelOptions(lifting="known")).eval()
     known.load_state_dict(module.state_dict())
     a, _ = known.compute_pseudo_labels(batch)
     b, _ = known.compute_pseudo_labels(garbage)

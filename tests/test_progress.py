@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from handssl.callbacks.pseudo_label_pass import label_unlabeled_set
 from handssl.data.fakes import make_fake_panoptic
 from handssl.data.panoptic import PanopticMultiView
-from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 
 
 @pytest.mark.parametrize("setting, shown", [("1", True), ("0", False), ("", False)])  # "": not a TTY here

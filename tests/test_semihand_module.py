@@ -30,7 +30,14 @@ from handssl.models.components.pose25d import (
     recover_root_depth,
     soft_argmax_2d,
 )
-from handssl.models.options import EMAOptions, Optimization
+from handssl.models.options import (
+    ConsistencyOptions,
+    CorrectionOptions,
+    EMAOptions,
+    Optimization,
+    PoseLossOptions,
+    PseudoLabelOptions,
+)
 from handssl.models.semihand import SemiHandModule
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -63,8 +70,13 @@ def _fake_corrector(joints, template=None):
     return joints + torch.tensor([3.0, 0.0, 0.0])
 
 
+NO_CORRECTION = CorrectionOptions(enabled=False)
+CORRECTION = CorrectionOptions()
+ACCEPT_ALL = PseudoLabelOptions(threshold=math.inf)
+
+
 def _module(**kwargs):
-    options = dict(TINY, use_correction=False)
+    options = dict(TINY, correction=NO_CORRECTION)
     options.update(kwargs)
     return SemiHandModule(**options)
 
@@ -205,7 +217,7 @@ def test_momentum_warmup_schedule():
 
 
 def test_switches_select_the_losses():
-    full = _module(threshold=math.inf)
+    full = _module(pseudo_labels=ACCEPT_ALL)
     trainer = _trainer(max_steps=1)
     trainer.fit(full, make_datamodule())
     keys = set(trainer.callback_metrics)
@@ -222,7 +234,11 @@ def test_switches_select_the_losses():
     ):
         assert f"train/{name}" in keys, name
     assert trainer.callback_metrics["train/accept_rate"] == 1.0  # tau = inf keeps every label
-    source_only = _module(use_consistency=False, use_pseudo_labels=False, use_mask=False)
+    source_only = _module(
+        consistency=ConsistencyOptions(enabled=False),
+        pseudo_labels=PseudoLabelOptions(enabled=False),
+        loss=PoseLossOptions(use_mask=False),
+    )
     trainer = _trainer(max_steps=1)
     trainer.fit(source_only, make_datamodule(unlabeled_fraction=0.0))
     keys = {k for k in trainer.callback_metrics if k.startswith("train/")}
@@ -230,7 +246,9 @@ def test_switches_select_the_losses():
 
 
 def test_gated_pseudo_label_loss_is_zero_when_everything_is_rejected():
-    module = _module(use_consistency=False, threshold=0.0)
+    module = _module(
+        consistency=ConsistencyOptions(enabled=False), pseudo_labels=PseudoLabelOptions(threshold=0.0)
+    )
     trainer = _trainer(max_steps=1)
     trainer.fit(module, make_datamodule())
     assert trainer.callback_metrics["train/accept_rate"] == 0.0
@@ -238,7 +256,7 @@ def test_gated_pseudo_label_loss_is_zero_when_everything_is_rejected():
 
 
 def test_injected_corrector_changes_pseudo_labels():
-    module = _module(ray_tol_px=None)
+    module = _module(correction=CorrectionOptions(enabled=False, ray_tol_px=None))
     module.pseudo_labeler.corrector = _fake_corrector
     module.pseudo_labeler.use_correction = True
     batch = next(iter(make_datamodule().pseudo_label_dataloader()))
@@ -269,7 +287,7 @@ def test_lifting_params_known_and_fallback():
 
 
 def test_rounds_mode_stores_pseudo_labels_for_every_unlabeled_image(tmp_path):
-    module = _module(mode="rounds", threshold=math.inf)
+    module = _module(mode="rounds", pseudo_labels=ACCEPT_ALL)
     trainer = _trainer(tmp_path, max_epochs=1, limit_train_batches=2)
     dm = make_datamodule()
     trainer.fit(module, dm)
@@ -342,19 +360,23 @@ def test_init_checkpoint_loads_student_and_teacher_at_fit_setup(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_checkpoint"):
         _module(init_checkpoint=str(tmp_path / "missing.ckpt")).setup("fit")
     SemiHandModule(
-        **TINY, use_correction=False, init_checkpoint=str(tmp_path / "missing.ckpt")
+        **TINY, correction=NO_CORRECTION, init_checkpoint=str(tmp_path / "missing.ckpt")
     )  # no load at init
 
 
 def test_stage_two_continues_the_stage_one_teacher(tmp_path):
     torch.manual_seed(0)
-    stage1 = _module(use_consistency=False, use_pseudo_labels=False, ema=EMAOptions(decay=0.99))
+    stage1 = _module(
+        consistency=ConsistencyOptions(enabled=False),
+        pseudo_labels=PseudoLabelOptions(enabled=False),
+        ema=EMAOptions(decay=0.99),
+    )
     trainer = _trainer(tmp_path, max_steps=3)
     trainer.fit(stage1, make_datamodule(unlabeled_fraction=0.0))
     path = tmp_path / "stage1.ckpt"
     trainer.save_checkpoint(path)
     saved_teacher = copy.deepcopy(stage1.teacher.state_dict())
-    stage2 = _module(init_checkpoint=str(path), ema=EMAOptions(decay=0.99), threshold=math.inf)
+    stage2 = _module(init_checkpoint=str(path), ema=EMAOptions(decay=0.99), pseudo_labels=ACCEPT_ALL)
     probe = _TeacherAtStart()
     _trainer(tmp_path, max_steps=1, callbacks=[probe]).fit(stage2, make_datamodule())
     assert probe.updates == 3  # the warm-up carries on from stage 1
@@ -366,7 +388,7 @@ def test_stage_two_continues_the_stage_one_teacher(tmp_path):
 
 
 def test_pseudo_label_export_writes_files_and_panels(tmp_path):
-    module = _module(ray_tol_px=None)
+    module = _module(correction=CorrectionOptions(enabled=False, ray_tol_px=None))
     module.pseudo_labeler.corrector = _fake_corrector
     module.pseudo_labeler.use_correction = True
     export = PseudoLabelExport(dirpath=str(tmp_path))
@@ -472,7 +494,7 @@ def test_config_fast_dev_run(name, tmp_path, monkeypatch):
             str(override),
             "--trainer.fast_dev_run=true",
             "--trainer.accelerator=cpu",
-            "--model.init_args.unsupervised_start_step=0",
+            "--model.init_args.unsupervised.start_step=0",
             f"--runs_dir={tmp_path / 'runs'}",
         ]
     )
@@ -525,7 +547,7 @@ def test_composed_config_fast_dev_run(model, data, fake_real_data, tmp_path, mon
             "--trainer.fast_dev_run=true",
             "--trainer.accelerator=cpu",
             "--data.init_args.batch_size=4",
-            "--model.init_args.unsupervised_start_step=0",
+            "--model.init_args.unsupervised.start_step=0",
             "--test_after_fit=true",
             f"--runs_dir={tmp_path / 'runs'}",
         ]
@@ -546,7 +568,7 @@ DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import pytorch_lightning as pl
     from test_semi_datamodule import make_datamodule
-    from handssl.models.options import Optimization
+    from handssl.models.options import CorrectionOptions, Optimization, PseudoLabelOptions
     from handssl.models.semihand import SemiHandModule
 
     class Check(pl.Callback):
@@ -564,7 +586,9 @@ DDP_SCRIPT = textwrap.dedent(
                 }}, open({out!r}, "w"))
 
     module = SemiHandModule(backbone_widths=(8, 16, 32), backbone_blocks=(1, 1, 1), decoder_channels=16,
-                            use_correction=False, threshold=float("inf"), optimizer=Optimization(warmup_steps=0))
+                            correction=CorrectionOptions(enabled=False),
+                            pseudo_labels=PseudoLabelOptions(threshold=float("inf")),
+                            optimizer=Optimization(warmup_steps=0))
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0, callbacks=[Check()])
@@ -603,18 +627,24 @@ def test_eq6_correction_term_is_logged_only_with_correction(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(semihand_losses, "cross_modal_loss", spy)
-    full = _module(use_correction=True, cross_modal_size=16, accept_fraction=1.0)
+    full = _module(
+        correction=CORRECTION,
+        consistency=ConsistencyOptions(cross_modal_size=16),
+        pseudo_labels=PseudoLabelOptions(accept_fraction=1.0),
+    )
     trainer = _trainer(max_steps=1)
     trainer.fit(full, make_datamodule())
     metrics = trainer.callback_metrics
     assert "train/correction" in metrics and "train/pseudo_label" in metrics
     assert sizes and set(sizes) == {16}  # cross_modal_size reaches the loss
     assert full.template.count > 0  # the mean template follows the labelled hands
-    no_eq6 = _module(use_correction=True, correction_weight=0.0, accept_fraction=1.0)
+    no_eq6 = _module(
+        correction=CorrectionOptions(weight=0.0), pseudo_labels=PseudoLabelOptions(accept_fraction=1.0)
+    )
     trainer = _trainer(max_steps=1)
     trainer.fit(no_eq6, make_datamodule())
     assert "train/correction" not in trainer.callback_metrics
-    consistency_only = _module(use_pseudo_labels=False)
+    consistency_only = _module(pseudo_labels=PseudoLabelOptions(enabled=False))
     trainer = _trainer(max_steps=1)
     trainer.fit(consistency_only, make_datamodule())
     assert "train/correction" not in trainer.callback_metrics
@@ -627,21 +657,21 @@ def test_correction_template_modes():
     from handssl.biomech import bone_lengths
     from handssl.models.components.hand_template import REFERENCE_INDEX
 
-    mean = _module(use_correction=True).correction_template(batch, scale)
+    mean = _module(correction=CORRECTION).correction_template(batch, scale)
     assert torch.allclose(mean[:, REFERENCE_INDEX], scale)  # scaled to the lifting scale
-    subject = _module(use_correction=True, template="subject").correction_template(batch, scale)
+    subject = _module(correction=CorrectionOptions(template="subject")).correction_template(batch, scale)
     assert torch.allclose(subject, bone_lengths(joints))
     batch["eval_joints3d"] = joints.clone()
     batch["eval_joints3d"][1, 4] = float("nan")
-    subject = _module(use_correction=True, template="subject").correction_template(batch, scale)
+    subject = _module(correction=CorrectionOptions(template="subject")).correction_template(batch, scale)
     assert torch.allclose(subject[1], mean[1])  # no usable annotation: the mean template
-    assert _module(use_correction=True, template="none").correction_template(batch, scale) is None
-    with pytest.raises(ValueError, match="template"):
-        _module(template="mano")
+    assert _module(correction=CorrectionOptions(template="none")).correction_template(batch, scale) is None
+    with pytest.raises(ValueError, match=r"correction\.template must be one of"):
+        _module(correction={"template": "mano"})
 
 
 def test_rounds_gate_by_quantile_over_the_whole_set(tmp_path):
-    module = _module(mode="rounds", accept_fraction=0.5)
+    module = _module(mode="rounds", pseudo_labels=PseudoLabelOptions(accept_fraction=0.5))
     _trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(module, make_datamodule())
     table = module.round_table
     assert int(table["accepted"].sum()) == 4  # half of the 8 unlabelled items, the least spread ones

@@ -9,7 +9,7 @@ import torch
 
 from handssl.models import NVSModule, SemiHandModule, SupervisedModule
 from handssl.models.base import to_float
-from handssl.models.options import Optimization
+from handssl.models.options import Optimization, PseudoLabelOptions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import quiet_trainer
@@ -69,7 +69,9 @@ def make_task(task: str, **kwargs) -> pl.LightningModule:
         decoder_channels=16,
         optimizer=Optimization(warmup_steps=0),
     )
-    return SemiHandModule(**{**options, "threshold": float("inf"), **kwargs})
+    return SemiHandModule(
+        **{**options, "pseudo_labels": PseudoLabelOptions(threshold=float("inf")), **kwargs}
+    )
 
 
 def make_data(task: str) -> pl.LightningDataModule:

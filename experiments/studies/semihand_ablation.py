@@ -6,7 +6,7 @@ Two stages, as in the paper (pre-train on the labelled source, then adapt). Per 
 source network once, ``handssl fit -c experiments/semihand_source_only.yaml`` (labelled synthetic-style items
 only); every row then continues from its final weights for the same **stage 2** budget with the recipe users
 run, ``handssl fit -c experiments/semihand_full.yaml --model.init_args.init_checkpoint <stage 1>
---model.init_args.unsupervised_start_step 0``, with only the row's option changed:
+--model.init_args.unsupervised.start_step 0``, with only the row's option changed:
 
 * ``source_only``: every unsupervised switch off and no unlabelled part (the same 16 labelled items per step,
   the same schedule);
@@ -52,17 +52,17 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "source_only": (
         "semihand_full.yaml",
         [
-            "--model.init_args.use_consistency=false",
-            "--model.init_args.use_pseudo_labels=false",
-            "--model.init_args.use_correction=false",
+            "--model.init_args.consistency.enabled=false",
+            "--model.init_args.pseudo_labels.enabled=false",
+            "--model.init_args.correction.enabled=false",
             *NO_UNLABELED,
         ],
     ),
     "consistency": (
         "semihand_full.yaml",
-        ["--model.init_args.use_pseudo_labels=false", "--model.init_args.use_correction=false"],
+        ["--model.init_args.pseudo_labels.enabled=false", "--model.init_args.correction.enabled=false"],
     ),
-    "pseudo_labels": ("semihand_full.yaml", ["--model.init_args.use_correction=false"]),
+    "pseudo_labels": ("semihand_full.yaml", ["--model.init_args.correction.enabled=false"]),
     "full": ("semihand_full.yaml", []),
     "oracle": ("semihand_oracle.yaml", NO_UNLABELED),
 }
@@ -137,7 +137,7 @@ def recipe_args(args: argparse.Namespace, row: str, seed: int, init: Path | str)
         "-c",
         f"experiments/{recipe}",
         f"--model.init_args.init_checkpoint={init}",
-        "--model.init_args.unsupervised_start_step=0",
+        "--model.init_args.unsupervised.start_step=0",
         *quick,
         *options,
         *overrides(args, seed, args.stage2_steps),
@@ -198,11 +198,13 @@ def evaluate(
     import torch
 
     from handssl._lightning_cli import make_cli
+    from handssl.callbacks.pseudo_label_pass import label_unlabeled_set
     from handssl.models import SemiHandModule
-    from handssl.models.components.pseudo_label_pass import label_unlabeled_set
 
     torch.set_num_threads(args.threads)
-    cli = make_cli([*recipe_args(args, row, seed, init), "--model.init_args.use_correction=true"], run=False)
+    cli = make_cli(
+        [*recipe_args(args, row, seed, init), "--model.init_args.correction.enabled=true"], run=False
+    )
     model, datamodule = cli.model, cli.datamodule
     assert isinstance(model, SemiHandModule)
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)

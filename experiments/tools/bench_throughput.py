@@ -145,7 +145,7 @@ def task_config(
             frames_per_sequence=max(1, frames // (2 * subjects)),
         )
     if task == "semihand":  # the full step (pseudo-labels, correction, consistency) from the first step
-        model["init_args"].update(unsupervised_start_step=0, unsupervised_ramp_steps=0)
+        model["init_args"]["unsupervised"] = {"start_step": 0, "ramp_steps": 0}
     model["init_args"].update(model_options)
     if batch is not None:
         data["init_args"]["batch_size"] = batch

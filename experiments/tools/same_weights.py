@@ -17,7 +17,7 @@ Cases (about 6 minutes in all on one busy CPU core):
 * ``semihand_rounds``: the same in ``mode: rounds`` with epochs of 2 batches, the unsupervised losses from
   step 1 (so that the first round starts inside an epoch, then one per epoch);
 * ``semihand_stage2``: the ablation's second stage (its flags): 3 steps from the old source-only checkpoint
-  (``init_checkpoint``, the unsupervised losses from step 0, ``use_correction=false``);
+  (``init_checkpoint``, the unsupervised losses from step 0, the correction off);
 * ``nvs_semi``: ``experiments/nvs_semi.yaml``, 4 steps;
 * ``nvs_supervised``: ``experiments/model/nvs_supervised.yaml``, 2 steps;
 * ``load_<row>``: ``SemiHandModule.load_from_checkpoint`` of the ablation's final checkpoints under
@@ -80,6 +80,16 @@ MULTI_DATA = "\n".join(
         f"    test: {_MULTI.format(split='test', subjects=1)}",
     ]
 )
+# Since issue 24 SemiHand's options are groups (``unsupervised.start_step``, ``correction.enabled``); the same
+# runs on the code from before name the flat arguments they replaced.
+_GROUPED = importlib.util.find_spec("handssl.models.semihand_options") is not None
+
+
+def _option(grouped: str, flat: str, value: str) -> str:
+    """``--model.init_args.<key>=<value>``, with the key as the checked-out code names it."""
+    return f"--model.init_args.{grouped if _GROUPED else flat}={value}"
+
+
 COMMON = [
     "--seed_everything=0",
     "--wandb=disabled",
@@ -91,7 +101,7 @@ SEMIHAND = [
     "-c",
     "experiments/semihand_full.yaml",
     "--trainer.max_steps=6",
-    "--model.init_args.unsupervised_start_step=2",
+    _option("unsupervised.start_step", "unsupervised_start_step", "2"),
     "--data.init_args.batch_size=8",
     "--trainer.limit_val_batches=1",
     "--trainer.val_check_interval=3",
@@ -103,7 +113,7 @@ CASES: dict[str, tuple[list[str], str]] = {
             *SEMIHAND,
             "--model.init_args.mode=rounds",
             "--model.init_args.epochs_per_round=1",
-            "--model.init_args.unsupervised_start_step=1",
+            _option("unsupervised.start_step", "unsupervised_start_step", "1"),
             "--trainer.limit_train_batches=2",
         ],
         SEMI_DATA,
@@ -112,8 +122,8 @@ CASES: dict[str, tuple[list[str], str]] = {
         [
             *SEMIHAND,
             f"--model.init_args.init_checkpoint={OLD_RUNS}/source_only_seed0/version_0/checkpoints/final.ckpt",
-            "--model.init_args.unsupervised_start_step=0",
-            "--model.init_args.use_correction=false",
+            _option("unsupervised.start_step", "unsupervised_start_step", "0"),
+            _option("correction.enabled", "use_correction", "false"),
             "--trainer.max_steps=3",
         ],
         SEMI_DATA,

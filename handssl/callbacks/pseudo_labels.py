@@ -7,7 +7,7 @@ after correction) to ``<dir>/pseudo_labels.pt`` and ``<dir>/pseudo_labels.csv``,
 (``at_fit_end``) and optionally every few epochs. It is cheap by default: only the first ``max_batches``
 batches of the unlabelled set (``None`` for all of it), and nothing at all under ``fast_dev_run``. The labelling
 pass is the one the paper's offline rounds use
-(:func:`~handssl.models.components.pseudo_label_pass.label_unlabeled_set`). With a :class:`~pytorch_lightning.loggers.WandbLogger` it also logs, every
+(:func:`~handssl.callbacks.pseudo_label_pass.label_unlabeled_set`). With a :class:`~pytorch_lightning.loggers.WandbLogger` it also logs, every
 ``log_every_n_steps`` training steps, pseudo-labels before and after correction drawn over their images, a
 confidence histogram and the PCK curves of the pseudo-labels before and after correction (all through
 :mod:`handssl.viz`); without one it logs no media.
@@ -27,7 +27,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from handssl.callbacks._state import task_state
-from handssl.models.components.pseudo_label_pass import label_unlabeled_set
+from handssl.callbacks.pseudo_label_pass import label_unlabeled_set
 from handssl.models.components.pseudo_labels import PseudoLabels
 from handssl.skeleton import root_relative
 

@@ -8,6 +8,11 @@ _EXPORTS = {
     "NVSModule": "nvs",
     "SemiHandModule": "semihand",
     "Optimization": "options",
-    "EMAOptions": "options",
+    "EMAOptions": "semihand_options",
+    "PoseLossOptions": "semihand_options",
+    "PseudoLabelOptions": "semihand_options",
+    "CorrectionOptions": "semihand_options",
+    "ConsistencyOptions": "semihand_options",
+    "UnsupervisedSchedule": "semihand_options",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

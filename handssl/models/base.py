@@ -198,7 +198,7 @@ class BaseHandTask(pl.LightningModule):
             raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {compile_backend!r}")
         self.save_hyperparameters()  # every argument of the subclasses' __init__ too
         # Groups as plain dicts: a checkpoint's hyper-parameters stay readable with weights_only=True.
-        self.save_hyperparameters(group_hparams(self.hparams))
+        self.save_hyperparameters(group_hparams(self.hparams, type(self)))
         check_choices(type(self), self.hparams)
         self.eval_protocol = eval_protocol
         self.configure_models()

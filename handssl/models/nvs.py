@@ -20,7 +20,7 @@ A step encodes, renders and scores :class:`~handssl.data.multiview.MultiViewPair
 :class:`~handssl.models.components.nvs_pairs.PairTraining` says; synthesis is supervised by the pixel losses on
 the composite plus label-free silhouette terms (:mod:`handssl.models.components.nvs_losses`). The pose head's
 statistics and the regime's labelled share come from the DataModule through the
-:class:`~handssl.models.components.pose_statistics.PoseStatistics` callback; inference and evaluation are
+:class:`~handssl.callbacks.pose_statistics.PoseStatistics` callback; inference and evaluation are
 :class:`~handssl.models.nvs_task.NVSTask`'s.
 """
 
@@ -36,13 +36,13 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from handssl.callbacks.pose_statistics import PoseStatistics
 from handssl.models.base import check_batch, to_float
 from handssl.models.components.gradient_balance import PoseGradientBalance, gradient_norms
 from handssl.models.components.nvs import NVSDecoder, NVSEncoder, PoseHead, composite, load_modules
 from handssl.models.components.nvs_geometry import LatentGeometry
 from handssl.models.components.nvs_losses import SynthesisLoss
 from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
-from handssl.models.components.pose_statistics import PoseStatistics
 from handssl.models.nvs_task import NVSTask
 from handssl.models.options import Optimization
 

@@ -1,5 +1,10 @@
 """Option groups of the tasks: frozen dataclasses that jsonargparse nests under one key.
 
+Every task takes ``optimizer`` (:class:`Optimization`); SemiHand also ``ema``, ``loss``, ``pseudo_labels``,
+``correction``, ``consistency`` and ``unsupervised`` (:mod:`handssl.models.semihand_options`, re-exported here).
+A group (an :class:`~handssl.models.option_group.OptionGroup`) checks its values when it is made, and names a bad
+one as the user writes it (``pseudo_labels.accept_fraction must be in [0, 1], got 2``).
+
 A task takes a group as one typed argument, e.g. ``optimizer: Optimization = Optimization(lr=2e-3)``; in YAML
 it is a mapping (``model.init_args.optimizer: {lr: 1.0e-3, scheduler: none}``), on the command line a dotted
 key (``--model.init_args.optimizer.lr 1e-3``), and a key left out keeps the task's default. Checkpoints keep
@@ -9,18 +14,47 @@ a group as a plain dict (:func:`group_hparams`), so that reading their hyper-par
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from handssl.models.option_group import OptionGroup, check, coerce, group_keys, task_default
+from handssl.models.semihand_options import (
+    ConsistencyOptions,
+    CorrectionOptions,
+    EMAOptions,
+    PoseLossOptions,
+    PseudoLabelOptions,
+    UnsupervisedSchedule,
+)
+
+__all__ = [
+    "FLAT_ARGUMENTS",
+    "GROUPS",
+    "ConsistencyOptions",
+    "CorrectionOptions",
+    "EMAOptions",
+    "Optimization",
+    "OptionGroup",
+    "PoseLossOptions",
+    "PseudoLabelOptions",
+    "UnsupervisedSchedule",
+    "coerce",
+    "group_hparams",
+    "group_keys",
+    "moved_arguments",
+    "task_default",
+    "upgrade_hparams",
+    "upgraded_groups",
+]
 
 SCHEDULERS = ("cosine", "none")
 
 
 @dataclass(frozen=True)
-class Optimization:
+class Optimization(OptionGroup):
     """AdamW and its learning-rate schedule (every task's ``optimizer`` group).
 
     Args:
@@ -30,90 +64,55 @@ class Optimization:
         warmup_steps: Linear warm-up steps of the cosine schedule.
     """
 
+    argument: ClassVar[str] = "optimizer"
+
     lr: float = 1e-3
     weight_decay: float = 1e-4
     scheduler: Literal["cosine", "none"] = "cosine"
     warmup_steps: int = 50
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be 'cosine' or 'none', got {self.scheduler!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-
-    @classmethod
-    def of(cls, value: Optimization | Mapping[str, Any], default: Any = None) -> Optimization:
-        """``value`` as an :class:`Optimization`: itself, or ``default`` with a mapping's keys replaced."""
-        return coerce(cls, "optimizer", value, default)
-
-
-@dataclass(frozen=True)
-class EMAOptions:
-    """The mean teacher's exponential moving average (SemiHand's ``ema`` group).
-
-    Args:
-        decay: Teacher momentum ``m`` in ``teacher = m teacher + (1 - m) student``, in [0, 1].
-        warmup: Use ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (fast early tracking).
-        buffer_mode: ``"ema"`` or ``"copy"`` for BatchNorm statistics (see :mod:`~handssl.models.components.ema`).
-    """
-
-    decay: float = 0.999
-    warmup: bool = True
-    buffer_mode: Literal["ema", "copy"] = "ema"
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.decay <= 1.0:
-            raise ValueError(f"ema decay must be in [0, 1], got {self.decay}")
-        if self.buffer_mode not in ("ema", "copy"):
-            raise ValueError(f"ema buffer_mode must be 'ema' or 'copy', got {self.buffer_mode!r}")
-
-    @classmethod
-    def of(cls, value: EMAOptions | Mapping[str, Any]) -> EMAOptions:
-        """``value`` as :class:`EMAOptions`: itself, or built from a mapping (a checkpoint's hparams)."""
-        return coerce(cls, "ema", value)
-
-
-def group_keys(group: type) -> list[str]:
-    """The field names of the option group ``group``."""
-    return [field.name for field in fields(group)]
-
-
-def coerce(group: type[Any], argument: str, value: Any, default: Any = None) -> Any:
-    """``value`` as an instance of the option group ``group``: itself, or ``default`` with a mapping's keys replaced.
-
-    A mapping (a checkpoint's hparams, a YAML node) keeps the task's defaults for the keys it leaves out, as the
-    CLI does: ``default`` is the task's (e.g. :func:`task_default`), else the group's own defaults.
-
-    Raises:
-        TypeError: ``value`` is neither, or the mapping has a key that is not a field.
-    """
-    if isinstance(value, group):
-        return value
-    if isinstance(value, Mapping):
-        unknown = set(value) - set(group_keys(group))
-        if unknown:
-            raise TypeError(f"{argument}: unknown keys {sorted(unknown)}; it takes {group_keys(group)}")
-        return replace(default if isinstance(default, group) else group(), **value)
-    raise TypeError(f"{argument} must be a {group.__name__} (or a mapping of its fields), got {value!r}")
-
-
-def task_default(cls: type, argument: str) -> Any:
-    """The default of ``argument`` in ``cls.__init__`` (``None`` when it has none), e.g. a task's own group."""
-    parameter = inspect.signature(cls.__init__).parameters.get(argument)  # type: ignore[misc]
-    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+        scheduler = self.scheduler
+        check(scheduler in SCHEDULERS, "optimizer.scheduler", "must be 'cosine' or 'none'", scheduler)
+        check(self.lr > 0, "optimizer.lr", "must be positive", self.lr)
+        check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", self.weight_decay)
+        check(self.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0", self.warmup_steps)
 
 
 #: The option groups that replaced flat task arguments: group argument -> its class.
-GROUPS: dict[str, type[Any]] = {"optimizer": Optimization, "ema": EMAOptions}
+GROUPS: dict[str, type[Any]] = {
+    group.argument: group
+    for group in (
+        Optimization,
+        EMAOptions,
+        PoseLossOptions,
+        PseudoLabelOptions,
+        CorrectionOptions,
+        ConsistencyOptions,
+        UnsupervisedSchedule,
+    )
+}
 
-#: The flat task arguments of earlier versions: name -> (group argument, field).
+#: The flat arguments of earlier versions named otherwise than their field: group argument -> {field: name}.
+FLAT_NAMES: dict[str, dict[str, str]] = {
+    "ema": {key: f"ema_{key}" for key in group_keys(EMAOptions)},
+    "loss": {"norm": "pose_loss"},
+    "pseudo_labels": {
+        "enabled": "use_pseudo_labels",
+        "weight": "pseudo_label_weight",
+        "lifting": "pseudo_label_lifting",
+    },
+    "correction": {"enabled": "use_correction", "weight": "correction_weight", "max_mm": "max_correction_mm"},
+    "consistency": {"enabled": "use_consistency", "weight": "consistency_weight"},
+    "unsupervised": {"start_step": "unsupervised_start_step", "ramp_steps": "unsupervised_ramp_steps"},
+}
+
+#: The flat task arguments of earlier versions (``lr``, ``ema_decay``, ``use_correction``, ...): name ->
+#: (group argument, field).
 FLAT_ARGUMENTS: dict[str, tuple[str, str]] = {
-    **{key: ("optimizer", key) for key in group_keys(Optimization)},
-    **{f"ema_{key}": ("ema", key) for key in group_keys(EMAOptions)},
+    FLAT_NAMES.get(argument, {}).get(key, key): (argument, key)
+    for argument, group in GROUPS.items()
+    for key in group_keys(group)
 }
 
 
@@ -129,12 +128,20 @@ def moved_arguments(*arguments: str) -> dict[str, str]:
     }
 
 
-def group_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """``hparams`` with every option group as a plain dict (what checkpoints and ``hparams.yaml`` keep)."""
-    return {
-        key: asdict(value) if key in GROUPS and isinstance(value, GROUPS[key]) else value
-        for key, value in hparams.items()
-    }
+def group_hparams(hparams: Mapping[str, Any], task: type | None = None) -> dict[str, Any]:
+    """``hparams`` with every option group as a plain dict of all its fields (what checkpoints keep).
+
+    A group given as a mapping (``optimizer={"lr": 0.5}``) is stored whole, with ``task``'s defaults for the
+    keys it leaves out, so that a checkpoint records every value its run used.
+    """
+    grouped = dict(hparams)
+    for key, group in GROUPS.items():
+        value = grouped.get(key)
+        if isinstance(value, Mapping) and task is not None:
+            value = group.of(value, task_default(task, key))
+        if isinstance(value, group):
+            grouped[key] = asdict(value)
+    return grouped
 
 
 def upgrade_hparams(hparams: Mapping[str, Any]) -> dict[str, Any]:

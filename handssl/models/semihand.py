@@ -7,8 +7,8 @@ and view and cross-modal consistency (:mod:`~handssl.models.components.semihand_
 the label registered to a hand template (:mod:`~handssl.models.components.pseudo_labels`). They come from an EMA
 teacher every step (``mode="mean_teacher"``), or from the network itself, stored for the whole unlabelled set
 every few epochs (``mode="rounds"``, the paper's Alg. 1, run by the callback
-:class:`~handssl.models.components.pseudo_label_pass.PseudoLabelRounds`). With ``use_consistency``,
-``use_pseudo_labels`` and ``use_correction`` off and ``unlabeled_fraction: 0`` in the data it is the source-only
+:class:`~handssl.callbacks.pseudo_label_pass.PseudoLabelRounds`). With ``consistency``, ``pseudo_labels`` and
+``correction`` off (``enabled: false``) and ``unlabeled_fraction: 0`` in the data it is the source-only
 baseline.
 """
 
@@ -24,22 +24,25 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
+from handssl.callbacks.pseudo_label_pass import PseudoLabelRounds
 from handssl.models.base import eval_mode, to_float
 from handssl.models.components.ema import EMATeacher, load_student_teacher, sync_buffers, warmup_momentum
 from handssl.models.components.hand_template import BoneLengthTemplate
 from handssl.models.components.lifting import Lifter
-from handssl.models.components.pose25d import Pose25DNet, PoseNorm, forward_parts
-from handssl.models.components.pseudo_label_pass import PseudoLabelRounds
+from handssl.models.components.pose25d import Pose25DNet, forward_parts
 from handssl.models.components.pseudo_label_stats import label_stash, label_statistics, stash_state
 from handssl.models.components.pseudo_labels import PseudoLabeler, PseudoLabels, stack_views
-from handssl.models.components.semihand_losses import (
-    LossOptions,
-    SemiHandLosses,
-    consistency_targets,
-    unsupervised_weight,
-)
-from handssl.models.options import EMAOptions, Optimization, moved_arguments
+from handssl.models.components.semihand_losses import LossOptions, SemiHandLosses, consistency_targets
+from handssl.models.options import GROUPS, Optimization, moved_arguments, task_default
 from handssl.models.pose25d_task import Pose25DTask
+from handssl.models.semihand_options import (
+    ConsistencyOptions,
+    CorrectionOptions,
+    EMAOptions,
+    PoseLossOptions,
+    PseudoLabelOptions,
+    UnsupervisedSchedule,
+)
 from handssl.skeleton import MIDDLE_MCP
 
 STATE = {"round_table": None, "rounds_done": 0, "ema_updates": 0}  # in checkpoints, with the template
@@ -54,6 +57,9 @@ def _default_corrector() -> Any:
 class SemiHandModule(Pose25DTask):
     """SemiHand: labelled synthetic + unlabelled real images, pseudo-labels with biomechanical correction.
 
+    The losses, the pseudo-labels and the teacher are option groups (:mod:`~handssl.models.semihand_options`),
+    each a mapping in YAML whose keys left out keep their defaults, e.g. ``correction: {enabled: false}``.
+
     Args:
         mode: ``"mean_teacher"`` (an EMA teacher labels every step) or ``"rounds"`` (the paper's offline rounds).
         backbone_widths: Channels of the ResNet stages.
@@ -63,41 +69,23 @@ class SemiHandModule(Pose25DTask):
         beta_init: Initial inverse temperature of the heatmap softmax (learned; sharp, so the soft-argmax is local).
         image_size: Input side in pixels (sets the capsule radii and the ``uv`` unit of the losses).
         root_joint: Root of the relative depth (the paper's: 9, the middle MCP).
-        use_consistency: View consistency (pose + mask equivariance) and cross-modal consistency.
-        use_pseudo_labels: Confidence-gated pseudo-label loss.
-        use_correction: Biomechanical correction inside the pseudo-labels, and Eq. 6's ``l(r, p)``.
-        use_mask: Train the mask head and use the mask terms of the consistency losses.
-        pose_loss: ``"l1"`` (Sun et al.'s integral loss) or ``"l2"`` (the paper's) errors (see :class:`LossOptions`).
-        heatmap_weight: Weight of the Gaussian heatmap loss on labels and accepted pseudo-labels (0: as the paper).
-        heatmap_sigma: Standard deviation of its target Gaussians, in heatmap cells.
-        depth_weight: ``lambda_d`` of the pose distance (50 in the paper; ``sqrt`` of it under ``"l1"``).
-        mask_weight: ``lambda_w`` of the supervised mask L1 (100 in the paper).
-        consistency_weight: ``lambda_c`` (0.1 in the paper).
-        cross_modal_weight: Weight of ``L_cc`` inside ``L_cons`` (0 disables it).
-        pseudo_label_weight: Weight of the gated pseudo-label loss ``1(C <= tau) l(p, p_hat)``.
-        correction_weight: Weight of Eq. 6's ungated ``l(r, p)`` (0 disables it).
-        threshold: A fixed threshold ``tau`` on the spread ``C`` (the paper's 1.5, in :class:`PseudoLabeler`'s
-            units; ``inf`` accepts all). ``None`` (default): gate by ``accept_fraction``.
-        accept_fraction: With ``threshold=None``, accept the most confident this fraction of each batch (of the set).
-        template: Hand template of the correction: ``"mean"``, ``"subject"`` (privileged, the paper's
-            assumption) or ``"none"`` (see :mod:`~handssl.models.components.hand_template`).
-        ray_tol_px: Correct joints whose views agree to this many 64-px pixels along their rays (``None``: in 3D).
-        max_correction_mm: Refuse pseudo-labels whose correction moves them more than this (mean per joint).
-        mirror_check: Refuse pseudo-labels whose depth-mirrored pose is more plausible.
+        loss: The pose distance and the supervised terms (:class:`PoseLossOptions`: ``norm``, ``depth_weight``,
+            ``heatmap_weight``, ``heatmap_sigma``, ``mask_weight``, ``use_mask``).
+        pseudo_labels: The confidence-gated pseudo-label loss (:class:`PseudoLabelOptions`: ``enabled``,
+            ``weight``, ``threshold``, ``accept_fraction``, ``lifting``).
+        correction: The biomechanical correction and Eq. 6's ``l(r, p)`` (:class:`CorrectionOptions`:
+            ``enabled``, ``weight``, ``template``, ``ray_tol_px``, ``max_mm``, ``mirror_check``).
+        consistency: View and cross-modal consistency (:class:`ConsistencyOptions`: ``enabled``, ``weight``,
+            ``cross_modal_weight``, ``cross_modal_size``, ``capsule_finger_fraction``, ``capsule_palm_fraction``).
+        unsupervised: When the unsupervised losses start (:class:`UnsupervisedSchedule`: ``start_step``,
+            ``ramp_steps``).
+        ema: The teacher's moving average (:class:`EMAOptions`: ``decay``, ``warmup``, ``buffer_mode``).
         lifting: 2.5D -> 3D at evaluation: ``"known"`` root depth and scale (the paper's protocol) or
             ``"predicted"`` (see :mod:`~handssl.models.components.lifting`).
-        pseudo_label_lifting: The same for pseudo-labels before correction (``"known"``: privileged).
         template_scale_mm: Reference-bone length of the template hand for ``"predicted"`` (default: kinematics').
-        ema: The teacher's moving average (:class:`~handssl.models.options.EMAOptions`: ``decay``, ``warmup``,
-            ``buffer_mode``; in YAML ``ema: {decay: 0.99}``).
         eval_network: ``"teacher"`` or ``"student"`` for validation / test (``rounds`` always uses the student).
-        unsupervised_start_step: Labelled-only steps before the unsupervised losses start (source pre-training).
-        unsupervised_ramp_steps: Linear ramp of the unsupervised weights after the start.
         epochs_per_round: Epochs per pseudo-labelling round (``mode="rounds"``).
         init_checkpoint: A SemiHandModule checkpoint (e.g. source-only) to continue: networks, EMA count, template.
-        capsule_finger_fraction: Finger capsule radius as a fraction of the image side.
-        capsule_palm_fraction: Palm capsule radius as a fraction of the image side.
-        cross_modal_size: Resolution of the cross-modal comparison (``None``: full).
         optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`; here lr 1e-3, cosine).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
         channels_last: Convolutions in ``channels_last`` memory format (see :class:`BaseHandTask`).
@@ -105,8 +93,8 @@ class SemiHandModule(Pose25DTask):
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
-    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments("optimizer", "ema")
-    """Where each flat argument of earlier versions went (``ema_decay`` -> ``ema: {decay: ...}``), for the CLI."""
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments(*GROUPS)
+    """Where each flat argument of earlier versions went (``use_correction`` -> ``correction: {enabled: ...}``)."""
 
     def __init__(
         self,
@@ -118,78 +106,47 @@ class SemiHandModule(Pose25DTask):
         beta_init: float = 5.0,
         image_size: int = 64,
         root_joint: int = MIDDLE_MCP,
-        use_consistency: bool = True,
-        use_pseudo_labels: bool = True,
-        use_correction: bool = True,
-        use_mask: bool = True,
-        pose_loss: PoseNorm = "l1",
-        heatmap_weight: float = 1.0,
-        heatmap_sigma: float = 1.0,
-        depth_weight: float = 50.0,
-        mask_weight: float = 100.0,
-        consistency_weight: float = 0.1,
-        cross_modal_weight: float = 1.0,
-        pseudo_label_weight: float = 1.0,
-        correction_weight: float = 1.0,
-        threshold: float | None = None,
-        accept_fraction: float = 0.3,
-        template: Literal["mean", "subject", "none"] = "mean",
-        ray_tol_px: float | None = 1.0,
-        max_correction_mm: float | None = 40.0,
-        mirror_check: bool = True,
-        lifting: Literal["known", "predicted"] = "known",
-        pseudo_label_lifting: Literal["known", "predicted"] = "predicted",
-        template_scale_mm: float | None = None,
+        loss: PoseLossOptions = PoseLossOptions(),
+        pseudo_labels: PseudoLabelOptions = PseudoLabelOptions(),
+        correction: CorrectionOptions = CorrectionOptions(),
+        consistency: ConsistencyOptions = ConsistencyOptions(),
+        unsupervised: UnsupervisedSchedule = UnsupervisedSchedule(),
         ema: EMAOptions = EMAOptions(),
+        lifting: Literal["known", "predicted"] = "known",
+        template_scale_mm: float | None = None,
         eval_network: Literal["teacher", "student"] = "teacher",
-        unsupervised_start_step: int = 0,
-        unsupervised_ramp_steps: int = 0,
         epochs_per_round: int = 1,
         init_checkpoint: str | None = None,
-        capsule_finger_fraction: float = 0.035,
-        capsule_palm_fraction: float = 0.05,
-        cross_modal_size: int | None = 32,
         optimizer: Optimization = Optimization(),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
-        self.loss_options = LossOptions(
-            pose_loss=pose_loss,
-            depth_weight=depth_weight,
-            mask_weight=mask_weight,
-            heatmap_weight=heatmap_weight,
-            heatmap_sigma=heatmap_sigma,
-            pseudo_label_weight=pseudo_label_weight,
-            correction_weight=correction_weight,
-            consistency_weight=consistency_weight,
-            cross_modal_weight=cross_modal_weight,
-            cross_modal_size=cross_modal_size,
-            use_mask=use_mask,
-            capsule_finger_fraction=capsule_finger_fraction,
-            capsule_palm_fraction=capsule_palm_fraction,
-            use_pseudo_labels=use_pseudo_labels,
-            use_correction=use_correction,
-            use_consistency=use_consistency,
-        )
+        # A mapping (a checkpoint's hparams) keeps this task's defaults for the keys it leaves out.
+        default = partial(task_default, type(self))
+        self.loss = PoseLossOptions.of(loss, default("loss"))
+        self.pseudo_labels = PseudoLabelOptions.of(pseudo_labels, default("pseudo_labels"))
+        self.correction = CorrectionOptions.of(correction, default("correction"))
+        self.consistency = ConsistencyOptions.of(consistency, default("consistency"))
+        self.unsupervised = UnsupervisedSchedule.of(unsupervised, default("unsupervised"))
+        self.ema = EMAOptions.of(ema, default("ema"))
         self.uv_unit_px = image_size / 64.0
         self.pseudo_labeler = PseudoLabeler(
-            corrector=_default_corrector() if use_correction else None,
-            threshold=threshold,
-            accept_fraction=accept_fraction,
-            use_correction=use_correction,
-            depth_weight=depth_weight,
+            corrector=_default_corrector() if self.correction.enabled else None,
+            threshold=self.pseudo_labels.threshold,
+            accept_fraction=self.pseudo_labels.accept_fraction,
+            use_correction=self.correction.enabled,
+            depth_weight=self.loss.depth_weight,
             uv_unit_px=self.uv_unit_px,
             root=root_joint,
-            ray_tol_px=ray_tol_px,
-            max_correction_mm=max_correction_mm,
-            mirror_check=mirror_check,
+            ray_tol_px=self.correction.ray_tol_px,
+            max_correction_mm=self.correction.max_mm,
+            mirror_check=self.correction.mirror_check,
         )
         self.rounds = PseudoLabelRounds(epochs_per_round)  # a callback in mode="rounds" only
         self.lifter = Lifter(root_joint, template_scale_mm)
         self.semi_mode = mode  # not ``self.mode``: that is the monitored metric's direction
-        self.template_kind = template  # ``self.template`` is the running bone-length template
         self.make_network = partial(
             Pose25DNet,
             widths=backbone_widths,
@@ -200,13 +157,8 @@ class SemiHandModule(Pose25DTask):
         )
         self.image_size = image_size
         self.root_joint = root_joint
-        self.use_correction = use_correction
         self.lifting = lifting
-        self.pseudo_label_lifting = pseudo_label_lifting
-        self.ema = EMAOptions.of(ema)  # a checkpoint's hparams give a dict
         self.eval_network = eval_network
-        self.unsupervised_start_step = unsupervised_start_step
-        self.unsupervised_ramp_steps = unsupervised_ramp_steps
         self.init_checkpoint = init_checkpoint
         super().__init__(
             optimizer=optimizer,
@@ -230,7 +182,9 @@ class SemiHandModule(Pose25DTask):
         self.template = BoneLengthTemplate()
 
     def configure_losses(self) -> None:
-        self.losses = SemiHandLosses(self.loss_options, self.image_size, self.root_joint)
+        options = LossOptions(self.loss, self.pseudo_labels, self.correction, self.consistency)
+        self.loss_options = options
+        self.losses = SemiHandLosses(options, self.image_size, self.root_joint)
 
     def configure_callbacks(self) -> list[pl.Callback]:
         """The offline rounds (:class:`PseudoLabelRounds`, which read the DataModule) in ``mode="rounds"``."""
@@ -289,14 +243,14 @@ class SemiHandModule(Pose25DTask):
             uv, depth = stack_views(out["uv"], out["depth"], batch["perturb_matrix"])
             K, joints, valid = batch["K"], batch.get("eval_joints3d"), batch.get("eval_valid")
             root, scale = self.lifter.params(
-                uv.mean(1), depth.mean(1), K, self.pseudo_label_lifting, joints, valid
+                uv.mean(1), depth.mean(1), K, self.pseudo_labels.lifting, joints, valid
             )
             labels = self.pseudo_labeler(uv, depth, K, root, scale, self.correction_template(batch, scale))
         return labels, consistency_targets(out, b)
 
     def correction_template(self, batch: dict[str, Any], scale_mm: Tensor) -> Tensor | None:
-        """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``template``)."""
-        kind = self.template_kind if self.use_correction else "none"
+        """``(B, 20)`` template bone lengths (mm) for correcting a batch's pseudo-labels (``correction.template``)."""
+        kind = self.correction.template if self.correction.enabled else "none"
         return self.template.lengths_for(kind, scale_mm, batch.get("eval_joints3d"), batch.get("eval_valid"))
 
     def _labels_and_targets(
@@ -323,8 +277,7 @@ class SemiHandModule(Pose25DTask):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labeled, unlabeled = batch.get("labeled"), batch.get("unlabeled")
-        start, ramp = self.unsupervised_start_step, self.unsupervised_ramp_steps
-        factor = unsupervised_weight(self.global_step, start, ramp) if unlabeled is not None else 0.0
+        factor = self.unsupervised.weight(self.global_step) if unlabeled is not None else 0.0
         want = self.loss_options.wanted(factor)
         parts: dict[str, Tensor] = {}
         if labeled is not None:

@@ -5,7 +5,7 @@ SemiHand (Yang, Chen, Yao, ICCV 2021, Sec. 3.2) registers a *given* hand templat
 * ``"mean"`` (default, no privileged information): the mean bone lengths of the labelled (source) hands,
   kept as a running mean of the labelled batches' ground truth (:class:`BoneLengthTemplate`, starting from
   the :mod:`handssl.kinematics` template), scaled per prediction so that its reference bone (middle MCP ->
-  PIP) equals the scale the 2.5D prediction is lifted with. With ``pseudo_label_lifting="predicted"`` that
+  PIP) equals the scale the 2.5D prediction is lifted with. With ``pseudo_labels.lifting: predicted`` that
   scale is the template's own; with ``"known"`` it is the annotated one (the paper's protocol).
 * ``"subject"`` (privileged, as the paper assumes): the unlabelled sample's own bone lengths, measured on its
   annotation (``eval_joints3d``; SynthHands poses keep each subject's bone lengths exactly). Samples without

@@ -528,11 +528,11 @@ def pseudo_label_errors(
     """Root-relative 3D error (mm, per sample) of the pseudo-labels against ground truth.
 
     ``error_final`` / ``error_raw`` score the labels as lifted in training (root depth and scale as
-    ``pseudo_label_lifting`` gave them: with ``"predicted"`` a wrong hand size or distance counts). The student
-    never sees that lifting: it learns the 2.5D label (``uv`` and relative depth). With ``K``, the 2.5D labels are
-    also lifted with the annotated root depth and scale, as the evaluation protocol lifts predictions, and scored
-    as ``error_final_known`` / ``error_raw_known``: the quality of what the student trains on. Scoring only; the
-    annotation never reaches a label.
+    SemiHand's ``pseudo_labels.lifting`` gave them: with ``"predicted"`` a wrong hand size or distance counts).
+    The student never sees that lifting: it learns the 2.5D label (``uv`` and relative depth). With ``K``, the
+    2.5D labels are also lifted with the annotated root depth and scale, as the evaluation protocol lifts
+    predictions, and scored as ``error_final_known`` / ``error_raw_known``: the quality of what the student
+    trains on. Scoring only; the annotation never reaches a label.
 
     Args:
         labels: The pseudo-labels.

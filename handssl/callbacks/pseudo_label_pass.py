@@ -140,9 +140,9 @@ class PseudoLabelRounds(pl.Callback):
         self.epochs_per_round = epochs_per_round
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if not pl_module.loss_options.use_pseudo_labels:
+        if not pl_module.pseudo_labels.enabled:
             return
-        if pl_module.global_step < pl_module.unsupervised_start_step and pl_module.round_table is None:
+        if pl_module.global_step < pl_module.unsupervised.start_step and pl_module.round_table is None:
             return
         if pl_module.round_table is None or trainer.current_epoch % self.epochs_per_round == 0:
             self.label(trainer, pl_module)
