@@ -159,7 +159,7 @@ def test_argument_errors(tmp_path):
         tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path))
     with pytest.raises(RuntimeError, match="no training statistics"):
         tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="decoder_mask_from_points .* set decoder_splat"):
+    with pytest.raises(ValueError, match=r"decoder_mask_from_points .* set decoder_splat"):
         tiny_module("pretrained", decoder_mask_from_points=True)
 
 
