@@ -81,3 +81,27 @@ def test_latent_geometry_weights_and_validation():
     terms = geometry({}, {}, rows)
     assert float(terms["latent_geometry"]) == pytest.approx(2.0 * float(terms["point_silhouette"]))
     assert float(terms["point_silhouette"]) > 0
+
+
+def test_own_view_term_pins_each_encoded_views_points_to_its_own_silhouette():
+    background = torch.zeros(1, 3, 32, 32)
+    image = background.clone()
+    image[..., 8:24, 8:24] = 1.0  # view i: the square |x|, |y| <= 0.5
+    target = background.clone()
+    target[..., 0:8, 0:8] = 1.0  # view j shows something else; the own-view term must not look at it for i
+    batch = {"image": image, "background_input": background, "target": image, "background": background}
+    rows = {"points": filled_square(), "target": target, "background": background}
+    geometry = LatentGeometry(own_view_weight=3.0)
+    assert geometry.active
+    on = geometry(batch, {"i": (filled_square(), torch.zeros(1, 4))}, rows)
+    off = geometry(batch, {"i": (filled_square() + 0.6, torch.zeros(1, 4))}, rows)
+    assert "point_silhouette" not in on  # the rendered rows' term is off
+    assert float(on["own_view_silhouette"]) < 0.01 < float(off["own_view_silhouette"])
+    assert float(off["latent_geometry"]) == pytest.approx(3.0 * float(off["own_view_silhouette"]))
+    # with both views encoded it averages them: view j's points on j's own silhouette (here the same square)
+    both = geometry(batch, {"i": (filled_square(), None), "j": (filled_square() + 0.6, None)}, rows)  # type: ignore[dict-item]
+    assert float(both["own_view_silhouette"]) == pytest.approx(
+        (float(on["own_view_silhouette"]) + float(off["own_view_silhouette"])) / 2, rel=1e-4
+    )
+    with pytest.raises(ValueError, match=r"^own_view_silhouette_weight must be >= 0"):
+        LatentGeometry(own_view_weight=-0.5)

@@ -130,7 +130,7 @@ def draw_pairs(
         true = composite(foreground, mask, batch["background"])
         foreground_id, mask_id = module.decoder.layers(points, appearance)
         identity = composite(foreground_id, mask_id, batch["background"])
-        coverage = -torch.expm1(-splat_points(turned, size)[:, :1])
+        coverage = -torch.expm1(-splat_points(turned, size, sigma=2.0 / size)[:, :1])  # ~ one pixel
         silhouette = silhouette_target(batch["target"], batch["background"], threshold)
 
     def grey(x: Tensor) -> Tensor:

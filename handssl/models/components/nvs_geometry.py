@@ -13,6 +13,9 @@ Two direct terms make the point cloud itself carry geometry:
   clouds (Insafutdinov & Dosovitskiy, NeurIPS'18; Navaneet et al., "CAPNet", AAAI'19). Rows that render another
   view make the points' depth matter, so several views carve a visual hull. It assumes crops of one metric
   extent in every view (the world's ``crop: fixed``), so that ``[-1, 1]`` is the same size in every view.
+* **own-view silhouette**: the same distance for every encoded image's un-rotated points against its own
+  silhouette, on every step whatever the rows render, so that where a point lies in its own view is pinned and
+  the other views' silhouettes move its depth, not its place in the image.
 """
 
 from __future__ import annotations
@@ -83,18 +86,22 @@ class LatentGeometry:
         point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` on every rendered row.
         silhouette_threshold: Background-subtraction threshold of the silhouette.
         side: Cells per side of the pooled silhouette.
+        own_view_weight: Weight of :func:`point_silhouette_chamfer` of each encoded view's un-rotated points
+            against its own silhouette.
     """
 
     equivariance_weight: float = 0.0
     point_silhouette_weight: float = 0.0
     silhouette_threshold: float = 0.02
     side: int = 16
+    own_view_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # named as NVSModule's arguments, which the error reaches
         for option, value in (
             ("latent_equivariance_weight", self.equivariance_weight),
             ("point_silhouette_weight", self.point_silhouette_weight),
+            ("own_view_silhouette_weight", self.own_view_weight),
         ):
             if value < 0:
                 raise ValueError(f"{option} must be >= 0, got {value}")
@@ -104,7 +111,7 @@ class LatentGeometry:
     @property
     def active(self) -> bool:
         """Whether any term is on."""
-        return self.equivariance_weight > 0 or self.point_silhouette_weight > 0
+        return max(self.equivariance_weight, self.point_silhouette_weight, self.own_view_weight) > 0
 
     def __call__(
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]], rows: dict[str, Tensor]
@@ -132,5 +139,19 @@ class LatentGeometry:
             silhouette = silhouette_target(rows["target"], rows["background"], self.silhouette_threshold)
             terms["point_silhouette"] = point_silhouette_chamfer(rows["points"], silhouette, self.side)
             total = total + self.point_silhouette_weight * terms["point_silhouette"]
+        if self.own_view_weight > 0:
+            own = [("i", "image", "background_input"), ("j", "target", "background")]
+            terms["own_view_silhouette"] = torch.stack(
+                [
+                    point_silhouette_chamfer(
+                        encoded[name][0],
+                        silhouette_target(batch[image], batch[background], self.silhouette_threshold),
+                        self.side,
+                    )
+                    for name, image, background in own
+                    if name in encoded
+                ]
+            ).mean()
+            total = total + self.own_view_weight * terms["own_view_silhouette"]
         terms["latent_geometry"] = total
         return terms
