@@ -8,7 +8,10 @@ latent can matter (issue 21; ``experiments/results/nvs_geometry_probes/probes.md
 2D Chamfer distance of the latent's points, projected, to the target's silhouette (``latent_chamfer_*``, with the
 true rotation, the identity and another item's rotation; meaningful for a network trained with
 ``point_silhouette_weight``, whose points live in the crop's ``[-1, 1]`` square): a latent that carries geometry
-lands on the other view's silhouette only when rotated by ``R_ij``.
+lands on the other view's silhouette only when rotated by ``R_ij``. Without any network (``oracle_*``): each
+target's own mean hand colour filled into its true silhouette, into the input view's silhouette (what a perfect
+renderer would draw with the identity rotation) and into another item's silhouette: the best ratios a renderer
+with exact silhouettes could reach.
 
     python experiments/tools/nvs_latent_use.py nvs-semi-synthhands          # a shipped name
     python experiments/tools/nvs_latent_use.py runs/x/checkpoints/stage1.ckpt --pairs 64 --crop fixed \
@@ -101,6 +104,12 @@ def latent_use(
         result["i_to_i_own_latent"] = float(foreground_l1(own, batch["image"], hand_i))
         result["i_to_i_zero_latent"] = float(foreground_l1(zero, batch["image"], hand_i))
         result["i_to_i_mask_iou"] = float(mask_iou(own_mask, hand_i).mean())
+        colour = (batch["target"] * hand_j).sum((2, 3), keepdim=True) / hand_j.sum(
+            (2, 3), keepdim=True
+        ).clamp_min(1)
+        for name, silhouette in (("true", hand_j), ("input_view", hand_i), ("other_item", hand_j.roll(1, 0))):
+            drawn = composite(colour.expand_as(batch["target"]), silhouette, batch["background"])
+            result[f"oracle_{name}_silhouette"] = float(foreground_l1(drawn, batch["target"], hand_j))
     return result
 
 
