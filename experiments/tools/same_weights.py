@@ -29,6 +29,9 @@ Cases (about 6 minutes in all on one busy CPU core):
   head on all rows, synthesis on the unlabelled items, other widths and dropouts), 3 steps;
 * ``load_<row>``: ``SemiHandModule.load_from_checkpoint`` of the ablation's final checkpoints under
   ``--old-runs`` (read only), and the loaded network's outputs and predictions on a fixed input;
+* ``load_nvs_<run>``: ``NVSModule.load_from_checkpoint`` of the NVS geometry probes' stage-1 checkpoints under
+  ``--old-nvs-runs`` (read only; written with the flat options of the day), and the views they synthesise (a
+  probe of an architecture since changed loads on neither side and has no result);
 * ``shipped_<name>``: the same for every network shipped in ``handssl/pretrained/weights``.
 
 The datasets are tiny SynthHands copies (one subject), so the runs measure the method, not the renderer.
@@ -47,6 +50,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 OLD_RUNS = Path("/work/main/runs/semihand_ablation_v3")
+OLD_NVS_RUNS = Path("/work/main/runs/nvs_geometry_probe")
 
 _SYNTH = (
     "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, num_subjects: 1, "
@@ -204,10 +208,10 @@ CASES: dict[str, tuple[list[str], str]] = {
             "experiments/nvs_semi.yaml",
             *NVS_SHORT,
             _nvs("pairs.swap_probability", "swap_probability", "1.0"),
-            _nvs("pose_loss.weight", "pose_weight", "0.5"),
-            _nvs("pose_loss.gradient_ratio", "pose_gradient_ratio", "0.05"),
-            _nvs("pose_loss.start_step", "synthesis_warmup_steps", "0"),
-            _nvs("pose_loss.views", "pose_views", "input"),
+            _nvs("pose.weight", "pose_weight", "0.5"),
+            _nvs("pose.gradient_ratio", "pose_gradient_ratio", "0.05"),
+            _nvs("pose.start_step", "synthesis_warmup_steps", "0"),
+            _nvs("pose.views", "pose_views", "input"),
             _nvs("pose_head.rows", "pose_head_rows", "all"),
             _nvs("pose_head.hidden", "pose_hidden", "[64, 32]"),
             _nvs("pose_head.dropout", "pose_dropout", "0.2"),
@@ -297,16 +301,18 @@ def run_case(name: str, out: Path) -> None:
 
 
 def load_case(what: str, out: Path) -> None:
-    """Load an old checkpoint (a path, or ``pretrained:<name>`` for a shipped network) and save its state dict,
-    extras and predictions on a fixed input to ``out``."""
+    """Load an old checkpoint (a path, ``nvs:<path>`` for an NVS stage-1 checkpoint, or ``pretrained:<name>``
+    for a shipped network) and save its state dict, extras and predictions on a fixed input to ``out``."""
     import torch
 
     from handssl import pretrained
-    from handssl.models import SemiHandModule
+    from handssl.models import NVSModule, SemiHandModule
 
     torch.set_num_threads(1)
     if what.startswith("pretrained:"):
         module = pretrained.load(what.split(":", 1)[1]).eval()
+    elif what.startswith("nvs:"):
+        module = NVSModule.load_from_checkpoint(what.split(":", 1)[1], map_location="cpu").eval()
     else:
         module = SemiHandModule.load_from_checkpoint(what, map_location="cpu").eval()
     size = int(module.hparams.get("image_size", 64))
@@ -317,12 +323,20 @@ def load_case(what: str, out: Path) -> None:
         if isinstance(module, SemiHandModule):
             result["outputs"] = _plain(module.eval_model(image))
             result["semihand"] = _semihand_extras(module)
+        if what.startswith(
+            "nvs:"
+        ):  # stage 1 trains no pose head: its views, turned about the camera's y axis
+            result["outputs"] = _plain(module.turntable(image, num_views=4))
+            torch.save(result, out)
+            return
         predicted = module.predict_step({"image": image, "K": K}, 0)
     result["predicted"] = _plain({k: v for k, v in predicted.items() if k != "meta"})
     torch.save(result, out)
 
 
-def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = True) -> None:
+def record(
+    directory: Path, cases: list[str], old_runs: Path, shipped: bool = True, old_nvs_runs: Path = OLD_NVS_RUNS
+) -> None:
     """Run every case (each in a fresh process) and every old-checkpoint load into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
@@ -332,12 +346,19 @@ def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = Tr
     jobs = [["run", name, str(directory / f"{name}.pt")] for name in cases]
     for ckpt in sorted(old_runs.glob("*/version_0/checkpoints/final.ckpt")):
         jobs.append(["load", str(ckpt), str(directory / f"load_{ckpt.parents[2].name}.pt")])
+    for ckpt in sorted(old_nvs_runs.glob("*/version_0/checkpoints/stage1.ckpt")):
+        jobs.append(["load", f"nvs:{ckpt}", str(directory / f"load_nvs_{ckpt.parents[2].name}.pt")])
     if shipped:
         for path in sorted((REPO / "handssl" / "pretrained" / "weights").glob("*.pt")):
             jobs.append(["load", f"pretrained:{path.stem}", str(directory / f"shipped_{path.stem}.pt")])
     for job in jobs:
         print("--", " ".join(job[:2]), flush=True)
-        subprocess.run([sys.executable, __file__, "_" + job[0], *job[1:]], cwd=REPO, env=env, check=True)
+        command = [sys.executable, __file__, "_" + job[0], *job[1:]]
+        if job[1].startswith("nvs:"):  # a probe of an architecture since changed loads on neither side
+            if subprocess.run(command, cwd=REPO, env=env, capture_output=True).returncode:
+                print("   does not load with this code: no result", flush=True)
+            continue
+        subprocess.run(command, cwd=REPO, env=env, check=True)
 
 
 def _differences(before: Any, after: Any, where: str) -> list[str]:
@@ -403,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("directory", type=Path)
     rec.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     rec.add_argument("--old-runs", type=Path, default=OLD_RUNS, help="runs whose final.ckpt to load")
+    rec.add_argument("--old-nvs-runs", type=Path, default=OLD_NVS_RUNS, help="runs whose stage1.ckpt to load")
     rec.add_argument("--no-shipped", action="store_true", help="skip loading the shipped networks")
     cmp = sub.add_parser("compare", help="assert two folders hold equal results")
     cmp.add_argument("before", type=Path)
@@ -413,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         one.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.directory, args.cases, args.old_runs, not args.no_shipped)
+        record(args.directory, args.cases, args.old_runs, not args.no_shipped, args.old_nvs_runs)
     elif args.command == "compare":
         return compare(args.before, args.after)
     elif args.command == "_run":

@@ -279,7 +279,7 @@ class NVSDecoder(nn.Module):
         super().__init__()
         if mask_from_points and not splat:
             raise ValueError(
-                "mask_from_points gates the mask by the points' splat: set splat (decoder_splat) too"
+                "mask_from_points gates the mask by the points' splat: set splat (decoder.splat) too"
             )
         if not widths:
             raise ValueError("widths must name at least one up-block")
