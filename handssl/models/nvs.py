@@ -55,7 +55,7 @@ from handssl.models.nvs_options import (
     SynthesisOptions,
 )
 from handssl.models.nvs_task import NVSTask
-from handssl.models.options import NVS_GROUPS, Optimization, moved_arguments, task_default
+from handssl.models.options import NVS_GROUPS, Optimization, moved_arguments
 
 
 class NVSModule(NVSTask):
@@ -121,15 +121,15 @@ class NVSModule(NVSTask):
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
         # A mapping (a checkpoint's hparams) keeps this task's defaults for the keys it leaves out.
-        default = partial(task_default, type(self))
-        self.options = o = NVSOptions(
-            EncoderOptions.of(encoder, default("encoder")),
-            DecoderOptions.of(decoder, default("decoder")),
-            PairOptions.of(pairs, default("pairs")),
-            SynthesisOptions.of(synthesis, default("synthesis")),
-            GeometryOptions.of(geometry, default("geometry")),
-            PoseHeadOptions.of(pose_head, default("pose_head")),
-            PoseOptions.of(pose, default("pose")),
+        self.options = o = NVSOptions.of(
+            type(self),
+            encoder=encoder,
+            decoder=decoder,
+            pairs=pairs,
+            synthesis=synthesis,
+            geometry=geometry,
+            pose_head=pose_head,
+            pose=pose,
         )
         if regime == "pretrained" and stage == 2 and not pretrained_checkpoint:
             raise ValueError(
@@ -138,10 +138,6 @@ class NVSModule(NVSTask):
             )
         if o.pose.gradient_ratio is not None and regime != "semi":
             raise ValueError(f"pose.gradient_ratio needs the semi regime, got regime {regime!r}")
-        if o.geometry.equivariance_weight > 0 and not o.pairs.both_directions:
-            raise ValueError(
-                "geometry.equivariance_weight > 0 compares both views' latents: set pairs.both_directions"
-            )
         threshold = o.synthesis.silhouette_threshold
         self.latent_geometry = LatentGeometry(**asdict(o.geometry), silhouette_threshold=threshold)
         self.pairs = PairTraining(

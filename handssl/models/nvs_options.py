@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from handssl.models.option_group import OptionGroup, check
+from handssl.models.option_group import OptionGroup, check, task_default
 
 __all__ = [
     "DecoderOptions",
@@ -269,7 +269,10 @@ class PoseOptions(OptionGroup):
 
 @dataclass(frozen=True)
 class NVSOptions:
-    """NVSModule's option groups, as the module keeps them (``module.options.decoder.splat``)."""
+    """NVSModule's option groups, as the module keeps them (``module.options.decoder.splat``).
+
+    Checks the options of two groups that must agree when it is made.
+    """
 
     encoder: EncoderOptions
     decoder: DecoderOptions
@@ -278,3 +281,35 @@ class NVSOptions:
     geometry: GeometryOptions
     pose_head: PoseHeadOptions
     pose: PoseOptions
+
+    def __post_init__(self) -> None:
+        if self.geometry.equivariance_weight > 0 and not self.pairs.both_directions:
+            raise ValueError(
+                "geometry.equivariance_weight > 0 compares both views' latents: set pairs.both_directions"
+            )
+
+    @classmethod
+    def of(cls, task: type, **groups: Any) -> NVSOptions:
+        """The groups ``task`` was given, as groups.
+
+        Each is a group or a mapping (a checkpoint's hparams give one), which keeps ``task``'s defaults for the
+        keys it leaves out (:meth:`~handssl.models.option_group.OptionGroup.of`).
+        """
+        return cls(
+            **{name: _GROUPS[name].of(value, task_default(task, name)) for name, value in groups.items()}
+        )
+
+
+_GROUPS: dict[str, type[Any]] = {
+    group.argument: group
+    for group in (
+        EncoderOptions,
+        DecoderOptions,
+        PairOptions,
+        SynthesisOptions,
+        GeometryOptions,
+        PoseHeadOptions,
+        PoseOptions,
+    )
+}
+"""NVSModule's option groups by argument."""
