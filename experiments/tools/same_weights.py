@@ -31,7 +31,8 @@ Cases (about 6 minutes in all on one busy CPU core):
   ``--old-runs`` (read only), and the loaded network's outputs and predictions on a fixed input;
 * ``load_nvs_<run>``: ``NVSModule.load_from_checkpoint`` of the NVS geometry probes' stage-1 checkpoints under
   ``--old-nvs-runs`` (read only; written with the flat options of the day), and the views they synthesise (a
-  probe of an architecture since changed loads on neither side and has no result);
+  probe of an architecture since changed loads on neither side and has no result; a probe whose run is still
+  writing its checkpoint differs between two records: copy it aside and give ``--old-nvs-runs`` the copy);
 * ``shipped_<name>``: the same for every network shipped in ``handssl/pretrained/weights``.
 
 The datasets are tiny SynthHands copies (one subject), so the runs measure the method, not the renderer.
