@@ -78,11 +78,9 @@ def _tiny_nvs():
 
     model = NVSModule(
         regime="supervised",
-        encoder_widths=(8, 16),
-        encoder_blocks=(1, 1),
-        decoder_widths=(16, 8),
-        decoder_latent_channels=8,
-        pose_hidden=(32, 32),
+        encoder={"widths": (8, 16), "blocks": (1, 1)},
+        decoder={"widths": (16, 8), "latent_channels": 8},
+        pose_head={"hidden": (32, 32)},
         optimizer=Optimization(weight_decay=0.0, scheduler="none"),
     )
     model.pose_head.set_statistics(torch.randn(21, 3) * 20, torch.full((21, 3), 30.0))

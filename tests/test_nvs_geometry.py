@@ -71,7 +71,7 @@ def test_chamfer_refuses_wrong_shapes():
 
 def test_latent_geometry_weights_and_validation():
     assert not LatentGeometry().active
-    with pytest.raises(ValueError, match=r"^point_silhouette_weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"^geometry\.point_silhouette_weight must be >= 0"):
         LatentGeometry(point_silhouette_weight=-1.0)
     geometry = LatentGeometry(point_silhouette_weight=2.0)
     image = torch.zeros(1, 3, 32, 32)
@@ -103,5 +103,5 @@ def test_own_view_term_pins_each_encoded_views_points_to_its_own_silhouette():
     assert float(both["own_view_silhouette"]) == pytest.approx(
         (float(on["own_view_silhouette"]) + float(off["own_view_silhouette"])) / 2, rel=1e-4
     )
-    with pytest.raises(ValueError, match=r"^own_view_silhouette_weight must be >= 0"):
+    with pytest.raises(ValueError, match=r"^geometry\.own_view_weight must be >= 0"):
         LatentGeometry(own_view_weight=-0.5)

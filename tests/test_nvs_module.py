@@ -14,11 +14,9 @@ TINY = {
     "image_size": 32,
     "num_points": 20,
     "appearance_dim": 8,
-    "encoder_widths": (8, 16),
-    "encoder_blocks": (1, 1),
-    "decoder_widths": (16, 8),
-    "decoder_latent_channels": 8,
-    "pose_hidden": (32, 32),
+    "encoder": {"widths": (8, 16), "blocks": (1, 1)},
+    "decoder": {"widths": (16, 8), "latent_channels": 8},
+    "pose_head": {"hidden": (32, 32)},
     "optimizer": Optimization(lr=1e-2, weight_decay=0.0, scheduler="none"),
 }
 
@@ -26,7 +24,12 @@ SHARE = {"supervised": 1.0, "pretrained1": 0.0, "pretrained2": 1.0, "semi": 0.5}
 
 
 def tiny_module(regime: str, **kwargs) -> NVSModule:
-    return NVSModule(regime=regime, **{**TINY, **kwargs})
+    """A tiny NVSModule; a group given as a mapping changes only the keys it names of TINY's."""
+    merged = dict(TINY)
+    for key, value in kwargs.items():
+        base = merged.get(key)
+        merged[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
+    return NVSModule(regime=regime, **merged)
 
 
 def datamodule(share: float, batch_size: int = 4) -> MultiViewDataModule:
@@ -110,7 +113,8 @@ def test_pretrained_stage2_freezes_encoder_and_decoder(tmp_path):
 
 
 def test_semi_trains_everything():
-    module = tiny_module("semi", structural_loss="ssim")  # every synthesis term on, so each is logged
+    # every synthesis term on, so each is logged
+    module = tiny_module("semi", synthesis={"structural": "ssim"})
     enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
     dm_share = SHARE["semi"]
     trainer = fit(module, dm_share)
@@ -159,8 +163,8 @@ def test_argument_errors(tmp_path):
         tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path))
     with pytest.raises(RuntimeError, match="no training statistics"):
         tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
-    with pytest.raises(ValueError, match=r"decoder_mask_from_points .* set decoder_splat"):
-        tiny_module("pretrained", decoder_mask_from_points=True)
+    with pytest.raises(ValueError, match=r"^decoder\.mask_from_points .* set decoder\.splat too$"):
+        tiny_module("pretrained", decoder={"mask_from_points": True})
 
 
 class T2MultiView(FakeMultiView):
@@ -185,7 +189,7 @@ def t2_datamodule(share: float, batch_size: int = 4) -> MultiViewDataModule:
 
 @pytest.mark.parametrize("swap", [0.0, 1.0])
 def test_training_rows_use_both_views_both_directions_and_leak_free_appearance(swap):
-    module = tiny_module("semi", swap_probability=swap, latent_dropout=0.0).eval()
+    module = tiny_module("semi", pairs={"swap_probability": swap}, decoder={"dropout": 0.0}).eval()
     batch = next(iter(t2_datamodule(0.5).train_dataloader()))
     size = batch["image"].shape[0]
     with torch.no_grad():
@@ -217,7 +221,7 @@ def test_training_rows_use_both_views_both_directions_and_leak_free_appearance(s
         assert torch.allclose(rows["points"][first], points_i, atol=1e-4)
         assert torch.equal(rows["target"][second], batch["target"])
         assert torch.allclose(rows["points"][second], points_j, atol=1e-4)
-    one_way = tiny_module("semi", both_directions=False, pose_views="input").eval()
+    one_way = tiny_module("semi", pairs={"both_directions": False}, pose={"views": "input"}).eval()
     with torch.no_grad():
         assert (
             one_way.synthesis_rows(batch, one_way._encode_training(batch, pose=True))["points"].shape[0]
@@ -228,9 +232,9 @@ def test_training_rows_use_both_views_both_directions_and_leak_free_appearance(s
 def test_pose_loss_covers_every_labeled_encoded_image():
     batch = next(iter(t2_datamodule(0.5).train_dataloader()))
     for views, expected in (("all", {"i", "j", "t2", "t2_j"}), ("input", {"i"})):
-        module = tiny_module("supervised", pose_views=views)
+        module = tiny_module("supervised", pose={"views": views})
         assert set(module.pairs.images_to_encode(batch, module.uses_synthesis, pose=True)) == expected
-    module = tiny_module("semi", pose_views="all").eval()
+    module = tiny_module("semi", pose={"views": "all"}).eval()
     module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
     with torch.no_grad():
         encoded = module._encode_training(batch, pose=True)
@@ -252,7 +256,7 @@ def test_synthesis_on_unlabeled_items_ignores_the_labeled_ones():
     repainted = dict(batch, **repainted)
     losses = {}
     for items in ("all", "unlabeled"):
-        module = tiny_module("semi", synthesis_items=items, latent_dropout=0.0).eval()
+        module = tiny_module("semi", synthesis={"items": items}, decoder={"dropout": 0.0}).eval()
         for name, b in (("base", batch), ("repainted", repainted)):
             torch.manual_seed(0)  # the same swaps and appearance picks for both batches
             with torch.no_grad():
@@ -260,17 +264,18 @@ def test_synthesis_on_unlabeled_items_ignores_the_labeled_ones():
     unlabeled_only = [losses["unlabeled", n]["synthesis"] for n in ("base", "repainted")]
     assert torch.allclose(*unlabeled_only, atol=1e-6)  # the labelled items take no part
     assert not torch.allclose(losses["all", "base"]["synthesis"], losses["all", "repainted"]["synthesis"])
-    with pytest.raises(ValueError, match="synthesis_items"):
-        tiny_module("semi", synthesis_items="labeled")
+    with pytest.raises(ValueError, match=r"synthesis\.items must be 'all' or 'unlabeled'"):
+        tiny_module("semi", synthesis={"items": "labeled"})
 
 
 def test_recipe_defaults():
     module = NVSModule(regime="semi")
     hp = module.hparams
-    assert hp.pose_weight == pytest.approx(0.01) and tuple(hp.decoder_widths) == (64, 32, 16)
-    assert tuple(hp.pose_hidden) == (512, 512) and hp.decoder_latent_channels == 16
-    assert hp.appearance_dim <= 16 and hp.optimizer["scheduler"] == "none" and hp.both_directions
-    assert hp.normalize_mask and hp.silhouette_weight > 0 and hp.foreground_weight > 0
+    assert hp.pose["weight"] == pytest.approx(0.01) and tuple(hp.decoder["widths"]) == (64, 32, 16)
+    assert tuple(hp.pose_head["hidden"]) == (512, 512) and hp.decoder["latent_channels"] == 16
+    assert hp.appearance_dim <= 16 and hp.optimizer["scheduler"] == "none" and hp.pairs["both_directions"]
+    assert hp.decoder["normalize_mask"] and hp.synthesis["silhouette_weight"] > 0
+    assert hp.synthesis["foreground_weight"] > 0
     assert module.decoder.normalize_mask
 
 
@@ -283,7 +288,7 @@ def test_constant_learning_rate_by_default():
 
 
 def test_synthesis_warmup_keeps_the_pose_loss_out():
-    module = tiny_module("semi", synthesis_warmup_steps=2)
+    module = tiny_module("semi", pose={"start_step": 2})
     head = snapshot(module.pose_head)
     trainer = fit(module, SHARE["semi"], steps=2)
     flags = changed(head, module.pose_head)
@@ -291,7 +296,7 @@ def test_synthesis_warmup_keeps_the_pose_loss_out():
         v for k, v in flags.items() if k.startswith("mlp.")
     )  # never ran: no gradient, no BN update
     assert "train/pose" not in trainer.callback_metrics and "train/synthesis" in trainer.callback_metrics
-    module = tiny_module("semi", synthesis_warmup_steps=1)
+    module = tiny_module("semi", pose={"start_step": 1})
     head = snapshot(module.pose_head)
     trainer = fit(module, SHARE["semi"], steps=2)
     assert params_changed(head, module.pose_head) and "train/pose" in trainer.callback_metrics
@@ -302,7 +307,9 @@ def test_pose_weight_scales_the_encoder_gradient():
     norms = {}
     for weight in (1.0, 0.1):
         torch.manual_seed(0)
-        module = tiny_module("semi", pose_weight=weight, latent_dropout=0.0, swap_probability=1.0)
+        module = tiny_module(
+            "semi", pose={"weight": weight}, decoder={"dropout": 0.0}, pairs={"swap_probability": 1.0}
+        )
         module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
         torch.manual_seed(1)
         norms[weight] = module.encoder_gradient_norms(batch)
@@ -503,9 +510,9 @@ class Check(pl.Callback):
                         "world": trainer.world_size, "batches": [s.tolist() for s in seen],
                         "val": float(trainer.callback_metrics["val/mpjpe"])}}, open({out!r}, "w"))
 
-module = NVSModule(regime="semi", image_size=32, num_points=20, appearance_dim=8, encoder_widths=(8, 16),
-                   encoder_blocks=(1, 1), decoder_widths=(16, 8), decoder_latent_channels=8, pose_hidden=(32,),
-                   optimizer=Optimization(weight_decay=0.0, scheduler="none"))
+module = NVSModule(regime="semi", image_size=32, num_points=20, appearance_dim=8,
+                   encoder={{"widths": (8, 16), "blocks": (1, 1)}}, decoder={{"widths": (16, 8), "latent_channels": 8}},
+                   pose_head={{"hidden": (32,)}}, optimizer=Optimization(weight_decay=0.0, scheduler="none"))
 dm = MultiViewDataModule(train=FakeMultiView(16), val=FakeMultiView(4), test=FakeMultiView(4),
                          label_fraction=0.25, labeled_share=0.5, batch_size=4)
 trainer = pl.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=2, logger=False,
@@ -585,15 +592,15 @@ def test_pose_head_batch_norm_sees_only_the_labeled_rows():
     # unlabelled images change: their rows may move the head's BatchNorm statistics, never with "labeled"
     repainted = dict(batch, image=torch.where(labeled.view(-1, 1, 1, 1), batch["image"], 1 - batch["image"]))
     for rows, same in (("labeled", True), ("all", False)):
-        module = tiny_module("semi", pose_views="input", pose_head_rows=rows, pose_dropout=0.0)
+        module = tiny_module("semi", pose={"views": "input"}, pose_head={"rows": rows, "dropout": 0.0})
         module.pose_head.set_statistics(torch.zeros(21, 3), torch.full((21, 3), 30.0))
         module.train()
         module.encoder.eval()  # the encoder's own BatchNorm mixes rows too: hold it, test the head's
         with torch.no_grad():
             losses = [module._pose_loss(b, module._encode_training(b, pose=True)) for b in (batch, repainted)]
         assert torch.allclose(*losses) == same, rows
-    with pytest.raises(ValueError, match="pose_head_rows"):
-        tiny_module("semi", pose_head_rows="unlabeled")
+    with pytest.raises(ValueError, match=r"pose_head\.rows must be 'labeled' or 'all'"):
+        tiny_module("semi", pose_head={"rows": "unlabeled"})
 
 
 def test_latent_equivariance_joins_the_synthesis_loss():
@@ -601,7 +608,7 @@ def test_latent_equivariance_joins_the_synthesis_loss():
     losses = {}
     for weight in (0.0, 2.0):
         torch.manual_seed(0)
-        module = tiny_module("pretrained", latent_equivariance_weight=weight, latent_dropout=0.0)
+        module = tiny_module("pretrained", geometry={"equivariance_weight": weight}, decoder={"dropout": 0.0})
         torch.manual_seed(1)
         losses[weight] = module.training_losses(batch)
     assert "latent_equivariance" not in losses[0.0]
@@ -610,10 +617,10 @@ def test_latent_equivariance_joins_the_synthesis_loss():
     assert float(losses[2.0]["synthesis"]) == pytest.approx(
         float(losses[0.0]["synthesis"] + 2.0 * term), rel=1e-5
     )
-    with pytest.raises(ValueError, match="both_directions"):
-        tiny_module("pretrained", latent_equivariance_weight=1.0, both_directions=False)
-    with pytest.raises(ValueError, match="latent_equivariance_weight must be >= 0"):
-        tiny_module("pretrained", latent_equivariance_weight=-1.0)
+    with pytest.raises(ValueError, match=r"set pairs\.both_directions$"):
+        tiny_module("pretrained", geometry={"equivariance_weight": 1.0}, pairs={"both_directions": False})
+    with pytest.raises(ValueError, match=r"^geometry\.equivariance_weight must be >= 0, got -1\.0$"):
+        tiny_module("pretrained", geometry={"equivariance_weight": -1.0})
 
 
 def test_point_silhouette_joins_the_synthesis_loss():
@@ -621,7 +628,9 @@ def test_point_silhouette_joins_the_synthesis_loss():
     losses = {}
     for weight in (0.0, 0.5):
         torch.manual_seed(0)
-        module = tiny_module("pretrained", point_silhouette_weight=weight, latent_dropout=0.0)
+        module = tiny_module(
+            "pretrained", geometry={"point_silhouette_weight": weight}, decoder={"dropout": 0.0}
+        )
         torch.manual_seed(1)
         losses[weight] = module.training_losses(batch)
     assert "point_silhouette" not in losses[0.0]
@@ -630,8 +639,8 @@ def test_point_silhouette_joins_the_synthesis_loss():
     assert float(losses[0.5]["synthesis"]) == pytest.approx(
         float(losses[0.0]["synthesis"] + 0.5 * term), rel=1e-5
     )
-    with pytest.raises(ValueError, match="point_silhouette_weight must be >= 0"):
-        tiny_module("pretrained", point_silhouette_weight=-1.0)
+    with pytest.raises(ValueError, match=r"^geometry\.point_silhouette_weight must be >= 0"):
+        tiny_module("pretrained", geometry={"point_silhouette_weight": -1.0})
 
 
 def test_balanced_weight_hand_computed_and_smoothed():
@@ -648,7 +657,7 @@ def test_pose_gradient_ratio_sets_the_measured_balance_and_survives_a_checkpoint
     from handssl.models.components.gradient_balance import PoseGradientBalance
 
     torch.manual_seed(0)
-    module = tiny_module("semi", pose_weight=123.0, pose_gradient_ratio=0.05, latent_dropout=0.0)
+    module = tiny_module("semi", pose={"weight": 123.0, "gradient_ratio": 0.05}, decoder={"dropout": 0.0})
     trainer = fit(module, SHARE["semi"], steps=1)
     (balance,) = [c for c in trainer.callbacks if isinstance(c, PoseGradientBalance)]
     assert balance.ratio == 0.05 and module.pose_weight == balance.weight != 123.0
@@ -660,7 +669,7 @@ def test_pose_gradient_ratio_sets_the_measured_balance_and_survives_a_checkpoint
     restored = PoseGradientBalance(0.05)
     restored.load_state_dict(balance.state_dict())
     assert restored.weight == balance.weight
-    with pytest.raises(ValueError, match="pose_gradient_ratio needs the semi regime"):
-        tiny_module("supervised", pose_gradient_ratio=0.1)
+    with pytest.raises(ValueError, match=r"^pose\.gradient_ratio needs the semi regime"):
+        tiny_module("supervised", pose={"gradient_ratio": 0.1})
     with pytest.raises(ValueError, match="ratio must be > 0"):
         PoseGradientBalance(0.0)

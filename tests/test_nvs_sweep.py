@@ -40,9 +40,9 @@ def test_seed_plan_defaults_to_the_issue_and_lets_entries_win(sweep):
 
 def test_parse_args_takes_extra_options_that_start_with_dashes(sweep, tmp_path):
     args = sweep.parse_args(
-        ["--extra", "--model.init_args.latent_equivariance_weight=1.0", "--out", str(tmp_path / "o")]
+        ["--extra", "--model.init_args.geometry.equivariance_weight=1.0", "--out", str(tmp_path / "o")]
     )
-    assert args.extra == "--model.init_args.latent_equivariance_weight=1.0"
+    assert args.extra == "--model.init_args.geometry.equivariance_weight=1.0"
     assert args.plan == {1: [0, 1, 2], 2: [0, 1]}
     assert args.work_dir == (Path("runs") / "o").resolve()
     quick = sweep.parse_args(["--quick", "--out", str(tmp_path / "q")])
@@ -70,7 +70,7 @@ def option(command, name):
 
 
 def test_each_row_runs_its_recipe_with_only_the_named_options(sweep, tmp_path):
-    extra = "--model.init_args.latent_equivariance_weight=1.0"
+    extra = "--model.init_args.geometry.equivariance_weight=1.0"
     args = sweep.parse_args(
         ["--extra", extra, "--extra-all", "--trainer.accelerator=cpu", "--work-dir", str(tmp_path / "w")]
     )

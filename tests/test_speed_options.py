@@ -61,7 +61,9 @@ def make_task(task: str, **kwargs) -> pl.LightningModule:
         )
         return SupervisedModule(**{**options, **kwargs})
     if task == "nvs":
-        return NVSModule(regime="semi", **{**NVS_TINY, "latent_dropout": 0.0, "pose_dropout": 0.0, **kwargs})
+        decoder = {**NVS_TINY["decoder"], "dropout": 0.0}
+        pose_head = {**NVS_TINY["pose_head"], "dropout": 0.0}
+        return NVSModule(regime="semi", **{**NVS_TINY, "decoder": decoder, "pose_head": pose_head, **kwargs})
     # The real biomechanical correction (SVD and det inside) and every loss term on.
     options = dict(
         backbone_widths=(8, 16, 32),

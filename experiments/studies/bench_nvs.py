@@ -43,7 +43,8 @@ METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 def load_module(path: Path) -> NVSModule:
     """An :class:`NVSModule` from a Lightning checkpoint or a ``{"state_dict", "hyper_parameters"}`` file."""
     raw = torch.load(path, map_location="cpu", weights_only=False)
-    hparams = upgrade_hparams(raw.get("hyper_parameters", {}))  # flat lr=... of older files into its group
+    # the flat arguments of older files (lr=, decoder_splat=, ...) into their groups
+    hparams = upgrade_hparams(raw.get("hyper_parameters", {}))
     if hparams.get("regime") == "pretrained" and hparams.get("stage") == 2:
         hparams["stage"] = 1  # the weights are all in this file; no need for stage 1's checkpoint
         hparams["pretrained_checkpoint"] = None

@@ -11,7 +11,7 @@ Why it was not converted to the recipes: no recipe run reproduces its rows. Its 
 validation excluded (``BudgetClock``), the recipes' ``--trainer.max_time`` counts validation; its models take
 ``NVSModule``'s defaults, the recipes their own settings; a wrapper over the recipes would write new rows under
 old names. What a rerun gives: the rows of the current ``NVSModule`` defaults, which have moved since the
-published rows (e.g. ``pose_head_rows``, see the README), so the published numbers are reproduced only at the
+published rows (e.g. ``pose_head.rows``, see the README), so the published numbers are reproduced only at the
 commit that made them: ``git log -- experiments/results/<dir>`` for a results folder, ``commit`` in
 ``handssl/pretrained/weights/<name>.json`` for a shipped network.
 
@@ -153,22 +153,25 @@ def make_datamodule(
 def model_args(args: argparse.Namespace) -> dict[str, Any]:
     """NVSModule arguments: the image size and the recipe flags given on the command line (else its defaults)."""
     out: dict[str, Any] = {"image_size": args.image_size}
-    overrides = {
-        # NVSModule's default group (constant, no weight decay) with this learning rate.
-        "optimizer": None
-        if args.lr is None
-        else Optimization(lr=args.lr, weight_decay=0.0, scheduler="none"),
-        "pose_weight": args.pose_weight,
-        "synthesis_warmup_steps": args.warmup_steps,
-        "silhouette_threshold": args.silhouette_threshold,
-        "pose_hidden": tuple(args.pose_hidden) if args.pose_hidden else None,
-        "decoder_latent_channels": args.decoder_latent_channels,
-        "structural_loss": args.structural_loss,
-        "synthesis_items": args.synthesis_items,
+    if args.lr is not None:  # NVSModule's default group (constant, no weight decay) with this learning rate
+        out["optimizer"] = Optimization(lr=args.lr, weight_decay=0.0, scheduler="none")
+    groups = {
+        "pose": {"weight": args.pose_weight, "start_step": args.warmup_steps},
+        "synthesis": {
+            "silhouette_threshold": args.silhouette_threshold,
+            "structural": args.structural_loss,
+            "items": args.synthesis_items,
+        },
+        "pose_head": {"hidden": tuple(args.pose_hidden) if args.pose_hidden else None},
+        "decoder": {"latent_channels": args.decoder_latent_channels},
     }
-    out.update({k: v for k, v in overrides.items() if v is not None})
     if args.quick:
-        out.update(pose_hidden=(256, 256), num_points=64)
+        groups["pose_head"]["hidden"] = (256, 256)
+        out["num_points"] = 64
+    for group, values in groups.items():  # a mapping: the keys left out keep NVSModule's defaults
+        given = {key: value for key, value in values.items() if value is not None}
+        if given:
+            out[group] = given
     return out
 
 
@@ -477,14 +480,16 @@ def main(argv: list[str] | None = None) -> None:
     L = args.labeled_per_step
     common = model_args(args)
 
-    # Gradient balance of the semi loss at initialisation: at pose_weight 1 and at the one used.
+    # Gradient balance of the semi loss at initialisation: at pose.weight 1 and at the one used.
     if "semi" in args.regimes and not (args.out / "gradient_ratio.json").exists():
         dm = make_datamodule(args, data, args.subjects[0], L, L)
         batch = next(iter(dm.train_dataloader()))
         ratios = {}
-        for weight in (1.0, NVSModule(regime="semi", **common).hparams.pose_weight):
+        for weight in (1.0, NVSModule(regime="semi", **common).options.pose.weight):
             pl.seed_everything(args.seed, verbose=False)
-            module = NVSModule(regime="semi", **{**common, "pose_weight": weight})
+            module = NVSModule(
+                regime="semi", **{**common, "pose": {**common.get("pose", {}), "weight": weight}}
+            )
             module.pose_head.set_statistics(*dm.pose_statistics())
             norms = module.encoder_gradient_norms(batch)
             ratios[f"pose_weight={weight:g}"] = {

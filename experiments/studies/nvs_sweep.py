@@ -39,7 +39,7 @@ The options changed, the same for every row:
 * stage 1: ``--trainer.callbacks.dirpath=null``, so that ``stage1.ckpt`` goes into the run's own
   ``checkpoints/`` rather than the recipe's shared ``runs/nvs_pretrained``.
 * ``--extra "..."``: options appended to every run with a decoder (stage 1, stage 2, semi; fit and test), e.g.
-  ``--extra "--model.init_args.latent_equivariance_weight=1.0"`` to sweep a recipe variant without editing its
+  ``--extra "--model.init_args.geometry.equivariance_weight=1.0"`` to sweep a recipe variant without editing its
   YAML (stage 2 takes them too, so that an architecture option matches stage 1's); ``--extra-all`` to every run.
   (``scheduler: cosine`` does not go with the time budget: it needs a step count, and ``max_steps`` is -1.)
 
@@ -61,7 +61,7 @@ rows already there.
         --work-dir /tmp/nvs_sweep_quick_runs                  # smoke test: 1 seed, k=1, ~2.5 min of 2 cores
     python experiments/studies/nvs_sweep.py --print-commands          # what each row runs, without running it
     python experiments/studies/nvs_sweep.py --subjects 1 2 --seeds-per-k 1:0,1,2 2:0,1 --minutes 20 --threads 2
-    python experiments/studies/nvs_sweep.py --extra "--model.init_args.latent_equivariance_weight=1.0" \\
+    python experiments/studies/nvs_sweep.py --extra "--model.init_args.geometry.equivariance_weight=1.0" \\
         --out experiments/results/nvs_sweep_equivariance --work-dir runs/nvs_sweep_equivariance
 
 The default (3 seeds at 1 labelled subject, 2 at 2, 20 minutes a row) trains 15 rows and 3 stage 1s: about

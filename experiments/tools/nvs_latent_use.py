@@ -7,8 +7,8 @@ that draws the hand from the appearance vector scores the same with a zero laten
 latent can matter (issue 21; ``experiments/results/nvs_geometry_probes/probes.md``). Without the decoder: the
 2D Chamfer distance of the latent's points, projected, to the target's silhouette (``latent_chamfer_*``, with the
 true rotation, the identity and another item's rotation; meaningful for a network trained with
-``point_silhouette_weight``, whose points live in the crop's ``[-1, 1]`` square): a latent that carries geometry
-lands on the other view's silhouette only when rotated by ``R_ij``. Without any network (``oracle_*``): each
+``geometry.point_silhouette_weight``, whose points live in the crop's ``[-1, 1]`` square): a latent that carries
+geometry lands on the other view's silhouette only when rotated by ``R_ij``. Without any network (``oracle_*``): each
 target's own mean hand colour filled into its true silhouette, into the input view's silhouette (what a perfect
 renderer would draw with the identity rotation) and into another item's silhouette: the best ratios a renderer
 with exact silhouettes could reach.

@@ -20,8 +20,19 @@ Cases (about 6 minutes in all on one busy CPU core):
   (``init_checkpoint``, the unsupervised losses from step 0, the correction off);
 * ``nvs_semi``: ``experiments/nvs_semi.yaml``, 4 steps;
 * ``nvs_supervised``: ``experiments/model/nvs_supervised.yaml``, 2 steps;
+* ``nvs_pretrained``: ``experiments/model/nvs_pretrained.yaml`` (stage 1), 3 steps, then stage 2
+  (``experiments/model/nvs_pretrained_stage2.yaml``) for 2 steps on the checkpoint stage 1 ended with;
+* ``nvs_geometry``: stage 1 with the options the geometry probes turned on (the splat, the mask from the
+  points, the three latent terms) and an SSIM term, 3 steps;
+* ``nvs_semi_options``: ``experiments/nvs_semi.yaml`` with the pairs, pose and synthesis options changed
+  (every row a view swap, the pose loss on the input view, its weight measured, the pose
+  head on all rows, synthesis on the unlabelled items, other widths and dropouts), 3 steps;
 * ``load_<row>``: ``SemiHandModule.load_from_checkpoint`` of the ablation's final checkpoints under
   ``--old-runs`` (read only), and the loaded network's outputs and predictions on a fixed input;
+* ``load_nvs_<run>``: ``NVSModule.load_from_checkpoint`` of the NVS geometry probes' stage-1 checkpoints under
+  ``--old-nvs-runs`` (read only; written with the flat options of the day), and the views they synthesise (a
+  probe of an architecture since changed loads on neither side and has no result; a probe whose run is still
+  writing its checkpoint differs between two records: copy it aside and give ``--old-nvs-runs`` the copy);
 * ``shipped_<name>``: the same for every network shipped in ``handssl/pretrained/weights``.
 
 The datasets are tiny SynthHands copies (one subject), so the runs measure the method, not the renderer.
@@ -40,6 +51,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 OLD_RUNS = Path("/work/main/runs/semihand_ablation_v3")
+OLD_NVS_RUNS = Path("/work/main/runs/nvs_geometry_probe")
 
 _SYNTH = (
     "{{class_path: handssl.data.SynthHands, init_args: {{split: {split}, num_subjects: 1, "
@@ -80,14 +92,20 @@ MULTI_DATA = "\n".join(
         f"    test: {_MULTI.format(split='test', subjects=1)}",
     ]
 )
-# Since issue 24 SemiHand's options are groups (``unsupervised.start_step``, ``correction.enabled``); the same
-# runs on the code from before name the flat arguments they replaced.
+# Since issue 24 SemiHand's and NVSModule's options are groups (``unsupervised.start_step``,
+# ``decoder.splat``); the same runs on the code from before name the flat arguments they replaced.
 _GROUPED = importlib.util.find_spec("handssl.models.semihand_options") is not None
+_NVS_GROUPED = importlib.util.find_spec("handssl.models.nvs_options") is not None
 
 
-def _option(grouped: str, flat: str, value: str) -> str:
+def _option(grouped: str, flat: str, value: str, new: bool = _GROUPED) -> str:
     """``--model.init_args.<key>=<value>``, with the key as the checked-out code names it."""
-    return f"--model.init_args.{grouped if _GROUPED else flat}={value}"
+    return f"--model.init_args.{grouped if new else flat}={value}"
+
+
+def _nvs(grouped: str, flat: str, value: str) -> str:
+    """:func:`_option` for an NVSModule option."""
+    return _option(grouped, flat, value, _NVS_GROUPED)
 
 
 COMMON = [
@@ -102,6 +120,12 @@ SEMIHAND = [
     "experiments/semihand_full.yaml",
     "--trainer.max_steps=6",
     _option("unsupervised.start_step", "unsupervised_start_step", "2"),
+    "--data.init_args.batch_size=8",
+    "--trainer.limit_val_batches=1",
+    "--trainer.val_check_interval=3",
+]
+NVS_SHORT = [
+    "--trainer.max_steps=3",
     "--data.init_args.batch_size=8",
     "--trainer.limit_val_batches=1",
     "--trainer.val_check_interval=3",
@@ -152,7 +176,66 @@ CASES: dict[str, tuple[list[str], str]] = {
         ],
         MULTI_DATA,
     ),
+    "nvs_pretrained": (
+        [
+            "-c",
+            "experiments/model/nvs_pretrained.yaml",
+            "-c",
+            "experiments/data/synthhands_multiview.yaml",
+            *NVS_SHORT,
+        ],
+        MULTI_DATA,
+    ),
+    "nvs_geometry": (
+        [
+            "-c",
+            "experiments/model/nvs_pretrained.yaml",
+            "-c",
+            "experiments/data/synthhands_multiview.yaml",
+            *NVS_SHORT,
+            _nvs("decoder.splat", "decoder_splat", "true"),
+            _nvs("decoder.mask_from_points", "decoder_mask_from_points", "true"),
+            _nvs("geometry.point_silhouette_weight", "point_silhouette_weight", "1.0"),
+            _nvs("geometry.equivariance_weight", "latent_equivariance_weight", "0.5"),
+            _nvs("geometry.own_view_weight", "own_view_silhouette_weight", "0.5"),
+            _nvs("synthesis.structural", "structural_loss", "ssim"),
+            _nvs("synthesis.silhouette_threshold", "silhouette_threshold", "0.05"),
+        ],
+        MULTI_DATA,
+    ),
+    "nvs_semi_options": (
+        [
+            "-c",
+            "experiments/nvs_semi.yaml",
+            *NVS_SHORT,
+            _nvs("pairs.swap_probability", "swap_probability", "1.0"),
+            _nvs("pose.weight", "pose_weight", "0.5"),
+            _nvs("pose.gradient_ratio", "pose_gradient_ratio", "0.05"),
+            _nvs("pose.start_step", "synthesis_warmup_steps", "0"),
+            _nvs("pose.views", "pose_views", "input"),
+            _nvs("pose_head.rows", "pose_head_rows", "all"),
+            _nvs("pose_head.hidden", "pose_hidden", "[64, 32]"),
+            _nvs("pose_head.dropout", "pose_dropout", "0.2"),
+            _nvs("synthesis.items", "synthesis_items", "unlabeled"),
+            _nvs("decoder.dropout", "latent_dropout", "0.1"),
+            _nvs("encoder.widths", "encoder_widths", "[8, 16, 32, 64]"),
+        ],
+        MULTI_DATA,
+    ),
 }
+STAGE2 = {
+    "nvs_pretrained": [
+        "-c",
+        "experiments/model/nvs_pretrained_stage2.yaml",
+        "-c",
+        "experiments/data/synthhands_multiview.yaml",
+        "--trainer.max_steps=2",
+        "--data.init_args.batch_size=4",
+        "--trainer.limit_val_batches=1",
+        "--trainer.val_check_interval=2",
+    ]
+}
+"""Cases that go on with stage 2 of the pretrained regime, on the checkpoint the first run ended with."""
 
 
 def _plain(value: Any) -> Any:
@@ -188,33 +271,49 @@ def run_case(name: str, out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         override = Path(tmp) / "data.yaml"
         override.write_text(data + "\n")
-        configs = [arg for i, arg in enumerate(args) if arg == "-c" or args[i - 1] == "-c"]
-        flags = [arg for arg in args if arg not in configs]
-        # The data override right after the recipe: a config given after the flags would reset them.
-        cli = make_cli(["fit", *configs, "-c", str(override), *flags, *COMMON, f"--runs_dir={tmp}/runs"])
-        module = cli.model
-        result = {
-            "state_dict": _plain(module.state_dict()),
-            "metrics": _plain(dict(cli.trainer.callback_metrics)),
-            "global_step": cli.trainer.global_step,
-            "hparams": dict(module.hparams),
-        }
+
+        def fit(args: list[str], run: str) -> Any:
+            configs = [arg for i, arg in enumerate(args) if arg == "-c" or args[i - 1] == "-c"]
+            flags = [arg for arg in args if arg not in configs]
+            # The data override right after the recipe: a config given after the flags would reset them.
+            runs = [f"--runs_dir={tmp}/runs", f"--run_name={run}"]
+            return make_cli(["fit", *configs, "-c", str(override), *flags, *COMMON, *runs])
+
+        def outcome(cli: Any) -> dict[str, Any]:
+            module = cli.model
+            return {
+                "state_dict": _plain(module.state_dict()),
+                "metrics": _plain(dict(cli.trainer.callback_metrics)),
+                "global_step": cli.trainer.global_step,
+                "hparams": dict(module.hparams),
+            }
+
+        cli = fit(args, name)
+        result = outcome(cli)
         if name.startswith("semihand"):
-            result["semihand"] = _semihand_extras(module)
+            result["semihand"] = _semihand_extras(cli.model)
+        if name in STAGE2:
+            stage1 = Path(tmp) / "stage1.ckpt"
+            cli.trainer.save_checkpoint(stage1)
+            stage2 = fit([*STAGE2[name], f"--model.init_args.pretrained_checkpoint={stage1}"], "stage2")
+            result = {**outcome(stage2), "stage1": result}
+            result["hparams"]["pretrained_checkpoint"] = "stage1.ckpt"  # not the temporary folder's name
     torch.save(result, out)
 
 
 def load_case(what: str, out: Path) -> None:
-    """Load an old checkpoint (a path, or ``pretrained:<name>`` for a shipped network) and save its state dict,
-    extras and predictions on a fixed input to ``out``."""
+    """Load an old checkpoint (a path, ``nvs:<path>`` for an NVS stage-1 checkpoint, or ``pretrained:<name>``
+    for a shipped network) and save its state dict, extras and predictions on a fixed input to ``out``."""
     import torch
 
     from handssl import pretrained
-    from handssl.models import SemiHandModule
+    from handssl.models import NVSModule, SemiHandModule
 
     torch.set_num_threads(1)
     if what.startswith("pretrained:"):
         module = pretrained.load(what.split(":", 1)[1]).eval()
+    elif what.startswith("nvs:"):
+        module = NVSModule.load_from_checkpoint(what.split(":", 1)[1], map_location="cpu").eval()
     else:
         module = SemiHandModule.load_from_checkpoint(what, map_location="cpu").eval()
     size = int(module.hparams.get("image_size", 64))
@@ -225,12 +324,20 @@ def load_case(what: str, out: Path) -> None:
         if isinstance(module, SemiHandModule):
             result["outputs"] = _plain(module.eval_model(image))
             result["semihand"] = _semihand_extras(module)
+        if what.startswith(
+            "nvs:"
+        ):  # stage 1 trains no pose head: its views, turned about the camera's y axis
+            result["outputs"] = _plain(module.turntable(image, num_views=4))
+            torch.save(result, out)
+            return
         predicted = module.predict_step({"image": image, "K": K}, 0)
     result["predicted"] = _plain({k: v for k, v in predicted.items() if k != "meta"})
     torch.save(result, out)
 
 
-def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = True) -> None:
+def record(
+    directory: Path, cases: list[str], old_runs: Path, shipped: bool = True, old_nvs_runs: Path = OLD_NVS_RUNS
+) -> None:
     """Run every case (each in a fresh process) and every old-checkpoint load into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", WANDB_MODE="disabled")
@@ -240,12 +347,19 @@ def record(directory: Path, cases: list[str], old_runs: Path, shipped: bool = Tr
     jobs = [["run", name, str(directory / f"{name}.pt")] for name in cases]
     for ckpt in sorted(old_runs.glob("*/version_0/checkpoints/final.ckpt")):
         jobs.append(["load", str(ckpt), str(directory / f"load_{ckpt.parents[2].name}.pt")])
+    for ckpt in sorted(old_nvs_runs.glob("*/version_0/checkpoints/stage1.ckpt")):
+        jobs.append(["load", f"nvs:{ckpt}", str(directory / f"load_nvs_{ckpt.parents[2].name}.pt")])
     if shipped:
         for path in sorted((REPO / "handssl" / "pretrained" / "weights").glob("*.pt")):
             jobs.append(["load", f"pretrained:{path.stem}", str(directory / f"shipped_{path.stem}.pt")])
     for job in jobs:
         print("--", " ".join(job[:2]), flush=True)
-        subprocess.run([sys.executable, __file__, "_" + job[0], *job[1:]], cwd=REPO, env=env, check=True)
+        command = [sys.executable, __file__, "_" + job[0], *job[1:]]
+        if job[1].startswith("nvs:"):  # a probe of an architecture since changed loads on neither side
+            if subprocess.run(command, cwd=REPO, env=env, capture_output=True).returncode:
+                print("   does not load with this code: no result", flush=True)
+            continue
+        subprocess.run(command, cwd=REPO, env=env, check=True)
 
 
 def _differences(before: Any, after: Any, where: str) -> list[str]:
@@ -289,7 +403,8 @@ def compare(before: Path, after: Path) -> int:
             continue
         a = torch.load(before / name, weights_only=False)
         b = torch.load(after / name, weights_only=False)
-        for record in (a, b):  # flat hparams (before the option groups) as the groups they became
+        for record in (a, b, a.get("stage1", {}), b.get("stage1", {})):
+            # flat hparams (before the option groups) as the groups they became
             if isinstance(record.get("hparams"), dict) and upgrade_hparams is not None:
                 record["hparams"] = upgrade_hparams(record["hparams"])
         diffs = _differences(a, b, name[:-3])
@@ -310,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("directory", type=Path)
     rec.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     rec.add_argument("--old-runs", type=Path, default=OLD_RUNS, help="runs whose final.ckpt to load")
+    rec.add_argument("--old-nvs-runs", type=Path, default=OLD_NVS_RUNS, help="runs whose stage1.ckpt to load")
     rec.add_argument("--no-shipped", action="store_true", help="skip loading the shipped networks")
     cmp = sub.add_parser("compare", help="assert two folders hold equal results")
     cmp.add_argument("before", type=Path)
@@ -320,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         one.add_argument("out", type=Path)
     args = parser.parse_args(argv)
     if args.command == "record":
-        record(args.directory, args.cases, args.old_runs, not args.no_shipped)
+        record(args.directory, args.cases, args.old_runs, not args.no_shipped, args.old_nvs_runs)
     elif args.command == "compare":
         return compare(args.before, args.after)
     elif args.command == "_run":

@@ -14,5 +14,12 @@ _EXPORTS = {
     "CorrectionOptions": "semihand_options",
     "ConsistencyOptions": "semihand_options",
     "UnsupervisedSchedule": "semihand_options",
+    "EncoderOptions": "nvs_options",
+    "DecoderOptions": "nvs_options",
+    "PairOptions": "nvs_options",
+    "SynthesisOptions": "nvs_options",
+    "GeometryOptions": "nvs_options",
+    "PoseHeadOptions": "nvs_options",
+    "PoseOptions": "nvs_options",
 }
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,7 +13,7 @@ with the pose head. The regimes:
     and trains the pose head on the labeled subset.
 ``semi``
     encoder, decoder and pose head optimised together: synthesis loss on every item, pose loss (weighted by
-    ``pose_weight``, after ``synthesis_warmup_steps`` synthesis-only steps) on the labeled items that
+    ``pose.weight``, from step ``pose.start_step``, synthesis only before) on the labeled items that
     :class:`~handssl.data.multiview.MultiViewDataModule` oversamples into every batch.
 
 A step encodes, renders and scores :class:`~handssl.data.multiview.MultiViewPairs` items as
@@ -26,11 +26,12 @@ statistics and the regime's labelled share come from the DataModule through the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -43,12 +44,26 @@ from handssl.models.components.nvs import NVSDecoder, NVSEncoder, PoseHead, comp
 from handssl.models.components.nvs_geometry import LatentGeometry
 from handssl.models.components.nvs_losses import SynthesisLoss
 from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
+from handssl.models.nvs_options import (
+    DecoderOptions,
+    EncoderOptions,
+    GeometryOptions,
+    NVSOptions,
+    PairOptions,
+    PoseHeadOptions,
+    PoseOptions,
+    SynthesisOptions,
+)
 from handssl.models.nvs_task import NVSTask
-from handssl.models.options import Optimization
+from handssl.models.options import NVS_GROUPS, Optimization, moved_arguments
 
 
 class NVSModule(NVSTask):
     """Geometry-aware novel-view synthesis learner with a pose head (regimes supervised | pretrained | semi).
+
+    The networks, the training pairs and the losses are option groups (:mod:`~handssl.models.nvs_options`),
+    each a mapping in YAML whose keys left out keep their defaults, e.g. ``decoder: {splat: true}``; the module
+    keeps them as :attr:`options`.
 
     Args:
         regime: ``"supervised"``, ``"pretrained"`` or ``"semi"`` (see the module docstring).
@@ -58,63 +73,21 @@ class NVSModule(NVSTask):
         num_points: Points ``N`` of the 3D latent ``L3D`` (Rhodin et al.: 200).
         appearance_dim: Size of the appearance vector (Rhodin et al.: 128; 16 here, a small code leaves the
             pose to ``L3D``).
-        encoder_widths: Channels of the encoder's ResNet stages.
-        encoder_blocks: Basic blocks per encoder stage.
-        encoder_point_head: ``"linear"`` (Rhodin et al.) or ``"pixel_aligned"``: one point per stride-4 cell,
-            moved and given a depth by a small convolutional head (``num_points = (image_size / 4)^2``; see
-            :class:`~handssl.models.components.nvs.NVSEncoder`).
-        decoder_widths: Channels of the decoder's up-blocks (each doubles the resolution).
-        decoder_latent_channels: Channels of the map ``L3D`` is lifted to at the decoder's lowest resolution.
-        decoder_splat: Also give the decoder the rotated points' splats (:func:`~handssl.models.components.nvs.splat_points`).
-        decoder_mask_from_points: Gate the decoder's mask by the splat's coverage, so that the hand is drawn only
-            where the rotated points project (needs ``decoder_splat``; see :class:`NVSDecoder`).
-        latent_dropout: Dropout on the lifted latent in the decoder (Rhodin et al.: 0.3).
-        pose_hidden: Hidden sizes of the pose MLP (Rhodin et al.: two of 2048; 512-512 gave the same supervised
-            N-MPJPE at 1 labelled subject, 75.3 against 75.0 mm, in a network small enough to ship).
-        pose_dropout: Dropout in the pose MLP (Rhodin et al.: 0.5).
-        pose_head_rows: The rows the pose head runs on in training: ``"labeled"`` (default), so that its
-            BatchNorm statistics come from the rows its loss counts, or ``"all"`` (every encoded image, the
-            unlabelled ones only shifting the statistics; semi's MPJPE 88.8 against its N-MPJPE 66.1 at 1
-            labelled subject showed the train/eval mismatch). Falls back to all rows when fewer than two are
-            labelled (BatchNorm needs two).
-        swap_probability: Chance that a training direction renders the other view rather than auto-encoding
-            (Rhodin et al.: 1/2; 0.8 wastes less of the decoder on auto-encoding).
-        appearance_swap: Take the appearance vector from the appearance images (``image_t2``, ``image_t2_j``)
-            in training.
-        both_directions: Render ``j -> i`` as well as ``i -> j`` in training (Rhodin et al. render every
-            encoded view).
-        pose_views: ``"all"``: the pose loss covers every encoded image with visible labels (views i and j,
-            and the appearance images when the batch has ``joints3d_t2``); ``"input"``: view i only.
-        pose_weight: Weight of the pose loss next to the synthesis loss (semi regime). With AdamW it only sets
-            how hard the pose loss pulls the shared encoder (:meth:`encoder_gradient_norms` measures that).
-        pose_gradient_ratio: Semi regime: when set, ``pose_weight`` is re-measured every 50 steps so that the
-            encoder's pose gradient is this share of its synthesis gradient (:class:`PoseGradientBalance`);
-            ``pose_weight`` then holds for the first 50 steps only.
-        synthesis_warmup_steps: Semi regime: optimizer steps of synthesis only before the pose loss joins.
-        synthesis_items: Semi regime: the items the synthesis loss covers. ``"all"``; or ``"unlabeled"``, so
-            that the labelled subjects, which the batch sampler puts into ``labeled_share`` of every batch,
-            weigh no more in the synthesis loss than in stage 1 of the pretrained regime.
-        normalize_mask: Divide each predicted mask by its maximum (NSD's ``scale_mask_max_to_1``).
-        foreground_weight: Weight of the L1 over the target's silhouette pixels (hand-normalised L1).
-        silhouette_weight: Weight of the BCE between the predicted mask and the label-free silhouette.
-        silhouette_threshold: Background-subtraction threshold of the silhouette, ``|I - bg| > t`` (0.02
-            for the clean ``"synthetic"`` SynthHands style; about 0.15 for the noisy ``"real"`` styles).
-        l1_weight: Weight of the pixel L1 loss.
-        latent_equivariance_weight: Weight of :func:`~handssl.models.components.nvs_losses.latent_equivariance`,
-            ``|R_ij L_i - L_j|^2`` over the pair's two encoded views (needs ``both_directions``): a direct
-            signal that rotating the latent by ``R_ij`` gives the other view's latent (a departure from Rhodin
-            et al., who check the rotation only through the decoder's output).
-        point_silhouette_weight: Weight of the rotated points' projected Chamfer distance to the rendered view's
-            silhouette (:mod:`~handssl.models.components.nvs_geometry`; wants the world's ``crop: fixed``).
-        own_view_silhouette_weight: Weight of the same distance for each encoded view's un-rotated points to its
-            own silhouette, every step: it pins where the points lie in their own image, so the other views move
-            their depth.
-        structural_loss: ``"ssim"``, ``"gradient"`` or ``"none"``. ``"none"`` by measurement: at 1 labelled subject
-            SSIM left the test N-MPJPE unchanged (68.5 against 68.4 mm) and made the synthesized hand pixels
-            worse (L1 0.152 against 0.139) and steps 14 % slower.
-        structural_weight: Weight of the structural loss.
-        perceptual_checkpoint: Optional ResNet-18 state dict on disk for a perceptual loss (never downloaded).
-        perceptual_weight: Weight of the perceptual loss (Rhodin et al.: 2).
+        encoder: The encoder (:class:`~handssl.models.nvs_options.EncoderOptions`: ``widths``, ``blocks``,
+            ``point_head``).
+        decoder: The decoder (:class:`~handssl.models.nvs_options.DecoderOptions`: ``widths``,
+            ``latent_channels``, ``dropout``, ``normalize_mask``, ``splat``, ``mask_from_points``).
+        pairs: What a training step renders (:class:`~handssl.models.nvs_options.PairOptions`:
+            ``swap_probability``, ``appearance_swap``, ``both_directions``).
+        synthesis: The synthesis loss and the silhouette (:class:`~handssl.models.nvs_options.SynthesisOptions`:
+            ``l1_weight``, ``structural``, ``structural_weight``, ``perceptual_checkpoint``, ``perceptual_weight``,
+            ``foreground_weight``, ``silhouette_weight``, ``silhouette_threshold``, ``items``).
+        geometry: Label-free terms on the latent (:class:`~handssl.models.nvs_options.GeometryOptions`:
+            ``equivariance_weight``, ``point_silhouette_weight``, ``own_view_weight``; all 0, off).
+        pose_head: The pose MLP (:class:`~handssl.models.nvs_options.PoseHeadOptions`: ``hidden``, ``dropout``,
+            ``rows``).
+        pose: The pose loss (:class:`~handssl.models.nvs_options.PoseOptions`: ``weight``, ``gradient_ratio``,
+            ``start_step``, ``views``).
         optimizer: AdamW and its schedule (:class:`~handssl.models.options.Optimization`); here lr 1e-3 (Rhodin
             et al.: Adam, 1e-3), weight decay 0 and ``scheduler: none`` (constant, as Rhodin et al.).
         eval_protocol: Evaluation protocol name (see :mod:`handssl.metrics.protocols`).
@@ -122,6 +95,9 @@ class NVSModule(NVSTask):
         compile: Compile encoder, decoder and pose head with ``torch.compile`` (see :class:`BaseHandTask`).
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
+
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments(*NVS_GROUPS)
+    """Where each flat argument of earlier versions went (``decoder_splat`` -> ``decoder: {splat: ...}``)."""
 
     def __init__(
         self,
@@ -131,118 +107,57 @@ class NVSModule(NVSTask):
         image_size: int = 64,
         num_points: int = 200,
         appearance_dim: int = 16,
-        encoder_widths: Sequence[int] = (16, 32, 64, 128),
-        encoder_blocks: Sequence[int] = (1, 1, 1, 1),
-        encoder_point_head: Literal["linear", "pixel_aligned"] = "linear",
-        decoder_widths: Sequence[int] = (64, 32, 16),
-        decoder_latent_channels: int = 16,
-        decoder_splat: bool = False,
-        decoder_mask_from_points: bool = False,
-        latent_dropout: float = 0.3,
-        pose_hidden: Sequence[int] = (512, 512),
-        pose_dropout: float = 0.5,
-        pose_head_rows: Literal["labeled", "all"] = "labeled",
-        swap_probability: float = 0.8,
-        appearance_swap: bool = True,
-        both_directions: bool = True,
-        pose_views: Literal["input", "all"] = "all",
-        pose_weight: float = 0.01,
-        pose_gradient_ratio: float | None = None,
-        synthesis_warmup_steps: int = 0,
-        synthesis_items: Literal["all", "unlabeled"] = "all",
-        normalize_mask: bool = True,
-        foreground_weight: float = 1.0,
-        silhouette_weight: float = 1.0,
-        silhouette_threshold: float = 0.02,
-        l1_weight: float = 1.0,
-        latent_equivariance_weight: float = 0.0,
-        point_silhouette_weight: float = 0.0,
-        own_view_silhouette_weight: float = 0.0,
-        structural_loss: Literal["ssim", "gradient", "none"] = "none",
-        structural_weight: float = 1.0,
-        perceptual_checkpoint: str | None = None,
-        perceptual_weight: float = 2.0,
+        encoder: EncoderOptions = EncoderOptions(),
+        decoder: DecoderOptions = DecoderOptions(),
+        pairs: PairOptions = PairOptions(),
+        synthesis: SynthesisOptions = SynthesisOptions(),
+        geometry: GeometryOptions = GeometryOptions(),
+        pose_head: PoseHeadOptions = PoseHeadOptions(),
+        pose: PoseOptions = PoseOptions(),
         optimizer: Optimization = Optimization(weight_decay=0.0, scheduler="none"),
         eval_protocol: str = "synthhands",
         channels_last: bool = False,
         compile: bool = False,
         compile_backend: Literal["inductor", "aot_eager"] = "inductor",
     ) -> None:
+        # A mapping (a checkpoint's hparams) keeps this task's defaults for the keys it leaves out.
+        self.options = o = NVSOptions.of(
+            type(self),
+            encoder=encoder,
+            decoder=decoder,
+            pairs=pairs,
+            synthesis=synthesis,
+            geometry=geometry,
+            pose_head=pose_head,
+            pose=pose,
+        )
         if regime == "pretrained" and stage == 2 and not pretrained_checkpoint:
             raise ValueError(
                 "stage 2 of the pretrained regime trains the pose head on stage 1's frozen encoder: "
                 "set pretrained_checkpoint to stage 1's checkpoint"
             )
-        if synthesis_warmup_steps < 0:
-            raise ValueError(f"synthesis_warmup_steps must be >= 0, got {synthesis_warmup_steps}")
-        if pose_weight < 0:
-            raise ValueError(f"pose_weight must be >= 0, got {pose_weight}")
-        if pose_gradient_ratio is not None and (regime != "semi" or not pose_gradient_ratio > 0):
-            raise ValueError(
-                f"pose_gradient_ratio needs the semi regime and a value > 0, got {pose_gradient_ratio}"
-            )
-        if decoder_mask_from_points and not decoder_splat:
-            raise ValueError(
-                "decoder_mask_from_points gates the mask by the points' splat: set decoder_splat too"
-            )
-        self.latent_geometry = LatentGeometry(
-            latent_equivariance_weight,
-            point_silhouette_weight,
-            silhouette_threshold,
-            own_view_weight=own_view_silhouette_weight,
-        )
-        if latent_equivariance_weight > 0 and not both_directions:
-            raise ValueError(
-                "latent_equivariance_weight > 0 compares both views' latents: set both_directions"
-            )
+        if o.pose.gradient_ratio is not None and regime != "semi":
+            raise ValueError(f"pose.gradient_ratio needs the semi regime, got regime {regime!r}")
+        threshold = o.synthesis.silhouette_threshold
+        self.latent_geometry = LatentGeometry(**asdict(o.geometry), silhouette_threshold=threshold)
         self.pairs = PairTraining(
-            swap_probability=swap_probability,
-            appearance_swap=appearance_swap,
-            both_directions=both_directions,
-            pose_views=pose_views,
-            pose_head_rows=pose_head_rows,
-            synthesis_items=synthesis_items,
+            **asdict(o.pairs),
+            pose_views=o.pose.views,
+            pose_head_rows=o.pose_head.rows,
+            synthesis_items=o.synthesis.items,
         )
-        self.make_encoder = partial(
-            NVSEncoder,
-            image_size,
-            num_points,
-            appearance_dim,
-            encoder_widths,
-            encoder_blocks,
-            point_head=encoder_point_head,
-        )
-        self.make_decoder = partial(
-            NVSDecoder,
-            image_size,
-            num_points,
-            appearance_dim,
-            decoder_latent_channels,
-            decoder_widths,
-            latent_dropout,
-            normalize_mask=normalize_mask,
-            splat=decoder_splat,
-            mask_from_points=decoder_mask_from_points,
-        )
-        self.make_pose_head = partial(PoseHead, num_points, pose_hidden, pose_dropout)
-        self.make_reconstruction = partial(
-            SynthesisLoss,
-            l1_weight,
-            structural_loss,
-            structural_weight,
-            perceptual_checkpoint,
-            perceptual_weight,
-            foreground_weight=foreground_weight,
-            silhouette_weight=silhouette_weight,
-            silhouette_threshold=silhouette_threshold,
-        )
+        # The groups' keys are the components' arguments.
+        sizes = (image_size, num_points, appearance_dim)
+        self.make_encoder = partial(NVSEncoder, *sizes, **asdict(o.encoder))
+        self.make_decoder = partial(NVSDecoder, *sizes, **asdict(o.decoder))
+        self.make_pose_head = partial(PoseHead, num_points, o.pose_head.hidden, o.pose_head.dropout)
+        loss = {key: value for key, value in asdict(o.synthesis).items() if key != "items"}
+        self.make_reconstruction = partial(SynthesisLoss, **loss)
         self.regime = regime
         self.stage = stage if regime == "pretrained" else None
         self.pretrained_checkpoint = pretrained_checkpoint
-        self.pose_weight = pose_weight
-        self.pose_gradient_ratio = pose_gradient_ratio
-        self.synthesis_warmup_steps = synthesis_warmup_steps
-        self.silhouette_threshold = silhouette_threshold
+        self.pose_weight = o.pose.weight  # PoseGradientBalance re-measures it with pose.gradient_ratio
+        self.silhouette_threshold = threshold
         super().__init__(
             optimizer=optimizer,
             eval_protocol=eval_protocol,
@@ -304,8 +219,8 @@ class NVSModule(NVSTask):
         )
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        """:class:`PoseStatistics` (from the DataModule) and, with ``pose_gradient_ratio``, the gradient balance."""
-        ratio = self.pose_gradient_ratio
+        """:class:`PoseStatistics` (from the DataModule) and, with ``pose.gradient_ratio``, the gradient balance."""
+        ratio = self.options.pose.gradient_ratio
         return [PoseStatistics()] + ([PoseGradientBalance(ratio)] if ratio is not None else [])
 
     def load_pretrained(self, path: str | Path) -> None:
@@ -330,7 +245,7 @@ class NVSModule(NVSTask):
             raise ValueError("the semi regime needs labeled items in every batch: set data labeled_share > 0")
         if self.regime == "semi" and self.pairs.synthesis_items == "unlabeled" and share == 1.0:
             raise ValueError(
-                "synthesis_items 'unlabeled' needs unlabeled items in every batch: labeled_share < 1"
+                "synthesis.items 'unlabeled' needs unlabeled items in every batch: labeled_share < 1"
             )
 
     def _require_reconstruction(self) -> SynthesisLoss:
@@ -343,7 +258,7 @@ class NVSModule(NVSTask):
         """Whether the pose loss counts at the current step (off during the semi regime's warm-up)."""
         if not self.uses_pose:
             return False
-        return not (self.regime == "semi" and self.global_step < self.synthesis_warmup_steps)
+        return not (self.regime == "semi" and self.global_step < self.options.pose.start_step)
 
     def _encode_training(self, batch: dict[str, Any], pose: bool) -> Encoded:
         """One encoder pass over every image the step needs (:meth:`PairTraining.images_to_encode`)."""
@@ -396,7 +311,7 @@ class NVSModule(NVSTask):
     def encoder_gradient_norms(self, batch: dict[str, Any]) -> dict[str, float]:
         """L2 norms of the encoder's gradient from the weighted pose loss and from the synthesis loss (semi).
 
-        Measures the balance that ``pose_weight`` sets (:func:`gradient_norms`); the weights are not changed.
+        Measures the balance that ``pose.weight`` sets (:func:`gradient_norms`); the weights are not changed.
         """
         if self.regime != "semi":
             raise ValueError("encoder_gradient_norms compares the semi regime's two losses")

@@ -1,7 +1,9 @@
 """Option groups of the tasks: frozen dataclasses that jsonargparse nests under one key.
 
 Every task takes ``optimizer`` (:class:`Optimization`); SemiHand also ``ema``, ``loss``, ``pseudo_labels``,
-``correction``, ``consistency`` and ``unsupervised`` (:mod:`handssl.models.semihand_options`, re-exported here).
+``correction``, ``consistency`` and ``unsupervised`` (:mod:`handssl.models.semihand_options`), NVSModule
+``encoder``, ``decoder``, ``pairs``, ``synthesis``, ``geometry``, ``pose_head`` and ``pose``
+(:mod:`handssl.models.nvs_options`); both re-exported here.
 A group (an :class:`~handssl.models.option_group.OptionGroup`) checks its values when it is made, and names a bad
 one as the user writes it (``pseudo_labels.accept_fraction must be in [0, 1], got 2``).
 
@@ -20,6 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from handssl.models.nvs_options import (
+    DecoderOptions,
+    EncoderOptions,
+    GeometryOptions,
+    PairOptions,
+    PoseHeadOptions,
+    PoseOptions,
+    SynthesisOptions,
+)
 from handssl.models.option_group import OptionGroup, check, coerce, group_keys, task_default
 from handssl.models.semihand_options import (
     ConsistencyOptions,
@@ -33,13 +44,22 @@ from handssl.models.semihand_options import (
 __all__ = [
     "FLAT_ARGUMENTS",
     "GROUPS",
+    "NVS_GROUPS",
+    "SEMIHAND_GROUPS",
     "ConsistencyOptions",
     "CorrectionOptions",
+    "DecoderOptions",
     "EMAOptions",
+    "EncoderOptions",
+    "GeometryOptions",
     "Optimization",
     "OptionGroup",
+    "PairOptions",
+    "PoseHeadOptions",
     "PoseLossOptions",
+    "PoseOptions",
     "PseudoLabelOptions",
+    "SynthesisOptions",
     "UnsupervisedSchedule",
     "coerce",
     "group_hparams",
@@ -90,8 +110,19 @@ GROUPS: dict[str, type[Any]] = {
         CorrectionOptions,
         ConsistencyOptions,
         UnsupervisedSchedule,
+        EncoderOptions,
+        DecoderOptions,
+        PairOptions,
+        SynthesisOptions,
+        GeometryOptions,
+        PoseHeadOptions,
+        PoseOptions,
     )
 }
+
+#: The groups each task takes, ``optimizer`` included (its ``moved_arguments``).
+SEMIHAND_GROUPS = ("optimizer", "ema", "loss", "pseudo_labels", "correction", "consistency", "unsupervised")
+NVS_GROUPS = ("optimizer", "encoder", "decoder", "pairs", "synthesis", "geometry", "pose_head", "pose")
 
 #: The flat arguments of earlier versions named otherwise than their field: group argument -> {field: name}.
 FLAT_NAMES: dict[str, dict[str, str]] = {
@@ -105,10 +136,30 @@ FLAT_NAMES: dict[str, dict[str, str]] = {
     "correction": {"enabled": "use_correction", "weight": "correction_weight", "max_mm": "max_correction_mm"},
     "consistency": {"enabled": "use_consistency", "weight": "consistency_weight"},
     "unsupervised": {"start_step": "unsupervised_start_step", "ramp_steps": "unsupervised_ramp_steps"},
+    "encoder": {key: f"encoder_{key}" for key in group_keys(EncoderOptions)},
+    "decoder": {
+        "widths": "decoder_widths",
+        "latent_channels": "decoder_latent_channels",
+        "dropout": "latent_dropout",
+        "splat": "decoder_splat",
+        "mask_from_points": "decoder_mask_from_points",
+    },
+    "synthesis": {"structural": "structural_loss", "items": "synthesis_items"},
+    "geometry": {
+        "equivariance_weight": "latent_equivariance_weight",
+        "own_view_weight": "own_view_silhouette_weight",
+    },
+    "pose_head": {"hidden": "pose_hidden", "dropout": "pose_dropout", "rows": "pose_head_rows"},
+    "pose": {
+        "weight": "pose_weight",
+        "gradient_ratio": "pose_gradient_ratio",
+        "start_step": "synthesis_warmup_steps",
+        "views": "pose_views",
+    },
 }
 
-#: The flat task arguments of earlier versions (``lr``, ``ema_decay``, ``use_correction``, ...): name ->
-#: (group argument, field).
+#: The flat task arguments of earlier versions (``lr``, ``ema_decay``, ``use_correction``, ``decoder_splat``,
+#: ...): name -> (group argument, field).
 FLAT_ARGUMENTS: dict[str, tuple[str, str]] = {
     FLAT_NAMES.get(argument, {}).get(key, key): (argument, key)
     for argument, group in GROUPS.items()

@@ -33,7 +33,7 @@ from handssl.models.components.pose25d import Pose25DNet, forward_parts
 from handssl.models.components.pseudo_label_stats import label_stash, label_statistics, stash_state
 from handssl.models.components.pseudo_labels import PseudoLabeler, PseudoLabels, stack_views
 from handssl.models.components.semihand_losses import LossOptions, SemiHandLosses, consistency_targets
-from handssl.models.options import GROUPS, Optimization, moved_arguments, task_default
+from handssl.models.options import SEMIHAND_GROUPS, Optimization, moved_arguments, task_default
 from handssl.models.pose25d_task import Pose25DTask
 from handssl.models.semihand_options import (
     ConsistencyOptions,
@@ -93,7 +93,7 @@ class SemiHandModule(Pose25DTask):
         compile_backend: ``"inductor"`` or ``"aot_eager"``.
     """
 
-    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments(*GROUPS)
+    moved_arguments: ClassVar[Mapping[str, str]] = moved_arguments(*SEMIHAND_GROUPS)
     """Where each flat argument of earlier versions went (``use_correction`` -> ``correction: {enabled: ...}``)."""
 
     def __init__(

@@ -1,8 +1,8 @@
 """Set the semi NVS regime's pose weight from a measured gradient ratio, not from a number AdamW cannot see.
 
-With Adam(W) the pose head's own updates do not depend on the scale of its loss, so ``pose_weight`` only sets
-how hard the pose loss pulls the *shared encoder* next to the synthesis loss. :class:`PoseGradientBalance`
-makes that explicit: every ``every_n_steps`` optimizer steps it measures the L2 norms of the encoder's gradient
+With Adam(W) the pose head's own updates do not depend on the scale of its loss, so the pose weight (NVSModule's
+``pose.weight``, kept as its attribute ``pose_weight``) only sets how hard the pose loss pulls the *shared encoder*
+next to the synthesis loss. :class:`PoseGradientBalance` (``pose.gradient_ratio``) makes that explicit: every ``every_n_steps`` optimizer steps it measures the L2 norms of the encoder's gradient
 from the synthesis loss and from the unweighted pose loss on the current batch
 (:meth:`~handssl.models.NVSModule.encoder_gradient_norms`) and sets
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -189,8 +189,9 @@ class NVSEncoder(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.Conv2d(reduce_channels, 3, 1),
             )
-            nn.init.zeros_(self.to_points[-1].weight)  # every point starts at its cell's centre, depth 0
-            nn.init.zeros_(self.to_points[-1].bias)
+            last = cast(nn.Conv2d, self.to_points[-1])
+            nn.init.zeros_(last.weight)  # every point starts at its cell's centre, depth 0
+            nn.init.zeros_(cast(Tensor, last.bias))  # the layer has a bias
             axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0
             y, x = torch.meshgrid(axis, axis, indexing="ij")
             self.register_buffer("cell_centres", torch.stack([x, y, torch.zeros_like(x)], -1).view(-1, 3))
@@ -279,7 +280,7 @@ class NVSDecoder(nn.Module):
         super().__init__()
         if mask_from_points and not splat:
             raise ValueError(
-                "mask_from_points gates the mask by the points' splat: set splat (decoder_splat) too"
+                "mask_from_points gates the mask by the points' splat: set splat (decoder.splat) too"
             )
         if not widths:
             raise ValueError("widths must name at least one up-block")

@@ -81,6 +81,9 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
 class LatentGeometry:
     """Weights of the direct latent terms (0 disables a term; validated on creation).
 
+    NVSModule builds it from its ``geometry`` group (:class:`~handssl.models.nvs_options.GeometryOptions`, the
+    same field names) and ``synthesis.silhouette_threshold``.
+
     Attributes:
         equivariance_weight: Weight of ``|R_ij L_i - L_j|^2`` on normalised point sets (needs both views).
         point_silhouette_weight: Weight of :func:`point_silhouette_chamfer` on every rendered row.
@@ -97,11 +100,11 @@ class LatentGeometry:
     own_view_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        # named as NVSModule's arguments, which the error reaches
+        # named as NVSModule's options (its geometry group), which the error reaches
         for option, value in (
-            ("latent_equivariance_weight", self.equivariance_weight),
-            ("point_silhouette_weight", self.point_silhouette_weight),
-            ("own_view_silhouette_weight", self.own_view_weight),
+            ("geometry.equivariance_weight", self.equivariance_weight),
+            ("geometry.point_silhouette_weight", self.point_silhouette_weight),
+            ("geometry.own_view_weight", self.own_view_weight),
         ):
             if value < 0:
                 raise ValueError(f"{option} must be >= 0, got {value}")
@@ -129,7 +132,7 @@ class LatentGeometry:
         if self.equivariance_weight > 0:
             if "j" not in encoded:
                 raise ValueError(
-                    "latent_equivariance_weight > 0 compares both views' latents: set both_directions"
+                    "geometry.equivariance_weight > 0 compares both views' latents: set pairs.both_directions"
                 )
             terms["latent_equivariance"] = latent_equivariance(
                 encoded["i"][0], encoded["j"][0], batch["R_ij"]

@@ -3,7 +3,8 @@
 A :class:`~handssl.data.multiview.MultiViewPairs` item holds views *i* and *j* at time *t* (``image``,
 ``target``) and, like Rhodin et al.'s rows ``[t:A, t:B, t':C, t':D]``, the same subject's appearance images at
 *t'* (``image_t2``, ``image_t2_j``: another sequence, so they cannot leak the pose at *t*). :class:`PairTraining`
-(the options of :class:`~handssl.models.NVSModule` that shape a step) names the images one encoder pass
+(built from the options of :class:`~handssl.models.NVSModule` that shape a step: its ``pairs`` group,
+``pose.views``, ``pose_head.rows`` and ``synthesis.items``) names the images one encoder pass
 covers (:meth:`~PairTraining.images_to_encode`), builds the decoder's rows (:meth:`~PairTraining.synthesis_rows`:
 both directions, each a view swap with probability ``swap_probability`` and plain auto-encoding otherwise,
 with the appearance of a random one of the two *t'* images) and the pose loss over every encoded image whose
