@@ -80,8 +80,11 @@ SEMI_DATA = "\n".join(
 _MULTI = (
     "{{class_path: handssl.data.SynthHandsMultiView, init_args: {{split: {split}, "
     "world: {{class_path: handssl.data.SynthHandsWorld, init_args: {{style: synthetic}}}}, "
-    "num_subjects: {subjects}, sequences_per_subject: 2, frames_per_sequence: 8, chunk_size: 8}}}}"
+    "num_subjects: {subjects}, sequences_per_subject: 2, frames_per_sequence: 8, chunk_size: 8, "
+    "extra_keys: null}}}}"
 )
+# extra_keys: null (the default) because jsonargparse keeps the init_args of the class a config replaces where the
+# new class takes them: over data/synthhands.yaml the train set would keep its extra_keys: [] (no background).
 MULTI_DATA = "\n".join(
     [
         "data:",
