@@ -407,7 +407,7 @@ def test_config_defaults_expand_before_the_file_in_order(tmp_path):
         ("quickstart.yaml", ["SupervisedModule", "data/synthhands.yaml", "overrides"]),
         ("semihand_full.yaml", ["SemiHandModule", "data/synthhands_synthetic_to_real.yaml"]),
         ("semihand_full_rhd_stb.yaml", ["SemiHandModule", "data/rhd_to_stb.yaml", "overrides"]),
-        ("nvs_semi_panoptic.yaml", ["NVSModule", "data/panoptic_multiview.yaml", "overrides"]),
+        ("nvs_semi_panoptic.yaml", ["NVSModule", "data/panoptic.yaml", "overrides"]),
     ],
 )
 def test_experiments_are_compositions_of_model_data_and_trainer_configs(experiment, expected):
@@ -471,8 +471,9 @@ def test_unrelated_data_modules_in_one_command_are_one_line(tmp_path, capsys):
         (
             "nvs_semi",
             "rhd",
-            "NVSPairs cannot use data.init_args.train: RHD gives single-view items; use a data config of its "
-            "kind (experiments/data/synthhands_multiview.yaml, panoptic_multiview.yaml)",
+            "NVSPairs reads multi-view items, but data.init_args.train is RHD, which has no multi-view form "
+            "(no multi_view()); use a dataset with one (handssl.data.SynthHands, handssl.data.Panoptic) or a "
+            "multi-view dataset",
         ),
     ],
 )
@@ -498,6 +499,75 @@ def test_one_data_config_serves_every_method_whose_views_fit(fake_data_root, tmp
         dm = cli.datamodule
         assert type(dm).__name__ == "HandDataModule" and type(dm.views).__name__ == views
         assert type(dm.datasets["train"]).__name__ == "RHD" and dm.datasets["unlabeled"] is None
+
+
+TINY_SYNTHHANDS = [
+    f"--data.init_args.{split}.init_args.{key}={value}"
+    for split in ("train", "val", "test")
+    for key, value in (("num_subjects", 1), ("sequences_per_subject", 2), ("frames_per_sequence", 2))
+]
+
+
+@pytest.mark.parametrize(
+    "model, views, dataset",
+    [
+        ("supervised", "SupervisedViews", "SynthHands"),
+        ("semihand_source_only", "SemiHandViews", "SynthHands"),
+        ("nvs_semi", "NVSPairs", "SynthHandsMultiView"),
+    ],
+)
+def test_the_one_synthhands_data_config_serves_single_and_multi_view_methods(model, views, dataset):
+    from handssl._lightning_cli import make_cli
+
+    data = EXPERIMENTS / "data" / "synthhands.yaml"
+    args = ["-c", str(EXPERIMENTS / "model" / f"{model}.yaml"), "-c", str(data), "--trainer.logger=false"]
+    dm = make_cli([*args, *TINY_SYNTHHANDS, "--data.init_args.batch_size=2"], run=False).datamodule
+    dm.setup("fit")
+    assert type(dm.views).__name__ == views
+    for split in ("train", "val", "test"):
+        items = dm.datasets[split]
+        assert type(items).__name__ == dataset and items.split == split and len(items) == 4
+        assert (items.num_subjects, items.sequences_per_subject, items.frames_per_sequence) == (1, 2, 2)
+    assert dm.datasets["predict"] is dm.datasets["test"]
+    assert dm.train_dataloader() is not None  # each method builds its training loader on it
+
+
+def test_nvs_pairs_read_a_single_view_dataset_through_its_multi_view_form():
+    from torch.utils.data import ConcatDataset
+
+    from handssl.data import NVSPairs, SynthHands, SynthHandsMultiView, SynthHandsWorld
+
+    world = SynthHandsWorld(image_size=32)
+    single = SynthHands("val", world=world, num_subjects=2, sequences_per_subject=2, frames_per_sequence=3)
+    views = NVSPairs(multi_view_arguments={"val": {"frames_per_sequence": 2}})
+    adapted = views.adapt({"val": single, "test": ConcatDataset([single]), "unlabeled": single}, 32)
+    form = adapted["val"]
+    assert isinstance(form, SynthHandsMultiView) and form.world is world and form.num_views == 2
+    assert (form.split, form.num_subjects, form.sequences_per_subject, form.frames_per_sequence) == (
+        "val",
+        2,
+        2,
+        2,
+    )
+    assert isinstance(adapted["test"].datasets[0], SynthHandsMultiView)
+    assert adapted["test"].datasets[0].frames_per_sequence == 3
+    assert adapted["unlabeled"] is single  # NVS reads no unlabelled set; check() names it if given
+    given = SynthHandsMultiView("val", world=world, num_subjects=1, frames_per_sequence=2)
+    assert views.adapt({"val": given}, 32)["val"] is given  # multi-view datasets are used as named
+    with pytest.raises(ValueError, match="multi_view_arguments: unknown split"):
+        NVSPairs(multi_view_arguments={"validation": {}})
+
+
+def test_a_dataset_without_a_multi_view_form_is_one_line():
+    from torch.utils.data import TensorDataset
+
+    dataset = TensorDataset(torch.zeros(2))
+    with pytest.raises(ValueError) as error:
+        from handssl.data import NVSPairs
+
+        NVSPairs().adapt({"train": dataset}, 64)
+    assert str(error.value).count("\n") == 0
+    assert "data.init_args.train is TensorDataset, which has no multi-view form" in str(error.value)
 
 
 def test_an_option_of_the_earlier_data_modules_names_its_new_place(tmp_path, capsys):
@@ -569,7 +639,7 @@ def test_model_and_data_configs_compose_with_linked_image_size_and_protocol(
 
 
 def test_model_image_size_against_the_data_is_one_line(tmp_path, capsys):
-    model, data = EXPERIMENTS / "model" / "nvs_semi.yaml", EXPERIMENTS / "data" / "synthhands_multiview.yaml"
+    model, data = EXPERIMENTS / "model" / "nvs_semi.yaml", EXPERIMENTS / "data" / "synthhands.yaml"
     with pytest.raises(SystemExit) as exit_info:
         run(["fit", "-c", str(model), "-c", str(data), "--model.init_args.image_size=32"], tmp_path)
     assert exit_info.value.code == 2

@@ -415,6 +415,8 @@ def test_nvs_pairs_refuse_single_view_data_in_one_line():
             raise AssertionError("the check reads no item")
 
     with pytest.raises(
-        ValueError, match=r"^NVSPairs cannot use data.init_args.train: SingleView gives single-view"
+        ValueError,
+        match=r"^NVSPairs reads multi-view items, but data.init_args.train is SingleView, which has no "
+        r"multi-view form \(no multi_view\(\)\); use a dataset with one",
     ):
         HandDataModule(train=SingleView(), views=NVSPairs())

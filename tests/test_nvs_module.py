@@ -426,14 +426,10 @@ def fake_panoptic_root(tmp_path_factory):
 
 
 REGIMES = ("nvs_supervised", "nvs_pretrained", "nvs_pretrained_stage2", "nvs_semi")
-# The model configs on the multi-view data configs, as the README composes them (-c model -c data).
+# The model configs on the one data config per dataset, as the README composes them (-c model -c data).
 COMPOSED = [
-    ("model/nvs_supervised.yaml", "data/panoptic_multiview.yaml"),
-    *[
-        (f"model/{regime}.yaml", "data/synthhands_multiview.yaml")
-        for regime in REGIMES
-        if regime != "nvs_supervised"
-    ],
+    ("model/nvs_supervised.yaml", "data/panoptic.yaml"),
+    *[(f"model/{regime}.yaml", "data/synthhands.yaml") for regime in REGIMES if regime != "nvs_supervised"],
 ]
 
 

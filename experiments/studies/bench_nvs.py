@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     size = module.hparams.image_size
     world = SynthHandsWorld(style=args.style, image_size=size)
     train = MultiViewPairs(SynthHandsMultiView(split="train", world=world))
-    # The recipes' evaluation sets (experiments/data/synthhands_multiview.yaml)
+    # The recipes' evaluation sets (experiments/nvs_semi.yaml's multi_view_arguments)
     frames = 32 if args.split == "test" else 16
     test = MultiViewPairs(
         SynthHandsMultiView(

@@ -1,7 +1,7 @@
 """A fair sweep of the NVS regimes on the shipped recipes, by labelled subjects and seeds (issue 21, item 3).
 
 Rhodin et al., "Unsupervised Geometry-Aware Representation for 3D Human Pose Estimation", ECCV'18, label whole
-subjects; SynthHands multi-view has 32 training subjects (``experiments/data/synthhands_multiview.yaml``). For
+subjects; SynthHands multi-view has 32 training subjects (``experiments/data/synthhands.yaml``, read as pairs). For
 every number ``k`` of labelled subjects (``--subjects``) and every seed of ``k`` (``--seeds-per-k``), each row
 runs the recipe users run, ``handssl fit -c experiments/<recipe>.yaml``, with only the options below changed:
 

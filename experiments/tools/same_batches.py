@@ -65,8 +65,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     # the single-view data configs under the supervised model
     **{
         f"supervised_{name}": (["model/supervised.yaml", f"data/{name}.yaml"], SMALL)
-        for name in ("rhd", "stb", "dexter_object", "freihand", "panoptic", "handdb")
+        for name in ("rhd", "stb", "dexter_object", "freihand", "panoptic", "handdb", "synthhands")
     },
+    # the one SynthHands data config under SemiHand's network too (the NVS recipes stack on it as well)
+    "semihand_source_only_synthhands": (["model/semihand_source_only.yaml", "data/synthhands.yaml"], []),
 }
 
 

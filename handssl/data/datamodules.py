@@ -483,7 +483,7 @@ class HandDataModule(pl.LightningDataModule):
         datasets = dict(zip(SPLIT_NAMES, (_concat(d) for d in given)))
         if datasets["predict"] is None:
             datasets["predict"] = datasets["test"]
-        self.datasets: dict[str, Dataset | None] = datasets
+        self.datasets: dict[str, Dataset | None] = views.adapt(datasets, image_size)
         # DeferredRendering of the training set (key "") or of a combined batch's parts, with render_on="device"
         self._deferred: dict[str, Any] = {}
         views.check(self)

@@ -419,6 +419,7 @@ class _PanopticDataset(HandDataset):
         self.min_score = float(min_score)
         self.every_nth_frame = every_nth_frame
         self.require_in_view = require_in_view
+        self.camera_selection = cameras  # as given (multi_view hands it on)
         self.index = index_sequences(
             self.root, sequences, cameras, hand, self.min_score, every_nth_frame, require_in_view, self.name
         )
@@ -535,6 +536,37 @@ class Panoptic(_PanopticDataset):
 
     def load_sample(self, index: int) -> Sample:
         return self._load_camera_view(index)
+
+    def multi_view(
+        self, num_views: int = 2, image_size: int | None = None, **arguments: Any
+    ) -> PanopticMultiView:
+        """This dataset's multi-view form: :class:`PanopticMultiView` (``multiview=True``) of the same frames.
+
+        What multi-view views (:class:`~handssl.data.views.NVSPairs`) read, so that one data config serves
+        single- and multi-view methods. The sibling keeps ``root``, ``sequences``, ``cameras``, ``hand``,
+        ``min_score``, ``every_nth_frame``, ``require_in_view`` and ``mirror_left``; ``transform`` (it would
+        see single-view samples) is not carried over.
+
+        Args:
+            num_views: Views per item.
+            image_size: Side of the crops (``crop_size``), the DataModule's image side; ``None`` keeps
+                :class:`PanopticMultiView`'s default.
+            **arguments: Any other :class:`PanopticMultiView` argument (``crop_extent_mm``, ``seed``, ...), or
+                one of the above to override.
+        """
+        kept: dict[str, Any] = {
+            "root": self.root,
+            "sequences": list(self.sequences),
+            "cameras": self.camera_selection,
+            "hand": self.hand,
+            "min_score": self.min_score,
+            "every_nth_frame": self.every_nth_frame,
+            "require_in_view": self.require_in_view,
+            "mirror_left": self.mirror_left,
+        }
+        if image_size is not None:
+            kept["crop_size"] = image_size
+        return PanopticMultiView(multiview=True, num_views=num_views, **{**kept, **arguments})
 
 
 class PanopticMultiView(_PanopticDataset):

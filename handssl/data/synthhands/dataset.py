@@ -150,6 +150,7 @@ class SynthHandsBase(HandDataset):
         )
         self._store: SharedStore | LRUStore | None = None  # subclasses call _make_store() when set up
         self._render_device: torch.device | None = None  # set inside rendering_on() only
+        self._cache_dir_given = cache_dir  # what a sibling of this dataset is given (multi_view)
         self._disk = None if cache_dir is None else DiskStore(cache_dir, self.world)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from torch import Tensor
@@ -13,6 +13,9 @@ from handssl.data.base import Sample, Transform
 from handssl.data.synthhands.appearance import hash_ints
 from handssl.data.synthhands.dataset import Split, SynthHandsBase, ViewKey
 from handssl.data.synthhands.world import SynthHandsWorld
+
+if TYPE_CHECKING:
+    from handssl.data.synthhands.multi_view import SynthHandsMultiView
 
 __all__ = ["SynthHands"]
 
@@ -106,6 +109,36 @@ class SynthHands(SynthHandsBase):
 
     def __len__(self) -> int:
         return self.num_frames * (self.num_cameras if self.camera == "all" else 1)
+
+    def multi_view(
+        self, num_views: int = 2, image_size: int | None = None, **arguments: Any
+    ) -> SynthHandsMultiView:
+        """This dataset's multi-view form: :class:`SynthHandsMultiView` of the same world, split and frames.
+
+        What multi-view views (:class:`~handssl.data.views.NVSPairs`) read, so that one data config serves
+        single- and multi-view methods. The sibling keeps ``split``, ``world``, ``num_subjects``,
+        ``first_subject``, ``sequences_per_subject``, ``frames_per_sequence``, ``cache_mb`` and ``cache_dir``;
+        ``camera``, ``chunk_size``, ``extra_keys`` (pairs need the background) and ``transform`` (it would see
+        single-view samples) are not carried over.
+
+        Args:
+            num_views: Views per item.
+            image_size: The DataModule's image side; unused (the world renders at its own ``image_size``).
+            **arguments: Any other :class:`SynthHandsMultiView` argument, or one of the above to override.
+        """
+        from handssl.data.synthhands.multi_view import SynthHandsMultiView
+
+        kept = {
+            "split": self.split,
+            "world": self.world,
+            "num_subjects": self.num_subjects,
+            "first_subject": self.first_subject,
+            "sequences_per_subject": self.sequences_per_subject,
+            "frames_per_sequence": self.frames_per_sequence,
+            "cache_mb": self.cache_mb,
+            "cache_dir": self._cache_dir_given,
+        }
+        return SynthHandsMultiView(num_views=num_views, **{**kept, **arguments})
 
     def view_keys(self, index: int, epoch: int = 0) -> list[ViewKey]:
         if self.camera == "all":

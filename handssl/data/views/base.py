@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainPart", "Views", "is_multiview"]
 
-MULTIVIEW_DATA = "experiments/data/synthhands_multiview.yaml, panoptic_multiview.yaml"
+MULTIVIEW_DATA = "experiments/data/synthhands.yaml, panoptic.yaml: NVSPairs reads their multi-view forms"
 SINGLE_VIEW_DATA = "experiments/data/synthhands.yaml, rhd.yaml, rhd_to_stb.yaml, ..."
 
 
@@ -77,6 +77,14 @@ class Views:
             f"{type(self).__name__} has no default datasets: set data.init_args.train, val and test (a data "
             f"config, e.g. {fits})"
         )
+
+    def adapt(self, datasets: dict[str, Dataset | None], image_size: int) -> dict[str, Dataset | None]:
+        """The DataModule's datasets (by split name) in the form these views read; the base keeps them.
+
+        Called once, before :meth:`check`. :class:`~handssl.data.views.NVSPairs` replaces single-view datasets
+        by their multi-view forms (``dataset.multi_view()``), so that one data config serves every method.
+        """
+        return datasets
 
     def check(self, datamodule: HandDataModule) -> None:
         """Refuse a DataModule these views cannot serve (called once its datasets are set).

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, Dataset, Sampler
+from torch.utils.data import BatchSampler, ConcatDataset, Dataset, Sampler
 
 from handssl.data.base import Sample
-from handssl.data.views.base import TrainPart, Views
+from handssl.data.views.base import TrainPart, Views, is_multiview
 from handssl.geometry import relative_rotation
 from handssl.skeleton import NUM_JOINTS, root_relative, valid_with_root
 
@@ -46,6 +46,12 @@ __all__ = [
     "labeled_subset",
     "pose_statistics",
 ]
+
+PAIR_VIEWS = 2
+"""Views of the multi-view form :class:`NVSPairs` asks a single-view dataset for (a pair's two cameras)."""
+
+MULTI_VIEW_SPLITS = ("train", "val", "test", "predict")
+"""The splits whose single-view datasets :class:`NVSPairs` replaces by their multi-view forms."""
 
 PAIR_KEYS = ("image", "background", "R", "image_t2", "joints3d", "joints2d", "K", "valid")
 """Keys a multi-view item must hold (each with a leading view axis)."""
@@ -398,7 +404,11 @@ class NVSPairs(Views):
 
     Validation and test items are fully labelled pairs; the evaluation uses view *i*. With no datasets given,
     the DataModule gets SynthHandsMultiView ``train`` / ``val`` / ``test`` (two views, ``style``, the
-    DataModule's ``image_size`` and ``seed``).
+    DataModule's ``image_size`` and ``seed``). A single-view dataset (e.g. ``handssl.data.SynthHands`` or
+    ``handssl.data.Panoptic`` of a data config every method shares) is replaced by its multi-view form,
+    ``dataset.multi_view(num_views=2, image_size=<the DataModule's>, **multi_view_arguments[split])``; a
+    dataset without one is a one-line error. Multi-view datasets (``handssl.data.SynthHandsMultiView``, ...)
+    are used as given.
 
     Args:
         label_fraction: Share of training items whose labels are used (ignored when ``num_labeled`` or
@@ -413,6 +423,9 @@ class NVSPairs(Views):
         statistics_items: Labelled items (evenly spaced) used to compute the pose mean and std.
         style: Appearance style of the default SynthHands datasets (``"synthetic"``, ``"real"`` or
             ``"real_object"``).
+        multi_view_arguments: Per split name (``train``, ``val``, ``test``, ``predict``), arguments of the
+            multi-view form of that split's single-view dataset, e.g. a smaller evaluation subset
+            ``{val: {frames_per_sequence: 16}}``.
     """
 
     example_dataset = "handssl.data.SynthHandsMultiView"
@@ -426,6 +439,7 @@ class NVSPairs(Views):
         labeled_share: float = 0.5,
         statistics_items: int = 128,
         style: Style = "synthetic",
+        multi_view_arguments: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         if not 0.0 <= labeled_share <= 1.0:
             raise ValueError(f"labeled_share must be in [0, 1], got {labeled_share}")
@@ -437,6 +451,10 @@ class NVSPairs(Views):
         self.labeled_subjects = labeled_subjects
         self.statistics_items = statistics_items
         self.style = style
+        self.multi_view_arguments = dict(multi_view_arguments or {})
+        unknown = sorted(set(self.multi_view_arguments) - set(MULTI_VIEW_SPLITS))
+        if unknown:
+            raise ValueError(f"multi_view_arguments: unknown split(s) {unknown}; give {MULTI_VIEW_SPLITS}")
         self._labeled: Tensor | None = None
         self._statistics: tuple[Tensor, Tensor] | None = None
 
@@ -448,6 +466,32 @@ class NVSPairs(Views):
 
         world = SynthHandsWorld(style=self.style, image_size=image_size, seed=seed)
         return {s: SynthHandsMultiView(split=s, world=world, num_views=2) for s in SPLITS}
+
+    def adapt(self, datasets: dict[str, Dataset | None], image_size: int) -> dict[str, Dataset | None]:
+        """Single-view datasets replaced by their multi-view forms (one form per dataset object)."""
+        forms: dict[int, Dataset] = {}
+        adapted: dict[str, Dataset | None] = {}
+        for name, dataset in datasets.items():
+            if dataset is None or name == "unlabeled" or is_multiview(dataset):
+                adapted[name] = dataset
+                continue
+            if id(dataset) not in forms:  # predict defaults to the test set: the same form
+                forms[id(dataset)] = self.multi_view_form(name, dataset, image_size)
+            adapted[name] = forms[id(dataset)]
+        return adapted
+
+    def multi_view_form(self, split: str, dataset: Dataset, image_size: int) -> Dataset:
+        """The multi-view form of split ``split``'s single-view ``dataset`` (``dataset.multi_view(...)``)."""
+        if isinstance(dataset, ConcatDataset):
+            return ConcatDataset([self.multi_view_form(split, d, image_size) for d in dataset.datasets])
+        form = getattr(dataset, "multi_view", None)
+        if not callable(form):
+            raise ValueError(
+                f"{type(self).__name__} reads multi-view items, but data.init_args.{split} is "
+                f"{type(dataset).__name__}, which has no multi-view form (no multi_view()); use a dataset "
+                "with one (handssl.data.SynthHands, handssl.data.Panoptic) or a multi-view dataset"
+            )
+        return form(num_views=PAIR_VIEWS, image_size=image_size, **self.multi_view_arguments.get(split, {}))
 
     def labeled_per_batch(self, batch_size: int) -> int:
         """Labelled items per training batch of ``batch_size``."""

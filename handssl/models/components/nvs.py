@@ -9,13 +9,14 @@ Rhodin et al. CVPR'19; the ECCV'18 code fed the background as a skip connection 
 :class:`PoseHead` maps the un-rotated ``L3D`` to 21 root-relative joints, normalised by the training
 mean and standard deviation.
 
-All modules are plain ``nn.Module``s: tensors in, tensors out.
+All modules are plain ``nn.Module``s: tensors in, tensors out. This module holds the encoder and the
+decoder; the parameter-free point helpers live in :mod:`~handssl.models.components.nvs_rendering` and the
+pose head and checkpoint loading in :mod:`~handssl.models.components.nvs_pose_head`, both re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal, cast
 
 import torch
@@ -23,90 +24,21 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from handssl.data.multiview import pose_statistics as pose_statistics  # re-export; the data layer owns it
-from handssl.geometry import rotation_about_axis
 from handssl.models.components.backbones import ResNetBackbone, norm_layer
-from handssl.models.components.heads import MLP
 from handssl.models.components.nvs_losses import normalize_mask_max
-from handssl.skeleton import NUM_JOINTS, root_relative
+from handssl.models.components.nvs_pose_head import PoseHead as PoseHead
+from handssl.models.components.nvs_pose_head import load_modules as load_modules
+from handssl.models.components.nvs_pose_head import load_state_dict_file as load_state_dict_file
+from handssl.models.components.nvs_rendering import composite as composite
+from handssl.models.components.nvs_rendering import rotate_points as rotate_points
+from handssl.models.components.nvs_rendering import splat_points as splat_points
+from handssl.models.components.nvs_rendering import turntable_rotations as turntable_rotations
 
 POINT_HEADS: tuple[str, ...] = ("linear", "pixel_aligned")
 """How :class:`NVSEncoder` reads its points off the features."""
 
 MASK_FLOOR = 1e-4
 """Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
-
-
-def rotate_points(points: Tensor, R: Tensor) -> Tensor:
-    """Rotate point sets: ``p' = R @ p`` for every point.
-
-    Args:
-        points: ``(B, N, 3)`` points (``L3D``), one point per row.
-        R: ``(B, 3, 3)`` or ``(3, 3)`` rotations (e.g. ``R_ij = R_j @ R_i.T`` from camera *i* to *j*).
-
-    Returns:
-        ``(B, N, 3)`` rotated points.
-    """
-    if points.shape[-1] != 3:
-        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
-    if R.shape[-2:] != (3, 3):
-        raise ValueError(f"R must be (B, 3, 3) or (3, 3), got {tuple(R.shape)}")
-    if R.dim() == 3 and R.shape[0] != points.shape[0]:
-        raise ValueError(f"R holds {R.shape[0]} rotations for a batch of {points.shape[0]} point sets")
-    return points @ R.to(points.dtype).transpose(-1, -2)
-
-
-def composite(foreground: Tensor, mask: Tensor, background: Tensor) -> Tensor:
-    """Alpha-blend ``mask * foreground + (1 - mask) * background``; all ``(B, C, H, W)`` (mask ``C = 1``)."""
-    return mask * foreground + (1 - mask) * background
-
-
-def splat_points(points: Tensor, side: int, sigma: float = 0.15) -> Tensor:
-    """Orthographic Gaussian splats of point sets on a ``side x side`` grid over ``[-1, 1]^2``: occupancy and depth.
-
-    The image plane is the camera's ``x`` (right) and ``y`` (down); each point adds
-    ``exp(-|grid - (x, y)|^2 / (2 sigma^2))`` to the occupancy channel and that weight times its ``z`` to the
-    depth channel (then divided by the occupancy). Differentiable in the points, so the encoder learns to place
-    them where the hand is.
-
-    Args:
-        points: ``(B, N, 3)`` points (a rotated ``L3D``).
-        side: Grid side in cells.
-        sigma: Splat radius in the grid's ``[-1, 1]`` units.
-
-    Returns:
-        ``(B, 2, side, side)``: occupancy (point count per cell, smoothed) and mean depth.
-    """
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    axis = torch.linspace(-1.0, 1.0, side, dtype=points.dtype, device=points.device)
-
-    def gaussian(coordinate: Tensor) -> Tensor:  # (B, N) -> (B, N, side)
-        exponent = (axis - coordinate[..., None]) ** 2 / (2 * sigma**2)
-        # far tails become exact zeros: their exp would be subnormal floats, which make CPU kernels crawl
-        return torch.where(exponent < 40.0, torch.exp(-exponent.clamp(max=40.0)), 0.0)
-
-    # the Gaussian is separable, so the (side x side) sum over points is one batched matrix product
-    along_x, along_y = gaussian(points[..., 0]), gaussian(points[..., 1])
-    occupancy = along_y.transpose(1, 2) @ along_x  # (B, side (y), side (x))
-    depth = (along_y * points[..., 2, None]).transpose(1, 2) @ along_x / (occupancy + 1e-3)
-    return torch.stack([occupancy, depth], dim=1)
-
-
-def turntable_rotations(num_views: int, axis: str = "y", degrees: float = 360.0) -> Tensor:
-    """Rotations about a camera axis for a turntable of novel views.
-
-    Args:
-        num_views: Number of views.
-        axis: Camera axis to turn about (``"y"`` points down the image, so ``"y"`` spins the hand left-right).
-        degrees: Total angle; views are evenly spaced in ``[0, degrees)``.
-
-    Returns:
-        ``(num_views, 3, 3)`` rotation matrices, the first one the identity.
-    """
-    if num_views < 1:
-        raise ValueError(f"num_views must be >= 1, got {num_views}")
-    angles = torch.arange(num_views, dtype=torch.float32) * (degrees / num_views) * torch.pi / 180.0
-    return torch.stack([rotation_about_axis(axis, a) for a in angles])
 
 
 class NVSEncoder(nn.Module):
@@ -339,108 +271,3 @@ class NVSDecoder(nn.Module):
         """Composited ``(B, 3, H, W)`` image of ``points`` with ``appearance`` over ``background``."""
         foreground, mask = self.layers(points, appearance)
         return composite(foreground, mask, background)
-
-
-class PoseHead(nn.Module):
-    """MLP from the (un-rotated) ``L3D`` to 21 root-relative joints, with the training pose statistics.
-
-    The MLP predicts ``(joints - mean) / std`` (Rhodin et al.'s ``LossLabelMeanStdNormalized``); ``mean`` and
-    ``std`` ``(21, 3)`` are buffers, set once from the labeled training set with :meth:`set_statistics`, and
-    travel with the checkpoint.
-
-    Args:
-        num_points: Points ``N`` of the 3D latent (input size ``3 N``).
-        hidden: Hidden layer sizes (Rhodin et al.: two of 2048).
-        dropout: Dropout after each hidden layer (Rhodin et al.: 0.5).
-        batch_norm: BatchNorm after each hidden linear layer.
-        min_std_mm: Floor of ``std`` (the root joint has zero spread once root-relative).
-    """
-
-    mean: Tensor
-    std: Tensor
-    has_statistics: Tensor
-
-    def __init__(
-        self,
-        num_points: int = 200,
-        hidden: Sequence[int] = (2048, 2048),
-        dropout: float = 0.5,
-        batch_norm: bool = True,
-        min_std_mm: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.mlp = MLP(3 * num_points, hidden, NUM_JOINTS * 3, dropout=dropout, batch_norm=batch_norm)
-        self.min_std_mm = min_std_mm
-        self.register_buffer("mean", torch.zeros(NUM_JOINTS, 3))
-        self.register_buffer("std", torch.ones(NUM_JOINTS, 3))
-        self.register_buffer("has_statistics", torch.tensor(False))
-
-    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
-        """Store the per-coordinate mean and standard deviation ``(21, 3)`` of root-relative joints (mm)."""
-        mean, std = torch.as_tensor(mean), torch.as_tensor(std)
-        if mean.shape != (NUM_JOINTS, 3) or std.shape != (NUM_JOINTS, 3):
-            raise ValueError(f"mean and std must be (21, 3), got {tuple(mean.shape)} and {tuple(std.shape)}")
-        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
-            raise ValueError("pose statistics hold NaN or inf; are there valid labeled joints?")
-        self.mean.copy_(mean)
-        self.std.copy_(std.clamp_min(self.min_std_mm))
-        self.has_statistics.fill_(True)
-
-    def normalize(self, joints: Tensor) -> Tensor:
-        """Root-relative joints (mm) to the normalised space the MLP predicts in."""
-        return (joints - self.mean) / self.std
-
-    def denormalize(self, normalized: Tensor) -> Tensor:
-        """Inverse of :meth:`normalize`."""
-        return normalized * self.std + self.mean
-
-    def forward(self, points: Tensor) -> Tensor:
-        """``(B, N, 3)`` latent points to normalised joints ``(B, 21, 3)`` (see :meth:`to_joints`)."""
-        return self.mlp(points.flatten(1)).view(-1, NUM_JOINTS, 3)
-
-    def to_joints(self, normalized: Tensor) -> Tensor:
-        """Normalised output to root-relative joints in mm (the root is set exactly to zero)."""
-        joints = self.denormalize(normalized)
-        return root_relative(joints)
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a Lightning checkpoint (``state_dict`` inside) or a plain state dict from disk."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained_checkpoint not found: {path} (give the checkpoint that stage 1 of the pretrained "
-            "regime wrote, e.g. experiments/nvs_pretrained.yaml's ModelCheckpoint dirpath)"
-        )
-    # Lightning checkpoints pickle hyper-parameters too; the file is the user's own training output.
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds no state dict (got {type(state).__name__})")
-    return state
-
-
-def load_modules(path: str | Path, modules: Mapping[str, nn.Module | None]) -> None:
-    """Load each named module (weights and BatchNorm statistics) from the ``<name>.*`` keys of a checkpoint.
-
-    Raises:
-        ValueError: The checkpoint holds no such keys, or they do not fit the module's architecture.
-    """
-    state = load_state_dict_file(path)
-    for name, module in modules.items():
-        if module is None:
-            continue
-        prefix = f"{name}."
-        part = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if not part:
-            raise ValueError(f"{path} holds no {name} weights (keys starting with {prefix!r})")
-        own = module.state_dict()
-        mismatch = [k for k in own if k not in part or tuple(part[k].shape) != tuple(own[k].shape)]
-        if mismatch:
-            raise ValueError(
-                f"{path}: the {name} does not match this model's architecture ({len(mismatch)} missing or "
-                f"mis-shaped tensors, e.g. {mismatch[:3]}); use the same image_size, num_points, "
-                "appearance_dim and widths as stage 1"
-            )
-        module.load_state_dict(part)

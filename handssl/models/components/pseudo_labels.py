@@ -34,22 +34,29 @@ per-sample template of bone lengths (the paper assumes the template is known). T
 target of Eq. 6's ungated term ``l(r, p)``.
 
 Without correction (an ablation) the corrected views are left out of both the mean and the spread.
+
+This module holds the labels and the labeller; the views, spread and gate live in
+:mod:`~handssl.models.components.pseudo_label_views`, the loss and the scoring in
+:mod:`~handssl.models.components.pseudo_label_loss`; every name is re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from handssl.geometry import invert_matrix, project, transform_points, unproject
-from handssl.metrics.functional import masked_mean
-from handssl.models.components.pose25d import PoseNorm, encode_25d, lift_25d, pose_distance
-from handssl.skeleton import MIDDLE_MCP, REFERENCE_BONE, ROOT, root_relative
+from handssl.geometry import project, unproject
+from handssl.models.components.pose25d import lift_25d
+from handssl.models.components.pseudo_label_loss import (
+    pseudo_label_errors,
+    pseudo_label_loss,
+    transformed_label,
+)
+from handssl.models.components.pseudo_label_views import gate, map_back, spread, stack_views
+from handssl.skeleton import MIDDLE_MCP
 
 __all__ = [
     "PseudoLabeler",
@@ -69,98 +76,6 @@ Corrector = Callable[..., Tensor]
 
 Called as ``corrector(joints)``, or ``corrector(joints, template=lengths)`` with ``(N, 20)`` bone lengths (mm)
 when a template is given."""
-
-
-def map_back(uv: Tensor, matrices: Tensor) -> Tensor:
-    """Map predictions on perturbed images back to the original frame.
-
-    Args:
-        uv: ``(B, P, J, 2)`` pixels of the perturbed images.
-        matrices: ``(B, P, 3, 3)`` perturbation matrices (original -> perturbed pixels).
-
-    Returns:
-        ``(B, P, J, 2)`` pixels of the original image.
-    """
-    return transform_points(uv, invert_matrix(matrices.to(uv.dtype)))
-
-
-def stack_views(uv: Tensor, depth: Tensor, matrices: Tensor) -> tuple[Tensor, Tensor]:
-    """The views of each image from one pass over ``B`` originals followed by their ``B x P`` perturbed copies.
-
-    Args:
-        uv: ``(B + B P, J, 2)`` predictions, the originals first, then each original's ``P`` copies in turn.
-        depth: ``(B + B P, J)`` relative depths, in the same order.
-        matrices: ``(B, P, 3, 3)`` perturbation matrices (original -> perturbed pixels).
-
-    Returns:
-        ``(B, V, J, 2)`` and ``(B, V, J)`` with ``V = P + 1``, view 0 the original, the others mapped back.
-    """
-    b, p = matrices.shape[:2]
-    uv_views = torch.cat([uv[:b, None], map_back(uv[b:].view(b, p, *uv.shape[1:]), matrices)], 1)
-    return uv_views, torch.cat([depth[:b, None], depth[b:].view(b, p, -1)], 1)
-
-
-def spread(uv_views: Tensor, depth_views: Tensor, uv: Tensor, depth: Tensor, **distance: Any) -> Tensor:
-    """Mean pose distance of a set of poses from a reference pose: ``mean_s l(s, p)``.
-
-    Args:
-        uv_views: ``(B, S, J, 2)`` poses of the set.
-        depth_views: ``(B, S, J)``.
-        uv: ``(B, J, 2)`` reference pose (e.g. their mean).
-        depth: ``(B, J)``.
-        **distance: Keyword arguments of :func:`~handssl.models.components.pose25d.pose_distance`
-            (``depth_weight``, ``uv_unit_px``).
-
-    Returns:
-        ``(B,)`` spread.
-    """
-    b, s = uv_views.shape[:2]
-    ref_uv = uv.unsqueeze(1).expand_as(uv_views)
-    ref_d = depth.unsqueeze(1).expand_as(depth_views)
-    dist = pose_distance(
-        uv_views.reshape(b * s, *uv_views.shape[2:]),
-        depth_views.reshape(b * s, -1),
-        ref_uv.reshape(b * s, *uv_views.shape[2:]),
-        ref_d.reshape(b * s, -1),
-        **distance,
-    )
-    return dist.view(b, s).mean(1)
-
-
-def gate(
-    spread: Tensor,
-    threshold: float | None = None,
-    accept_fraction: float | None = None,
-    eligible: Tensor | None = None,
-) -> Tensor:
-    """Which samples pass the confidence gate (lower spread ``C`` is more confident).
-
-    Args:
-        spread: ``(N,)`` the spread ``C``.
-        threshold: A fixed ``tau``: keep ``C <= tau`` (the paper's ``1(C <= tau)``; ``inf`` keeps all).
-        accept_fraction: Used when ``threshold`` is ``None``: keep the ``ceil(q N)`` most confident samples of
-            the ``N`` given (a per-batch quantile of ``C``; ``0`` keeps none, ``1`` all).
-        eligible: Optional ``(N,)`` bool; ineligible samples (e.g. refused by the correction) never pass and
-            do not take a place in the quantile.
-
-    Returns:
-        ``(N,)`` bool.
-    """
-    ok = torch.ones_like(spread, dtype=torch.bool) if eligible is None else eligible.bool()
-    ok = ok & torch.isfinite(spread)
-    if threshold is not None:
-        return ok & (spread <= threshold)
-    if accept_fraction is None:
-        raise ValueError("gate needs a threshold or an accept_fraction")
-    if not 0.0 <= accept_fraction <= 1.0:
-        raise ValueError(f"accept_fraction must be in [0, 1], got {accept_fraction}")
-    keep = math.ceil(accept_fraction * spread.numel() - 1e-9)
-    if keep <= 0:
-        return torch.zeros_like(ok)
-    order = torch.where(ok, spread, torch.full_like(spread, float("inf"))).argsort(stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return ok & (rank < keep)
 
 
 @dataclass
@@ -459,105 +374,3 @@ def onto_rays(joints: Tensor, uv: Tensor, K: Tensor) -> Tensor:
     rays = unproject(uv, torch.ones_like(uv[..., 0]), K)
     t = (rays * joints).sum(-1, keepdim=True) / (rays * rays).sum(-1, keepdim=True)
     return rays * t.clamp_min(1e-6)
-
-
-def transformed_label(label_uv: Tensor, matrices: Tensor, image_size: int) -> tuple[Tensor, Tensor]:
-    """Pseudo-label joints moved into the augmented image, and which of them land inside it.
-
-    Args:
-        label_uv: ``(B, J, 2)`` pseudo-label in the original frame.
-        matrices: ``(B, 3, 3)`` augmentation matrices (original -> augmented pixels).
-        image_size: Image side.
-
-    Returns:
-        ``(B, J, 2)`` joints in augmented pixels and a ``(B, J)`` bool mask of those inside the image.
-    """
-    target = transform_points(label_uv, matrices)
-    inside = ((target >= -0.5) & (target <= image_size - 0.5)).all(-1)
-    return target, inside
-
-
-def pseudo_label_loss(
-    uv: Tensor,
-    depth: Tensor,
-    label_uv: Tensor,
-    label_depth: Tensor,
-    matrices: Tensor,
-    accepted: Tensor,
-    image_size: int,
-    depth_weight: float = 50.0,
-    uv_unit_px: float = 1.0,
-    root: int = MIDDLE_MCP,
-    norm: PoseNorm = "l2",
-) -> Tensor:
-    """The gated pseudo-label loss ``mean_b 1(C_b <= tau) l(p_b, T_b(p_hat_b))`` on augmented images.
-
-    Args:
-        uv: ``(B, J, 2)`` prediction on the augmented ("diversity") image (gets gradients).
-        depth: ``(B, J)`` its relative depth.
-        label_uv: ``(B, J, 2)`` pseudo-label in the original frame.
-        label_depth: ``(B, J)`` pseudo-label depth (relative to ``root``).
-        matrices: ``(B, 3, 3)`` augmentation matrices (original -> augmented pixels); in-plane transforms leave
-            the relative depth unchanged.
-        accepted: ``(B,)`` bool gate.
-        image_size: Image side; joints whose transformed label leaves the image are ignored.
-        depth_weight: ``lambda_d``.
-        uv_unit_px: Pixels per ``uv`` unit.
-        root: Root joint of the relative depth.
-        norm: ``"l2"`` or ``"l1"`` (see :func:`~handssl.models.components.pose25d.pose_distance`).
-
-    Returns:
-        Scalar loss, averaged over the whole batch (rejected samples count as 0, as the indicator does).
-    """
-    target, inside = transformed_label(label_uv, matrices, image_size)
-    rel = root_relative(depth, root, joint_axis=-1)
-    per_sample = pose_distance(
-        uv, rel, target, label_depth, inside.to(uv.dtype), depth_weight, uv_unit_px, norm
-    )
-    return (per_sample * accepted.to(uv.dtype)).mean()
-
-
-def pseudo_label_errors(
-    labels: PseudoLabels,
-    joints3d: Tensor,
-    valid: Tensor,
-    root: int = ROOT,
-    K: Tensor | None = None,
-    depth_root: int = MIDDLE_MCP,
-) -> dict[str, Tensor]:
-    """Root-relative 3D error (mm, per sample) of the pseudo-labels against ground truth.
-
-    ``error_final`` / ``error_raw`` score the labels as lifted in training (root depth and scale as
-    SemiHand's ``pseudo_labels.lifting`` gave them: with ``"predicted"`` a wrong hand size or distance counts).
-    The student never sees that lifting: it learns the 2.5D label (``uv`` and relative depth). With ``K``, the
-    2.5D labels are also lifted with the annotated root depth and scale, as the evaluation protocol lifts
-    predictions, and scored as ``error_final_known`` / ``error_raw_known``: the quality of what the student
-    trains on. Scoring only; the annotation never reaches a label.
-
-    Args:
-        labels: The pseudo-labels.
-        joints3d: ``(B, J, 3)`` ground-truth camera-frame joints (mm).
-        valid: ``(B, J)`` annotated joints.
-        root: Joint the poses are made relative to.
-        K: ``(B, 3, 3)`` intrinsics of the labels' image (adds the ``*_known`` errors).
-        depth_root: Root joint of the labels' relative depth.
-
-    Returns:
-        ``error_final`` (the pseudo-label), ``error_raw`` (without correction), both ``(B,)``, plus
-        ``error_final_known`` and ``error_raw_known`` with ``K``; NaN for samples without a valid root or joints.
-    """
-    valid = valid.bool() & valid[:, root : root + 1].bool()
-    target = torch.nan_to_num(root_relative(joints3d, root))
-    poses = {"error_final": labels.joints3d, "error_raw": labels.joints3d_raw}
-    if K is not None:
-        _, root_depth, scale = encode_25d(torch.nan_to_num(joints3d), depth_root, REFERENCE_BONE)
-        for name, uv, depth in (
-            ("error_final_known", labels.uv, labels.depth),
-            ("error_raw_known", labels.uv_raw, labels.depth_raw),
-        ):
-            poses[name] = lift_25d(uv, depth, K, root_depth, scale, depth_root)
-    out = {}
-    for name, pred in poses.items():
-        err = (root_relative(pred, root) - target).norm(dim=-1)
-        out[name] = masked_mean(err, valid, dim=-1, empty=float("nan"))
-    return out
