@@ -669,3 +669,11 @@ def test_pose_gradient_ratio_sets_the_measured_balance_and_survives_a_checkpoint
         tiny_module("supervised", pose={"gradient_ratio": 0.1})
     with pytest.raises(ValueError, match="ratio must be > 0"):
         PoseGradientBalance(0.0)
+
+
+def test_geometry_group_reaches_the_latent_terms():
+    module = tiny_module("pretrained", geometry={"point_silhouette_weight": 2.0, "side": 32})
+    assert module.latent_geometry.side == 32 and module.latent_geometry.point_silhouette_weight == 2.0
+    assert module.latent_geometry.silhouette_threshold == module.options.synthesis.silhouette_threshold
+    with pytest.raises(ValueError, match=r"^geometry\.side must be >= 2, got 1$"):
+        tiny_module("pretrained", geometry={"side": 1})
