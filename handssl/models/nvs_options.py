@@ -304,16 +304,15 @@ class NVSOptions:
         )
 
 
-_GROUPS: dict[str, type[Any]] = {
-    group.argument: group
-    for group in (
-        EncoderOptions,
-        DecoderOptions,
-        PairOptions,
-        SynthesisOptions,
-        GeometryOptions,
-        PoseHeadOptions,
-        PoseOptions,
-    )
-}
+#: NVSModule's groups, in the order of its signature (``optimizer`` is the base task's).
+NVS_OPTION_GROUPS: tuple[type[Any], ...] = (
+    EncoderOptions,
+    DecoderOptions,
+    PairOptions,
+    SynthesisOptions,
+    GeometryOptions,
+    PoseHeadOptions,
+    PoseOptions,
+)
+_GROUPS: dict[str, type[Any]] = {group.argument: group for group in NVS_OPTION_GROUPS}
 """NVSModule's option groups by argument."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from handssl.models.nvs_options import (
+    NVS_OPTION_GROUPS,
     DecoderOptions,
     EncoderOptions,
     GeometryOptions,
@@ -33,6 +34,7 @@ from handssl.models.nvs_options import (
 )
 from handssl.models.option_group import OptionGroup, check, coerce, group_keys, task_default
 from handssl.models.semihand_options import (
+    SEMIHAND_OPTION_GROUPS,
     ConsistencyOptions,
     CorrectionOptions,
     EMAOptions,
@@ -44,6 +46,7 @@ from handssl.models.semihand_options import (
 __all__ = [
     "FLAT_ARGUMENTS",
     "GROUPS",
+    "NEVER_FLAT",
     "NVS_GROUPS",
     "SEMIHAND_GROUPS",
     "ConsistencyOptions",
@@ -100,29 +103,12 @@ class Optimization(OptionGroup):
 
 
 #: The option groups that replaced flat task arguments: group argument -> its class.
-GROUPS: dict[str, type[Any]] = {
-    group.argument: group
-    for group in (
-        Optimization,
-        EMAOptions,
-        PoseLossOptions,
-        PseudoLabelOptions,
-        CorrectionOptions,
-        ConsistencyOptions,
-        UnsupervisedSchedule,
-        EncoderOptions,
-        DecoderOptions,
-        PairOptions,
-        SynthesisOptions,
-        GeometryOptions,
-        PoseHeadOptions,
-        PoseOptions,
-    )
-}
+_ALL_GROUPS: tuple[type[Any], ...] = (Optimization, *SEMIHAND_OPTION_GROUPS, *NVS_OPTION_GROUPS)
+GROUPS: dict[str, type[Any]] = {group.argument: group for group in _ALL_GROUPS}
 
 #: The groups each task takes, ``optimizer`` included (its ``moved_arguments``).
-SEMIHAND_GROUPS = ("optimizer", "ema", "loss", "pseudo_labels", "correction", "consistency", "unsupervised")
-NVS_GROUPS = ("optimizer", "encoder", "decoder", "pairs", "synthesis", "geometry", "pose_head", "pose")
+SEMIHAND_GROUPS = ("optimizer", *(group.argument for group in SEMIHAND_OPTION_GROUPS))
+NVS_GROUPS = ("optimizer", *(group.argument for group in NVS_OPTION_GROUPS))
 
 #: The flat arguments of earlier versions named otherwise than their field: group argument -> {field: name}.
 FLAT_NAMES: dict[str, dict[str, str]] = {
@@ -158,12 +144,16 @@ FLAT_NAMES: dict[str, dict[str, str]] = {
     },
 }
 
+#: Fields added after the groups, which no version took as a flat argument.
+NEVER_FLAT: frozenset[tuple[str, str]] = frozenset({("geometry", "side")})
+
 #: The flat task arguments of earlier versions (``lr``, ``ema_decay``, ``use_correction``, ``decoder_splat``,
 #: ...): name -> (group argument, field).
 FLAT_ARGUMENTS: dict[str, tuple[str, str]] = {
     FLAT_NAMES.get(argument, {}).get(key, key): (argument, key)
     for argument, group in GROUPS.items()
     for key in group_keys(group)
+    if (argument, key) not in NEVER_FLAT
 }
 
 

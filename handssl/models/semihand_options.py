@@ -207,3 +207,14 @@ class UnsupervisedSchedule(OptionGroup):
         if step < self.start_step:
             return 0.0
         return 1.0 if self.ramp_steps <= 0 else min(1.0, (step - self.start_step + 1) / self.ramp_steps)
+
+
+#: SemiHandModule's groups (``optimizer`` is the base task's).
+SEMIHAND_OPTION_GROUPS: tuple[type[OptionGroup], ...] = (
+    EMAOptions,
+    PoseLossOptions,
+    PseudoLabelOptions,
+    CorrectionOptions,
+    ConsistencyOptions,
+    UnsupervisedSchedule,
+)
