@@ -29,6 +29,7 @@ from handssl.models.components.nvs_losses import normalize_mask_max
 from handssl.models.components.nvs_pose_head import PoseHead as PoseHead
 from handssl.models.components.nvs_pose_head import load_modules as load_modules
 from handssl.models.components.nvs_pose_head import load_state_dict_file as load_state_dict_file
+from handssl.models.components.nvs_rendering import cell_centres
 from handssl.models.components.nvs_rendering import composite as composite
 from handssl.models.components.nvs_rendering import rotate_points as rotate_points
 from handssl.models.components.nvs_rendering import splat_points as splat_points
@@ -124,7 +125,7 @@ class NVSEncoder(nn.Module):
             last = cast(nn.Conv2d, self.to_points[-1])
             nn.init.zeros_(last.weight)  # every point starts at its cell's centre, depth 0
             nn.init.zeros_(cast(Tensor, last.bias))  # the layer has a bias
-            axis = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells * 2.0 - 1.0
+            axis = cell_centres(cells)
             y, x = torch.meshgrid(axis, axis, indexing="ij")
             self.register_buffer("cell_centres", torch.stack([x, y, torch.zeros_like(x)], -1).view(-1, 3))
 

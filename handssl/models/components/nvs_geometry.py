@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
+from handssl.models.components.nvs_rendering import cell_centres
 
 __all__ = ["LatentGeometry", "point_silhouette_chamfer"]
 
@@ -59,7 +60,7 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
     keep = cells.any(1)
     if not bool(keep.any()):
         return points.sum() * 0.0
-    axis = (torch.arange(side, device=points.device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
+    axis = cell_centres(side, points.device)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).view(-1, 2)  # (side*side, (x, y))
     projected = points[keep][..., :2].float()
     cells = cells[keep]

@@ -35,6 +35,14 @@ def composite(foreground: Tensor, mask: Tensor, background: Tensor) -> Tensor:
     return mask * foreground + (1 - mask) * background
 
 
+def cell_centres(side: int, device: torch.device | None = None) -> Tensor:
+    """``(side,)`` centres of ``side`` equal cells spanning ``[-1, 1]`` (the crop's extent), as pixels are.
+
+    The coordinates a ``side x side`` pooled image's cells stand for: ``-1 + (2 k + 1) / side``.
+    """
+    return (torch.arange(side, device=device, dtype=torch.float32) + 0.5) / side * 2.0 - 1.0
+
+
 def splat_points(points: Tensor, side: int, sigma: float = 0.15) -> Tensor:
     """Orthographic Gaussian splats of point sets on a ``side x side`` grid over ``[-1, 1]^2``: occupancy and depth.
 
