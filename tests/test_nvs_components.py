@@ -124,10 +124,76 @@ def test_pixel_aligned_points_start_at_their_cells_and_follow_the_image():
         and float(image.grad[0].abs().sum()) > 0
         and float(image.grad[1].abs().sum()) == 0
     )
-    with pytest.raises(ValueError, match=r"num_points must be \(image_size / 4\)\^2 = 64"):
+    with pytest.raises(ValueError, match=r"num_points must be 1 x \(image_size / 4\)\^2 = 64"):
         NVSEncoder(SIZE, 20, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="pixel_aligned")
     with pytest.raises(ValueError, match="point_head must be one of"):
         NVSEncoder(SIZE, 64, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="conv")  # type: ignore[arg-type]
+
+
+def test_opacity_adds_a_column_in_0_1_that_the_decoder_and_pose_head_read():
+    cells = SIZE // 4
+    widths = {"widths": (8, 16, 16), "blocks": (1, 1, 1)}
+    encoder = NVSEncoder(SIZE, cells * cells, APP, **widths, point_head="pixel_aligned", opacity=True).eval()
+    assert encoder.point_dim == 4
+    points, _ = encoder(torch.rand(2, 3, SIZE, SIZE))
+    assert points.shape == (2, cells * cells, 4)
+    assert torch.allclose(points[..., 3], torch.full((2, cells * cells), 0.5))  # untrained: half opaque
+    torch.nn.init.normal_(encoder.to_points[-1].weight, std=10.0)
+    opacity = encoder(torch.rand(2, 3, SIZE, SIZE))[0][..., 3]
+    assert 0.0 <= float(opacity.min()) < float(opacity.max()) <= 1.0
+    decoder = NVSDecoder(SIZE, cells * cells, APP, latent_channels=8, widths=(16, 8), splat=True, point_dim=4)
+    foreground, mask = decoder.layers(points, torch.rand(2, APP))
+    assert foreground.shape == (2, 3, SIZE, SIZE) and mask.shape == (2, 1, SIZE, SIZE)
+    with pytest.raises(ValueError, match=r"points must be \(B, 64, 4\)"):
+        decoder.layers(points[..., :3], torch.rand(2, APP))
+    head = PoseHead(cells * cells, (16,), point_dim=4).eval()
+    assert head(points).shape == (2, 21, 3)
+    with pytest.raises(ValueError, match="needs point_head 'pixel_aligned'"):
+        NVSEncoder(SIZE, POINTS, APP, widths=(8, 16), blocks=(1, 1), opacity=True)
+    with pytest.raises(ValueError, match="point_dim must be 3"):
+        NVSDecoder(SIZE, POINTS, APP, widths=(16, 8), point_dim=5)
+
+
+def test_depth_samples_put_each_cells_points_one_behind_another_on_its_ray():
+    cells = SIZE // 4
+    widths = {"widths": (8, 16, 16), "blocks": (1, 1, 1)}
+    encoder = NVSEncoder(
+        SIZE, 3 * cells * cells, APP, **widths, point_head="pixel_aligned", opacity=True, depth_samples=3
+    ).eval()
+    torch.nn.init.normal_(encoder.to_points[-1].weight, std=0.5)
+    points, _ = encoder(torch.rand(2, 3, SIZE, SIZE))
+    assert points.shape == (2, 3 * cells * cells, 4)
+    front, middle, back = points.view(2, 3, cells * cells, 4).unbind(1)  # layer by layer
+    assert torch.equal(front[..., [0, 1, 3]], middle[..., [0, 1, 3]])  # same cell place and opacity
+    assert torch.equal(front[..., [0, 1, 3]], back[..., [0, 1, 3]])
+    assert bool((middle[..., 2] > front[..., 2]).all() and (back[..., 2] > middle[..., 2]).all())
+    untrained = NVSEncoder(
+        SIZE, 3 * cells * cells, APP, **widths, point_head="pixel_aligned", depth_samples=3
+    )
+    steps = untrained.eval()(torch.rand(1, 3, SIZE, SIZE))[0].view(1, 3, -1, 3)[..., 2].diff(dim=1)
+    assert torch.allclose(
+        steps, torch.full_like(steps, 0.08), atol=1e-5
+    )  # FIRST_STEP: 10 mm in a 240 mm crop
+    with pytest.raises(ValueError, match=r"num_points must be 3 x \(image_size / 4\)\^2 = 192"):
+        NVSEncoder(SIZE, cells * cells, APP, **widths, point_head="pixel_aligned", depth_samples=3)
+    with pytest.raises(ValueError, match="depth_samples places points along each cell's ray"):
+        NVSEncoder(SIZE, POINTS, APP, widths=(8, 16), blocks=(1, 1), depth_samples=2)
+    with pytest.raises(ValueError, match="depth_samples must be >= 1"):
+        NVSEncoder(SIZE, POINTS, APP, widths=(8, 16), blocks=(1, 1), depth_samples=0)
+
+
+def test_a_transparent_point_leaves_the_points_mask_empty():
+    """With decoder.mask_from_points, a point drawn at opacity 0 gates the mask to (almost) nothing."""
+    torch.manual_seed(0)
+    decoder = NVSDecoder(
+        SIZE, 4, APP, latent_channels=8, widths=(16, 8), splat=True, mask_from_points=True, point_dim=4
+    ).eval()
+    points = torch.zeros(1, 4, 4)
+    appearance = torch.rand(1, APP)
+    with torch.no_grad():
+        opaque = decoder.layers(points + torch.tensor([0.0, 0.0, 0.0, 1.0]), appearance)[1]
+        transparent = decoder.layers(points, appearance)[1]
+    assert float(transparent.max()) < 1e-3 < float(opaque.max())
 
 
 def test_encoder_and_decoder_argument_errors():
@@ -391,18 +457,36 @@ def test_latent_equivariance_zero_for_rotated_copies_and_blind_to_scale_and_shif
 def test_splat_points_peak_where_the_point_projects_with_its_depth():
     from handssl.models.components.nvs import splat_points
 
-    points = torch.tensor([[[0.0, 0.0, 0.7], [1.0, -1.0, -0.3]]], requires_grad=True)
+    corner = 8 / 9  # the centre of the last of 9 equal cells over [-1, 1], as a pixel's
+    points = torch.tensor([[[0.0, 0.0, 0.7], [corner, -corner, -0.3]]], requires_grad=True)
     maps = splat_points(points, side=9, sigma=0.1)
     assert maps.shape == (1, 2, 9, 9)
     occupancy, depth = maps[0]
     assert float(occupancy[4, 4]) == pytest.approx(1.0, abs=1e-3)  # centre point: rows y, columns x
-    assert float(occupancy[0, 8]) == pytest.approx(1.0, abs=1e-3)  # x = 1 (right), y = -1 (top)
+    assert float(occupancy[0, 8]) == pytest.approx(1.0, abs=1e-3)  # right (x), top (y) cell
     assert float(depth[4, 4]) == pytest.approx(0.7, abs=1e-2)
     assert float(depth[0, 8]) == pytest.approx(-0.3, abs=1e-2)
     maps[0, 0, 4, 5].backward()
     assert points.grad is not None and float(points.grad[0, 0, 0]) > 0  # moving right raises that cell
     with pytest.raises(ValueError, match="sigma"):
         splat_points(points, 9, sigma=0.0)
+
+
+def test_opacity_column_weighs_the_splat_and_survives_rotation():
+    from handssl.models.components.nvs import splat_points
+
+    points = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.5, 0.5, 0.2, 0.0]]])
+    occupancy = splat_points(points, side=8, sigma=0.1)[0, 0]
+    opaque_only = splat_points(points[:, :1, :3], side=8, sigma=0.1)[0, 0]
+    assert torch.allclose(occupancy, opaque_only)  # the transparent point draws nothing
+    turned = rotate_points(points, rotation_about_axis("y", torch.tensor(0.7)))
+    assert turned.shape == (1, 2, 4)
+    assert torch.equal(turned[..., 3], points[..., 3])
+    assert torch.allclose(
+        turned[..., :3], rotate_points(points[..., :3], rotation_about_axis("y", torch.tensor(0.7)))
+    )
+    with pytest.raises(ValueError, match="opacities"):
+        rotate_points(torch.zeros(1, 2, 5), torch.eye(3))
 
 
 def test_splat_decoder_renders_a_turned_latent_differently_even_with_a_blind_linear_layer():

@@ -394,6 +394,14 @@ NVS_GROUPED = {
         (SynthesisOptions, {"silhouette_threshold": -0.1}, "synthesis.silhouette_threshold must be >= 0"),
         (SynthesisOptions, {"items": "labeled"}, "synthesis.items must be 'all' or 'unlabeled'"),
         (GeometryOptions, {"own_view_weight": -1.0}, "geometry.own_view_weight must be >= 0, got -1.0"),
+        (GeometryOptions, {"opacity_weight": -1.0}, "geometry.opacity_weight must be >= 0, got -1.0"),
+        (
+            EncoderOptions,
+            {"opacity": True},
+            "encoder.opacity marks the hand's stride-4 cells: set encoder.point_head",
+        ),
+        (EncoderOptions, {"depth_samples": 0}, "encoder.depth_samples must be >= 1, got 0"),
+        (EncoderOptions, {"depth_samples": 2}, "encoder.depth_samples places points along each cell's ray"),
         (PoseHeadOptions, {"rows": "unlabeled"}, "pose_head.rows must be 'labeled' or 'all'"),
         (PoseOptions, {"weight": -0.1}, "pose.weight must be >= 0, got -0.1"),
         (PoseOptions, {"gradient_ratio": 0.0}, "pose.gradient_ratio must be > 0 or null, got 0.0"),
@@ -436,6 +444,9 @@ def test_nvs_cross_group_checks_name_both_keys():
     message = r"^geometry\.equivariance_weight > 0 compares both views' latents: set pairs\.both_directions$"
     with pytest.raises(ValueError, match=message):
         NVSModule(**NVS_TINY, geometry={"equivariance_weight": 1.0}, pairs={"both_directions": False})
+    message = r"^geometry\.opacity_weight > 0 trains the points' opacities: set encoder\.opacity$"
+    with pytest.raises(ValueError, match=message):
+        NVSModule(**NVS_TINY, geometry={"opacity_weight": 1.0})
 
 
 def test_cli_nests_the_nvs_groups_and_a_stacked_recipe_changes_only_its_keys(tmp_path):

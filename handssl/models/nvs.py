@@ -74,7 +74,7 @@ class NVSModule(NVSTask):
         appearance_dim: Size of the appearance vector (Rhodin et al.: 128; 16 here, a small code leaves the
             pose to ``L3D``).
         encoder: The encoder (:class:`~handssl.models.nvs_options.EncoderOptions`: ``widths``, ``blocks``,
-            ``point_head``).
+            ``point_head``, ``opacity``, ``depth_samples``).
         decoder: The decoder (:class:`~handssl.models.nvs_options.DecoderOptions`: ``widths``,
             ``latent_channels``, ``dropout``, ``normalize_mask``, ``splat``, ``mask_from_points``).
         pairs: What a training step renders (:class:`~handssl.models.nvs_options.PairOptions`:
@@ -83,7 +83,8 @@ class NVSModule(NVSTask):
             ``l1_weight``, ``structural``, ``structural_weight``, ``perceptual_checkpoint``, ``perceptual_weight``,
             ``foreground_weight``, ``silhouette_weight``, ``silhouette_threshold``, ``items``).
         geometry: Label-free terms on the latent (:class:`~handssl.models.nvs_options.GeometryOptions`:
-            ``equivariance_weight``, ``point_silhouette_weight``, ``own_view_weight``; all 0, off).
+            ``equivariance_weight``, ``point_silhouette_weight``, ``own_view_weight``, ``opacity_weight``,
+            ``hull_weight``; all 0, off; ``side``).
         pose_head: The pose MLP (:class:`~handssl.models.nvs_options.PoseHeadOptions`: ``hidden``, ``dropout``,
             ``rows``).
         pose: The pose loss (:class:`~handssl.models.nvs_options.PoseOptions`: ``weight``, ``gradient_ratio``,
@@ -149,8 +150,10 @@ class NVSModule(NVSTask):
         # The groups' keys are the components' arguments.
         sizes = (image_size, num_points, appearance_dim)
         self.make_encoder = partial(NVSEncoder, *sizes, **asdict(o.encoder))
-        self.make_decoder = partial(NVSDecoder, *sizes, **asdict(o.decoder))
-        self.make_pose_head = partial(PoseHead, num_points, o.pose_head.hidden, o.pose_head.dropout)
+        point_dim = 4 if o.encoder.opacity else 3
+        self.make_decoder = partial(NVSDecoder, *sizes, **asdict(o.decoder), point_dim=point_dim)
+        head = o.pose_head
+        self.make_pose_head = partial(PoseHead, num_points, head.hidden, head.dropout, point_dim=point_dim)
         loss = {key: value for key, value in asdict(o.synthesis).items() if key != "items"}
         self.make_reconstruction = partial(SynthesisLoss, **loss)
         self.regime = regime

@@ -53,6 +53,11 @@ class EncoderOptions(OptionGroup):
         point_head: ``"linear"`` (Rhodin et al.) or ``"pixel_aligned"``: one point per stride-4 cell, moved and
             given a depth by a small convolutional head (``num_points = (image_size / 4)^2``; see
             :class:`~handssl.models.components.nvs.NVSEncoder`).
+        opacity: With ``"pixel_aligned"``: each point also gets an opacity (which cells show the hand), trained
+            by ``geometry.opacity_weight``; the splat and the point-silhouette terms then count the hand's points.
+        depth_samples: With ``"pixel_aligned"``: points per cell along its ray, each a predicted step behind the
+            one before (``num_points = depth_samples x (image_size / 4)^2``): the hand's volume, not only its
+            visible surface.
     """
 
     argument: ClassVar[str] = "encoder"
@@ -60,6 +65,8 @@ class EncoderOptions(OptionGroup):
     widths: Sequence[int] = (16, 32, 64, 128)
     blocks: Sequence[int] = (1, 1, 1, 1)
     point_head: Literal["linear", "pixel_aligned"] = "linear"
+    opacity: bool = False
+    depth_samples: int = 1
 
     def __post_init__(self) -> None:
         _sizes(self, "widths")
@@ -68,6 +75,15 @@ class EncoderOptions(OptionGroup):
         check(len(blocks) == len(self.widths), "encoder.blocks", "must name one count per width", blocks)
         head = self.point_head
         check(head in POINT_HEADS, "encoder.point_head", "must be 'linear' or 'pixel_aligned'", head)
+        check(self.depth_samples >= 1, "encoder.depth_samples", "must be >= 1", self.depth_samples)
+        if self.depth_samples > 1 and head != "pixel_aligned":
+            raise ValueError(
+                "encoder.depth_samples places points along each cell's ray: set encoder.point_head pixel_aligned"
+            )
+        if self.opacity and head != "pixel_aligned":
+            raise ValueError(
+                "encoder.opacity marks the hand's stride-4 cells: set encoder.point_head pixel_aligned"
+            )
 
 
 @dataclass(frozen=True)
@@ -197,6 +213,11 @@ class GeometryOptions(OptionGroup):
             their depth.
         side: Cells per side of the pooled silhouette the point terms compare with (16 at 64 px: a cell of
             15 mm in a 240 mm fixed crop, about a finger's width).
+        opacity_weight: Weight of the binary cross-entropy between each encoded view's point opacities and its
+            own silhouette's cells (needs ``encoder.opacity``).
+        hull_weight: Weight of the point-silhouette distance of each encoded view's points rotated into each of
+            the frame's further views (a visual hull; needs training items of more than two views, the data's
+            ``multi_view_arguments: {train: {num_views: 4}}``).
     """
 
     argument: ClassVar[str] = "geometry"
@@ -205,9 +226,18 @@ class GeometryOptions(OptionGroup):
     point_silhouette_weight: float = 0.0
     own_view_weight: float = 0.0
     side: int = 16
+    opacity_weight: float = 0.0
+    hull_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("equivariance_weight", "point_silhouette_weight", "own_view_weight"):
+        weights = (
+            "equivariance_weight",
+            "point_silhouette_weight",
+            "own_view_weight",
+            "opacity_weight",
+            "hull_weight",
+        )
+        for key in weights:
             value = getattr(self, key)
             check(value >= 0, f"geometry.{key}", "must be >= 0", value)
         check(self.side >= 2, "geometry.side", "must be >= 2", self.side)
@@ -291,6 +321,8 @@ class NVSOptions:
             raise ValueError(
                 "geometry.equivariance_weight > 0 compares both views' latents: set pairs.both_directions"
             )
+        if self.geometry.opacity_weight > 0 and not self.encoder.opacity:
+            raise ValueError("geometry.opacity_weight > 0 trains the points' opacities: set encoder.opacity")
 
     @classmethod
     def of(cls, task: type, **groups: Any) -> NVSOptions:

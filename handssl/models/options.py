@@ -145,7 +145,15 @@ FLAT_NAMES: dict[str, dict[str, str]] = {
 }
 
 #: Fields added after the groups, which no version took as a flat argument.
-NEVER_FLAT: frozenset[tuple[str, str]] = frozenset({("geometry", "side")})
+NEVER_FLAT: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("geometry", "side"),
+        ("geometry", "opacity_weight"),
+        ("encoder", "opacity"),
+        ("encoder", "depth_samples"),
+        ("geometry", "hull_weight"),
+    }
+)
 
 #: The flat task arguments of earlier versions (``lr``, ``ema_decay``, ``use_correction``, ``decoder_splat``,
 #: ...): name -> (group argument, field).

@@ -16,6 +16,7 @@ pose head and checkpoint loading in :mod:`~handssl.models.components.nvs_pose_he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, cast
 
@@ -37,6 +38,9 @@ from handssl.models.components.nvs_rendering import turntable_rotations as turnt
 
 POINT_HEADS: tuple[str, ...] = ("linear", "pixel_aligned")
 """How :class:`NVSEncoder` reads its points off the features."""
+
+FIRST_STEP = 0.08
+"""Initial step between a pixel-aligned cell's depth samples, in crop half-widths (10 mm in a 240 mm crop)."""
 
 MASK_FLOOR = 1e-4
 """Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
@@ -65,6 +69,19 @@ class NVSEncoder(nn.Module):
             pyramid): the points start where the image is and only learn where to move and how deep they lie,
             as in depth-based view synthesis (SynSin, Wiles et al. CVPR'20), instead of a linear layer on a
             4 x 4 map learning every coordinate from scratch.
+        opacity: Also predict each point's opacity in ``[0, 1]`` (needs ``"pixel_aligned"``), as a fourth
+            column of ``L3D`` (``(B, N, 4)``): which cells show the hand. Every cell has a point, most of them on
+            the background; an opacity lets the splat, the decoder's points mask and the point-silhouette terms
+            count the hand's points only, where without it the background's points must land on the hand in
+            another view too and scatter in depth. Trained by ``geometry.opacity_weight`` against the image's
+            own label-free silhouette, and by the rendering.
+        depth_samples: With ``"pixel_aligned"``: points per cell along its ray (``num_points = depth_samples x
+            (image_size / 4)^2``, ordered layer by layer). The first lies at the cell's predicted depth, each
+            next one a predicted positive step behind it (starting at about 10 mm): the cell's ray through the
+            hand's volume, not only its visible surface, so that a rotation can show the hand's far side (a
+            layered depth image, Shade et al. SIGGRAPH'98; with exact depths, splatting the visible surface
+            alone bounds the true / identity hand L1 at about 0.9, three samples 10 mm apart at about 0.75:
+            ``experiments/tools/nvs_depth_oracle.py``). The samples share the cell's offset and opacity.
     """
 
     cell_centres: Tensor
@@ -79,10 +96,22 @@ class NVSEncoder(nn.Module):
         reduce_channels: int = 64,
         norm: str = "batch",
         point_head: Literal["linear", "pixel_aligned"] = "linear",
+        opacity: bool = False,
+        depth_samples: int = 1,
     ) -> None:
         super().__init__()
         if point_head not in POINT_HEADS:
             raise ValueError(f"point_head must be one of {POINT_HEADS}, got {point_head!r}")
+        if depth_samples < 1:
+            raise ValueError(f"depth_samples must be >= 1, got {depth_samples}")
+        if depth_samples > 1 and point_head != "pixel_aligned":
+            raise ValueError(
+                "depth_samples places points along each cell's ray: it needs point_head 'pixel_aligned'"
+            )
+        if opacity and point_head != "pixel_aligned":
+            raise ValueError(
+                "opacity marks which stride-4 cells show the hand: it needs point_head 'pixel_aligned'"
+            )
         if num_points < 1 or appearance_dim < 1:
             raise ValueError(
                 f"num_points and appearance_dim must be >= 1, got {num_points}, {appearance_dim}"
@@ -97,6 +126,10 @@ class NVSEncoder(nn.Module):
         self.num_points = num_points
         self.appearance_dim = appearance_dim
         self.point_head = point_head
+        self.opacity = opacity
+        self.depth_samples = depth_samples
+        self.point_dim = 4 if opacity else 3
+        """Columns of a point: ``x, y, z`` and, with ``opacity``, its opacity."""
         self.reduce = nn.Sequential(
             nn.Conv2d(self.backbone.out_channels, reduce_channels, 1, bias=False),
             norm_layer(reduce_channels, norm),
@@ -110,27 +143,32 @@ class NVSEncoder(nn.Module):
                     "point_head 'pixel_aligned' reads the stride-4 stage: give >= 3 encoder widths"
                 )
             cells = image_size // 4
-            if num_points != cells * cells:
+            if num_points != depth_samples * cells * cells:
                 raise ValueError(
-                    f"point_head 'pixel_aligned' places one point per stride-4 cell: num_points must be "
-                    f"(image_size / 4)^2 = {cells * cells} at image_size {image_size}, got {num_points}"
+                    f"point_head 'pixel_aligned' places depth_samples points per stride-4 cell: num_points must "
+                    f"be {depth_samples} x (image_size / 4)^2 = {depth_samples * cells * cells} at image_size "
+                    f"{image_size}, got {num_points}"
                 )
             pyramid = sum(widths[1:])  # the stride-4 stage and every deeper one, upsampled to it
             self.to_points = nn.Sequential(
                 nn.Conv2d(pyramid, reduce_channels, 3, padding=1, bias=False),
                 norm_layer(reduce_channels, norm),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(reduce_channels, 3, 1),
+                # per cell: x, y offsets, depth, [opacity,] then one step behind per further depth sample
+                nn.Conv2d(reduce_channels, self.point_dim + depth_samples - 1, 1),
             )
             last = cast(nn.Conv2d, self.to_points[-1])
-            nn.init.zeros_(last.weight)  # every point starts at its cell's centre, depth 0
-            nn.init.zeros_(cast(Tensor, last.bias))  # the layer has a bias
+            nn.init.zeros_(last.weight)  # every point starts at its cell's centre, depth 0 (opacity 1/2)
+            bias = cast(Tensor, last.bias)  # the layer has a bias
+            nn.init.zeros_(bias)
+            with torch.no_grad():  # steps start at FIRST_STEP behind (softplus(bias) = FIRST_STEP)
+                bias[self.point_dim :] = math.log(math.expm1(FIRST_STEP))
             axis = cell_centres(cells)
             y, x = torch.meshgrid(axis, axis, indexing="ij")
             self.register_buffer("cell_centres", torch.stack([x, y, torch.zeros_like(x)], -1).view(-1, 3))
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, 3, H, W)`` image to ``(L3D (B, N, 3), appearance (B, appearance_dim))``."""
+        """``(B, 3, H, W)`` image to ``(L3D (B, N, point_dim), appearance (B, appearance_dim))``."""
         if image.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"encoder built for {self.image_size}x{self.image_size} images, got {tuple(image.shape[-2:])}"
@@ -145,8 +183,20 @@ class NVSEncoder(nn.Module):
             F.interpolate(f, size=finest.shape[-2:], mode="bilinear", align_corners=False)
             for f in features[3:]
         ]
-        offsets = self.to_points(torch.cat(pyramid, 1)).flatten(2).transpose(1, 2)  # (B, cells^2, 3)
-        return self.cell_centres + offsets, appearance
+        out = self.to_points(torch.cat(pyramid, 1)).flatten(2).transpose(1, 2)  # (B, cells^2, channels)
+        points = self.cell_centres + out[..., :3]
+        if self.opacity:
+            points = torch.cat([points, torch.sigmoid(out[..., 3:4])], -1)
+        if (
+            self.depth_samples > 1
+        ):  # each further sample a positive step behind the one before, layer by layer
+            behind = torch.cumsum(F.softplus(out[..., self.point_dim :]), -1)  # (B, cells^2, samples - 1)
+            layers = [points] + [
+                torch.cat([points[..., :2], points[..., 2:3] + behind[..., k : k + 1], points[..., 3:]], -1)
+                for k in range(self.depth_samples - 1)
+            ]
+            points = torch.cat(layers, 1)
+        return points, appearance
 
 
 class UpBlock(nn.Module):
@@ -195,6 +245,7 @@ class NVSDecoder(nn.Module):
             so its silhouette is the points' silhouette and the rotation must move it (as differentiable point
             rendering does, Insafutdinov & Dosovitskiy NeurIPS'18), instead of a blob the decoder paints
             wherever it likes.
+        point_dim: Columns of a point (3, or 4 with the encoder's opacities, which then weigh the splat).
     """
 
     def __init__(
@@ -209,8 +260,11 @@ class NVSDecoder(nn.Module):
         normalize_mask: bool = False,
         splat: bool = False,
         mask_from_points: bool = False,
+        point_dim: int = 3,
     ) -> None:
         super().__init__()
+        if point_dim not in (3, 4):
+            raise ValueError(f"point_dim must be 3 (x, y, z) or 4 (and opacity), got {point_dim}")
         if mask_from_points and not splat:
             raise ValueError(
                 "mask_from_points gates the mask by the points' splat: set splat (decoder.splat) too"
@@ -222,6 +276,7 @@ class NVSDecoder(nn.Module):
             raise ValueError(f"image_size {image_size} must be a multiple of 2**len(widths) = {factor}")
         self.image_size = image_size
         self.num_points = num_points
+        self.point_dim = point_dim
         self.appearance_dim = appearance_dim
         self.side = image_size // factor
         self.latent_channels = latent_channels
@@ -229,7 +284,7 @@ class NVSDecoder(nn.Module):
         self.splat = splat
         self.mask_from_points = mask_from_points
         self.from_latent = nn.Sequential(
-            nn.Linear(3 * num_points, latent_channels * self.side * self.side),
+            nn.Linear(point_dim * num_points, latent_channels * self.side * self.side),
             nn.Dropout(dropout),
             nn.ReLU(inplace=True),
         )
@@ -244,8 +299,10 @@ class NVSDecoder(nn.Module):
 
     def layers(self, points: Tensor, appearance: Tensor) -> tuple[Tensor, Tensor]:
         """Foreground ``(B, 3, H, W)`` in ``[0, 1]`` and mask ``(B, 1, H, W)`` in ``(0, 1]``."""
-        if points.shape[1:] != (self.num_points, 3):
-            raise ValueError(f"points must be (B, {self.num_points}, 3), got {tuple(points.shape)}")
+        if points.shape[1:] != (self.num_points, self.point_dim):
+            raise ValueError(
+                f"points must be (B, {self.num_points}, {self.point_dim}), got {tuple(points.shape)}"
+            )
         if appearance.shape[1:] != (self.appearance_dim,):
             raise ValueError(f"appearance must be (B, {self.appearance_dim}), got {tuple(appearance.shape)}")
         lifted = self.from_latent(points.flatten(1)).view(-1, self.latent_channels, self.side, self.side)

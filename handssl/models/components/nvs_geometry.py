@@ -16,6 +16,13 @@ Two direct terms make the point cloud itself carry geometry:
 * **own-view silhouette**: the same distance for every encoded image's un-rotated points against its own
   silhouette, on every step whatever the rows render, so that where a point lies in its own view is pinned and
   the other views' silhouettes move its depth, not its place in the image.
+* **opacity** (with the encoder's ``opacity``): a binary cross-entropy between each encoded image's point
+  opacities and its own silhouette's cells (:func:`silhouette_cells`), so that the points of the hand's cells are
+  opaque and the background's transparent. The point-silhouette distance then asks only the opaque points to lie
+  on the other view's silhouette (a pixel-aligned latent has a point on every cell, background included).
+* **hull**: with items of more than two views (``hull_images``), the point-silhouette distance of each encoded
+  view's points rotated into every further view: several silhouettes carve a visual hull (Laurentini, TPAMI'94),
+  which pins the points' depth where one other view leaves it free along that view's rays.
 """
 
 from __future__ import annotations
@@ -28,9 +35,40 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
-from handssl.models.components.nvs_rendering import cell_centres
+from handssl.models.components.nvs_rendering import cell_centres, point_opacity, rotate_points
 
-__all__ = ["LatentGeometry", "point_silhouette_chamfer"]
+__all__ = ["LatentGeometry", "opacity_bce", "point_silhouette_chamfer", "silhouette_cells"]
+
+
+def silhouette_cells(silhouette: Tensor, side: int) -> Tensor:
+    """``(B, side * side)`` bool: the cells of a ``(B, 1, H, W)`` silhouette a quarter of which is foreground.
+
+    A quarter, so that a finger one cell wide stays. Cells are in row-major order (``y`` then ``x``), as the
+    pixel-aligned encoder's points are.
+    """
+    return (F.adaptive_avg_pool2d(silhouette.float(), side) >= 0.25).flatten(1)
+
+
+def opacity_bce(points: Tensor, silhouette: Tensor) -> Tensor:
+    """Binary cross-entropy of pixel-aligned points' opacities against their own image's silhouette cells.
+
+    Args:
+        points: ``(B, samples x cells^2, 4)`` points of the pixel-aligned encoder with opacities: one per
+            stride-4 cell of the image (``cells = W / 4``) in row-major order, layer by layer for several depth
+            samples, which share their cell's opacity (the first layer's is scored).
+        silhouette: ``(B, 1, H, W)`` ``{0, 1}`` silhouette of the encoded image.
+    """
+    if points.dim() != 3 or points.shape[-1] != 4:
+        raise ValueError(f"opacity_bce needs points with opacities (B, N, 4), got {tuple(points.shape)}")
+    cells = silhouette.shape[-1] // 4
+    if cells < 1 or points.shape[1] % (cells * cells):
+        raise ValueError(
+            f"opacity_bce needs a point per stride-4 cell of the {silhouette.shape[-1]}-px image "
+            f"({cells}^2 per depth sample), got {points.shape[1]} points"
+        )
+    target = silhouette_cells(silhouette, cells).float()
+    opacity = points[:, : cells * cells, 3].float()
+    return F.binary_cross_entropy(opacity.clamp(1e-4, 1 - 1e-4), target)
 
 
 def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16) -> Tensor:
@@ -41,10 +79,13 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
     a finger one cell wide stays), whose centres
     span the same square. ``containment`` is the mean over points of the squared distance to the nearest
     silhouette cell, ``coverage`` the mean over silhouette cells of the squared distance to the nearest point.
-    Items whose silhouette is empty are skipped.
+    Items whose silhouette is empty are skipped. Points with opacities count by them: ``containment`` is the mean
+    weighted by the opacity (which gets no gradient here: the points move, the opacity stays the silhouette's),
+    and ``coverage`` reaches for the nearest point of opacity >= 1/2 (any point when an item has none).
 
     Args:
-        points: ``(B, N, 3)`` points in the rendered view's frame (rotated ``L3D``).
+        points: ``(B, N, 3)`` points in the rendered view's frame (rotated ``L3D``), or ``(B, N, 4)`` with
+            opacities.
         silhouette: ``(B, 1, H, W)`` ``{0, 1}`` silhouette of the rendered view.
         side: Cells per side of the pooled silhouette.
 
@@ -52,17 +93,18 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
         Scalar ``containment + coverage`` (0 when every point is on the silhouette and every cell holds a
         point), averaged over the items with a silhouette.
     """
-    if points.dim() != 3 or points.shape[-1] != 3:
-        raise ValueError(f"points must be (B, N, 3), got {tuple(points.shape)}")
+    if points.dim() != 3 or points.shape[-1] not in (3, 4):
+        raise ValueError(f"points must be (B, N, 3) or (B, N, 4) with opacities, got {tuple(points.shape)}")
     if silhouette.dim() != 4 or silhouette.shape[:2] != (points.shape[0], 1):
         raise ValueError(f"silhouette must be ({points.shape[0]}, 1, H, W), got {tuple(silhouette.shape)}")
-    cells = (F.adaptive_avg_pool2d(silhouette.float(), side) >= 0.25).flatten(1)  # (B, side*side)
+    cells = silhouette_cells(silhouette, side)  # (B, side*side)
     keep = cells.any(1)
     if not bool(keep.any()):
         return points.sum() * 0.0
     axis = cell_centres(side, points.device)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1).view(-1, 2)  # (side*side, (x, y))
     projected = points[keep][..., :2].float()
+    opacity = point_opacity(points[keep]).detach().float()  # (B', N)
     cells = cells[keep]
     with torch.no_grad():  # only the nearest pairs carry gradient, so find them without building a graph
         dx, dy = ((projected[..., k, None] - axis).pow(2) for k in (0, 1))  # (B', N, side) each
@@ -71,8 +113,10 @@ def point_silhouette_chamfer(points: Tensor, silhouette: Tensor, side: int = 16)
         far = (~cells).float().view(-1, 1, side, side) * 1e6
         distance = (dy[..., :, None] + dx[..., None, :] + far).flatten(2)  # (B', N, side*side)
         nearest_cell = distance.argmin(2)  # (B', N)
-        nearest_point = distance.argmin(1)  # (B', side*side)
-    containment = (projected - grid[nearest_cell]).pow(2).sum(-1).mean(1)
+        # likewise transparent points: a silhouette cell reaches for the nearest opaque point
+        nearest_point = (distance + (opacity < 0.5).float()[..., None] * 1e6).argmin(1)  # (B', side*side)
+    weight = opacity / opacity.sum(1, keepdim=True).clamp_min(1e-6)
+    containment = ((projected - grid[nearest_cell]).pow(2).sum(-1) * weight).sum(1)
     reached = projected.gather(1, nearest_point[..., None].expand(-1, -1, 2))  # (B', side*side, 2)
     coverage = ((grid - reached).pow(2).sum(-1) * cells).sum(1) / cells.sum(1)
     return (containment + coverage).mean()
@@ -92,6 +136,10 @@ class LatentGeometry:
         side: Cells per side of the pooled silhouette.
         own_view_weight: Weight of :func:`point_silhouette_chamfer` of each encoded view's un-rotated points
             against its own silhouette.
+        opacity_weight: Weight of :func:`opacity_bce` of each encoded view's opacities against its own
+            silhouette (needs points with opacities).
+        hull_weight: Weight of :func:`point_silhouette_chamfer` of each encoded view's points rotated into each
+            of the batch's further views (``hull_images``, ``R_i_hull``, ``R_j_hull``).
     """
 
     equivariance_weight: float = 0.0
@@ -99,6 +147,8 @@ class LatentGeometry:
     silhouette_threshold: float = 0.02
     side: int = 16
     own_view_weight: float = 0.0
+    opacity_weight: float = 0.0
+    hull_weight: float = 0.0
 
     def __post_init__(self) -> None:
         # named as NVSModule's options (its geometry group), which the error reaches
@@ -106,6 +156,8 @@ class LatentGeometry:
             ("geometry.equivariance_weight", self.equivariance_weight),
             ("geometry.point_silhouette_weight", self.point_silhouette_weight),
             ("geometry.own_view_weight", self.own_view_weight),
+            ("geometry.opacity_weight", self.opacity_weight),
+            ("geometry.hull_weight", self.hull_weight),
         ):
             if value < 0:
                 raise ValueError(f"{option} must be >= 0, got {value}")
@@ -115,7 +167,14 @@ class LatentGeometry:
     @property
     def active(self) -> bool:
         """Whether any term is on."""
-        return max(self.equivariance_weight, self.point_silhouette_weight, self.own_view_weight) > 0
+        weights = (
+            self.equivariance_weight,
+            self.point_silhouette_weight,
+            self.own_view_weight,
+            self.opacity_weight,
+            self.hull_weight,
+        )
+        return max(weights) > 0
 
     def __call__(
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]], rows: dict[str, Tensor]
@@ -143,19 +202,50 @@ class LatentGeometry:
             silhouette = silhouette_target(rows["target"], rows["background"], self.silhouette_threshold)
             terms["point_silhouette"] = point_silhouette_chamfer(rows["points"], silhouette, self.side)
             total = total + self.point_silhouette_weight * terms["point_silhouette"]
+        own = {  # each encoded view's points and its own silhouette
+            name: (
+                encoded[name][0],
+                silhouette_target(batch[image], batch[background], self.silhouette_threshold),
+            )
+            for name, image, background in (("i", "image", "background_input"), ("j", "target", "background"))
+            if name in encoded and (self.own_view_weight > 0 or self.opacity_weight > 0)
+        }
         if self.own_view_weight > 0:
-            own = [("i", "image", "background_input"), ("j", "target", "background")]
             terms["own_view_silhouette"] = torch.stack(
                 [
-                    point_silhouette_chamfer(
-                        encoded[name][0],
-                        silhouette_target(batch[image], batch[background], self.silhouette_threshold),
-                        self.side,
-                    )
-                    for name, image, background in own
-                    if name in encoded
+                    point_silhouette_chamfer(points, silhouette, self.side)
+                    for points, silhouette in own.values()
                 ]
             ).mean()
             total = total + self.own_view_weight * terms["own_view_silhouette"]
+        if self.opacity_weight > 0:
+            terms["opacity"] = torch.stack(
+                [opacity_bce(points, silhouette) for points, silhouette in own.values()]
+            ).mean()
+            total = total + self.opacity_weight * terms["opacity"]
+        if self.hull_weight > 0:
+            terms["hull_silhouette"] = self.hull(batch, encoded)
+            total = total + self.hull_weight * terms["hull_silhouette"]
         terms["latent_geometry"] = total
         return terms
+
+    def hull(self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+        """Mean point-silhouette distance of the encoded views' points in every further view of the batch."""
+        if "hull_images" not in batch:
+            raise ValueError(
+                "geometry.hull_weight > 0 checks the latent against the frame's further views, but the training "
+                "items have two views: set the data's views multi_view_arguments: {train: {num_views: 4}}"
+            )
+        images, backgrounds = batch["hull_images"], batch["hull_backgrounds"]  # (B, V - 2, 3, H, W)
+        views = images.shape[1]
+        silhouettes = silhouette_target(
+            images.flatten(0, 1), backgrounds.flatten(0, 1), self.silhouette_threshold
+        )  # (B (V - 2), 1, H, W), item-major
+        distances = []
+        for name, rotations in (("i", "R_i_hull"), ("j", "R_j_hull")):
+            if name not in encoded:
+                continue
+            points = encoded[name][0].repeat_interleave(views, 0)  # item-major, as the silhouettes
+            turned = rotate_points(points, batch[rotations].flatten(0, 1).to(points.dtype))
+            distances.append(point_silhouette_chamfer(turned, silhouettes, self.side))
+        return torch.stack(distances).mean()

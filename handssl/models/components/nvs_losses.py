@@ -102,7 +102,7 @@ def latent_equivariance(points_i: Tensor, points_j: Tensor, R_ij: Tensor) -> Ten
     (every point at one place) is excluded.
 
     Args:
-        points_i: ``(B, N, 3)`` latent points of view *i*.
+        points_i: ``(B, N, 3)`` latent points of view *i* (a fourth, opacity column is ignored).
         points_j: ``(B, N, 3)`` latent points of view *j* of the same instant.
         R_ij: ``(B, 3, 3)`` rotation from camera *i* to camera *j*.
 
@@ -118,8 +118,9 @@ def latent_equivariance(points_i: Tensor, points_j: Tensor, R_ij: Tensor) -> Ten
         rms = centred.pow(2).sum(-1).mean(1).sqrt().clamp_min(EPS)
         return centred / rms[:, None, None]
 
-    rotated = normalised(points_i.float()) @ R_ij.float().transpose(-1, -2)
-    return (rotated - normalised(points_j.float())).pow(2).sum(-1).mean()
+    # the positions only: opacities, where the latent has them, do not turn
+    rotated = normalised(points_i[..., :3].float()) @ R_ij.float().transpose(-1, -2)
+    return (rotated - normalised(points_j[..., :3].float())).pow(2).sum(-1).mean()
 
 
 def rotation_controls(

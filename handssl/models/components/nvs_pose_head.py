@@ -23,11 +23,12 @@ class PoseHead(nn.Module):
     travel with the checkpoint.
 
     Args:
-        num_points: Points ``N`` of the 3D latent (input size ``3 N``).
+        num_points: Points ``N`` of the 3D latent (input size ``point_dim N``).
         hidden: Hidden layer sizes (Rhodin et al.: two of 2048).
         dropout: Dropout after each hidden layer (Rhodin et al.: 0.5).
         batch_norm: BatchNorm after each hidden linear layer.
         min_std_mm: Floor of ``std`` (the root joint has zero spread once root-relative).
+        point_dim: Columns of a point (3, or 4 with the encoder's opacities).
     """
 
     mean: Tensor
@@ -41,9 +42,10 @@ class PoseHead(nn.Module):
         dropout: float = 0.5,
         batch_norm: bool = True,
         min_std_mm: float = 1.0,
+        point_dim: int = 3,
     ) -> None:
         super().__init__()
-        self.mlp = MLP(3 * num_points, hidden, NUM_JOINTS * 3, dropout=dropout, batch_norm=batch_norm)
+        self.mlp = MLP(point_dim * num_points, hidden, NUM_JOINTS * 3, dropout=dropout, batch_norm=batch_norm)
         self.min_std_mm = min_std_mm
         self.register_buffer("mean", torch.zeros(NUM_JOINTS, 3))
         self.register_buffer("std", torch.ones(NUM_JOINTS, 3))
@@ -69,7 +71,7 @@ class PoseHead(nn.Module):
         return normalized * self.std + self.mean
 
     def forward(self, points: Tensor) -> Tensor:
-        """``(B, N, 3)`` latent points to normalised joints ``(B, 21, 3)`` (see :meth:`to_joints`)."""
+        """``(B, N, point_dim)`` latent points to normalised joints ``(B, 21, 3)`` (see :meth:`to_joints`)."""
         return self.mlp(points.flatten(1)).view(-1, NUM_JOINTS, 3)
 
     def to_joints(self, normalized: Tensor) -> Tensor:
