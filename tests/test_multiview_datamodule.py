@@ -107,6 +107,47 @@ def test_pairs_hold_the_right_views_and_rotation():
     assert item["valid"].all()
 
 
+def test_items_of_more_views_keep_the_pair_and_add_the_others_as_hull_views():
+    data = FakeMultiView(6, num_views=4)
+    pairs = MultiViewPairs(data)
+    two = MultiViewPairs(FakeMultiView(6))[2]
+    item, raw = pairs[2], data[2]
+    assert {k for k in two if k != "meta"} < {k for k in item if k != "meta"}  # the pair is unchanged
+    assert torch.equal(item["image"], two["image"]) and torch.equal(item["R_ij"], two["R_ij"])
+    assert torch.equal(item["hull_images"], raw["image"][2:])
+    assert torch.equal(item["hull_backgrounds"], raw["background"][2:])
+    for k, view in enumerate(
+        (2, 3)
+    ):  # view v turns 0.7 v rad about y: i (view 0) -> v is 0.7 v, j (1) -> v is 0.7 (v - 1)
+        assert torch.allclose(item["R_i_hull"][k], rotation_about_axis("y", 0.7 * view), atol=1e-6)
+        assert torch.allclose(item["R_j_hull"][k], rotation_about_axis("y", 0.7 * (view - 1)), atol=1e-6)
+    odd = pairs[3]  # i and j swap on odd items; the further views stay 2 and 3
+    assert torch.allclose(odd["R_i_hull"][0], rotation_about_axis("y", 0.7), atol=1e-6)
+    assert "hull_images" not in two
+
+
+def test_nvs_pairs_take_more_views_for_one_split():
+    from handssl.data import NVSPairs
+
+    class SingleView(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> dict:
+            raise AssertionError("the check reads no item")
+
+        def multi_view(self, **arguments) -> dict:
+            return arguments  # type: ignore[return-value]
+
+    views = NVSPairs(multi_view_arguments={"train": {"num_views": 4}})
+    assert views.multi_view_form("train", SingleView(), 32) == {"num_views": 4, "image_size": 32}
+    assert views.multi_view_form("val", SingleView(), 32) == {"num_views": 2, "image_size": 32}
+    with pytest.raises(
+        ValueError, match=r"^multi_view_arguments\.train\.num_views must be >= 2 \(a pair\), got 1$"
+    ):
+        NVSPairs(multi_view_arguments={"train": {"num_views": 1}}).multi_view_form("train", SingleView(), 32)
+
+
 def test_odd_items_synthesise_the_other_direction():
     data = FakeMultiView(6)
     item, raw = MultiViewPairs(data)[3], data[3]

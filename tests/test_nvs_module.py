@@ -677,3 +677,53 @@ def test_geometry_group_reaches_the_latent_terms():
     assert module.latent_geometry.silhouette_threshold == module.options.synthesis.silhouette_threshold
     with pytest.raises(ValueError, match=r"^geometry\.side must be >= 2, got 1$"):
         tiny_module("pretrained", geometry={"side": 1})
+
+
+def test_opacity_latent_trains_end_to_end_with_its_term():
+    """Pixel-aligned points with opacities: 4 columns through rotation, decoder, latent terms and pose head."""
+    batch = next(iter(t2_datamodule(0.5).train_dataloader()))
+    cells = TINY["image_size"] // 4
+    module = tiny_module(
+        "semi",
+        num_points=cells * cells,
+        encoder={"widths": (8, 16, 16), "blocks": (1, 1, 1), "point_head": "pixel_aligned", "opacity": True},
+        decoder={"splat": True, "mask_from_points": True},
+        geometry={"opacity_weight": 0.5, "point_silhouette_weight": 1.0},
+    )
+    assert module.decoder is not None and module.decoder.point_dim == 4
+    torch.manual_seed(1)
+    losses = module.training_losses(batch)
+    assert {"opacity", "point_silhouette", "pose"} <= set(losses)
+    assert torch.isfinite(losses["loss"]) and float(losses["opacity"]) > 0
+    losses["loss"].backward()
+    last = module.encoder.to_points[-1].weight.grad
+    assert last is not None and float(last[3].abs().sum()) > 0  # the opacity channel learns
+    module.eval()
+    assert module.pose_head(module.encoder(batch["image"])[0]).shape == (batch["image"].shape[0], 21, 3)
+
+
+def test_hull_term_joins_training_on_items_of_four_views():
+    data = MultiViewDataModule(
+        train=FakeMultiView(16, num_views=4),
+        val=FakeMultiView(4),
+        test=FakeMultiView(4),
+        label_fraction=0.25,
+        labeled_share=0.0,
+        batch_size=4,
+    )
+    batch = next(iter(data.train_dataloader()))
+    assert batch["hull_images"].shape[:2] == (4, 2) and batch["R_i_hull"].shape == (4, 2, 3, 3)
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        module = tiny_module("pretrained", geometry={"hull_weight": weight}, decoder={"dropout": 0.0})
+        torch.manual_seed(1)
+        losses[weight] = module.training_losses(batch)
+    term = losses[0.5]["hull_silhouette"]
+    assert "hull_silhouette" not in losses[0.0] and float(term) > 0
+    assert float(losses[0.5]["synthesis"]) == pytest.approx(
+        float(losses[0.0]["synthesis"] + 0.5 * term), rel=1e-5
+    )
+    two_views = next(iter(datamodule(0.0).train_dataloader()))
+    with pytest.raises(ValueError, match=r"^geometry\.hull_weight > 0 checks the latent"):
+        tiny_module("pretrained", geometry={"hull_weight": 0.5}).training_losses(two_views)

@@ -158,6 +158,15 @@ FIELDS: dict[str, Field] = {
     "labeled": Field("bool", (), "whether this item's labels are visible"),
     "target_mask": Field("float32", (1, _S, _S), "hand mask of view j (diagnostics only)", kind=_MAP),
     "input_mask": Field("float32", (1, _S, _S), "hand mask of view i (diagnostics only)", kind=_MAP),
+    "hull_images": Field(
+        "float32",
+        (None, 3, _S, _S),
+        "the frame's further views (items of more than 2 views): their silhouettes check the latent",
+        kind=_IMAGE,
+    ),
+    "hull_backgrounds": Field("float32", (None, 3, _S, _S), "backgrounds of `hull_images`", kind=_IMAGE),
+    "R_i_hull": Field("float32", (None, 3, 3), "rotations from camera i to each of `hull_images`' cameras"),
+    "R_j_hull": Field("float32", (None, 3, 3), "rotations from camera j to each of `hull_images`' cameras"),
     # ----------------------------------------------------------------------------- SemiHand views
     "has_mask": Field("bool", (), "whether `mask` is a real mask (else zeros, so batches collate)"),
     "in_bounds": Field("bool", (21,), "augmented 2D joints inside the image"),
@@ -285,6 +294,10 @@ class MultiViewPair(_MultiViewPairRequired, total=False):
     joints3d_t2_j: Tensor
     target_mask: Tensor
     input_mask: Tensor
+    hull_images: Tensor
+    hull_backgrounds: Tensor
+    R_i_hull: Tensor
+    R_j_hull: Tensor
 
 
 class SemiLabeledSample(HandSample, total=False):

@@ -251,6 +251,12 @@ class MultiViewPairs(Dataset):
                 "index": index,
             },
         }
+        others = [k for k in range(item["image"].shape[0]) if k not in (i, j)]
+        if others:  # the frame's further views: silhouettes the latent's points can be checked against
+            pair["hull_images"] = item["image"][others]
+            pair["hull_backgrounds"] = item["background"][others]
+            pair["R_i_hull"] = relative_rotation(R[i].expand(len(others), 3, 3), R[others])
+            pair["R_j_hull"] = relative_rotation(R[j].expand(len(others), 3, 3), R[others])
         if "mask" in item:  # for diagnostics only (e.g. hand-region L1); training never reads it
             pair["target_mask"] = item["mask"][j]
             pair["input_mask"] = item["mask"][i]
@@ -407,7 +413,9 @@ class NVSPairs(Views):
     DataModule's ``image_size`` and ``seed``). A single-view dataset (e.g. ``handssl.data.SynthHands`` or
     ``handssl.data.Panoptic`` of a data config every method shares) is replaced by its multi-view form,
     ``dataset.multi_view(num_views=2, image_size=<the DataModule's>, **multi_view_arguments[split])``; a
-    dataset without one is a one-line error. Multi-view datasets (``handssl.data.SynthHandsMultiView``, ...)
+    dataset without one is a one-line error. ``num_views`` above 2 (e.g. ``{train: {num_views: 4}}``) keeps the
+    pair and adds the frame's further views as ``hull_images`` (their silhouettes, for
+    ``geometry.hull_weight``). Multi-view datasets (``handssl.data.SynthHandsMultiView``, ...)
     are used as given.
 
     Args:
@@ -491,7 +499,16 @@ class NVSPairs(Views):
                 f"{type(dataset).__name__}, which has no multi-view form (no multi_view()); use a dataset "
                 "with one (handssl.data.SynthHands, handssl.data.Panoptic) or a multi-view dataset"
             )
-        return form(num_views=PAIR_VIEWS, image_size=image_size, **self.multi_view_arguments.get(split, {}))
+        arguments = {
+            "num_views": PAIR_VIEWS,
+            "image_size": image_size,
+            **self.multi_view_arguments.get(split, {}),
+        }
+        if arguments["num_views"] < PAIR_VIEWS:
+            raise ValueError(
+                f"multi_view_arguments.{split}.num_views must be >= {PAIR_VIEWS} (a pair), got {arguments['num_views']}"
+            )
+        return form(**arguments)
 
     def labeled_per_batch(self, batch_size: int) -> int:
         """Labelled items per training batch of ``batch_size``."""
