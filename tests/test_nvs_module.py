@@ -599,20 +599,23 @@ def test_pose_head_batch_norm_sees_only_the_labeled_rows():
         tiny_module("semi", pose_head={"rows": "unlabeled"})
 
 
+def assert_term_joins_the_synthesis_loss(batch: dict, option: str, weight: float, term: str) -> None:
+    """With ``geometry.<option>`` at ``weight`` the synthesis loss is the one without it plus weight x the term (> 0)."""
+    losses = {}
+    for value in (0.0, weight):
+        torch.manual_seed(0)
+        module = tiny_module("pretrained", geometry={option: value}, decoder={"dropout": 0.0})
+        torch.manual_seed(1)
+        losses[value] = module.training_losses(batch)
+    assert term not in losses[0.0] and float(losses[weight][term]) > 0
+    assert float(losses[weight]["synthesis"]) == pytest.approx(
+        float(losses[0.0]["synthesis"] + weight * losses[weight][term]), rel=1e-5
+    )
+
+
 def test_latent_equivariance_joins_the_synthesis_loss():
     batch = next(iter(t2_datamodule(0.0).train_dataloader()))
-    losses = {}
-    for weight in (0.0, 2.0):
-        torch.manual_seed(0)
-        module = tiny_module("pretrained", geometry={"equivariance_weight": weight}, decoder={"dropout": 0.0})
-        torch.manual_seed(1)
-        losses[weight] = module.training_losses(batch)
-    assert "latent_equivariance" not in losses[0.0]
-    term = losses[2.0]["latent_equivariance"]
-    assert float(term) > 0
-    assert float(losses[2.0]["synthesis"]) == pytest.approx(
-        float(losses[0.0]["synthesis"] + 2.0 * term), rel=1e-5
-    )
+    assert_term_joins_the_synthesis_loss(batch, "equivariance_weight", 2.0, "latent_equivariance")
     with pytest.raises(ValueError, match=r"set pairs\.both_directions$"):
         tiny_module("pretrained", geometry={"equivariance_weight": 1.0}, pairs={"both_directions": False})
     with pytest.raises(ValueError, match=r"^geometry\.equivariance_weight must be >= 0, got -1\.0$"):
@@ -621,20 +624,7 @@ def test_latent_equivariance_joins_the_synthesis_loss():
 
 def test_point_silhouette_joins_the_synthesis_loss():
     batch = next(iter(t2_datamodule(0.0).train_dataloader()))
-    losses = {}
-    for weight in (0.0, 0.5):
-        torch.manual_seed(0)
-        module = tiny_module(
-            "pretrained", geometry={"point_silhouette_weight": weight}, decoder={"dropout": 0.0}
-        )
-        torch.manual_seed(1)
-        losses[weight] = module.training_losses(batch)
-    assert "point_silhouette" not in losses[0.0]
-    term = losses[0.5]["point_silhouette"]
-    assert float(term) > 0
-    assert float(losses[0.5]["synthesis"]) == pytest.approx(
-        float(losses[0.0]["synthesis"] + 0.5 * term), rel=1e-5
-    )
+    assert_term_joins_the_synthesis_loss(batch, "point_silhouette_weight", 0.5, "point_silhouette")
     with pytest.raises(ValueError, match=r"^geometry\.point_silhouette_weight must be >= 0"):
         tiny_module("pretrained", geometry={"point_silhouette_weight": -1.0})
 
@@ -713,17 +703,7 @@ def test_hull_term_joins_training_on_items_of_four_views():
     )
     batch = next(iter(data.train_dataloader()))
     assert batch["hull_images"].shape[:2] == (4, 2) and batch["R_i_hull"].shape == (4, 2, 3, 3)
-    losses = {}
-    for weight in (0.0, 0.5):
-        torch.manual_seed(0)
-        module = tiny_module("pretrained", geometry={"hull_weight": weight}, decoder={"dropout": 0.0})
-        torch.manual_seed(1)
-        losses[weight] = module.training_losses(batch)
-    term = losses[0.5]["hull_silhouette"]
-    assert "hull_silhouette" not in losses[0.0] and float(term) > 0
-    assert float(losses[0.5]["synthesis"]) == pytest.approx(
-        float(losses[0.0]["synthesis"] + 0.5 * term), rel=1e-5
-    )
+    assert_term_joins_the_synthesis_loss(batch, "hull_weight", 0.5, "hull_silhouette")
     two_views = next(iter(datamodule(0.0).train_dataloader()))
     with pytest.raises(ValueError, match=r"^geometry\.hull_weight > 0 checks the latent"):
         tiny_module("pretrained", geometry={"hull_weight": 0.5}).training_losses(two_views)
