@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from handssl.models.components.nvs_geometry import LATENT_WEIGHTS
 from handssl.models.option_group import OptionGroup, check, task_default
 
 __all__ = [
@@ -230,14 +231,7 @@ class GeometryOptions(OptionGroup):
     hull_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        weights = (
-            "equivariance_weight",
-            "point_silhouette_weight",
-            "own_view_weight",
-            "opacity_weight",
-            "hull_weight",
-        )
-        for key in weights:
+        for key in LATENT_WEIGHTS:
             value = getattr(self, key)
             check(value >= 0, f"geometry.{key}", "must be >= 0", value)
         check(self.side >= 2, "geometry.side", "must be >= 2", self.side)

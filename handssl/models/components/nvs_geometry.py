@@ -37,7 +37,16 @@ from torch.nn import functional as F
 from handssl.models.components.nvs_losses import latent_equivariance, silhouette_target
 from handssl.models.components.nvs_rendering import cell_centres, point_opacity, rotate_points
 
-__all__ = ["LatentGeometry", "opacity_bce", "point_silhouette_chamfer", "silhouette_cells"]
+__all__ = ["LATENT_WEIGHTS", "LatentGeometry", "opacity_bce", "point_silhouette_chamfer", "silhouette_cells"]
+
+LATENT_WEIGHTS: tuple[str, ...] = (
+    "equivariance_weight",
+    "point_silhouette_weight",
+    "own_view_weight",
+    "opacity_weight",
+    "hull_weight",
+)
+"""The weights of the latent terms, as :class:`LatentGeometry` and NVSModule's ``geometry`` group name them."""
 
 
 def silhouette_cells(silhouette: Tensor, side: int) -> Tensor:
@@ -152,29 +161,16 @@ class LatentGeometry:
 
     def __post_init__(self) -> None:
         # named as NVSModule's options (its geometry group), which the error reaches
-        for option, value in (
-            ("geometry.equivariance_weight", self.equivariance_weight),
-            ("geometry.point_silhouette_weight", self.point_silhouette_weight),
-            ("geometry.own_view_weight", self.own_view_weight),
-            ("geometry.opacity_weight", self.opacity_weight),
-            ("geometry.hull_weight", self.hull_weight),
-        ):
-            if value < 0:
-                raise ValueError(f"{option} must be >= 0, got {value}")
+        for key in LATENT_WEIGHTS:
+            if (value := getattr(self, key)) < 0:
+                raise ValueError(f"geometry.{key} must be >= 0, got {value}")
         if self.side < 2:
             raise ValueError(f"point silhouette side must be >= 2, got {self.side}")
 
     @property
     def active(self) -> bool:
         """Whether any term is on."""
-        weights = (
-            self.equivariance_weight,
-            self.point_silhouette_weight,
-            self.own_view_weight,
-            self.opacity_weight,
-            self.hull_weight,
-        )
-        return max(weights) > 0
+        return max(getattr(self, key) for key in LATENT_WEIGHTS) > 0
 
     def __call__(
         self, batch: dict[str, Any], encoded: dict[str, tuple[Tensor, Tensor]], rows: dict[str, Tensor]
