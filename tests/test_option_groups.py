@@ -466,9 +466,15 @@ def test_cli_nests_the_nvs_groups_and_a_stacked_recipe_changes_only_its_keys(tmp
     recipes = Path(__file__).parents[1] / "experiments"
     model = yaml.safe_load((recipes / "nvs_semi_panoptic.yaml").read_text())["model"]
     (tmp_path / "panoptic.yaml").write_text(yaml.safe_dump({"model": model}))
-    configs = [recipes / "model" / "nvs_semi.yaml", NVS_CONF, tmp_path / "panoptic.yaml"]
+    # nvs_tiny.yaml's two encoder widths and 20 points take Rhodin's linear point head, not the recipe's cells
+    (tmp_path / "linear.yaml").write_text(
+        "model: {init_args: {encoder: {point_head: linear, opacity: false, depth_samples: 1}, "
+        "geometry: {opacity_weight: 0.0}}}\n"
+    )
+    configs = [recipes / "model" / "nvs_semi.yaml", NVS_CONF, tmp_path / "linear.yaml", tmp_path / "panoptic.yaml"]
     panoptic = make_cli([arg for c in configs for arg in ("-c", str(c))], run=False).model
     assert panoptic.options.synthesis == SynthesisOptions(silhouette_threshold=0.1)
+    assert panoptic.options.decoder.mask_from_points and tuple(panoptic.options.pose_head.hidden) == (32, 32)
     assert panoptic.options.pose == PoseOptions(weight=0.01) and panoptic.silhouette_threshold == 0.1
 
 
