@@ -439,7 +439,8 @@ def test_data_configs_hold_no_model_keys_and_write_image_size_once():
         text = path.read_text()
         config = yaml.safe_load(text)
         assert set(config) == {"data"}, path.name  # no model / trainer keys: they stack on any model config
-        if "class_path" not in config["data"]:  # an overlay (synthhands_fixed_crop.yaml) changes a few keys only
+        # an overlay (synthhands_fixed_crop.yaml) changes a few keys of a full data config, never image_size
+        if "class_path" not in config["data"]:
             assert "image_size" not in text, path.name
             continue
         # image_size once, on the DataModule; the datasets interpolate it (and the model is linked to it).

@@ -471,7 +471,12 @@ def test_cli_nests_the_nvs_groups_and_a_stacked_recipe_changes_only_its_keys(tmp
         "model: {init_args: {encoder: {point_head: linear, opacity: false, depth_samples: 1}, "
         "geometry: {opacity_weight: 0.0}}}\n"
     )
-    configs = [recipes / "model" / "nvs_semi.yaml", NVS_CONF, tmp_path / "linear.yaml", tmp_path / "panoptic.yaml"]
+    configs = [
+        recipes / "model" / "nvs_semi.yaml",
+        NVS_CONF,
+        tmp_path / "linear.yaml",
+        tmp_path / "panoptic.yaml",
+    ]
     panoptic = make_cli([arg for c in configs for arg in ("-c", str(c))], run=False).model
     assert panoptic.options.synthesis == SynthesisOptions(silhouette_threshold=0.1)
     assert panoptic.options.decoder.mask_from_points and tuple(panoptic.options.pose_head.hidden) == (32, 32)
