@@ -89,6 +89,12 @@ def test_known_name_not_shipped_says_how_to_produce_it(tmp_path):
     with pytest.raises(pretrained.PretrainedError, match=r"not shipped.*experiments/tools/ship_weights\.py"):
         pretrained.load("nvs-semi-synthhands", weights_dir=tmp_path)
     assert pretrained.available(tmp_path) == []
+    assert "nvs-pretrained-synthhands" in pretrained.NAMES
+    for name, command in pretrained.NAMES.items():  # every name, shipped in this install or not yet
+        with pytest.raises(
+            pretrained.PretrainedError, match=rf"{name}.*not shipped.*with: {re.escape(command)}$"
+        ):
+            pretrained.load(name, weights_dir=tmp_path)
 
 
 @pytest.mark.skipif(not SEMIHAND, reason="no SemiHand weights shipped")

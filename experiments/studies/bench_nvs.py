@@ -70,6 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mean-items", type=int, default=512, help="training views in the mean image")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--style", default="synthetic")
+    parser.add_argument(
+        "--crop",
+        choices=("joints", "fixed"),
+        default="fixed",
+        help="the world's crop the network trained on (the NVS recipes: fixed; networks before issue 21: joints)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--grid-pairs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("experiments/results/bench_nvs"))
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.checkpoint or args.pretrained} has no decoder (supervised regime): nothing to synthesise"
         )
     size = module.hparams.image_size
-    world = SynthHandsWorld(style=args.style, image_size=size)
+    world = SynthHandsWorld(style=args.style, image_size=size, crop=args.crop)
     train = MultiViewPairs(SynthHandsMultiView(split="train", world=world))
     # The recipes' evaluation sets (experiments/nvs_semi.yaml's multi_view_arguments)
     frames = 32 if args.split == "test" else 16

@@ -10,7 +10,9 @@ reproduction: the training command, then this one.
     # SemiHand: the source-only, full and target-oracle rows of the ablation (synthetic -> real; per row the
     # seed nearest the row's mean test MPJPE; trained_by is that row's own handssl fit command)
     python experiments/tools/ship_weights.py semihand
-    # NVS: the semi and supervised rows at one labelled subject of the label sweep
+    # NVS: the supervised, pretrained (stage 1 + stage 2) and semi rows of experiments/studies/nvs_sweep.py at one
+    # labelled subject (per row the seed nearest the row's mean test N-MPJPE, its run's final weights; trained_by
+    # is that row's own commands)
     python experiments/tools/ship_weights.py nvs
 
 Each file must stay under 10 MB (the network is refused otherwise).
@@ -29,6 +31,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -40,7 +43,11 @@ SEMIHAND = {
     "full": "semihand-synthhands",
     "oracle": "semihand-oracle-synthhands",
 }
-NVS = {"semi": "nvs-semi-synthhands", "supervised": "nvs-supervised-synthhands"}
+NVS = {
+    "supervised": "nvs-supervised-synthhands",
+    "pretrained": "nvs-pretrained-synthhands",
+    "semi": "nvs-semi-synthhands",
+}
 #: What each row trains on (``trained_on`` in the metadata): SynthHands renders only, never a real photo.
 SEMIHAND_TRAINED_ON = {
     "source_only": "SynthHands v2 renders: labelled synthetic-style crops (no real image)",
@@ -50,8 +57,12 @@ SEMIHAND_TRAINED_ON = {
 NVS_TRAINED_ON = {
     "semi": "SynthHands v2 multi-view renders: labels of {k} of 32 subjects + unlabelled view pairs (no real image)",
     "supervised": "SynthHands v2 renders: labels of {k} of 32 subjects (no real image)",
+    "pretrained": "SynthHands v2 multi-view renders: unlabelled view pairs of 32 subjects (stage 1), then labels of "
+    "{k} of 32 subjects (stage 2) (no real image)",
 }
 PATH_HPARAMS = ("init_checkpoint", "pretrained_checkpoint")
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+NVS_SWEEP = "python experiments/studies/nvs_sweep.py"
 
 
 @functools.cache
@@ -197,41 +208,69 @@ def ship_semihand(args: argparse.Namespace) -> None:
         write(name, payload, meta, Path(args.out))
 
 
+def nvs_sweep() -> ModuleType:
+    """``experiments/studies/nvs_sweep.py``, whose run names, final checkpoints and controls the nvs rows follow."""
+    if str(STUDIES) not in sys.path:
+        sys.path.insert(0, str(STUDIES))
+    import nvs_sweep
+
+    return nvs_sweep
+
+
+def final_checkpoint(sweep: ModuleType, run_dir: Path, run: str, k: int, seed: int) -> Path:
+    """A sweep run's final weights: ``<run_dir>/<run_name>/version_<highest n>/checkpoints/last.ckpt``."""
+    folder = run_dir / sweep.run_name(run, k, seed)
+    numbered = [v for v in sweep.versions(folder) if v.name.removeprefix("version_").isdigit()]
+    if not numbered:
+        path = sweep.checkpoint_of(run, folder / "version_<n>")
+        raise SystemExit(f"checkpoint not found: {path} (run {NVS_SWEEP}; see --help)")
+    return sweep.checkpoint_of(run, max(numbered, key=lambda v: int(v.name.removeprefix("version_"))))
+
+
 def ship_nvs(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    """Ship the supervised, pretrained and semi rows of ``experiments/studies/nvs_sweep.py`` at ``--subjects``
+    labelled subjects: per row, the seed whose test N-MPJPE is nearest the row's mean over seeds, from its run's
+    final weights (the pretrained row: its stage 2 run, whose module holds stage 1's encoder and decoder)."""
+    sweep = nvs_sweep()
+    k = args.subjects
+    with open(args.results, newline="") as handle:
+        table = list(csv.DictReader(handle))
     for regime, name in NVS.items():
-        found = [r for r in rows if r["regime"] == regime and r["subjects"] == args.subjects]
-        if not found:
-            raise SystemExit(f"{args.results} has no {regime} row at {args.subjects} subject(s) yet")
-        row = found[-1]
-        curves = Path(args.results).with_name("curves.jsonl")
-        curve = [
-            [c["train_s"], c["val_n_mpjpe"]]
-            for c in map(json.loads, curves.read_text().splitlines() if curves.is_file() else [])
-            if c["regime"] == regime and c["subjects"] == args.subjects
-        ]
-        checkpoint = read_checkpoint(Path(args.run_dir) / f"{regime}_{args.subjects}.ckpt")
+        rows = [r for r in table if r["regime"] == regime and int(r["k"]) == k]
+        if not rows:
+            raise SystemExit(
+                f"{args.results} has no {regime} row at k={k} yet (run {NVS_SWEEP} --subjects {k} "
+                f"--regimes {regime} --out {Path(args.results).parent} --work-dir {args.run_dir})"
+            )
+        chosen, stats = nearest_to_mean(rows, key="test_n_mpjpe")
+        seed = int(chosen["seed"])
+        run = "stage2" if regime == "pretrained" else regime
+        checkpoint = read_checkpoint(final_checkpoint(sweep, Path(args.run_dir), run, k, seed))
         payload = pack("NVSModule", hparams_of(checkpoint), checkpoint["state_dict"], {})
-        keys = (
-            "n_mpjpe",
-            "mpjpe",
-            "pa_mpjpe",
-            "synthesis_l1_hand",
-            "copy_input_l1_hand",
-            "background_l1_hand",
-        )
+        # The zoo's metric names (handssl.zoo.METRICS): the rows' test_* columns are the test metrics.
+        keys = ("test_n_mpjpe", "test_mpjpe", "test_pa_mpjpe", *sweep.CONTROLS)
+        metrics = {key.removeprefix("test_"): float(chosen[key]) for key in keys if chosen.get(key)}
+        trained_by = args.trained_by or chosen["command"]
         meta = {
-            "description": f"NVS label sweep, {regime} at {args.subjects} labelled subject(s) of 32",
-            "trained_on": NVS_TRAINED_ON[regime].format(k=args.subjects),
-            "trained_by": args.trained_by,
-            "recipe": args.recipe,
+            "description": f"NVS sweep, {regime} at {k} labelled subject(s) of 32, the seed nearest the row's mean "
+            "test N-MPJPE",
+            "trained_on": NVS_TRAINED_ON[regime].format(k=k),
+            "trained_by": trained_by,
+            "recipe": args.recipe or recipe_of(trained_by),
             "results": str(args.results),
-            "seed": seed_of(Path(args.results)),
-            "steps": row.get("steps"),
-            "wall_s": row.get("wall_s"),
-            "metrics": {k: row[k] for k in keys if k in row},
-            "metrics_note": "SynthHands v2 test subjects, mm; hand-pixel L1 of synthesized views",
-            "validation_curve": {"columns": ["train_s", "val_n_mpjpe"], "points": curve},
+            "k": k,
+            "labeled": chosen.get("labeled"),
+            "seed": seed,
+            "steps": int(chosen["steps"]),
+            "train_min": float(chosen["train_min"]),
+            "metrics": metrics,
+            "row_n_mpjpe": {"mean": stats["mean"], "sd": stats["sd"], "seeds": int(stats["seeds"])},
+            "metrics_note": "SynthHands v2 test subjects (fixed 240 mm crops), mm; hand-pixel L1 of synthesized "
+            "views",
+            "validation_curve": {
+                "columns": ["train_min", "val_n_mpjpe"],
+                "points": json.loads(chosen.get("curve") or "[]"),  # the row writer's json.dumps
+            },
         }
         write(name, payload, meta, Path(args.out))
 
@@ -242,13 +281,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("method", choices=("semihand", "nvs"))
     parser.add_argument("--run-dir", default=None, help="the benchmark's checkpoint folder")
-    parser.add_argument("--results", default=None, help="the benchmark's results (CSV / rows.jsonl)")
-    parser.add_argument("--subjects", type=int, default=1, help="nvs: labelled subjects of the shipped rows")
-    parser.add_argument("--trained-by", default=None, help="the benchmark command that trained them")
+    parser.add_argument("--results", default=None, help="the benchmark's results (rows.csv)")
+    parser.add_argument(
+        "--subjects", type=int, default=1, help="nvs: labelled subjects k of the shipped rows (the k column)"
+    )
+    parser.add_argument(
+        "--trained-by",
+        default=None,
+        help="nvs: the command that trained them (default: the shipped row's own command)",
+    )
     parser.add_argument(
         "--recipe",
         default=None,
-        help="the experiments/ file that trains them (default: the one --trained-by runs)",
+        help="the experiments/ file that trains them (default: the last one the training command runs)",
     )
     parser.add_argument("--out", default=str(WEIGHTS_DIR))
     args = parser.parse_args(argv)
@@ -261,15 +306,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         ship_semihand(args)
     else:
-        args.run_dir = args.run_dir or "runs/label_sweep"
-        args.results = args.results or "experiments/results/label_sweep/rows.jsonl"
-        args.trained_by = args.trained_by or (
-            "python experiments/studies/label_sweep.py --subjects 1 2 4 --minutes 20 --stage2-minutes 4 --threads 2"
-        )
+        args.run_dir = args.run_dir or "runs/nvs_sweep"
+        args.results = args.results or "experiments/results/nvs_sweep/rows.csv"
         if not Path(args.results).is_file():
-            raise SystemExit(
-                f"results file not found: {args.results} (run experiments/studies/label_sweep.py)"
-            )
+            raise SystemExit(f"results file not found: {args.results} (run {NVS_SWEEP})")
         ship_nvs(args)
 
 
