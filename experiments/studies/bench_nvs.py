@@ -35,7 +35,7 @@ from handssl.data.synthhands.world import SynthHandsWorld
 from handssl.models.components.nvs import load_state_dict_file
 from handssl.models.components.nvs_losses import rotation_controls
 from handssl.models.nvs import NVSModule
-from handssl.models.options import upgrade_hparams
+from handssl.pretrained import constructor_arguments
 
 METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 
@@ -43,8 +43,9 @@ METHODS = ("synthesized", "copy_input", "mean_image", "background_only")
 def load_module(path: Path) -> NVSModule:
     """An :class:`NVSModule` from a Lightning checkpoint or a ``{"state_dict", "hyper_parameters"}`` file."""
     raw = torch.load(path, map_location="cpu", weights_only=False)
-    # the flat arguments of older files (lr=, decoder_splat=, ...) into their groups
-    hparams = upgrade_hparams(raw.get("hyper_parameters", {}))
+    # the flat arguments of older files (lr=, decoder_splat=, ...) into their groups; without the CLI's
+    # _class_path and other private keys
+    hparams = constructor_arguments(raw.get("hyper_parameters", {}))
     if hparams.get("regime") == "pretrained" and hparams.get("stage") == 2:
         hparams["stage"] = 1  # the weights are all in this file; no need for stage 1's checkpoint
         hparams["pretrained_checkpoint"] = None
