@@ -1,7 +1,9 @@
 """Test-wide settings: no network, quiet wandb, one thread per worker, deterministic seeds; the tests' trainer."""
 
+import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
@@ -62,3 +64,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     main(["fit", "-c", str(conf), "--trainer.max_steps=1", "--runs_dir", str(runs), "--wandb", "disabled"])
     (ckpt,) = runs.glob("supervised_tiny/version_0/checkpoints/*.ckpt")
     return ckpt
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_NVS = {
+    "image_size": 32,
+    "num_points": 20,
+    "appearance_dim": 8,
+    "encoder": {"widths": [8, 16], "blocks": [1, 1]},
+    "decoder": {"widths": [16, 8], "latent_channels": 8},
+    "pose_head": {"hidden": [32, 32]},
+}
+"""A small NVSModule's sizes (Rhodin's linear point head), for tests that save and reload one."""
+
+
+def load_script(relative: str) -> Any:
+    """A script of the repository (``experiments/tools/ship_weights.py``) imported as a module."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

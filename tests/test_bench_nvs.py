@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from conftest import TINY_NVS as TINY
+from conftest import load_script
 
 from handssl.models import NVSModule
-
-SCRIPT = Path(__file__).parents[1] / "experiments" / "studies" / "bench_nvs.py"
-TINY = {
-    "image_size": 32,
-    "num_points": 20,
-    "appearance_dim": 8,
-    "encoder": {"widths": [8, 16], "blocks": [1, 1]},
-    "decoder": {"widths": [16, 8], "latent_channels": 8},
-    "pose_head": {"hidden": [32, 32]},
-}
-
-
-def bench_nvs():
-    spec = importlib.util.spec_from_file_location("bench_nvs", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_load_module_reads_a_cli_checkpoint_and_a_stage_2_one(tmp_path):
@@ -35,13 +16,13 @@ def test_load_module_reads_a_cli_checkpoint_and_a_stage_2_one(tmp_path):
     hparams = {**TINY, "regime": "pretrained", "stage": 1, "_class_path": "handssl.models.NVSModule"}
     path = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": trained.state_dict(), "hyper_parameters": hparams}, path)
-    loaded = bench_nvs().load_module(path)
+    loaded = load_script("experiments/studies/bench_nvs.py").load_module(path)
     assert not loaded.training and loaded.decoder is not None
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     # stage 2 names stage 1's file, which need not exist any more: its weights are all in its own file
     stage2 = {**hparams, "stage": 2, "pretrained_checkpoint": str(tmp_path / "gone.ckpt")}
     torch.save({"state_dict": trained.state_dict(), "hyper_parameters": stage2}, tmp_path / "stage2.ckpt")
-    loaded = bench_nvs().load_module(tmp_path / "stage2.ckpt")
+    loaded = load_script("experiments/studies/bench_nvs.py").load_module(tmp_path / "stage2.ckpt")
     assert loaded.pretrained_checkpoint is None
     assert torch.equal(loaded.pose_head.mean, trained.pose_head.mean)

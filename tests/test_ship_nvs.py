@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 import sys
@@ -11,19 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_NVS, load_script
 
 import handssl.pretrained as pretrained
 from handssl.models import NVSModule
 
 REPO = Path(__file__).parents[1]
-TINY = {
-    "image_size": 32,
-    "num_points": 20,
-    "appearance_dim": 8,
-    "encoder": {"widths": [8, 16], "blocks": [1, 1]},
-    "decoder": {"widths": [16, 8], "latent_channels": 8},
-    "pose_head": {"hidden": [32, 32]},
-}
+TINY = TINY_NVS
 #: Test N-MPJPE of seeds 0, 1, 2 per regime, and the seed nearest the regime's mean.
 ERRORS = {"supervised": (50.0, 60.0, 58.0), "pretrained": (40.0, 44.0, 49.0), "semi": (33.0, 30.0, 38.0)}
 NEAREST = {"supervised": 2, "pretrained": 1, "semi": 0}  # means 56, 44.33, 33.67
@@ -35,13 +28,7 @@ RECIPES = {
 
 
 def ship_weights():
-    spec = importlib.util.spec_from_file_location(
-        "ship_weights", REPO / "experiments" / "tools" / "ship_weights.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/tools/ship_weights.py")
 
 
 def save_run(folder, module):

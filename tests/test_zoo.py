@@ -1,13 +1,13 @@
 """The model zoo: shipped metadata says how to reproduce each network (issue 22, item 4) and ``handssl models``."""
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 import handssl.pretrained as pretrained
 
@@ -15,13 +15,7 @@ REPO = Path(__file__).parents[1]
 
 
 def ship_weights():
-    spec = importlib.util.spec_from_file_location(
-        "ship_weights", REPO / "experiments" / "tools" / "ship_weights.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("experiments/tools/ship_weights.py")
 
 
 def current_path(recipe: str) -> str:
