@@ -56,12 +56,10 @@ def fake_sweep(tmp_path):
             module = NVSModule(regime=regime, **extra, **TINY)
             modules[regime, seed] = module
             folder = work / sweep.run_name(run, 1, seed)
+            save_run(folder / "version_0" / "checkpoints", module)
             if regime == "supervised" and seed == NEAREST[regime]:
-                # the highest version is the final weights: version_10 after version_9 (not in text order)
-                save_run(folder / "version_9" / "checkpoints", NVSModule(regime=regime, **TINY))
-                save_run(folder / "version_10" / "checkpoints", module)
-            else:
-                save_run(folder / "version_0" / "checkpoints", module)
+                # a later run of the same name, which the row never scored: the row's command names version_0
+                save_run(folder / "version_1" / "checkpoints", NVSModule(regime=regime, **TINY))
             ckpt = folder / "version_0" / "checkpoints" / "last.ckpt"
             commands = [sweep.fit_command(args, run, 1, seed, stage1 if run == "stage2" else None)]
             if run == "stage2":
@@ -173,7 +171,12 @@ def test_ship_nvs_missing_rows_and_checkpoints_are_one_line(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert message.startswith(
-        f"checkpoint not found: {work / 'semi_k1_seed0'}/version_<n>/checkpoints/last.ckpt"
+        f"checkpoint not found: {work / 'semi_k1_seed0'}/version_0/checkpoints/last.ckpt ("
     )
+    assert "row semi k=1 seed=0 scored it on test" in message
+    untested = [dict(r, command=r["command"].split(" && ")[0]) for r in rows]
+    write_rows(csv_path, untested, fields)
+    with pytest.raises(SystemExit, match=r"row supervised k=1 seed=2: its command names no --ckpt_path"):
+        ship.main(base)
     with pytest.raises(SystemExit, match="results file not found"):
         ship.main(["nvs", "--results", str(tmp_path / "nope.csv"), "--run-dir", str(work)])

@@ -11,8 +11,8 @@ reproduction: the training command, then this one.
     # seed nearest the row's mean test MPJPE; trained_by is that row's own handssl fit command)
     python experiments/tools/ship_weights.py semihand
     # NVS: the supervised, pretrained (stage 1 + stage 2) and semi rows of experiments/studies/nvs_sweep.py at one
-    # labelled subject (per row the seed nearest the row's mean test N-MPJPE, its run's final weights; trained_by
-    # is that row's own commands)
+    # labelled subject (per row the seed nearest the row's mean test N-MPJPE, the weights its test command scored;
+    # trained_by is that row's own commands)
     python experiments/tools/ship_weights.py nvs
 
 Each file must stay under 10 MB (the network is refused otherwise).
@@ -217,20 +217,30 @@ def nvs_sweep() -> ModuleType:
     return nvs_sweep
 
 
-def final_checkpoint(sweep: ModuleType, run_dir: Path, run: str, k: int, seed: int) -> Path:
-    """A sweep run's final weights: ``<run_dir>/<run_name>/version_<highest n>/checkpoints/last.ckpt``."""
-    folder = run_dir / sweep.run_name(run, k, seed)
-    numbered = [v for v in sweep.versions(folder) if v.name.removeprefix("version_").isdigit()]
-    if not numbered:
-        path = sweep.checkpoint_of(run, folder / "version_<n>")
-        raise SystemExit(f"checkpoint not found: {path} (run {NVS_SWEEP}; see --help)")
-    return sweep.checkpoint_of(run, max(numbered, key=lambda v: int(v.name.removeprefix("version_"))))
+def tested_checkpoint(command: str, what: str) -> Path:
+    """The checkpoint a row's ``command`` scored on test: the last ``--ckpt_path`` of its ``handssl test``.
+
+    Taking it from the command rather than from the run folder means a later run of the same name (a rerun, a
+    resume in a new ``version_<n>``) never replaces the weights whose metrics the row reports.
+    """
+    paths = [
+        word.split("=", 1)[1] if "=" in word else ""
+        for word in shlex.split(command)
+        if word.startswith("--ckpt_path")
+    ]
+    if not paths or not paths[-1]:
+        raise SystemExit(f"{what}: its command names no --ckpt_path=<file> (not a row of {NVS_SWEEP}?)")
+    path = Path(paths[-1])
+    if not path.is_file():
+        raise SystemExit(f"checkpoint not found: {path} ({what} scored it on test; run {NVS_SWEEP} again)")
+    return path
 
 
 def ship_nvs(args: argparse.Namespace) -> None:
     """Ship the supervised, pretrained and semi rows of ``experiments/studies/nvs_sweep.py`` at ``--subjects``
-    labelled subjects: per row, the seed whose test N-MPJPE is nearest the row's mean over seeds, from its run's
-    final weights (the pretrained row: its stage 2 run, whose module holds stage 1's encoder and decoder)."""
+    labelled subjects: per row, the seed whose test N-MPJPE is nearest the row's mean over seeds, with the weights
+    its test command scored (the pretrained row: its stage 2 run, whose module holds stage 1's encoder and
+    decoder)."""
     sweep = nvs_sweep()
     k = args.subjects
     with open(args.results, newline="") as handle:
@@ -244,8 +254,8 @@ def ship_nvs(args: argparse.Namespace) -> None:
             )
         chosen, stats = nearest_to_mean(rows, key="test_n_mpjpe")
         seed = int(chosen["seed"])
-        run = "stage2" if regime == "pretrained" else regime
-        checkpoint = read_checkpoint(final_checkpoint(sweep, Path(args.run_dir), run, k, seed))
+        what = f"{args.results} row {regime} k={k} seed={seed}"
+        checkpoint = read_checkpoint(tested_checkpoint(chosen["command"], what))
         payload = pack("NVSModule", hparams_of(checkpoint), checkpoint["state_dict"], {})
         # The zoo's metric names (handssl.zoo.METRICS): the rows' test_* columns are the test metrics.
         keys = ("test_n_mpjpe", "test_mpjpe", "test_pa_mpjpe", *sweep.CONTROLS)
@@ -280,7 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("method", choices=("semihand", "nvs"))
-    parser.add_argument("--run-dir", default=None, help="the benchmark's checkpoint folder")
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="the benchmark's checkpoint folder (nvs: the weights are those each row's test command names)",
+    )
     parser.add_argument("--results", default=None, help="the benchmark's results (rows.csv)")
     parser.add_argument(
         "--subjects", type=int, default=1, help="nvs: labelled subjects k of the shipped rows (the k column)"
