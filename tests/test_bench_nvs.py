@@ -24,5 +24,5 @@ def test_load_module_reads_a_cli_checkpoint_and_a_stage_2_one(tmp_path):
     stage2 = {**hparams, "stage": 2, "pretrained_checkpoint": str(tmp_path / "gone.ckpt")}
     torch.save({"state_dict": trained.state_dict(), "hyper_parameters": stage2}, tmp_path / "stage2.ckpt")
     loaded = load_script("experiments/studies/bench_nvs.py").load_module(tmp_path / "stage2.ckpt")
-    assert loaded.pretrained_checkpoint is None
+    assert loaded.stage == 2 and not loaded.needs_stage1
     assert torch.equal(loaded.pose_head.mean, trained.pose_head.mean)

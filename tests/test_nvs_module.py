@@ -98,18 +98,34 @@ def test_pretrained_stage2_freezes_encoder_and_decoder(tmp_path):
     path = stage1_checkpoint(tmp_path)
     stage1_state = torch.load(path)["state_dict"]
     module = tiny_module("pretrained", stage=2, pretrained_checkpoint=path)
-    for name, value in module.state_dict().items():
-        if name.startswith(("encoder.", "decoder.")):
-            assert torch.equal(value, stage1_state[name]), name
-    enc, dec, head = snapshot(module.encoder), snapshot(module.decoder), snapshot(module.pose_head)
+    assert module.needs_stage1  # stage 1's file is read when a fit starts, not when the module is built
+    head = snapshot(module.pose_head)
     trainer = fit(module, SHARE["pretrained2"], steps=3)
-    assert not any(changed(enc, module.encoder).values())  # frozen weights and BatchNorm statistics
-    assert not any(changed(dec, module.decoder).values())
+    for name, value in module.state_dict().items():
+        if name.startswith(("encoder.", "decoder.")):  # loaded, then frozen: weights and BatchNorm statistics
+            assert torch.equal(value, stage1_state[name]), name
     assert params_changed(head, module.pose_head)
     optimised = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimised == {id(p) for p in module.pose_head.parameters()}
     module.train()
     assert not module.encoder.training and module.pose_head.training
+
+
+def test_stage2_loads_and_fine_tunes_without_stage1s_file(tmp_path):
+    path = stage1_checkpoint(tmp_path)
+    module = tiny_module("pretrained", stage=2, pretrained_checkpoint=path)
+    trainer = fit(module, SHARE["pretrained2"], steps=2)
+    trainer.save_checkpoint(tmp_path / "stage2.ckpt")
+    Path(path).unlink()  # its weights are all in stage 2's own checkpoint
+    loaded = NVSModule.load_from_checkpoint(tmp_path / "stage2.ckpt", map_location="cpu")
+    assert loaded.stage == 2 and not loaded.needs_stage1
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    tuned = tiny_module("pretrained", stage=2, pretrained_checkpoint=path)
+    tuned.load_state_dict(module.state_dict())  # as fine-tuning shipped weights does
+    fit(tuned, SHARE["pretrained2"], steps=1)  # stage 1's file, gone, is not read
+    for key, value in module.encoder.state_dict().items():
+        assert torch.equal(tuned.encoder.state_dict()[key], value), key
 
 
 def test_semi_trains_everything():
@@ -153,14 +169,15 @@ def test_regime_and_labeled_share_must_agree():
 def test_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="regime must be one of"):
         tiny_module("unsupervised")
+    share = SHARE["pretrained2"]
     with pytest.raises(ValueError, match="set pretrained_checkpoint"):
-        tiny_module("pretrained", stage=2)
+        fit(tiny_module("pretrained", stage=2), share, steps=1)
     with pytest.raises(FileNotFoundError, match="pretrained_checkpoint not found"):
-        tiny_module("pretrained", stage=2, pretrained_checkpoint=str(tmp_path / "nope.ckpt"))
+        fit(tiny_module("pretrained", stage=2, pretrained_checkpoint=str(tmp_path / "nope.ckpt")), share, 1)
     path = tmp_path / "other.ckpt"
     torch.save({"state_dict": tiny_module("pretrained", num_points=10).state_dict()}, path)
     with pytest.raises(ValueError, match="does not match this model's architecture"):
-        tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path))
+        fit(tiny_module("pretrained", stage=2, pretrained_checkpoint=str(path)), share, steps=1)
     with pytest.raises(RuntimeError, match="no training statistics"):
         tiny_module("semi").predict_pose(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match=r"^decoder\.mask_from_points .* set decoder\.splat too$"):

@@ -46,9 +46,6 @@ def load_module(path: Path) -> NVSModule:
     # the flat arguments of older files (lr=, decoder_splat=, ...) into their groups; without the CLI's
     # _class_path and other private keys
     hparams = constructor_arguments(raw.get("hyper_parameters", {}))
-    if hparams.get("regime") == "pretrained" and hparams.get("stage") == 2:
-        hparams["stage"] = 1  # the weights are all in this file; no need for stage 1's checkpoint
-        hparams["pretrained_checkpoint"] = None
     module = NVSModule(**hparams)
     module.load_state_dict(load_state_dict_file(path))
     return module.eval()

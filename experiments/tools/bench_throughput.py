@@ -136,9 +136,6 @@ def task_config(
         model["init_args"]["image_size"] = size
     _set_key(data, "image_size", size)
     data["init_args"]["image_size"] = size  # every handssl DataModule has it; the model's follows it
-    encoder = model["init_args"].get("encoder") or {}
-    if encoder.get("point_head") == "pixel_aligned":  # NVS's points per stride-4 cell follow the size too
-        model["init_args"]["num_points"] = encoder.get("depth_samples", 1) * (size // 4) ** 2
     # Two sequences per subject (NVS's appearance images come from another sequence), up to 64 frames each.
     subjects = max(2, math.ceil(frames / 128))
     for dataset in _train_datasets(data):

@@ -8,9 +8,10 @@ with the pose head. The regimes:
 ``supervised``
     image -> encoder -> pose head, on labeled items only; no decoder is built.
 ``pretrained``
-    ``stage: 1`` synthesis on all frames without labels (encoder + decoder); ``stage: 2`` loads stage 1's
-    checkpoint (``pretrained_checkpoint``), freezes encoder and decoder (weights and BatchNorm statistics)
-    and trains the pose head on the labeled subset.
+    ``stage: 1`` synthesis on all frames without labels (encoder + decoder); ``stage: 2`` starts from stage
+    1's checkpoint (``pretrained_checkpoint``, read when a fit begins), freezes encoder and decoder (weights
+    and BatchNorm statistics) and trains the pose head on the labeled subset. A stage 2 network loaded from
+    its own checkpoint or shipped weights never needs stage 1's file: its state dict holds those parts.
 ``semi``
     encoder, decoder and pose head optimised together: synthesis loss on every item, pose loss (weighted by
     ``pose.weight``, from step ``pose.start_step``, synthesis only before) on the labeled items that
@@ -40,7 +41,14 @@ from torch import Tensor, nn
 from handssl.callbacks.pose_statistics import PoseStatistics
 from handssl.models.base import check_batch, to_float
 from handssl.models.components.gradient_balance import PoseGradientBalance, gradient_norms
-from handssl.models.components.nvs import NVSDecoder, NVSEncoder, PoseHead, composite, load_modules
+from handssl.models.components.nvs import (
+    NVSDecoder,
+    NVSEncoder,
+    PoseHead,
+    composite,
+    latent_points,
+    load_modules,
+)
 from handssl.models.components.nvs_geometry import LatentGeometry
 from handssl.models.components.nvs_losses import SynthesisLoss
 from handssl.models.components.nvs_pairs import IMAGE_KEYS, Encoded, PairTraining
@@ -68,9 +76,12 @@ class NVSModule(NVSTask):
     Args:
         regime: ``"supervised"``, ``"pretrained"`` or ``"semi"`` (see the module docstring).
         stage: Stage of the pretrained regime: ``1`` synthesis, ``2`` pose head on the frozen encoder.
-        pretrained_checkpoint: Stage 1's checkpoint; required by stage 2 (encoder and decoder are loaded).
+        pretrained_checkpoint: Stage 1's checkpoint; stage 2 loads encoder and decoder from it when a fit
+            starts from scratch (not when a state dict gave them: a resumed run, fine-tuning shipped weights).
         image_size: Side of the square input and output images in pixels.
-        num_points: Points ``N`` of the 3D latent ``L3D`` (Rhodin et al.: 200).
+        num_points: Points ``N`` of the 3D latent ``L3D``. ``None`` (default): the point head's own count,
+            200 with the linear head (Rhodin et al.), ``depth_samples x (image_size / 4)^2`` with
+            ``"pixel_aligned"``, which then follows ``image_size``.
         appearance_dim: Size of the appearance vector (Rhodin et al.: 128; 16 here, a small code leaves the
             pose to ``L3D``).
         encoder: The encoder (:class:`~handssl.models.nvs_options.EncoderOptions`: ``widths``, ``blocks``,
@@ -106,7 +117,7 @@ class NVSModule(NVSTask):
         stage: Literal[1, 2] = 1,
         pretrained_checkpoint: str | None = None,
         image_size: int = 64,
-        num_points: int = 200,
+        num_points: int | None = None,
         appearance_dim: int = 16,
         encoder: EncoderOptions = EncoderOptions(),
         decoder: DecoderOptions = DecoderOptions(),
@@ -132,11 +143,6 @@ class NVSModule(NVSTask):
             pose_head=pose_head,
             pose=pose,
         )
-        if regime == "pretrained" and stage == 2 and not pretrained_checkpoint:
-            raise ValueError(
-                "stage 2 of the pretrained regime trains the pose head on stage 1's frozen encoder: "
-                "set pretrained_checkpoint to stage 1's checkpoint"
-            )
         if o.pose.gradient_ratio is not None and regime != "semi":
             raise ValueError(f"pose.gradient_ratio needs the semi regime, got regime {regime!r}")
         threshold = o.synthesis.silhouette_threshold
@@ -148,6 +154,7 @@ class NVSModule(NVSTask):
             synthesis_items=o.synthesis.items,
         )
         # The groups' keys are the components' arguments.
+        num_points = latent_points(image_size, o.encoder.point_head, o.encoder.depth_samples, num_points)
         sizes = (image_size, num_points, appearance_dim)
         self.make_encoder = partial(NVSEncoder, *sizes, **asdict(o.encoder))
         point_dim = 4 if o.encoder.opacity else 3
@@ -159,6 +166,8 @@ class NVSModule(NVSTask):
         self.regime = regime
         self.stage = stage if regime == "pretrained" else None
         self.pretrained_checkpoint = pretrained_checkpoint
+        # Stage 2's encoder and decoder come from stage 1 unless a state dict gives them (load_state_dict).
+        self.needs_stage1 = self.stage == 2
         self.pose_weight = o.pose.weight  # PoseGradientBalance re-measures it with pose.gradient_ratio
         self.silhouette_threshold = threshold
         super().__init__(
@@ -202,9 +211,6 @@ class NVSModule(NVSTask):
         self.encoder = self.make_encoder()
         self.decoder: NVSDecoder | None = self.make_decoder() if self.regime != "supervised" else None
         self.pose_head = self.make_pose_head()
-        if self.stage == 2:
-            assert self.pretrained_checkpoint, "__init__ refuses stage 2 without pretrained_checkpoint"
-            self.load_pretrained(self.pretrained_checkpoint)
         for module in self.frozen_modules:
             module.requires_grad_(False)
             module.eval()
@@ -229,6 +235,32 @@ class NVSModule(NVSTask):
     def load_pretrained(self, path: str | Path) -> None:
         """Load encoder and decoder weights (and BatchNorm statistics) from stage 1's checkpoint."""
         load_modules(path, {"encoder": self.encoder, "decoder": self.decoder})
+        self.needs_stage1 = False
+
+    def setup(self, stage: str) -> None:
+        """Stage 2 of a fit from scratch: stage 1's encoder and decoder from ``pretrained_checkpoint``.
+
+        Lightning restores a resumed run's checkpoint after this hook, which then replaces them again.
+
+        Raises:
+            ValueError: Stage 2 without ``pretrained_checkpoint``.
+        """
+        if stage == "fit" and self.needs_stage1:
+            if not self.pretrained_checkpoint:
+                raise ValueError(
+                    "stage 2 of the pretrained regime trains the pose head on stage 1's frozen encoder: "
+                    "set pretrained_checkpoint to stage 1's checkpoint"
+                )
+            self.load_pretrained(self.pretrained_checkpoint)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """:meth:`torch.nn.Module.load_state_dict`; a state dict with the encoder also gives stage 2 its stage 1."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if any(key.startswith("encoder.") for key in state_dict):
+            self.needs_stage1 = False
+        return result
 
     def train(self, mode: bool = True) -> NVSModule:
         """Switch train/eval mode, keeping the frozen parts of this regime in eval mode."""

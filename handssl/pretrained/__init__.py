@@ -25,9 +25,9 @@ The names (``NAMES``; a name not shipped in this install says how to produce it)
   pretrained (stage 1 + stage 2) and semi rows of ``experiments/studies/nvs_sweep.py`` at one labelled subject
   (64 px).
 
-A network of stage 2 of NVS's pretrained regime is built from stage 1's checkpoint (``pretrained_checkpoint``),
-whose path is not shipped: its stage 1 encoder and decoder are in its own state dict, so the shipped file (or the
-checkpoint written from it) stands in for that checkpoint (:func:`_own_stage1`).
+A network of stage 2 of NVS's pretrained regime names stage 1's checkpoint (``pretrained_checkpoint``), whose path
+is not shipped; it needs no such file to load, predict or be fine-tuned, as its state dict holds stage 1's encoder
+and decoder (:meth:`~handssl.models.NVSModule.load_state_dict`).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def load(name: str, map_location: str | torch.device = "cpu", weights_dir: str |
     weights, _ = _paths(name, weights_dir)
     payload = _payload(name, map_location, weights_dir)
     cls = getattr(importlib.import_module("handssl.models"), payload["class"])
-    module = cls(**_own_stage1(payload, weights))
+    module = cls(**constructor_arguments(payload["hparams"]))
     try:
         module.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
@@ -238,7 +238,7 @@ def lightning_checkpoint(
         if path.is_file():
             return path
         if checkpoint is None:
-            checkpoint = _checkpoint_of(_payload(name, "cpu", weights_dir), path)
+            checkpoint = _checkpoint_of(_payload(name, "cpu", weights_dir))
         temporary: str | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -256,8 +256,8 @@ def lightning_checkpoint(
     raise PretrainedError(f"cannot write the checkpoint of {name!r}: {'; '.join(errors)}")
 
 
-def _checkpoint_of(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The Lightning checkpoint of a payload, to be written at ``path``."""
+def _checkpoint_of(payload: dict[str, Any]) -> dict[str, Any]:
+    """The Lightning checkpoint of a payload."""
     import pytorch_lightning as pl
 
     return {
@@ -266,7 +266,7 @@ def _checkpoint_of(payload: dict[str, Any], path: Path) -> dict[str, Any]:
         "global_step": 0,
         "state_dict": payload["state_dict"],
         "hyper_parameters": {
-            **_own_stage1(payload, path),
+            **constructor_arguments(payload["hparams"]),
             "_class_path": f"handssl.models.{payload['class']}",
         },
         **payload.get("extra", {}),
@@ -315,22 +315,6 @@ def constructor_arguments(hparams: dict[str, Any]) -> dict[str, Any]:
     from handssl.models.options import upgrade_hparams
 
     return {key: value for key, value in upgrade_hparams(hparams).items() if not key.startswith("_")}
-
-
-def _own_stage1(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The constructor arguments of a payload; a stage 2 NVS network's ``pretrained_checkpoint`` is ``path``.
-
-    ``NVSModule(regime="pretrained", stage=2)`` loads its frozen encoder and decoder from stage 1's checkpoint
-    when built and refuses to be built without one; shipped weights drop that path (it names a file of the
-    machine that trained them). Their own state dict holds those encoder and decoder weights, and both the
-    shipped file at ``path`` and the Lightning checkpoint written from it keep it under ``state_dict``, which
-    is what the module reads from ``pretrained_checkpoint``; the state dict then loaded is the same.
-    """
-    hparams = constructor_arguments(payload["hparams"])
-    stage2 = hparams.get("regime") == "pretrained" and hparams.get("stage") == 2
-    if payload["class"] == "NVSModule" and stage2 and not hparams.get("pretrained_checkpoint"):
-        hparams["pretrained_checkpoint"] = str(Path(path).resolve())
-    return hparams
 
 
 def pack(

@@ -46,6 +46,25 @@ MASK_FLOOR = 1e-4
 """Smallest mask value (as in NSD's ``1e-4 + (1 - 1e-4) * sigmoid``): keeps the background gradient alive."""
 
 
+LINEAR_POINTS = 200
+"""Points of the linear head's latent when none are given (Rhodin et al.'s ``L3D``)."""
+
+
+def latent_points(
+    image_size: int, point_head: str = "linear", depth_samples: int = 1, num_points: int | None = None
+) -> int:
+    """Points ``N`` of the latent: ``num_points`` when given, else the point head's own count.
+
+    ``"pixel_aligned"`` places ``depth_samples`` points on each stride-4 cell, ``depth_samples x
+    (image_size / 4)^2``, so the count follows the image size; ``"linear"`` takes :data:`LINEAR_POINTS`.
+    """
+    if num_points is not None:
+        return num_points
+    if point_head == "pixel_aligned":
+        return depth_samples * (image_size // 4) ** 2
+    return LINEAR_POINTS
+
+
 class NVSEncoder(nn.Module):
     """Image to a 3D latent of ``num_points`` points and an appearance vector.
 
