@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_NVS, load_script
 
 import handssl.pretrained as pretrained
@@ -31,11 +32,20 @@ def ship_weights():
     return load_script("experiments/tools/ship_weights.py")
 
 
-def save_run(folder, module):
-    """A run folder's final weights as Lightning saves them (``state_dict`` and ``hyper_parameters``)."""
+#: The test world of the runs' config.yaml, as handssl fit writes it (the semi runs have none).
+WORLD = {"crop": "fixed", "crop_extent_mm": 240.0, "crop_margin": 1.25, "image_size": 32, "style": "synthetic"}
+
+
+def save_run(folder, module, config: bool = True):
+    """A run folder: the final weights as Lightning saves them, and ``config.yaml`` beside ``checkpoints/``."""
     folder.mkdir(parents=True)
     checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
     torch.save(checkpoint, folder / "last.ckpt")
+    if config:
+        world = {"class_path": "handssl.data.SynthHandsWorld", "init_args": {**WORLD, "fov_deg": 60.0}}
+        test = {"class_path": "handssl.data.SynthHands", "init_args": {"split": "test", "world": world}}
+        data = {"class_path": "handssl.data.HandDataModule", "init_args": {"test": test}}
+        (folder.parent / "config.yaml").write_text(yaml.safe_dump({"data": data}))
 
 
 def fake_sweep(tmp_path):
@@ -56,7 +66,7 @@ def fake_sweep(tmp_path):
             module = NVSModule(regime=regime, **extra, **TINY)
             modules[regime, seed] = module
             folder = work / sweep.run_name(run, 1, seed)
-            save_run(folder / "version_0" / "checkpoints", module)
+            save_run(folder / "version_0" / "checkpoints", module, config=regime != "semi")
             if regime == "supervised" and seed == NEAREST[regime]:
                 # a later run of the same name, which the row never scored: the row's command names version_0
                 save_run(folder / "version_1" / "checkpoints", NVSModule(regime=regime, **TINY))
@@ -132,6 +142,7 @@ def test_ship_nvs_ships_the_seed_nearest_each_row_mean_from_its_final_weights(tm
             meta["command"]
             == f"{row['command']} && python experiments/tools/ship_weights.py {' '.join(argv)}"
         )
+        assert meta.get("world") == (None if regime == "semi" else WORLD)  # the crops it expects
         assert "labels of 1 of 32 subjects" in meta["trained_on"] and "no real image" in meta["trained_on"]
         loaded = pretrained.load(name, weights_dir=shipped)
         assert isinstance(loaded, NVSModule) and loaded.regime == regime

@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--crop",
         choices=("joints", "fixed"),
-        default="fixed",
-        help="the world's crop the network trained on (the NVS recipes: fixed; networks before issue 21: joints)",
+        default=None,
+        help="the world's crop the network trained on (default: a shipped network's own, from its metadata's "
+        "world; else fixed, the NVS recipes'; networks before issue 21: joints)",
     )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--grid-pairs", type=int, default=6)
@@ -88,8 +89,11 @@ def main(argv: list[str] | None = None) -> None:
             module = handssl.pretrained.load(args.pretrained)
         except handssl.pretrained.PretrainedError as error:
             raise SystemExit(str(error)) from None
+        shipped_world = handssl.pretrained.info(args.pretrained).get("world") or {}
+        args.crop = args.crop or shipped_world.get("crop")
     else:
         module = load_module(args.checkpoint)
+    args.crop = args.crop or "fixed"
     if module.decoder is None:
         raise SystemExit(
             f"{args.checkpoint or args.pretrained} has no decoder (supervised regime): nothing to synthesise"

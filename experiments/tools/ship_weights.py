@@ -236,6 +236,27 @@ def tested_checkpoint(command: str, what: str) -> Path:
     return path
 
 
+#: The test world's arguments a shipped NVS network records (``world`` in its metadata): its input convention.
+WORLD_KEYS = ("style", "crop", "crop_extent_mm", "crop_margin", "image_size")
+
+
+def test_world(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``SynthHandsWorld`` arguments of the test subjects a run was scored on, from the run's ``config.yaml``.
+
+    A network expects the crops it trained on (the NVS recipes: ``crop: fixed``, 240 mm); notebooks and
+    ``bench_nvs.py --pretrained`` render their SynthHands views with these. ``None`` when the run folder has no
+    config (a checkpoint copied elsewhere).
+    """
+    config = checkpoint.parent.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    data = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("init_args", {})
+    world = (data.get("test") or {}).get("init_args", {}).get("world", {}).get("init_args", {})
+    return {key: world[key] for key in WORLD_KEYS if key in world} or None
+
+
 def ship_nvs(args: argparse.Namespace) -> None:
     """Ship the supervised, pretrained and semi rows of ``experiments/studies/nvs_sweep.py`` at ``--subjects``
     labelled subjects: per row, the seed whose test N-MPJPE is nearest the row's mean over seeds, with the weights
@@ -255,7 +276,8 @@ def ship_nvs(args: argparse.Namespace) -> None:
         chosen, stats = nearest_to_mean(rows, key="test_n_mpjpe")
         seed = int(chosen["seed"])
         what = f"{args.results} row {regime} k={k} seed={seed}"
-        checkpoint = read_checkpoint(tested_checkpoint(chosen["command"], what))
+        tested = tested_checkpoint(chosen["command"], what)
+        checkpoint = read_checkpoint(tested)
         payload = pack("NVSModule", hparams_of(checkpoint), checkpoint["state_dict"], {})
         # The zoo's metric names (handssl.zoo.METRICS): the rows' test_* columns are the test metrics.
         keys = ("test_n_mpjpe", "test_mpjpe", "test_pa_mpjpe", *sweep.CONTROLS)
@@ -282,6 +304,9 @@ def ship_nvs(args: argparse.Namespace) -> None:
                 "points": json.loads(chosen.get("curve") or "[]"),  # the row writer's json.dumps
             },
         }
+        world = test_world(tested)
+        if world:
+            meta["world"] = world
         write(name, payload, meta, Path(args.out))
 
 
