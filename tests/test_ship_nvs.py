@@ -33,7 +33,13 @@ def ship_weights():
 
 
 #: The test world of the runs' config.yaml, as handssl fit writes it (the semi runs have none).
-WORLD = {"crop": "fixed", "crop_extent_mm": 240.0, "crop_margin": 1.25, "image_size": 32, "style": "synthetic"}
+WORLD = {
+    "crop": "fixed",
+    "crop_extent_mm": 240.0,
+    "crop_margin": 1.25,
+    "image_size": 32,
+    "style": "synthetic",
+}
 
 
 def save_run(folder, module, config: bool = True):
