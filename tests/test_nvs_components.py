@@ -19,6 +19,7 @@ from handssl.models.components.nvs import (
     NVSEncoder,
     PoseHead,
     composite,
+    latent_points,
     pose_statistics,
     rotate_points,
     turntable_rotations,
@@ -128,6 +129,31 @@ def test_pixel_aligned_points_start_at_their_cells_and_follow_the_image():
         NVSEncoder(SIZE, 20, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="pixel_aligned")
     with pytest.raises(ValueError, match="point_head must be one of"):
         NVSEncoder(SIZE, 64, APP, widths=(8, 16, 16), blocks=(1, 1, 1), point_head="conv")  # type: ignore[arg-type]
+
+
+def test_latent_points_follow_the_image_size_with_the_pixel_aligned_head():
+    assert latent_points(64) == latent_points(128) == 200  # the linear head: Rhodin et al.'s count
+    assert latent_points(64, "pixel_aligned", depth_samples=3) == 3 * 16 * 16
+    assert latent_points(128, "pixel_aligned", depth_samples=3) == 3 * 32 * 32
+    assert (
+        latent_points(128, "pixel_aligned", depth_samples=3, num_points=20) == 20
+    )  # given: kept (and checked)
+    from handssl.models import NVSModule
+
+    for size in (32, 48):
+        module = NVSModule(
+            regime="supervised",
+            image_size=size,
+            encoder={
+                "widths": (8, 16, 16),
+                "blocks": (1, 1, 1),
+                "point_head": "pixel_aligned",
+                "depth_samples": 2,
+            },
+            pose_head={"hidden": (8,)},
+        )
+        cells = size // 4
+        assert module.encoder(torch.rand(1, 3, size, size))[0].shape == (1, 2 * cells * cells, 3)
 
 
 def test_opacity_adds_a_column_in_0_1_that_the_decoder_and_pose_head_read():
