@@ -44,6 +44,7 @@ __all__ = [
     "plot_confidence_histogram",
     "plot_confidence_vs_error",
     "plot_image_grid",
+    "plot_learning_curves",
     "plot_pck_curves",
     "plot_pseudo_label_correction",
     "plot_skeleton_2d",
@@ -627,6 +628,42 @@ def plot_pck_curves(
     ax.set_ylim(0.0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _figure(ax)
+
+
+def plot_learning_curves(
+    runs: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    ax: Axes | None = None,
+    xlabel: str = "training minutes",
+    ylabel: str = "validation error",
+    title: str | None = None,
+) -> Figure:
+    """Learning curves of several runs per name (seeds): one colour per name, one thin line per run.
+
+    Args:
+        runs: ``{name: [run, ...]}``, each run a sequence of ``(x, y)`` points (e.g. minutes, validation
+            N-MPJPE); a run of one point is drawn as a marker.
+        ax: Axes to draw into; a new figure when omitted.
+        xlabel: The x axis label.
+        ylabel: The y axis label.
+        title: Axes title.
+
+    Returns:
+        The figure.
+    """
+    ax = _axes(ax, size_in=(6.0, 4.0))
+    for index, (name, curves) in enumerate(runs.items()):
+        drawn = [_numpy(points).reshape(-1, 2) for points in curves if len(points)]
+        for run, xy in enumerate(drawn):
+            label = f"{name} ({len(drawn)} run{'s' if len(drawn) > 1 else ''})" if run == 0 else None
+            ax.plot(xy[:, 0], xy[:, 1], color=f"C{index}", marker=".", linewidth=1.2, alpha=0.8, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if runs:
+        ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
     return _figure(ax)

@@ -199,6 +199,17 @@ def test_gates_from_hand_made_rows(sweep):
     assert gate(text, "semi true-rotation hand L1 / identity, k=2")[1:] == ["not measured", "", "<= 0.8", ""]
 
 
+def test_reports_write_the_table_the_gates_and_a_panel_of_curves_per_k(sweep, tmp_path):
+    from PIL import Image
+
+    sweep.write_reports(tmp_path, ROWS)
+    assert (tmp_path / "table.md").read_text() == sweep.summary(ROWS)
+    assert (tmp_path / "gates.md").read_text() == sweep.gates(ROWS)
+    image = Image.open(tmp_path / "curves.png")
+    assert image.width > 1.6 * image.height  # two panels side by side, k = 1 and k = 2
+    assert len(set(image.convert("L").getdata())) > 10  # lines and labels drawn, not a blank canvas
+
+
 def test_time_ratio_needs_a_pretrained_row_of_the_same_seed(sweep):
     rows = [r for r in ROWS if not (r["regime"] == "pretrained" and r["seed"] == "1")]
     assert sweep.time_ratios(rows, 1) == {0: 0.5}

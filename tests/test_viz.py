@@ -140,6 +140,20 @@ def test_plot_pck_curves_reports_auc_in_legend():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a (AUC 0.750)", "b (AUC 1.000)"]
 
 
+def test_plot_learning_curves_one_colour_per_name_one_line_per_run():
+    runs = {
+        "semi": [[(3.0, 80.0), (6.0, 70.0)], [(3.0, 82.0), (6.0, 71.0), (9.0, 65.0)]],
+        "pretrained": [[(33.0, 60.0)], []],  # a run without points draws nothing
+    }
+    fig = viz.plot_learning_curves(runs, ylabel="val N-MPJPE (mm)", title="k=1")
+    (ax,) = fig.axes
+    assert len(ax.lines) == 3
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+    assert list(ax.lines[1].get_ydata()) == [82.0, 71.0, 65.0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["semi (2 runs)", "pretrained (1 run)"]
+    assert ax.get_ylabel() == "val N-MPJPE (mm)" and ax.get_title() == "k=1"
+
+
 def test_confidence_plots():
     rng = np.random.default_rng(0)
     confidence = rng.uniform(size=200)

@@ -786,6 +786,42 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
 def write_reports(out: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     (out / "table.md").write_text(summary(rows))
     (out / "gates.md").write_text(gates(rows))
+    if rows:
+        (out / "curves.png").write_bytes(curves_png(rows))
+
+
+def curves_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """``curves.png``: validation N-MPJPE against training minutes, a panel per ``k``, a line per seed.
+
+    The pretrained row's points are stage 2's (stage 1 trains no pose head); the dashed line is its mean final
+    validation error and the dotted one 0.7 x its mean minutes: the time gate asks semi's curve to cross the
+    dashed line left of the dotted one.
+    """
+    from handssl import viz
+
+    ks = levels(rows)
+    figure = viz.new_figure(6.0 * len(ks), 4.0)
+    for index, k in enumerate(ks):
+        ax = figure.add_subplot(1, len(ks), index + 1)
+        runs = {
+            regime: [[tuple(p) for p in json.loads(r.get("curve") or "[]")] for r in select(rows, regime, k)]
+            for regime in REGIMES
+            if select(rows, regime, k)
+        }
+        viz.plot_learning_curves(
+            runs,
+            ax=ax,
+            ylabel="validation N-MPJPE (mm)",
+            title=f"{k} labelled subject(s) of {TRAIN_SUBJECTS}",
+        )
+        pretrained = select(rows, "pretrained", k)
+        goal, _, n = mean_sd([value(r, "val_n_mpjpe") for r in pretrained])
+        minutes, _, _ = mean_sd([value(r, "train_min") for r in pretrained])
+        if n:
+            colour = f"C{list(runs).index('pretrained')}"
+            ax.axhline(goal, color=colour, linestyle="--", linewidth=0.8)
+            ax.axvline(0.7 * minutes, color="grey", linestyle=":", linewidth=0.8)
+    return viz.figure_png(figure)
 
 
 def print_commands(args: argparse.Namespace) -> None:
