@@ -559,6 +559,11 @@ def fmt(stats: tuple[float, float, int], digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if s == s else f"{m:.{digits}f}"
 
 
+def curve_of(row: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """A row's validation curve ``[(minutes, N-MPJPE), ...]`` (the ``curve`` column, JSON; empty when missing)."""
+    return [(float(t), float(v)) for t, v in json.loads(row.get("curve") or "[]")]
+
+
 def reach_minutes(curve: Sequence[Sequence[float]], goal: float) -> float:
     """First minute at which a validation curve ``[(minutes, N-MPJPE), ...]`` is at or below ``goal``; inf if never."""
     return next((t for t, v in curve if v <= goal), math.inf)
@@ -573,7 +578,7 @@ def time_ratios(rows: Sequence[Mapping[str, Any]], k: int) -> dict[int, float]:
         goal, total = (value(pre, "val_n_mpjpe"), value(pre, "train_min")) if pre else (None, None)
         if goal is None or not total:
             continue
-        out[int(semi["seed"])] = reach_minutes(json.loads(semi.get("curve") or "[]"), goal) / total
+        out[int(semi["seed"])] = reach_minutes(curve_of(semi), goal) / total
     return out
 
 
@@ -803,18 +808,15 @@ def curves_png(rows: Sequence[Mapping[str, Any]]) -> bytes:
     figure = viz.new_figure(6.0 * len(ks), 4.0)
     for index, k in enumerate(ks):
         ax = figure.add_subplot(1, len(ks), index + 1)
-        runs = {
-            regime: [[tuple(p) for p in json.loads(r.get("curve") or "[]")] for r in select(rows, regime, k)]
-            for regime in REGIMES
-            if select(rows, regime, k)
-        }
+        groups = {regime: select(rows, regime, k) for regime in REGIMES}
+        runs = {regime: [curve_of(r) for r in group] for regime, group in groups.items() if group}
         viz.plot_learning_curves(
             runs,
             ax=ax,
             ylabel="validation N-MPJPE (mm)",
             title=f"{k} labelled subject(s) of {TRAIN_SUBJECTS}",
         )
-        pretrained = select(rows, "pretrained", k)
+        pretrained = groups["pretrained"]
         goal, _, n = mean_sd([value(r, "val_n_mpjpe") for r in pretrained])
         minutes, _, _ = mean_sd([value(r, "train_min") for r in pretrained])
         if n:

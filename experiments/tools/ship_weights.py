@@ -301,7 +301,7 @@ def ship_nvs(args: argparse.Namespace) -> None:
             "views",
             "validation_curve": {
                 "columns": ["train_min", "val_n_mpjpe"],
-                "points": json.loads(chosen.get("curve") or "[]"),  # the row writer's json.dumps
+                "points": [list(point) for point in sweep.curve_of(chosen)],
             },
         }
         world = test_world(tested)
